@@ -1,0 +1,298 @@
+"""The CAM family on one base.
+
+:class:`CamMethod` runs the forward pass once, captures the target layer's activations ``A``
+``[N,K,h,w]`` as a gradient leaf (so backprop stops there), resolves the targets from the same
+logits, and takes one gradient ``dY/dA`` per target. A variant only says how channels are
+weighted (:meth:`CamMethod.weights`) or, where the map is not a weighted channel sum, how a map
+is formed (:meth:`CamMethod.combine`). Maps stay at layer resolution; positive part only, as in
+the papers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..models import LoadedModel
+from .base import (
+    AttributionError,
+    ClassTargets,
+    Explanation,
+    Method,
+    Targets,
+    class_scores,
+    register,
+    target_scores,
+    validate_layer,
+)
+from .hooks import LayerCapture, capture
+from .tail import tail_runner
+
+EPS = 1e-7
+
+
+@dataclass
+class CamContext:
+    """Everything a variant may read: computed once per call, shared by all targets."""
+
+    model: LoadedModel
+    x: torch.Tensor
+    layer: str
+    acts: torch.Tensor
+    logits: torch.Tensor
+    params: dict[str, Any]
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class CamMethod(Method):
+    """Base: activations and gradients once; variants weight channels or combine them."""
+
+    family: ClassVar[str] = "cam"
+    uses_layer: ClassVar[bool] = True
+    needs_gradients: ClassVar[bool] = True
+
+    def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
+                  **params: Any) -> Explanation:
+        if not isinstance(targets, ClassTargets):
+            raise AttributionError("unsupported-target", f"{self.name} explains class scores, not units")
+        layer = validate_layer(model, layer)
+        cap = LayerCapture(grad=self.needs_gradients)
+        with capture(model.module, {layer: cap}), torch.set_grad_enabled(self.needs_gradients):
+            logits = model.module(x)
+        acts = cap.output
+        assert acts is not None
+        rows = targets.resolve(logits)
+        n_t = max(len(r) for r in rows)
+        ctx = CamContext(model, x, layer, acts.detach(), logits.detach(), params)
+        with torch.no_grad():
+            self.prepare(ctx)
+        per_t: list[torch.Tensor] = []
+        for t in range(n_t):
+            grads = None
+            if self.needs_gradients:
+                (grads,) = torch.autograd.grad(target_scores(logits, rows, t), acts, retain_graph=t < n_t - 1)
+            idx = torch.tensor([r[t] if len(r) > t else r[0] for r in rows], device=x.device)
+            with torch.no_grad():
+                per_t.append(self.combine(ctx, ctx.acts, grads, idx))
+        scores, probs = class_scores(logits, rows)
+        maps = [[per_t[t][i].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
+        return Explanation(self.name, maps, rows, scores, probs, layer=layer)
+
+    def prepare(self, ctx: CamContext) -> None:
+        """Work shared by all targets (a sweep of masked or ablated inputs); nothing by default."""
+
+    def combine(self, ctx: CamContext, acts: torch.Tensor, grads: torch.Tensor | None,
+                idx: torch.Tensor) -> torch.Tensor:
+        """One map per image ``[N,h,w]``: by default ReLU of the channel sum weighted by :meth:`weights`."""
+        w = self.weights(ctx, acts, grads, idx)
+        return F.relu(torch.einsum("nk,nkhw->nhw", w.to(acts.dtype), acts))
+
+    def weights(self, ctx: CamContext, acts: torch.Tensor, grads: torch.Tensor | None,
+                idx: torch.Tensor) -> torch.Tensor:
+        """Channel weights ``[N,K]`` for targets ``idx`` ``[N]``."""
+        raise NotImplementedError
+
+    def cost(self, model: LoadedModel, n_images: int, n_targets: int, params: dict[str, Any]) -> float:
+        # One forward plus, per target, a backward through the head only (cheap): count it as 0.5.
+        return n_images * (1 + 0.5 * n_targets * self.needs_gradients)
+
+
+def _channels(model: LoadedModel, layer: str | None) -> int:
+    shape = model.layer(layer or model.default_layer).output_shape
+    return int(shape[0]) if shape else 1
+
+
+@register
+class GradCAM(CamMethod):
+    """Selvaraju et al. 2017: channel weight = spatial mean of the gradient."""
+
+    name = "gradcam"
+    title = "Grad-CAM"
+
+    def weights(self, ctx, acts, grads, idx):
+        return grads.mean(dim=(2, 3))
+
+
+@register
+class GradCAMPlusPlus(CamMethod):
+    """Chattopadhay et al. 2018: pixel-wise alphas from 2nd/3rd-order terms (exponential score)."""
+
+    name = "gradcampp"
+    title = "Grad-CAM++"
+
+    def weights(self, ctx, acts, grads, idx):
+        g2, g3 = grads.pow(2), grads.pow(3)
+        sum_a = acts.sum(dim=(2, 3), keepdim=True)
+        alpha = g2 / (2 * g2 + sum_a * g3 + EPS)
+        alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+        return (alpha * F.relu(grads)).sum(dim=(2, 3))
+
+
+@register
+class XGradCAM(CamMethod):
+    """Fu et al. 2020: gradients weighted by normalized activations (axiom-based)."""
+
+    name = "xgradcam"
+    title = "XGrad-CAM"
+
+    def weights(self, ctx, acts, grads, idx):
+        return (grads * acts).sum(dim=(2, 3)) / (acts.sum(dim=(2, 3)) + EPS)
+
+
+@register
+class HiResCAM(CamMethod):
+    """Draelos & Carin 2020: element-wise gradient x activation, summed over channels."""
+
+    name = "hirescam"
+    title = "HiResCAM"
+
+    def combine(self, ctx, acts, grads, idx):
+        return F.relu((grads * acts).sum(dim=1))
+
+
+@register
+class LayerCAM(CamMethod):
+    """Jiang et al. 2021: positive gradients as per-location weights."""
+
+    name = "layercam"
+    title = "LayerCAM"
+
+    def combine(self, ctx, acts, grads, idx):
+        return F.relu((F.relu(grads) * acts).sum(dim=1))
+
+
+@register
+class EigenCAM(CamMethod):
+    """Muhammad & Yeasin 2020: projection on the first principal component; class-agnostic, no backward."""
+
+    name = "eigencam"
+    title = "Eigen-CAM"
+    needs_gradients = False
+
+    def combine(self, ctx, acts, grads, idx):
+        n, k, h, w = acts.shape
+        flat = acts.reshape(n, k, h * w).transpose(1, 2).float()  # [N, hw, K]
+        flat = flat - flat.mean(dim=1, keepdim=True)
+        _, _, vh = torch.linalg.svd(flat, full_matrices=False)
+        proj = torch.einsum("npk,nk->np", flat, vh[:, 0])
+        # The singular vector's sign is arbitrary: orient it with the total activation.
+        sign = torch.sign((proj * acts.sum(1).reshape(n, -1)).sum(1, keepdim=True))
+        sign[sign == 0] = 1
+        return F.relu(proj * sign).reshape(n, h, w)
+
+
+def _gap_linear_head(model: LoadedModel, acts: torch.Tensor, logits: torch.Tensor) -> torch.nn.Linear:
+    """The final Linear layer, if and only if logits == Linear(GAP(acts)) numerically."""
+    linears = [li.name for li in model.layers if li.kind == "Linear" and li.output_shape is not None]
+    if linears:
+        fc = model.submodule(linears[-1])
+        if fc.in_features == acts.shape[1]:
+            pred = fc(acts.mean(dim=(2, 3)))
+            if pred.shape == logits.shape and torch.allclose(pred, logits, rtol=1e-3, atol=1e-3):
+                return fc
+    raise AttributionError("cam-undefined", "CAM needs the layer to feed global average pooling and a single"
+                           " linear classifier directly; use gradcam for this layer or model")
+
+
+@register
+class CAM(CamMethod):
+    """Zhou et al. 2016: classifier weights on a GAP head; no backward pass at all."""
+
+    name = "cam"
+    title = "CAM"
+    needs_gradients = False
+
+    def weights(self, ctx, acts, grads, idx):
+        fc = _gap_linear_head(ctx.model, acts, ctx.logits)
+        return fc.weight[idx]
+
+    def cost(self, model, n_images, n_targets, params):
+        return float(n_images)
+
+
+def _upsampled_masks(acts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each channel upsampled to the input size and min-max normalized to [0,1]: ``[N,K,H,W]``."""
+    up = F.interpolate(acts, size=size, mode="bilinear", align_corners=False)
+    flat = up.flatten(2)
+    lo, hi = flat.min(-1, keepdim=True).values, flat.max(-1, keepdim=True).values
+    return ((flat - lo) / (hi - lo).clamp_min(EPS)).view_as(up)
+
+
+@register
+class ScoreCAM(CamMethod):
+    """Wang et al. 2020: channel weight = target probability of the input masked by that channel.
+
+    One sweep over the masked inputs serves every target of an image; channels whose activation
+    is constant give an all-zero mask and are scored once, not once each.
+    """
+
+    name = "scorecam"
+    title = "Score-CAM"
+    needs_gradients = False
+
+    def prepare(self, ctx: CamContext) -> None:
+        batch = int(ctx.params.get("batch_size", 64))
+        model, x = ctx.model, ctx.x
+        sweeps = []
+        for i in range(x.shape[0]):
+            masks = _upsampled_masks(ctx.acts[i:i + 1], tuple(x.shape[-2:]))[0]  # [K,H,W]
+            live = masks.flatten(1).amax(1) > 0
+            probs = torch.empty(masks.shape[0], model.spec.num_classes, device=x.device)
+            live_idx = live.nonzero()[:, 0]
+            for s in range(0, live_idx.numel(), batch):
+                sel = live_idx[s:s + batch]
+                probs[sel] = model.module(x[i:i + 1] * masks[sel, None]).float().softmax(1)
+            if (~live).any():
+                probs[~live] = model.module(torch.zeros_like(x[i:i + 1])).float().softmax(1)
+            sweeps.append(probs)
+        ctx.state["probs"] = torch.stack(sweeps)  # [N,K,C]
+
+    def weights(self, ctx, acts, grads, idx):
+        probs = ctx.state["probs"]
+        return probs[torch.arange(len(idx)), :, idx]
+
+    def cost(self, model, n_images, n_targets, params):
+        return float(n_images * (1 + _channels(model, params.get("layer"))))
+
+
+@register
+class AblationCAM(CamMethod):
+    """Desai & Ramaswamy 2020: channel weight = relative score drop when that channel is zeroed.
+
+    Only the part of the network after the target layer runs for the ablated copies, and one
+    sweep over the channels gives every target's scores.
+    """
+
+    name = "ablationcam"
+    title = "Ablation-CAM"
+    needs_gradients = False
+
+    def prepare(self, ctx: CamContext) -> None:
+        batch = int(ctx.params.get("batch_size", 128))
+        acts = ctx.acts
+        runner = tail_runner(ctx.model.module, ctx.layer)
+        values = runner.head_values(ctx.x)
+        n, k = acts.shape[:2]
+        keep = 1 - torch.eye(k, device=acts.device, dtype=acts.dtype)
+        sweeps = []
+        for i in range(n):
+            rows = []
+            for s in range(0, k, batch):
+                e = min(k, s + batch)
+                variants = acts[i:i + 1].expand(e - s, *acts.shape[1:]) * keep[s:e, :, None, None]
+                rows.append(runner.run(values, i, variants).float())
+            sweeps.append(torch.cat(rows))
+        ctx.state["ablated"] = torch.stack(sweeps)  # [N,K,C]
+
+    def weights(self, ctx, acts, grads, idx):
+        ar = torch.arange(len(idx), device=idx.device)
+        base = ctx.logits[ar, idx].float()[:, None]
+        ablated = ctx.state["ablated"][ar, :, idx]
+        return (base - ablated) / (base.abs() + EPS)
+
+    def cost(self, model, n_images, n_targets, params):
+        # The tail after a late layer is a small fraction of the network; count a tenth per channel.
+        return float(n_images * (1 + 0.1 * _channels(model, params.get("layer"))))

@@ -1,0 +1,10 @@
+"""Faithfulness metrics for saliency maps: deletion / insertion AUC and the pointing game."""
+
+from cnnviz.metrics.faithfulness import (
+    FaithfulnessResult,
+    default_insertion_baseline,
+    deletion_insertion,
+    pointing_game,
+)
+
+__all__ = ["FaithfulnessResult", "default_insertion_baseline", "deletion_insertion", "pointing_game"]

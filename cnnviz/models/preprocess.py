@@ -1,0 +1,58 @@
+"""Turning decoded images into network input, and back.
+
+By default an image is resized to the model's input size *without cropping* so that every map
+covers the whole picture the client sent (DESIGN.md). ``center-crop`` mode reproduces the
+classic resize-then-crop evaluation transform for clients who want the training-time view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+ResizeMode = Literal["stretch", "center-crop"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Per-model input convention: native size, normalization and how to fit an image to it."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_fraction: float = 0.875  # only used by center-crop: resize shorter side to size/fraction
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return x * std + mean
+
+    def fit(self, image: torch.Tensor, size: int | None = None, mode: ResizeMode = "stretch") -> torch.Tensor:
+        """Resize one ``[3,H,W]`` image in [0,1] to ``[3,size,size]`` (antialiased bilinear)."""
+        size = size or self.input_size
+        x = image.unsqueeze(0)
+        if mode == "center-crop":
+            h, w = x.shape[-2:]
+            short = round(size / self.crop_fraction)
+            scale = short / min(h, w)
+            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+            top, left = (nh - size) // 2, (nw - size) // 2
+            x = x[..., top:top + size, left:left + size]
+        else:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return x[0].clamp_(0.0, 1.0)
+
+    def batch(self, images: list[torch.Tensor], size: int | None = None, mode: ResizeMode = "stretch",
+              device: torch.device | str = "cpu") -> torch.Tensor:
+        """Fit and normalize several images into one ``[N,3,S,S]`` batch on ``device``."""
+        x = torch.stack([self.fit(img, size, mode) for img in images]).to(device)
+        return self.normalize(x)
