@@ -23,9 +23,9 @@ from service.errors import ProblemError
 
 log = logging.getLogger(__name__)
 
-# PIL format names that may be decoded. MPO is a multi-picture JPEG (many cameras write it);
-# it is a JPEG and reported as one.
-_OPEN_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF")
+# PIL format names that may be decoded. PIL's JPEG opener returns an MPO image for multi-picture
+# JPEGs (many cameras write them); that is a JPEG and reported as one.
+_OPEN_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 _CANONICAL: dict[str, str] = {"MPO": "JPEG"}
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 
@@ -161,7 +161,9 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 8
             )
         original_mode = im.mode
         try:
-            if getattr(im, "n_frames", 1) > 1:
+            # Image.open leaves the first frame current; n_frames is not asked for because
+            # counting a GIF's frames walks the whole file.
+            if im.tell() != 0:
                 im.seek(0)
             im.load()
         except Image.DecompressionBombError as e:

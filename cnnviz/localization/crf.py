@@ -14,9 +14,11 @@ kernels that are awkward and slow in pure PyTorch (pydensecrf, the C++ binding, 
 here). A CAM carries information only at the network's feature-map resolution (7x7 to 28x28), so
 refining on a grid whose longer side is at most ``max_side`` (<= 128) loses almost nothing, and at
 that size the N x N kernel (N <= 16384) is cheap to evaluate exactly with dense matrix products -
-no lattice approximation error, deterministic, and the same code runs on CPU and GPU. The kernel
-is built in row chunks so peak memory stays bounded; for N <= 4096 it is kept for all iterations,
-above that it is recomputed per iteration instead of being stored.
+no lattice approximation error, deterministic, and the same code runs on CPU and GPU. The
+smoothness kernel depends on position only and is separable, so it is applied as two small
+matrix products. The appearance kernel is built in blocks of rows so peak memory stays bounded:
+for N <= 4096 (the default ``max_side=64``) it is kept for all iterations (64 MiB), above that it
+is recomputed block by block each iteration instead of being stored.
 
 Positions are expressed in ORIGINAL pixel units (coarse pixel centres mapped back to the input
 grid), so ``gaussian_sxy`` / ``bilateral_sxy`` mean the same thing as in the paper whatever the

@@ -1,0 +1,52 @@
+"""The FastAPI application: settings, catalog, routes, error handlers and middleware in one place."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from cnnviz.models import Catalog
+
+from .errors import install_handlers
+from .openapi_doc import install_openapi
+from .middleware import BodyLimitMiddleware, MetricsMiddleware
+from .routes import explain, health, models
+from .schemas.explain import METHOD_PARAMS, ExplainParams
+from .schemas.models import PredictParams
+from .settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.0.0"
+
+
+def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
+    """Build the app. The catalog is loaded eagerly so a bad weights file fails start-up."""
+    settings = settings or get_settings()
+    if catalog is None:
+        catalog = Catalog.from_environment(settings.models_file, settings.device, settings.default_model)
+    if settings.preload_models:
+        catalog.load_all()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        jobs = getattr(app.state, "jobs", None)
+        if jobs is not None:
+            jobs.close()
+
+    app = FastAPI(title="cnnviz", version=API_VERSION, lifespan=lifespan,
+                  description="What a convolutional network sees: explanations, internals and synthesis.")
+    app.state.settings = settings
+    app.state.catalog = catalog
+    install_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(explain.router)
+    install_openapi(app, [ExplainParams, PredictParams, *METHOD_PARAMS.values()])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)
+    return app

@@ -1,0 +1,57 @@
+"""``POST /v1/models/{model}/explain/{method}`` and ``GET /v1/methods``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from cnnviz.attribution import METHODS
+from cnnviz.models import LoadedModel
+
+from ..deps import get_model, get_settings
+from ..errors import ProblemError
+from ..explaining import estimate_cost, first_overlay_png, run_explanation
+from ..schemas.explain import ExplainResponse, params_model
+from ..schemas.methods import MethodInfo, MethodList
+from ..settings import Settings
+from ..uploads import read_upload, validate_params
+from .common import PROBLEM_RESPONSES, upload_body
+
+router = APIRouter(tags=["explain"])
+
+
+@router.get("/v1/methods", response_model=MethodList, summary="Every method with its parameter schema and cost")
+def list_methods(request: Request) -> MethodList:
+    catalog = request.app.state.catalog
+    model = catalog.get(catalog.default)
+    settings: Settings = request.app.state.settings
+    out = []
+    for name, m in sorted(METHODS.items()):
+        pm = params_model(name)
+        cost = m.cost(model, 1, 1, {})
+        out.append(MethodInfo(name=name, title=m.title or name, family=m.family, kind="explain",
+                              inline=cost <= settings.inline_budget, cost_hint=cost, uses_layer=m.uses_layer,
+                              supports_units=m.supports_units, params_schema=pm.model_json_schema()))
+    return MethodList(methods=out, inline_budget=settings.inline_budget, cost_unit="forward passes at input size")
+
+
+@router.post("/v1/models/{model}/explain/{method}", response_model=ExplainResponse,
+             responses={**PROBLEM_RESPONSES, 200: {"content": {"image/png": {}}}},
+             openapi_extra=upload_body("#/components/schemas/ExplainParams"),
+             summary="Explanation maps per image and target")
+async def explain(request: Request, method: str = Path(..., max_length=64),
+                  model: LoadedModel = Depends(get_model), settings: Settings = Depends(get_settings)) -> Response:
+    if method not in METHODS:
+        raise ProblemError(404, "unknown-method", f"No method named {method!r}", choices=sorted(METHODS))
+    upload = await read_upload(request, settings)
+    params = validate_params(params_model(method), upload.params)
+    cost = estimate_cost(model, method, params, len(upload.images))
+    if cost > settings.inline_budget:
+        raise ProblemError(422, "over-inline-budget", "This request is too expensive to answer inline",
+                           f"estimated {cost:.0f} forward passes, inline budget {settings.inline_budget:.0f}",
+                           estimate=cost, budget=settings.inline_budget)
+    if "image/png" in request.headers.get("accept", ""):
+        png = await run_in_threadpool(first_overlay_png, model, method, upload.images, params)
+        return Response(png, media_type="image/png")
+    answer = await run_in_threadpool(run_explanation, model, method, upload.images, params, upload.decode_ms)
+    return Response(answer.model_dump_json(), media_type="application/json")

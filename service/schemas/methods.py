@@ -1,0 +1,25 @@
+"""Answer of ``GET /v1/methods``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+
+class MethodInfo(BaseModel):
+    name: str
+    title: str
+    family: str
+    kind: Literal["explain", "job"]
+    inline: bool
+    cost_hint: float
+    uses_layer: bool
+    supports_units: bool
+    params_schema: dict[str, Any]
+
+
+class MethodList(BaseModel):
+    methods: list[MethodInfo]
+    inline_budget: float
+    cost_unit: str

@@ -1,0 +1,119 @@
+"""Reading a request's images and ``params``: multipart or JSON with base64 images.
+
+Both forms end as the same :class:`Upload` (decoded RGB images plus a params dict), so routes
+never care which one the client used. Counts and sizes are checked here; pixel limits are
+checked by :mod:`service.imaging` before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from .errors import ProblemError
+from .imaging import DecodedImage, decode_base64_image, decode_image
+from .settings import Settings
+
+
+@dataclass
+class Upload:
+    images: list[DecodedImage]
+    params: dict[str, Any]
+    decode_ms: float = 0.0
+
+
+def _params_from_text(text: str | None) -> dict[str, Any]:
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProblemError(422, "invalid-params-json", "The params field is not valid JSON", str(exc)) from exc
+    if not isinstance(value, dict):
+        raise ProblemError(422, "invalid-params-json", "The params field must be a JSON object")
+    return value
+
+
+async def read_upload(request: Request, settings: Settings, *, min_images: int = 1,
+                      max_images: int | None = None) -> Upload:
+    """Parse images and params from multipart form data or a JSON body; decode the images."""
+    max_images = min(max_images or settings.max_images, settings.max_images)
+    ctype = request.headers.get("content-type", "")
+    raw: list[bytes | str] = []
+    if ctype.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=max_images + 1, max_fields=16)
+        except ProblemError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - starlette raises several types for bad forms
+            raise ProblemError(400, "invalid-multipart", "The multipart body could not be parsed", str(exc)) from exc
+        files = [v for k, v in form.multi_items() if k == "image"]
+        for f in files:
+            if not isinstance(f, UploadFile):
+                raise ProblemError(422, "invalid-image-field", "The image field must be a file upload")
+            raw.append(await f.read())
+        unknown = {k for k, _ in form.multi_items()} - {"image", "params"}
+        if unknown:
+            raise ProblemError(422, "unknown-form-field", f"Unknown form fields: {sorted(unknown)}",
+                               valid=["image", "params"])
+        params_field = form.get("params")
+        params = _params_from_text(params_field if isinstance(params_field, str) else None)
+    elif ctype.startswith("application/json") or (not ctype and min_images == 0):
+        try:
+            body = await request.json() if await request.body() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProblemError(400, "invalid-json", "The request body is not valid JSON", str(exc)) from exc
+        if not isinstance(body, dict):
+            raise ProblemError(422, "invalid-json", "The JSON body must be an object with images and params")
+        unknown = set(body) - {"images", "params"}
+        if unknown:
+            raise ProblemError(422, "unknown-body-field", f"Unknown body fields: {sorted(unknown)}",
+                               valid=["images", "params"])
+        images = body.get("images", [])
+        if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
+            raise ProblemError(422, "invalid-images", "images must be a list of base64 strings")
+        raw.extend(images)
+        params = body.get("params") or {}
+        if not isinstance(params, dict):
+            raise ProblemError(422, "invalid-params-json", "params must be a JSON object")
+    else:
+        raise ProblemError(415, "unsupported-media-type",
+                           "Send multipart/form-data (image, params) or application/json (images, params)")
+    if len(raw) < min_images:
+        raise ProblemError(422, "missing-image", f"At least {min_images} image(s) required in field 'image'")
+    if len(raw) > max_images:
+        raise ProblemError(413, "too-many-images", f"At most {max_images} images per request", limit=max_images)
+
+    def decode_all() -> list[DecodedImage]:
+        out = []
+        for item in raw:
+            if isinstance(item, bytes):
+                out.append(decode_image(item, max_pixels=settings.max_image_pixels))
+            else:
+                out.append(decode_base64_image(item, max_pixels=settings.max_image_pixels))
+        return out
+
+    t0 = time.perf_counter()
+    decoded = await run_in_threadpool(decode_all)
+    return Upload(decoded, params, (time.perf_counter() - t0) * 1000)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_params(model: type[M], params: dict[str, Any]) -> M:
+    """Validate a params dict, turning pydantic errors into a 422 problem listing each one."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise ProblemError(422, "invalid-parameters", "Invalid parameters",
+                           "; ".join(f"{'.'.join(e['loc']) or 'params'}: {e['msg']}" for e in errors),
+                           errors=errors) from exc
