@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from cnnviz.models import Catalog
 
 from .errors import install_handlers
-from .openapi_doc import install_openapi
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
+from .openapi_doc import install_openapi
 from .routes import explain, health, models
 from .schemas.explain import METHOD_PARAMS, ExplainParams
 from .schemas.models import PredictParams

@@ -18,13 +18,17 @@ LATENCY = Histogram("cnnviz_http_request_seconds", "HTTP request latency", ["met
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 
-class _TooLarge(Exception):
-    pass
-
-
 def _too_large(limit: int) -> ProblemError:
     return ProblemError(413, "request-too-large", "Request body too large",
                         f"The body exceeds the limit of {limit} bytes", limit=limit)
+
+
+class _TooLarge(ProblemError):
+    """Raised from ``receive`` mid-stream; a ProblemError so body parsers let it through."""
+
+    def __init__(self, limit: int) -> None:
+        err = _too_large(limit)
+        super().__init__(err.status, err.slug, err.title, err.detail, **err.extra)
 
 
 class BodyLimitMiddleware:
@@ -57,7 +61,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:

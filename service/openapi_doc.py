@@ -28,3 +28,19 @@ def install_openapi(app: FastAPI, extra_models: list[type[BaseModel]]) -> None:
         return doc
 
     app.openapi = build  # type: ignore[method-assign]
+
+
+def render(app: FastAPI) -> str:
+    """The document as committed in ``openapi/openapi.json`` (stable key order, trailing newline)."""
+    import json
+
+    return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .app import create_app
+    from .settings import Settings
+
+    sys.stdout.write(render(create_app(Settings(preload_models=False))))

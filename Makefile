@@ -1,0 +1,47 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11:
+#   make serve   install into .venv and run the whole service (API + embedded Redis + a worker)
+#   make test    install into .venv (with test extras) and run lint, the OpenAPI check and the tests
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install install-test install-bench serve test lint bench openapi clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[lite]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[lite,test]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed-test
+	$(BIN)/pip install -q -e '.[lite,test,bench]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+install-bench: $(VENV)/.installed-bench
+
+serve: install
+	$(BIN)/cnnviz serve
+
+lint: install-test
+	$(BIN)/ruff check .
+
+test: install-test lint
+	$(BIN)/python -m pytest -q
+
+bench: install-bench
+	$(BIN)/python bench/bench_attribution.py
+
+openapi: install
+	$(BIN)/python -m service.openapi_doc > openapi/openapi.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

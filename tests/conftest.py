@@ -1,0 +1,70 @@
+"""Shared fixtures: the real default model, photos from scikit-image, and the real app."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+# Two cores: keep torch from oversubscribing when tests start threads of their own.
+torch.set_num_threads(2)
+
+
+def encode(arr: np.ndarray, fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def catalog():
+    from cnnviz.models import Catalog
+
+    return Catalog.from_environment(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def lite0(catalog):
+    return catalog.get("efficientnet-lite0")
+
+
+@pytest.fixture(scope="session")
+def chelsea() -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.chelsea()
+
+
+@pytest.fixture(scope="session")
+def coffee() -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.coffee()
+
+
+@pytest.fixture(scope="session")
+def chelsea_jpeg(chelsea) -> bytes:
+    return encode(chelsea)
+
+
+@pytest.fixture(scope="session")
+def app(catalog):
+    from service.app import create_app
+    from service.settings import Settings
+
+    return create_app(Settings(max_body_bytes=4 * 1024 * 1024, inline_budget=400), catalog=catalog)
+
+
+@pytest.fixture(scope="session")
+def client(app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        yield c
+
+
+def to_tensor(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255

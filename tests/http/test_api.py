@@ -1,0 +1,213 @@
+"""The real app over HTTP: predict, explain, the answer's shape, and every bad input as a 4xx."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from conftest import encode
+from PIL import Image
+
+pytestmark = pytest.mark.model
+
+URL = "/v1/models/efficientnet-lite0"
+
+
+def post(client, path, images, params=None, headers=None):
+    files = [("image", (f"i{i}.bin", data, "application/octet-stream")) for i, data in enumerate(images)]
+    data = {"params": json.dumps(params)} if params is not None else None
+    return client.post(path, files=files, data=data, headers=headers or {})
+
+
+def problem(r, status, slug):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["type"].endswith("/" + slug), body
+    assert body["status"] == status
+    return body
+
+
+def test_health_and_catalog(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    models = client.get("/v1/models").json()
+    assert models["default"] == "efficientnet-lite0"
+    detail = client.get(URL).json()
+    assert detail["input_size"] == 224 and detail["num_labels"] == 1000
+    assert detail["default_layer"] == "act_head"
+    layers = {li["name"]: li for li in detail["layers"]}
+    assert layers["act_head"]["output_shape"] == [1280, 7, 7]
+    assert "Egyptian cat" in detail["labels"]
+
+
+def test_predict_chelsea(client, chelsea_jpeg):
+    r = post(client, f"{URL}/predict", [chelsea_jpeg], {"top_k": 3})
+    assert r.status_code == 200, r.text
+    preds = r.json()["images"][0]["predictions"]
+    assert preds[0]["label"] in {"Egyptian cat", "tabby", "tiger cat"}
+    assert len(preds) == 3 and preds[0]["probability"] >= preds[1]["probability"]
+
+
+def test_gradcam_answer_shape(client, chelsea_jpeg):
+    r = post(client, f"{URL}/explain/gradcam", [chelsea_jpeg], {"top_k": 2, "localization": {}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "efficientnet-lite0" and body["method"] == "gradcam"
+    assert body["layer"] == "act_head"
+    img = body["images"][0]
+    assert (img["width"], img["height"]) == (451, 300)
+    first, second = img["explanations"]
+    assert first["target"]["label"] in {"Egyptian cat", "tabby", "tiger cat"}
+    assert first["target"]["probability"] > second["target"]["probability"]
+    raw = first["map"]
+    assert raw["shape"] == [7, 7] and len(raw["values"]) == 7
+    assert raw["max"] == pytest.approx(max(max(r) for r in raw["values"]), rel=1e-4)
+    overlay = Image.open(io.BytesIO(base64.b64decode(first["overlay_png"])))
+    assert overlay.size == (451, 300)  # the original image size
+    assert first["regions"] and first["regions"][0]["box"][2] <= 451
+    assert set(body["timings"]) >= {"compute_ms", "render_ms", "total_ms"}
+
+
+def test_accept_png_returns_overlay(client, chelsea_jpeg):
+    r = post(client, f"{URL}/explain/gradcam", [chelsea_jpeg], headers={"accept": "image/png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size == (451, 300)
+
+
+def test_several_images_each_with_targets(client, chelsea, coffee):
+    r = post(client, f"{URL}/explain/gradcam", [encode(chelsea), encode(coffee, "PNG")],
+             {"targets": [[285, 281], [967]], "output": {"heatmap": False, "overlay": False}})
+    assert r.status_code == 200, r.text
+    imgs = r.json()["images"]
+    assert [e["target"]["index"] for e in imgs[0]["explanations"]] == [285, 281]
+    assert [e["target"]["index"] for e in imgs[1]["explanations"]] == [967]
+    assert imgs[1]["explanations"][0]["overlay_png"] is None
+
+
+def test_json_body_with_base64(client, chelsea_jpeg):
+    body = {"images": [base64.b64encode(chelsea_jpeg).decode()], "params": {"target": 285, "output": {"size": [64, 32]}}}
+    r = client.post(f"{URL}/explain/gradcam", json=body)
+    assert r.status_code == 200, r.text
+    e = r.json()["images"][0]["explanations"][0]
+    assert Image.open(io.BytesIO(base64.b64decode(e["heatmap_png"]))).size == (64, 32)
+
+
+def test_higher_resolution_gives_finer_maps(client, chelsea_jpeg):
+    r = post(client, f"{URL}/explain/gradcam", [chelsea_jpeg], {"resolution": 448})
+    assert r.json()["images"][0]["explanations"][0]["map"]["shape"] == [14, 14]
+
+
+def test_methods_listing(client):
+    body = client.get("/v1/methods").json()
+    names = {m["name"]: m for m in body["methods"]}
+    assert {"gradcam", "cam", "scorecam", "ablationcam", "eigencam"} <= set(names)
+    assert names["gradcam"]["inline"] and not names["scorecam"]["inline"]
+    assert "batch_size" in names["scorecam"]["params_schema"]["properties"]
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def _png_header_bomb(w: int, h: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def _tiff() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, "TIFF")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data,status,slug", [
+    (b"", 400, "invalid-image"),
+    (b"not an image at all", 400, "invalid-image"),
+    (b"\xff\xd8\xff\xe0" + b"\0" * 64, 400, "invalid-image"),
+    (_tiff(), 415, "unsupported-image-format"),
+    (_png_header_bomb(30000, 30000), 413, "image-too-large"),
+    (encode(np.zeros((4, 4, 3), np.uint8), "PNG"), 400, "image-too-small"),
+])
+def test_bad_images(client, data, status, slug):
+    problem(post(client, f"{URL}/explain/gradcam", [data]), status, slug)
+
+
+@pytest.mark.parametrize("params,slug", [
+    ({"top_k": 0}, "invalid-parameters"),
+    ({"top_k": 1000}, "invalid-parameters"),
+    ({"resolution": 100000}, "invalid-parameters"),
+    ({"colour": "red"}, "invalid-parameters"),
+    ({"output": {"alpha": 2}}, "invalid-parameters"),
+    ({"target": 1, "targets": [[1]]}, "invalid-parameters"),
+    ({"target": 999999}, "invalid-parameters"),
+    ({"target": 1000}, "unknown-class"),
+    ({"layer": "no.such.layer"}, "unknown-layer"),
+    ({"layer": "_fc"}, "layer-not-spatial"),
+    ({"targets": [[1], [2]]}, "bad-targets"),
+])
+def test_bad_params(client, chelsea_jpeg, params, slug):
+    body = problem(post(client, f"{URL}/explain/gradcam", [chelsea_jpeg], params), 422, slug)
+    if slug == "unknown-layer":
+        assert "act_head" in body["choices"]
+
+
+def test_bad_params_json(client, chelsea_jpeg):
+    r = client.post(f"{URL}/explain/gradcam", files=[("image", ("a", chelsea_jpeg))], data={"params": "{nope"})
+    problem(r, 422, "invalid-params-json")
+
+
+def test_unknown_model_and_method(client, chelsea_jpeg):
+    body = problem(post(client, "/v1/models/nope/explain/gradcam", [chelsea_jpeg]), 404, "unknown-model")
+    assert "efficientnet-lite0" in body["choices"]
+    body = problem(post(client, f"{URL}/explain/magic", [chelsea_jpeg]), 404, "unknown-method")
+    assert "gradcam" in body["choices"]
+
+
+def test_missing_image_and_wrong_media_type(client):
+    problem(client.post(f"{URL}/explain/gradcam", files=[("params", (None, "{}"))]), 422, "missing-image")
+    problem(client.post(f"{URL}/explain/gradcam", content=b"x", headers={"content-type": "text/plain"}),
+            415, "unsupported-media-type")
+
+
+def test_too_many_images(client, chelsea_jpeg):
+    problem(post(client, f"{URL}/predict", [chelsea_jpeg] * 17), 413, "too-many-images")
+
+
+def test_body_limit_is_enforced_before_parsing(client):
+    big = b"0" * (5 * 1024 * 1024)
+    problem(post(client, f"{URL}/predict", [big]), 413, "request-too-large")
+
+    def chunks():
+        for _ in range(6):
+            yield b"0" * (1024 * 1024)
+
+    r = client.post(f"{URL}/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"})
+    problem(r, 413, "request-too-large")
+
+
+def test_cam_undefined_on_a_non_gap_layer(client, chelsea_jpeg):
+    problem(post(client, f"{URL}/explain/cam", [chelsea_jpeg], {"layer": "_blocks.15"}), 422, "cam-undefined")
+
+
+def test_over_inline_budget(client, chelsea_jpeg):
+    r = post(client, f"{URL}/explain/scorecam", [chelsea_jpeg])
+    assert r.status_code in (202, 422)
+    if r.status_code == 422:
+        assert r.json()["estimate"] > r.json()["budget"]
+
+
+def test_openapi_is_in_sync(app):
+    from pathlib import Path
+
+    from service.openapi_doc import render
+
+    committed = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
+    assert committed.read_text() == render(app), "openapi/openapi.json drifted: run `make openapi`"
