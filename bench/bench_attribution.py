@@ -1,0 +1,221 @@
+"""Attribution speed beside captum and pytorch-grad-cam: same model, same image, one run.
+
+Prints a markdown table of medians and ratios (peer time / our time: above 1 means we are
+faster) and the correlation of our map with the peer's where both compute the same quantity.
+
+    .venv/bin/python bench/bench_attribution.py [--repeats 5] [--only gradcam,saliency] [--http]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import as_map, correlation, interleaved, table  # noqa: E402
+from cnnviz.attribution import METHODS, ClassTargets, get_method  # noqa: E402
+from cnnviz.models import Catalog  # noqa: E402
+
+log = logging.getLogger("bench")
+
+
+def load(args: argparse.Namespace):
+    import skimage.data
+
+    model = Catalog.from_environment(device="cpu").get("efficientnet-lite0")
+    img = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1).float() / 255
+    x = model.preprocessing.batch([img], device=model.device)
+    with torch.no_grad():
+        target = int(model.module(x).argmax())
+    return model, x, target
+
+
+def ours(model, x, target, method: str, layer: str | None = None, **params) -> Callable[[], torch.Tensor]:
+    m = get_method(method)
+
+    def run() -> torch.Tensor:
+        return m.attribute(model, x, ClassTargets(indices=((target,),)), layer, **params).maps[0][0]
+
+    return run
+
+
+def peers(model, x, target, layer_name: str) -> dict[str, dict[str, Callable[[], object]]]:
+    """Peer implementations keyed by our method name, each a zero-argument callable returning a map."""
+    import captum.attr as ca
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    # Peers get the same weights in an ordinary trainable module, as their users pass one
+    # (pytorch-grad-cam needs parameters that require grad); ours stays frozen.
+    net = copy.deepcopy(model.module).requires_grad_(True)
+    layer = net.get_submodule(layer_name)
+    narrow = net.get_submodule("_blocks.15")
+    tgt = [ClassifierOutputTarget(target)]
+    out: dict[str, dict[str, Callable[[], object]]] = {}
+
+    def pg(cls, lay=layer, **kw):
+        cam = cls(model=net, target_layers=[lay], **kw)
+        return lambda: cam(input_tensor=x, targets=tgt)
+
+    out["gradcam"] = {
+        "captum LayerGradCam": lambda: ca.LayerGradCam(net, layer).attribute(x, target=target,
+                                                                            relu_attributions=True),
+        "pytorch-grad-cam GradCAM": pg(pgc.GradCAM),
+    }
+    out["gradcampp"] = {"pytorch-grad-cam GradCAMPlusPlus": pg(pgc.GradCAMPlusPlus)}
+    out["xgradcam"] = {"pytorch-grad-cam XGradCAM": pg(pgc.XGradCAM)}
+    out["hirescam"] = {"pytorch-grad-cam HiResCAM": pg(pgc.HiResCAM)}
+    out["layercam"] = {"pytorch-grad-cam LayerCAM": pg(pgc.LayerCAM)}
+    out["eigencam"] = {"pytorch-grad-cam EigenCAM": pg(pgc.EigenCAM)}
+    out["scorecam@_blocks.15"] = {"pytorch-grad-cam ScoreCAM": pg(pgc.ScoreCAM, narrow)}
+    out["ablationcam@_blocks.15"] = {"pytorch-grad-cam AblationCAM": pg(pgc.AblationCAM, narrow)}
+    mean_fill = torch.zeros_like(x)  # the dataset mean is zero after normalization
+    black = model.preprocessing.normalize(torch.zeros_like(x))
+    out["saliency"] = {"captum Saliency": lambda: ca.Saliency(net).attribute(x, target=target, abs=True)
+                       .amax(1)}
+    out["guided_backprop"] = {"captum GuidedBackprop": lambda: ca.GuidedBackprop(net).attribute(x, target=target)}
+    out["deconvnet"] = {"captum Deconvolution": lambda: ca.Deconvolution(net).attribute(x, target=target)}
+    out["input_x_gradient"] = {"captum InputXGradient": lambda: ca.InputXGradient(net).attribute(x, target=target)}
+    out["guided_gradcam"] = {"captum GuidedGradCam": lambda: ca.GuidedGradCam(net, layer).attribute(x, target=target)}
+    out["integrated_gradients"] = {"captum IntegratedGradients": lambda: ca.IntegratedGradients(net).attribute(
+        x, baselines=black, target=target, n_steps=32, internal_batch_size=32)}
+    out["occlusion"] = {"captum Occlusion": lambda: ca.Occlusion(net).attribute(
+        x, sliding_window_shapes=(3, 32, 32), strides=(3, 16, 16), baselines=mean_fill, target=target,
+        perturbations_per_eval=64)}
+    return out
+
+
+# Our calls matching each peer row: (method, layer, params).
+OURS: dict[str, tuple[str, str | None, dict[str, object]]] = {
+    "gradcam": ("gradcam", None, {}),
+    "gradcampp": ("gradcampp", None, {}),
+    "xgradcam": ("xgradcam", None, {}),
+    "hirescam": ("hirescam", None, {}),
+    "layercam": ("layercam", None, {}),
+    "eigencam": ("eigencam", None, {}),
+    "scorecam@_blocks.15": ("scorecam", "_blocks.15", {"batch_size": 64}),
+    "ablationcam@_blocks.15": ("ablationcam", "_blocks.15", {"batch_size": 128}),
+    "saliency": ("saliency", None, {}),
+    "guided_backprop": ("guided_backprop", None, {"reduce": "sum"}),
+    "deconvnet": ("deconvnet", None, {"reduce": "sum"}),
+    "input_x_gradient": ("input_x_gradient", None, {"reduce": "sum"}),
+    "guided_gradcam": ("guided_gradcam", None, {"reduce": "sum"}),
+    "integrated_gradients": ("integrated_gradients", None, {"steps": 32, "baseline": "black", "reduce": "sum"}),
+    "occlusion": ("occlusion", None, {"window": 32, "stride": 16, "fill": "mean"}),
+}
+SLOW = {"scorecam@_blocks.15", "ablationcam@_blocks.15", "occlusion", "integrated_gradients"}
+
+
+def bench_methods(args: argparse.Namespace) -> str:
+    model, x, target = load(args)
+    layer = model.default_layer
+    peer_fns = peers(model, x, target, layer)
+    rows = []
+    with torch.no_grad():
+        fwd = interleaved({"forward": lambda: model.module(x)}, repeats=args.repeats * 4, warmup=5)["forward"]
+    rows.append(["forward only", f"{fwd * 1000:.1f}", "", "", "", ""])
+    for key, (method, lay, params) in OURS.items():
+        if args.only and key.split("@")[0] not in args.only:
+            continue
+        if method not in METHODS:
+            log.warning("method %s not registered; skipped", method)
+            continue
+        mine = ours(model, x, target, method, lay, **params)
+        fns = {"ours": mine, **peer_fns.get(key, {})}
+        reps = max(1, args.repeats // 3) if key in SLOW else args.repeats
+        times = interleaved(fns, repeats=reps)
+        ref = mine()
+        for peer, fn in peer_fns.get(key, {}).items():
+            corr = correlation(ref, as_map(fn(), tuple(ref.shape)) if ref.shape[-1] < 64 else fn(),
+                               size=tuple(x.shape[-2:]))
+            rows.append([key, f"{times['ours'] * 1000:.1f}", peer, f"{times[peer] * 1000:.1f}",
+                         f"{times[peer] / times['ours']:.2f}x", f"{corr:.4f}"])
+        if not peer_fns.get(key):
+            rows.append([key, f"{times['ours'] * 1000:.1f}", "-", "", "", ""])
+    return table(rows, ["method", "ours ms", "peer", "peer ms", "peer/ours", "map corr"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_http(args: argparse.Namespace) -> str:
+    """HTTP round trip of a 224 px JPEG Grad-CAM vs the same work in-process."""
+    import httpx
+    import skimage.data
+    import uvicorn
+    from PIL import Image
+
+    from service.app import create_app
+    from service.explaining import run_explanation
+    from service.imaging import decode_image
+    from service.schemas.explain import ExplainParams
+    from service.settings import Settings
+
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.chelsea()).resize((224, 224)).save(buf, "JPEG", quality=90)
+    jpeg = buf.getvalue()
+    app = create_app(Settings(preload_models=True))
+    model = app.state.catalog.get("efficientnet-lite0")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    while not server.started:
+        time.sleep(0.05)
+    params = ExplainParams()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        def http() -> None:
+            r = client.post("/v1/models/efficientnet-lite0/explain/gradcam",
+                            files=[("image", ("c.jpg", jpeg, "image/jpeg"))], data={"params": json.dumps({})})
+            r.raise_for_status()
+
+        def inproc() -> None:
+            run_explanation(model, "gradcam", [decode_image(jpeg)], params)
+
+        compute = ours(model, model.preprocessing.batch([torch.rand(3, 224, 224)]), 285, "gradcam")
+        times = interleaved({"http": http, "inproc": inproc, "compute": compute}, repeats=args.repeats * 4)
+    server.should_exit = True
+    th.join(timeout=5)
+    rows = [["Grad-CAM engine call", f"{times['compute'] * 1000:.1f}", ""],
+            ["in-process decode+compute+render", f"{times['inproc'] * 1000:.1f}", "1.00x"],
+            ["HTTP round trip (224 px JPEG)", f"{times['http'] * 1000:.1f}", f"{times['http'] / times['inproc']:.2f}x"]]
+    return table(rows, ["path", "median ms", "vs in-process"])
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", type=lambda s: set(s.split(",")), default=None)
+    parser.add_argument("--http", action="store_true", help="also time the HTTP round trip")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 @224, chelsea", "",
+           bench_methods(args)]
+    if args.http:
+        out += ["", bench_http(args)]
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
