@@ -3,7 +3,8 @@
 Importing the package registers every method in :data:`METHODS`.
 """
 
-from . import cam  # noqa: F401  (registers the CAM family)
+# Importing a family's module registers its methods.
+from . import cam, gradient, perturbation  # noqa: F401
 from .base import (
     METHODS,
     AttributionError,

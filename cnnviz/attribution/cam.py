@@ -234,7 +234,7 @@ class ScoreCAM(CamMethod):
     needs_gradients = False
 
     def prepare(self, ctx: CamContext) -> None:
-        batch = int(ctx.params.get("batch_size", 64))
+        batch = int(ctx.params.get("batch_size", 16))
         model, x = ctx.model, ctx.x
         sweeps = []
         for i in range(x.shape[0]):

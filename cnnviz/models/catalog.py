@@ -208,7 +208,9 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
     _not_inplace(module)
     module.eval().requires_grad_(False)
     device = torch.device(device)
-    module.to(device)
+    # channels_last convolutions are markedly faster on CPU (oneDNN) and on tensor-core GPUs,
+    # most of all for the batched sweeps of Score-CAM, occlusion and RISE.
+    module.to(device=device, memory_format=torch.channels_last)
     layers = layer_table(module, spec.input_size, device)
     prep = Preprocessing(spec.input_size, spec.mean, spec.std)
     log.info("loaded model %s (%s) from %s on %s", spec.name, spec.arch, spec.weights, device)

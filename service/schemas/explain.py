@@ -101,7 +101,7 @@ class ExplainParams(Strict):
 
 
 class BatchedParams(ExplainParams):
-    batch_size: int = Field(64, ge=1, le=512, description="masked or ablated inputs per forward batch")
+    batch_size: int = Field(16, ge=1, le=512, description="masked or ablated inputs per forward batch")
 
 
 METHOD_PARAMS: dict[str, type[ExplainParams]] = {

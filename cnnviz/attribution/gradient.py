@@ -1,0 +1,539 @@
+"""The gradient family on one base: saliency, guided backprop, deconvnet, input x gradient,
+integrated gradients, SmoothGrad around any of them, and guided Grad-CAM.
+
+:class:`GradientMethod` owns everything the variants share: resolving the targets (class logits
+from the same forward pass that is differentiated, or one channel/neuron of a layer), taking
+input gradients with :func:`torch.autograd.grad` (weights stay frozen, only the input is a leaf),
+and reducing the signed ``[3,H,W]`` attribution of each image and target to a ``[H,W]`` map.
+A variant only says how its signed attribution of a batch is formed (:meth:`GradientMethod.signed`).
+
+Targets are logits, not probabilities, as in Simonyan et al. 2014: the softmax would mix in every
+other class's score. Reductions (param ``reduce``):
+
+* ``abs-max`` max over colour channels of ``|a|`` (Simonyan et al.); default of saliency, guided
+  backprop, deconvnet and guided Grad-CAM, whose signs carry little meaning.
+* ``sum``     signed channel sum; default of input x gradient and integrated gradients, so that a
+  map still sums to what the method distributes (IG: ``score(x) - score(baseline)``).
+* ``abs-sum`` and ``l2`` over channels.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..models import LoadedModel
+from .base import (
+    METHODS,
+    AttributionError,
+    ClassTargets,
+    Explanation,
+    Method,
+    Targets,
+    UnitTarget,
+    class_scores,
+    get_method,
+    register,
+    validate_layer,
+)
+from .hooks import LayerCapture, thread_hooks
+from .rules import rectifier_rule
+
+log = logging.getLogger(__name__)
+
+REDUCTIONS = ("abs-max", "sum", "abs-sum", "l2")
+BASELINES = ("black", "mean", "blurred")
+INTEGRATION = ("gauss-legendre", "trapezoid")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces (also used by the perturbation family)
+# --------------------------------------------------------------------------------------------
+
+def int_param(params: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    """An integer parameter within bounds; AttributionError otherwise (the engine's own guard)."""
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise AttributionError("bad-parameter", f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+    return value
+
+
+def float_param(params: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise AttributionError("bad-parameter", f"{name} must be a number in {lo}..{hi}, got {value!r}")
+    return float(value)
+
+
+def choice_param(params: dict[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = params.get(name, default)
+    if value not in choices:
+        raise AttributionError("bad-parameter", f"{name} must be one of {list(choices)}, got {value!r}",
+                               list(choices))
+    return str(value)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``[N,C,H,W]`` with reflected borders, on x's device and dtype.
+
+    Blurring is linear, so blurring the normalized input equals normalizing the blurred pixels.
+    """
+    if sigma <= 0:
+        return x
+    h, w = x.shape[-2:]
+    radius = max(1, min(math.ceil(3 * sigma), h - 1, w - 1))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    y = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def reference_input(model: LoadedModel, x: torch.Tensor, kind: str, sigma: float = 10.0) -> torch.Tensor:
+    """A reference image in normalized space, ``[N,3,H,W]`` like ``x``.
+
+    ``mean``: the dataset mean, i.e. zeros after normalization. ``black``: pixel value 0, built
+    with the model's own normalization. ``blurred``/``blur``: a Gaussian-blurred copy of ``x``.
+    """
+    if kind == "mean":
+        return torch.zeros_like(x)
+    if kind in ("black", "zero"):
+        return model.preprocessing.normalize(torch.zeros_like(x[:1])).expand_as(x).contiguous()
+    if kind in ("blurred", "blur"):
+        return gaussian_blur(x, sigma)
+    raise AttributionError("bad-parameter", f"unknown reference {kind!r}", list(BASELINES))
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the target layer has run."""
+
+
+@dataclass
+class Objective:
+    """What a method differentiates or perturbs: class logits or one unit of a layer.
+
+    :meth:`outputs` runs the model on a batch and returns ``[B,C]`` logits, or ``[B,1]`` unit
+    scores (the forward pass stops right after the unit's layer). :meth:`pick` turns outputs into
+    per-target scores ``[B,T]`` for images ``img`` ``[B]`` (a row's image in the original batch);
+    an image with fewer targets than ``T`` scores 0 in the missing slots, so its gradient there is 0.
+    """
+
+    model: LoadedModel
+    targets: Targets
+    rows: list[list[int]] | None = None
+    _index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, UnitTarget):
+            validate_layer(self.model, self.targets.layer, spatial=False)
+
+    @property
+    def is_unit(self) -> bool:
+        return isinstance(self.targets, UnitTarget)
+
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(self.targets, UnitTarget):
+            return self.model.module(x)
+        unit = self.targets
+        cap = LayerCapture()
+
+        def hook(mod: Any, inp: tuple[Any, ...], out: Any) -> Any:
+            cap(mod, inp, out)
+            raise _Stop
+
+        try:
+            with thread_hooks([(self.model.submodule(unit.layer), hook)]):
+                self.model.module(x)
+        except _Stop:
+            pass
+        if cap.output is None:
+            raise AttributionError("layer-not-run", f"layer {unit.layer!r} did not run in the forward pass")
+        return unit.score(cap.output)[:, None]
+
+    def resolve(self, out: torch.Tensor) -> list[list[int]]:
+        """Targets per image from the outputs of the original images (top-k needs no new forward)."""
+        if isinstance(self.targets, UnitTarget):
+            self.rows = [[self.targets.channel] for _ in range(out.shape[0])]
+        else:
+            self.rows = self.targets.resolve(out)
+        self._index.clear()
+        return self.rows
+
+    @property
+    def n_targets(self) -> int:
+        assert self.rows is not None
+        return max(len(r) for r in self.rows)
+
+    def index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Column of each image's t-th target ``[N,T]`` and whether it exists ``[N,T]``."""
+        assert self.rows is not None
+        cached = self._index.get(device)
+        if cached is not None:
+            return cached
+        t = self.n_targets
+        if self.is_unit:
+            idx = torch.zeros(len(self.rows), 1, dtype=torch.long)
+        else:
+            idx = torch.tensor([r + [r[0]] * (t - len(r)) for r in self.rows])
+        live = torch.tensor([[j < len(r) for j in range(t)] for r in self.rows])
+        self._index[device] = (idx.to(device), live.to(device))
+        return self._index[device]
+
+    def pick(self, out: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+        idx, live = self.index(out.device)
+        return out.gather(1, idx[img]) * live[img].to(out.dtype)
+
+    def scores(self, out: torch.Tensor) -> tuple[list[list[float]], list[list[float | None]]]:
+        """Reported score (logit or unit value) and probability of each image's targets."""
+        assert self.rows is not None
+        if self.is_unit:
+            return [[float(v)] for v in out[:, 0].detach().float()], [[None] for _ in self.rows]
+        return class_scores(out, self.rows)
+
+
+def input_gradients(objective: Objective, x: torch.Tensor, img: torch.Tensor,
+                    rule: str | None = None, out_sink: list[torch.Tensor] | None = None,
+                    warnings: list[str] | None = None) -> torch.Tensor:
+    """Gradients ``[B,T,3,H,W]`` of each target's score w.r.t. a batch ``x``, from ONE forward pass.
+
+    With ``rule`` ("guided" / "deconvnet") rectifiers pass gradients by that rule. If the
+    objective has no targets yet they are resolved from this forward pass (``img`` must then be
+    ``arange(N)``), and its outputs are appended to ``out_sink`` for reporting scores.
+    """
+    xg = x.detach().requires_grad_(True)
+    ctx = rectifier_rule(objective.model.module, rule) if rule else nullcontext([])
+    with torch.enable_grad():
+        with ctx as rule_warnings:
+            out = objective.outputs(xg)
+        if warnings is not None:
+            warnings.extend(w for w in rule_warnings if w not in warnings)
+        if objective.rows is None:
+            objective.resolve(out)
+        if out_sink is not None:
+            out_sink.append(out.detach())
+        picked = objective.pick(out, img)
+        n_t = picked.shape[1]
+        grads = []
+        for t in range(n_t):
+            (g,) = torch.autograd.grad(picked[:, t].sum(), xg, retain_graph=t < n_t - 1)
+            grads.append(g)
+    return torch.stack(grads, 1)
+
+
+def reduce_channels(a: torch.Tensor, how: str) -> torch.Tensor:
+    """``[...,3,H,W]`` -> ``[...,H,W]``."""
+    if how == "abs-max":
+        return a.abs().amax(-3)
+    if how == "sum":
+        return a.sum(-3)
+    if how == "abs-sum":
+        return a.abs().sum(-3)
+    if how == "l2":
+        return a.pow(2).sum(-3).sqrt()
+    raise AttributionError("bad-parameter", f"unknown reduce {how!r}", list(REDUCTIONS))
+
+
+# --------------------------------------------------------------------------------------------
+# The base
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class GradContext:
+    """Per-call state a variant may read or fill (warnings, extras)."""
+
+    model: LoadedModel
+    objective: Objective
+    params: dict[str, Any]
+    warnings: list[str]
+    extras: dict[str, Any]
+    layer: str | None = None  # the layer a variant uses (guided Grad-CAM), already validated
+
+
+class GradientMethod(Method):
+    """Base: targets, input gradients, channel reduction. A variant forms the signed attribution."""
+
+    family: ClassVar[str] = "gradient"
+    supports_units: ClassVar[bool] = True
+    default_reduce: ClassVar[str] = "abs-max"
+    rule: ClassVar[str | None] = None  # rectifier rule for the backward pass
+    batchable: ClassVar[bool] = True  # signed() accepts any batch of inputs (SmoothGrad relies on it)
+
+    def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
+                  **params: Any) -> Explanation:
+        reduce = choice_param(params, "reduce", self.default_reduce, REDUCTIONS)
+        objective = Objective(model, targets)
+        ctx = GradContext(model, objective, params, [], {}, self.layer_used(objective, layer))
+        img = torch.arange(x.shape[0], device=x.device)
+        sink: list[torch.Tensor] = []
+        signed = self.signed(ctx, x, img, out_sink=sink)  # [N,T,3,H,W]
+        out = sink[0] if sink else None
+        if out is None:  # the variant did not run the original images: one plain forward
+            with torch.no_grad():
+                out = objective.outputs(x)
+            objective.resolve(out)
+        maps = self.finish(ctx, x, signed, reduce)  # [N,T,H,W]
+        rows = objective.rows
+        assert rows is not None
+        scores, probs = objective.scores(out)
+        result = [[maps[i, t].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
+        return Explanation(self.name, result, rows, scores, probs, layer=ctx.layer,
+                           warnings=ctx.warnings, extras=ctx.extras)
+
+    def signed(self, ctx: GradContext, x: torch.Tensor, img: torch.Tensor,
+               out_sink: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Signed attribution ``[B,T,3,H,W]`` of a batch ``x`` whose rows belong to images ``img``.
+
+        When called with ``out_sink`` on the original images, a variant that runs them forward
+        should append its outputs so that targets and scores need no extra forward pass.
+        """
+        return input_gradients(ctx.objective, x, img, self.rule, out_sink, ctx.warnings)
+
+    def finish(self, ctx: GradContext, x: torch.Tensor, signed: torch.Tensor, reduce: str) -> torch.Tensor:
+        """Maps ``[N,T,H,W]`` from the signed attribution; a variant may combine further."""
+        return reduce_channels(signed, reduce)
+
+    def layer_used(self, objective: Objective, layer: str | None) -> str | None:
+        """The layer the answer names: the unit's layer, or the one a variant works on."""
+        return objective.targets.layer if isinstance(objective.targets, UnitTarget) else None
+
+    def cost(self, model: LoadedModel, n_images: int, n_targets: int, params: dict[str, Any]) -> float:
+        return float(n_images * (1 + 2 * n_targets))
+
+
+# --------------------------------------------------------------------------------------------
+# Variants
+# --------------------------------------------------------------------------------------------
+
+@register
+class Saliency(GradientMethod):
+    """Simonyan et al. 2014: the gradient of the score w.r.t. the input; map = max_c |grad|."""
+
+    name = "saliency"
+    title = "Saliency (vanilla gradient)"
+
+
+@register
+class GuidedBackprop(GradientMethod):
+    """Springenberg et al. 2015: rectifiers pass only positive gradients where their input was positive."""
+
+    name = "guided_backprop"
+    title = "Guided backpropagation"
+    rule = "guided"
+
+
+@register
+class Deconvnet(GradientMethod):
+    """Zeiler & Fergus 2014: rectifiers pass positive gradients regardless of the forward pass."""
+
+    name = "deconvnet"
+    title = "Deconvnet"
+    rule = "deconvnet"
+
+
+@register
+class InputXGradient(GradientMethod):
+    """Shrikumar et al. 2016: input x gradient, the input measured from the dataset mean.
+
+    ``x`` is normalized, so the factor is the distance from the mean image; this is IG with the
+    ``mean`` baseline in the limit of a linear model. Signed channel sum by default.
+    """
+
+    name = "input_x_gradient"
+    title = "Input x gradient"
+    default_reduce = "sum"
+
+    def signed(self, ctx, x, img, out_sink=None):
+        return super().signed(ctx, x, img, out_sink) * x[:, None]
+
+
+def _nodes(steps: int, kind: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alphas in [0,1] and quadrature weights summing to 1 for the path integral."""
+    if kind == "trapezoid":
+        alphas = torch.linspace(0, 1, steps, dtype=torch.float64)
+        w = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
+        w[0] = w[-1] = 0.5 / (steps - 1)
+    else:
+        import numpy as np  # setup only: a handful of nodes, computed once per call
+
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        alphas = torch.from_numpy((nodes + 1) / 2)
+        w = torch.from_numpy(weights / 2)
+    return alphas.to(device, dtype), w.to(device, dtype)
+
+
+@register
+class IntegratedGradients(GradientMethod):
+    """Sundararajan et al. 2017: (x - x') times the path integral of gradients from a baseline x'.
+
+    Params: ``steps`` 2..512 (32), ``baseline`` black | mean | blurred (``sigma`` px, default 10),
+    ``integration`` gauss-legendre (default, as captum) | trapezoid, ``batch_size`` rows per
+    forward (default 32). Every (image, alpha) pair is one row; rows run in chunks, one forward
+    and one backward per target each. ``extras["completeness"]`` reports, per image and target,
+    the attribution sum against ``score(x) - score(baseline)`` and the relative error.
+    """
+
+    name = "integrated_gradients"
+    title = "Integrated gradients"
+    default_reduce = "sum"
+
+    def signed(self, ctx, x, img, out_sink=None):
+        p = ctx.params
+        steps = int_param(p, "steps", 32, 2, 512)
+        batch = int_param(p, "batch_size", 32, 1, 4096)
+        kind = choice_param(p, "baseline", "black", BASELINES)
+        sigma = float_param(p, "sigma", 10.0, 0.1, 200.0)
+        integration = choice_param(p, "integration", "gauss-legendre", INTEGRATION)
+        obj = ctx.objective
+        base = reference_input(ctx.model, x, kind, sigma)
+        n = x.shape[0]
+        with torch.no_grad():
+            ends = obj.outputs(torch.cat([x, base]))  # score(x) and score(baseline), one forward
+        if obj.rows is None:
+            obj.resolve(ends[:n])
+        if out_sink is not None:
+            out_sink.append(ends[:n])
+        alphas, weights = _nodes(steps, integration, x.device, x.dtype)
+        delta = x - base
+        acc = torch.zeros(n, obj.n_targets, *x.shape[1:], device=x.device, dtype=x.dtype)
+        total = n * steps
+        for s in range(0, total, batch):
+            r = torch.arange(s, min(total, s + batch), device=x.device)
+            i, k = r // steps, r % steps
+            xb = base[i] + alphas[k].view(-1, 1, 1, 1) * delta[i]
+            g = input_gradients(obj, xb, img[i], self.rule)
+            acc.index_add_(0, i, g * weights[k].view(-1, 1, 1, 1, 1))
+        attr = acc * delta[:, None]
+        self._completeness(ctx, attr, obj.pick(ends[:n], img) - obj.pick(ends[n:], img), out_sink is not None)
+        return attr
+
+    def _completeness(self, ctx: GradContext, attr: torch.Tensor, diff: torch.Tensor, top: bool) -> None:
+        if not top:  # inside SmoothGrad: the noisy copies' numbers mean little
+            return
+        sums = attr.flatten(2).sum(-1).double()
+        diff = diff.double()
+        rel = (sums - diff).abs() / diff.abs().clamp_min(1e-12)
+        rows = ctx.objective.rows or []
+        ctx.extras["completeness"] = [
+            [{"attribution_sum": float(sums[i, t]), "score_difference": float(diff[i, t]),
+              "relative_error": float(rel[i, t])} for t in range(len(r))]
+            for i, r in enumerate(rows)
+        ]
+        worst = max((float(rel[i, t]) for i, r in enumerate(rows) for t in range(len(r))), default=0.0)
+        if worst > 0.05:
+            ctx.warnings.append(f"integrated gradients: attributions miss score(x) - score(baseline) by up to "
+                                f"{worst:.0%}; increase steps")
+
+    def cost(self, model, n_images, n_targets, params):
+        steps = int(params.get("steps", 32))
+        return float(n_images * (2 + steps * (1 + 2 * n_targets)))
+
+
+SMOOTHABLE = ("saliency", "guided_backprop", "deconvnet", "input_x_gradient", "integrated_gradients")
+
+
+@register
+class SmoothGrad(GradientMethod):
+    """Smilkov et al. 2017: the average of a base method's attributions over noisy copies of x.
+
+    Params: ``base`` (one of :data:`SMOOTHABLE`, default saliency), ``samples`` 1..256 (25),
+    ``noise`` 0..1 (0.15): the noise std as a fraction of each image's value range, ``seed``,
+    ``batch_size`` (32). The signed attributions are averaged, then reduced with the base's
+    default reduction unless ``reduce`` says otherwise. Base params (IG's steps...) pass through.
+    """
+
+    name = "smoothgrad"
+    title = "SmoothGrad"
+
+    def _base(self, params: dict[str, Any]) -> GradientMethod:
+        name = choice_param(params, "base", "saliency", SMOOTHABLE)
+        method = METHODS[name]
+        assert isinstance(method, GradientMethod)
+        return method
+
+    def attribute(self, model, x, targets, layer=None, **params):
+        if "reduce" not in params:
+            params = {**params, "reduce": self._base(params).default_reduce}
+        return super().attribute(model, x, targets, layer, **params)
+
+    def signed(self, ctx, x, img, out_sink=None):
+        p = ctx.params
+        base = self._base(p)
+        samples = int_param(p, "samples", 25, 1, 256)
+        noise = float_param(p, "noise", 0.15, 0.0, 1.0)
+        seed = int_param(p, "seed", 0, 0, 2**63 - 1)
+        batch = int_param(p, "batch_size", 32, 1, 4096)
+        obj = ctx.objective
+        n = x.shape[0]
+        if obj.rows is None:
+            with torch.no_grad():
+                out = obj.outputs(x)
+            obj.resolve(out)
+            if out_sink is not None:
+                out_sink.append(out)
+        span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        acc = torch.zeros(n, obj.n_targets, *x.shape[1:], device=x.device, dtype=x.dtype)
+        total = n * samples
+        # IG inside: each noisy copy is a batch of steps of its own, so feed it copies one chunk apart.
+        chunk = max(1, batch // int(p.get("steps", 32))) if base.name == "integrated_gradients" else batch
+        for s in range(0, total, chunk):
+            r = torch.arange(s, min(total, s + chunk), device=x.device)
+            i = r // samples
+            eps = torch.randn((len(r), *x.shape[1:]), generator=gen, dtype=torch.float32).to(x.device, x.dtype)
+            xb = x[i] + eps * (noise * span[i])
+            acc.index_add_(0, i, base.signed(ctx, xb, img[i]))
+        return acc / samples
+
+    def cost(self, model, n_images, n_targets, params):
+        base = METHODS.get(str(params.get("base", "saliency")))
+        per = base.cost(model, 1, n_targets, params) if base is not None else 1 + 2 * n_targets
+        return float(n_images * (1 + int(params.get("samples", 25)) * per))
+
+
+@register
+class GuidedGradCAM(GradientMethod):
+    """Selvaraju et al. 2017: guided backprop x Grad-CAM (bilinearly upsampled to the input).
+
+    The Grad-CAM part comes from the registered ``gradcam`` method on ``layer`` (the model's
+    default when None), for the same class indices; class targets only.
+    """
+
+    name = "guided_gradcam"
+    title = "Guided Grad-CAM"
+    rule = "guided"
+    uses_layer = True
+    supports_units = False
+
+    def attribute(self, model, x, targets, layer=None, **params):
+        if not isinstance(targets, ClassTargets):
+            raise AttributionError("unsupported-target", "guided_gradcam explains class scores, not units")
+        return super().attribute(model, x, targets, layer, **params)
+
+    def finish(self, ctx, x, signed, reduce):
+        rows = ctx.objective.rows
+        assert rows is not None
+        layer = ctx.layer
+        cam = get_method("gradcam").attribute(ctx.model, x, ClassTargets(indices=tuple(tuple(r) for r in rows)),
+                                              layer=layer)
+        n, t = signed.shape[:2]
+        grid = torch.zeros(n, t, *cam.maps[0][0].shape, device=x.device, dtype=x.dtype)
+        for i, maps in enumerate(cam.maps):
+            for j, m in enumerate(maps):
+                grid[i, j] = m.to(x.device, x.dtype)
+        up = F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        ctx.extras["gradcam_layer"] = layer
+        return reduce_channels(signed * up[:, :, None], reduce)
+
+    def layer_used(self, objective, layer):
+        return validate_layer(objective.model, layer)
+
+    def cost(self, model, n_images, n_targets, params):
+        return float(n_images * (1 + 2 * n_targets) + get_method("gradcam").cost(model, n_images, n_targets, params))

@@ -1,0 +1,200 @@
+"""Perturbation methods on one base: occlusion sensitivity and RISE.
+
+Both change the input and watch a score; no gradient is taken. :class:`PerturbationMethod` runs
+the original images once (targets and reference scores), and a variant sweeps batches of
+perturbed copies. Each sweep evaluates *all* classes at once, so every target of an image is read
+from the same forwards. Targets may be class logits or a unit of a layer (the forward pass then
+stops at that layer).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..models import LoadedModel
+from .base import AttributionError, Explanation, Method, Targets, UnitTarget, register
+from .gradient import Objective, choice_param, float_param, int_param, reference_input
+
+log = logging.getLogger(__name__)
+
+FILLS = ("mean", "zero", "blur")
+
+
+class PerturbationMethod(Method):
+    """Base: one forward on the originals; a variant returns maps ``[N,T,H,W]`` from its sweep."""
+
+    family: ClassVar[str] = "perturbation"
+    supports_units: ClassVar[bool] = True
+
+    def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
+                  **params: Any) -> Explanation:
+        objective = Objective(model, targets)
+        warnings: list[str] = []
+        extras: dict[str, Any] = {}
+        with torch.no_grad():
+            out = objective.outputs(x)
+            rows = objective.resolve(out)
+            maps = self.sweep(model, objective, x, out, params, warnings, extras)
+        scores, probs = objective.scores(out)
+        result = [[maps[i, t].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
+        unit_layer = targets.layer if isinstance(targets, UnitTarget) else None
+        return Explanation(self.name, result, rows, scores, probs, layer=unit_layer, warnings=warnings,
+                           extras=extras)
+
+    def sweep(self, model: LoadedModel, objective: Objective, x: torch.Tensor, out: torch.Tensor,
+              params: dict[str, Any], warnings: list[str], extras: dict[str, Any]) -> torch.Tensor:
+        """Maps ``[N,T,H,W]`` for images ``x`` whose unperturbed outputs are ``out``."""
+        raise NotImplementedError
+
+
+def _fill(model: LoadedModel, x: torch.Tensor, params: dict[str, Any], default: str) -> torch.Tensor:
+    kind = choice_param(params, "fill", default, FILLS)
+    sigma = float_param(params, "sigma", 10.0, 0.1, 200.0)
+    return reference_input(model, x, kind, sigma)
+
+
+def window_starts(size: int, window: int, stride: int) -> torch.Tensor:
+    """Window offsets along one axis, as captum's Occlusion places them.
+
+    ``ceil((size - window) / stride) + 1`` windows at multiples of ``stride``; the last one may
+    run past the edge and is clipped there, so every pixel is covered.
+    """
+    count = math.ceil((size - window) / stride) + 1
+    return torch.arange(count) * stride
+
+
+@register
+class Occlusion(PerturbationMethod):
+    """Zeiler & Fergus 2014: the score drop when a square window of the input is covered.
+
+    Params: ``window`` 1..224 px and ``stride`` 1..224 px at network input resolution (32, 16;
+    stride <= window), ``fill`` mean (dataset mean, zeros after normalization; default) | zero
+    (black pixels) | blur (a Gaussian-blurred copy, ``sigma`` px), ``batch_size`` (64). A pixel's
+    value is the mean, over the windows covering it, of ``score(x) - score(occluded)``: the same
+    numbers as captum's ``Occlusion(sliding_window_shapes=(3,w,w), strides=(3,s,s))`` on one channel.
+    Every (image, window) pair is one row of a batched forward; the windows' drops are spread back
+    onto pixels with one transposed convolution.
+    """
+
+    name = "occlusion"
+    title = "Occlusion sensitivity"
+
+    def _geometry(self, params: dict[str, Any], h: int, w: int) -> tuple[int, int]:
+        window = int_param(params, "window", 32, 1, 224)
+        stride = int_param(params, "stride", 16, 1, 224)
+        window = min(window, h, w)
+        if stride > window:
+            raise AttributionError("bad-parameter", f"stride {stride} is larger than the window {window}:"
+                                   " pixels between windows would get no value")
+        return window, stride
+
+    def sweep(self, model, objective, x, out, params, warnings, extras):
+        n, _, h, w = x.shape
+        window, stride = self._geometry(params, h, w)
+        batch = int_param(params, "batch_size", 64, 1, 4096)
+        fill = _fill(model, x, params, "mean")
+        ys, xs = window_starts(h, window, stride).to(x.device), window_starts(w, window, stride).to(x.device)
+        n_win = len(ys) * len(xs)
+        img_all = torch.arange(n, device=x.device)
+        base = objective.pick(out, img_all)  # [N,T]
+        drops = torch.empty(n, n_win, base.shape[1], device=x.device, dtype=torch.float32)
+        rr, cc = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        total = n * n_win
+        for s in range(0, total, batch):
+            r = torch.arange(s, min(total, s + batch), device=x.device)
+            i, k = r // n_win, r % n_win
+            y0, x0 = ys[k // len(xs)], xs[k % len(xs)]
+            in_y = (rr[None] >= y0[:, None]) & (rr[None] < y0[:, None] + window)  # [B,H]
+            in_x = (cc[None] >= x0[:, None]) & (cc[None] < x0[:, None] + window)  # [B,W]
+            mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]  # [B,1,H,W]
+            occluded = torch.where(mask, fill[i], x[i])
+            drops[i, k] = (base[i] - objective.pick(objective.outputs(occluded), i)).float()
+        extras.update(window=window, stride=stride, windows=n_win)
+        return self._spread(drops, len(ys), len(xs), window, stride, h, w)
+
+    @staticmethod
+    def _spread(drops: torch.Tensor, ny: int, nx: int, window: int, stride: int, h: int, w: int) -> torch.Tensor:
+        """Mean drop of the windows covering each pixel: ``[N,T,H,W]`` from ``[N,K,T]``."""
+        n, _, t = drops.shape
+        grid = drops.permute(0, 2, 1).reshape(n * t, 1, ny, nx)
+        ones = torch.ones(1, 1, window, window, device=drops.device, dtype=drops.dtype)
+        total = F.conv_transpose2d(grid, ones, stride=stride)[..., :h, :w]
+        count = F.conv_transpose2d(torch.ones_like(grid[:1]), ones, stride=stride)[..., :h, :w]
+        return (total / count).reshape(n, t, h, w)
+
+    def cost(self, model, n_images, n_targets, params):
+        size = model.spec.input_size
+        window = min(int(params.get("window", 32)), size)
+        stride = max(1, int(params.get("stride", 16)))
+        per_axis = math.ceil(max(0, size - window) / stride) + 1
+        return float(n_images * (1 + per_axis * per_axis))
+
+
+def rise_masks(count: int, cell: int, p: float, h: int, w: int, gen: torch.Generator,
+               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``count`` RISE masks ``[count,H,W]`` in [0,1] (Petsiuk et al. 2018, as their code does).
+
+    A ``cell x cell`` grid of Bernoulli(p) cells is upsampled bilinearly to ``(cell+1)`` cells of
+    ``ceil(H/cell)`` px, then an ``H x W`` crop is taken at a random shift within one cell, so
+    the smooth cell borders fall anywhere. Only the tiny grids and shifts come from the CPU
+    generator (reproducible on any device); the upsampling runs on ``device``.
+    """
+    ch, cw = math.ceil(h / cell), math.ceil(w / cell)
+    grid = (torch.rand(count, 1, cell, cell, generator=gen) < p).to(device, dtype)
+    dy = torch.randint(0, ch, (count,), generator=gen).to(device)
+    dx = torch.randint(0, cw, (count,), generator=gen).to(device)
+    up = F.interpolate(grid, size=((cell + 1) * ch, (cell + 1) * cw), mode="bilinear", align_corners=False)
+    rows = dy[:, None] + torch.arange(h, device=device)[None]  # [M,H]
+    cols = dx[:, None] + torch.arange(w, device=device)[None]  # [M,W]
+    b = torch.arange(count, device=device)[:, None, None]
+    return up[b, 0, rows[:, :, None], cols[:, None, :]]
+
+
+@register
+class RISE(PerturbationMethod):
+    """Petsiuk et al. 2018: saliency = sum_i score(x * M_i) * M_i / (N * p) over random masks M_i.
+
+    Params: ``masks`` 1..8000 (2000), ``cell`` 2..32 grid size s (7), ``p`` 0.05..0.95 keep
+    probability (0.5), ``seed`` (0), ``score`` probability (the paper's class confidence; default)
+    | logit, ``fill`` zero (the paper multiplies pixels by the mask; default) | mean | blur,
+    ``batch_size`` (64). The same masks serve every image; all targets come from the same sweep.
+    """
+
+    name = "rise"
+    title = "RISE"
+
+    def sweep(self, model, objective, x, out, params, warnings, extras):
+        n, _, h, w = x.shape
+        count = int_param(params, "masks", 2000, 1, 8000)
+        cell = int_param(params, "cell", 7, 2, 32)
+        p = float_param(params, "p", 0.5, 0.05, 0.95)
+        seed = int_param(params, "seed", 0, 0, 2**63 - 1)
+        batch = int_param(params, "batch_size", 64, 1, 4096)
+        kind = choice_param(params, "score", "probability", ("probability", "logit"))
+        fill = _fill(model, x, params, "zero")
+        probs = kind == "probability" and not objective.is_unit
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        per = max(1, batch // n)  # masks per chunk; each mask is applied to every image
+        sal = torch.zeros(n, objective.n_targets, h, w, device=x.device, dtype=torch.float32)
+        img = torch.arange(n, device=x.device).repeat(per)
+        for s in range(0, count, per):
+            m = rise_masks(min(per, count - s), cell, p, h, w, gen, x.device, x.dtype)  # [M,H,W]
+            k = m.shape[0]
+            mm = m.repeat_interleave(n, 0)[:, None]  # rows: mask-major, image-minor
+            ii = img[: k * n]
+            masked = fill[ii] + mm * (x[ii] - fill[ii])
+            scores = objective.outputs(masked).float()
+            if probs:
+                scores = scores.softmax(1)
+            picked = objective.pick(scores, ii).view(k, n, -1)  # [M,N,T]
+            sal += torch.einsum("mnt,mhw->nthw", picked, m.float())
+        extras.update(masks=count, cell=cell, p=p, score="probability" if probs else kind)
+        return sal / (count * p)
+
+    def cost(self, model, n_images, n_targets, params):
+        return float(n_images * (1 + int(params.get("masks", 2000))))
