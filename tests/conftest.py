@@ -67,4 +67,4 @@ def client(app):
 
 
 def to_tensor(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float() / 255

@@ -152,7 +152,7 @@ def rise_masks(count: int, cell: int, p: float, h: int, w: int, gen: torch.Gener
     rows = dy[:, None] + torch.arange(h, device=device)[None]  # [M,H]
     cols = dx[:, None] + torch.arange(w, device=device)[None]  # [M,W]
     b = torch.arange(count, device=device)[:, None, None]
-    return up[b, 0, rows[:, :, None], cols[:, None, :]]
+    return up[b, 0, rows[:, :, None], cols[:, None, :]].clamp_(0, 1)  # rounding can pass 1 by an ulp
 
 
 @register

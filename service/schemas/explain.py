@@ -97,16 +97,69 @@ class ExplainParams(Strict):
     def engine_params(self) -> dict[str, object]:
         """The method-specific fields, as keyword arguments for the engine."""
         shared = set(ExplainParams.model_fields)
-        return {k: getattr(self, k) for k in type(self).model_fields if k not in shared}
+        out = {k: getattr(self, k) for k in type(self).model_fields if k not in shared}
+        return {k: v for k, v in out.items() if v is not None}
 
 
 class BatchedParams(ExplainParams):
-    batch_size: int = Field(16, ge=1, le=512, description="masked or ablated inputs per forward batch")
+    batch_size: int = Field(16, ge=1, le=512, description="masked, ablated or perturbed inputs per forward batch")
+
+
+Reduce = Literal["abs-max", "sum", "abs-sum", "l2"]
+
+
+class GradientParams(ExplainParams):
+    reduce: Reduce | None = Field(None, description="how the 3 colour channels become one map; "
+                                  "default abs-max (saliency, guided, deconvnet) or sum (x-gradient, IG)")
+
+
+class IntegratedGradientsParams(GradientParams):
+    steps: int = Field(32, ge=2, le=512)
+    baseline: Literal["black", "mean", "blurred"] = "black"
+    sigma: float = Field(10.0, ge=0.1, le=200.0, description="blur of the blurred baseline, px")
+    integration: Literal["gauss-legendre", "trapezoid"] = "gauss-legendre"
+    batch_size: int = Field(32, ge=1, le=512)
+
+
+class SmoothGradParams(GradientParams):
+    base: Literal["saliency", "guided_backprop", "deconvnet", "input_x_gradient", "integrated_gradients"] = "saliency"
+    samples: int = Field(25, ge=1, le=256)
+    noise: float = Field(0.15, ge=0.0, le=1.0, description="noise std as a fraction of the input range")
+    seed: int = Field(0, ge=0, le=2**62)
+    batch_size: int = Field(32, ge=1, le=512)
+    steps: int = Field(32, ge=2, le=512, description="only for base=integrated_gradients")
+    baseline: Literal["black", "mean", "blurred"] = "black"
+
+
+class OcclusionParams(BatchedParams):
+    window: int = Field(32, ge=1, le=224, description="square window side at network input, px")
+    stride: int = Field(16, ge=1, le=224, description="at most the window")
+    fill: Literal["mean", "zero", "blur"] = "mean"
+    sigma: float = Field(10.0, ge=0.1, le=200.0)
+
+
+class RiseParams(BatchedParams):
+    masks: int = Field(2000, ge=1, le=8000)
+    cell: int = Field(7, ge=2, le=32, description="grid cells per side before upsampling")
+    p: float = Field(0.5, ge=0.05, le=0.95, description="probability a cell is kept")
+    seed: int = Field(0, ge=0, le=2**62)
+    score: Literal["probability", "logit"] = "probability"
+    fill: Literal["mean", "zero", "blur"] = Field("zero", description="zero multiplies pixels by the mask, "
+                                                  "as in the paper")
 
 
 METHOD_PARAMS: dict[str, type[ExplainParams]] = {
     "scorecam": BatchedParams,
     "ablationcam": BatchedParams,
+    "saliency": GradientParams,
+    "guided_backprop": GradientParams,
+    "deconvnet": GradientParams,
+    "input_x_gradient": GradientParams,
+    "guided_gradcam": GradientParams,
+    "integrated_gradients": IntegratedGradientsParams,
+    "smoothgrad": SmoothGradParams,
+    "occlusion": OcclusionParams,
+    "rise": RiseParams,
 }
 
 

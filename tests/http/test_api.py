@@ -91,7 +91,8 @@ def test_several_images_each_with_targets(client, chelsea, coffee):
 
 
 def test_json_body_with_base64(client, chelsea_jpeg):
-    body = {"images": [base64.b64encode(chelsea_jpeg).decode()], "params": {"target": 285, "output": {"size": [64, 32]}}}
+    body = {"images": [base64.b64encode(chelsea_jpeg).decode()],
+            "params": {"target": 285, "output": {"size": [64, 32]}}}
     r = client.post(f"{URL}/explain/gradcam", json=body)
     assert r.status_code == 200, r.text
     e = r.json()["images"][0]["explanations"][0]
@@ -211,3 +212,43 @@ def test_openapi_is_in_sync(app):
 
     committed = Path(__file__).resolve().parents[2] / "openapi" / "openapi.json"
     assert committed.read_text() == render(app), "openapi/openapi.json drifted: run `make openapi`"
+
+
+CHEAP = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 2}, "rise": {"masks": 16},
+         "occlusion": {"window": 112, "stride": 112}, "scorecam": {"layer": "_blocks.15", "resolution": 64}}
+
+
+def test_every_method_answers_over_http(client, chelsea_jpeg):
+    from cnnviz.attribution import METHODS
+
+    for method in sorted(METHODS):
+        params = {**CHEAP.get(method, {}), "output": {"raw": False, "heatmap": False}}
+        r = post(client, f"{URL}/explain/{method}", [chelsea_jpeg], params)
+        assert r.status_code == 200, (method, r.text)
+        e = r.json()["images"][0]["explanations"][0]
+        assert e["map"]["max"] >= e["map"]["min"] and e["overlay_png"], method
+
+
+def test_unit_target_over_http(client, chelsea_jpeg):
+    r = post(client, f"{URL}/explain/guided_backprop", [chelsea_jpeg], {"unit": {"layer": "_blocks.10", "channel": 3}})
+    assert r.status_code == 200, r.text
+    t = r.json()["images"][0]["explanations"][0]["target"]
+    assert t["kind"] == "channel" and t["label"] == "_blocks.10[3]"
+    body = problem(post(client, f"{URL}/explain/saliency", [chelsea_jpeg],
+                        {"unit": {"layer": "_blocks.10", "channel": 3000}}), 422, "unknown-channel")
+    assert "111" in body["detail"]
+    problem(post(client, f"{URL}/explain/gradcam", [chelsea_jpeg], {"unit": {"layer": "_blocks.10", "channel": 1}}),
+            422, "unsupported-target")
+
+
+@pytest.mark.parametrize("method,params", [
+    ("integrated_gradients", {"steps": 1}), ("integrated_gradients", {"baseline": "white"}),
+    ("smoothgrad", {"samples": 100000}), ("occlusion", {"window": 0}), ("rise", {"p": 1.5}),
+    ("saliency", {"reduce": "median"}), ("scorecam", {"batch_size": 0}),
+])
+def test_method_parameter_bounds(client, chelsea_jpeg, method, params):
+    problem(post(client, f"{URL}/explain/{method}", [chelsea_jpeg], params), 422, "invalid-parameters")
+
+
+def test_stride_over_window_is_rejected(client, chelsea_jpeg):
+    problem(post(client, f"{URL}/explain/occlusion", [chelsea_jpeg], {"window": 8, "stride": 16}), 422, "bad-parameter")
