@@ -99,3 +99,43 @@ def test_top_k_targets_share_one_forward(lite0, chelsea):
     assert len(calls) == 1
     assert len(r.maps[0]) == 3 and len(set(r.targets[0])) == 3
     assert r.probabilities[0] == sorted(r.probabilities[0], reverse=True)
+
+
+def _smoothed_peak(m: torch.Tensor, hw: tuple[int, int], k: int = 9) -> tuple[int, int]:
+    """Peak of the map after a k x k box filter: pixel-level maps are speckled, a single-pixel
+    maximum says little; the smoothed peak is where the attribution mass sits."""
+    s = torch.nn.functional.avg_pool2d(m[None, None], k, 1, k // 2, count_include_pad=False)[0, 0]
+    return _peak_xy(s, hw)
+
+
+PIXEL_METHODS = {
+    "guided_backprop": {}, "input_x_gradient": {}, "guided_gradcam": {},
+    "integrated_gradients": {"steps": 16}, "smoothgrad": {"samples": 8},
+    "occlusion": {"window": 48, "stride": 24}, "rise": {"masks": 500, "batch_size": 16},
+}
+
+
+@pytest.mark.parametrize("method", sorted(PIXEL_METHODS))
+def test_pixel_methods_peak_on_the_cat(lite0, chelsea, cat_on_canvas, method):
+    m, params = get_method(method), PIXEL_METHODS[method]
+    canvas, box = cat_on_canvas
+    for img, where in ((chelsea, CAT_BOX), (canvas, box)):
+        x = lite0.preprocessing.batch([to_tensor(img)], device=lite0.device)
+        r = m.attribute(lite0, x, ClassTargets(top_k=1), **params)
+        assert r.targets[0][0] in CAT_CLASSES
+        assert _inside(_smoothed_peak(r.maps[0][0], img.shape[:2]), where), method
+
+
+def test_saliency_concentrates_on_the_cat(lite0, cat_on_canvas):
+    # Vanilla gradients are speckled (the reason SmoothGrad exists): check where the mass is, and
+    # the pointing game with its usual 15 px tolerance.
+    from cnnviz.metrics import pointing_game
+
+    canvas, box = cat_on_canvas
+    x = lite0.preprocessing.batch([to_tensor(canvas)], device=lite0.device)
+    sal = get_method("saliency").attribute(lite0, x, ClassTargets(top_k=1)).maps[0][0]
+    up = resize_map(sal, canvas.shape[:2])
+    inside = torch.zeros_like(up, dtype=torch.bool)
+    inside[box[1]:box[3], box[0]:box[2]] = True
+    assert up[inside].mean() > 2 * up[~inside].mean()
+    assert pointing_game(sal, box, canvas.shape[:2], tolerance=15)
