@@ -6,15 +6,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from cnnviz.models import Catalog
 
+from .auth import require_api_key
 from .errors import install_handlers
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
 from .openapi_doc import install_openapi
-from .routes import explain, health, models
+from .routes import explain, health, inspect, jobs, models
 from .schemas.explain import METHOD_PARAMS, ExplainParams
+from .schemas.jobs import DeepDreamJob, ExplainJob
 from .schemas.models import PredictParams
 from .settings import Settings, get_settings
 
@@ -43,10 +45,17 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.state.settings = settings
     app.state.catalog = catalog
     install_handlers(app)
+    if settings.redis_url:
+        from .jobs import JobClient
+
+        app.state.jobs = JobClient(settings)  # connects lazily: a down Redis never blocks start-up
+    keyed = [Depends(require_api_key)]  # every /v1 route; health and metrics stay open
     app.include_router(health.router)
-    app.include_router(models.router)
-    app.include_router(explain.router)
-    install_openapi(app, [ExplainParams, PredictParams, *METHOD_PARAMS.values()])
+    app.include_router(models.router, dependencies=keyed)
+    app.include_router(explain.router, dependencies=keyed)
+    app.include_router(jobs.router, dependencies=keyed)
+    app.include_router(inspect.router, dependencies=keyed)
+    install_openapi(app, [ExplainParams, PredictParams, *METHOD_PARAMS.values(), DeepDreamJob, ExplainJob])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -16,6 +16,7 @@ from ..schemas.methods import MethodInfo, MethodList
 from ..settings import Settings
 from ..uploads import read_upload, validate_params
 from .common import PROBLEM_RESPONSES, upload_body
+from .jobs import hand_off_explain
 
 router = APIRouter(tags=["explain"])
 
@@ -46,6 +47,10 @@ async def explain(request: Request, method: str = Path(..., max_length=64),
     upload = await read_upload(request, settings)
     params = validate_params(params_model(method), upload.params)
     cost = estimate_cost(model, method, params, len(upload.images))
+    wants_async = "respond-async" in request.headers.get("prefer", "").lower()
+    if (cost > settings.inline_budget or wants_async) and getattr(request.app.state, "jobs", None) is not None:
+        return await hand_off_explain(request, model.name, method, upload.images, upload.params, params, cost,
+                                      settings)
     if cost > settings.inline_budget:
         raise ProblemError(422, "over-inline-budget", "This request is too expensive to answer inline",
                            f"estimated {cost:.0f} forward passes, inline budget {settings.inline_budget:.0f}",

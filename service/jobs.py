@@ -1,0 +1,374 @@
+"""The API's side of the job system: submit, read, wait, stream, cancel, list, fetch artifacts.
+
+Routes call :class:`JobClient`; it speaks to Redis through :class:`workers.store.JobStore` and to
+rq through a :class:`rq.Queue` with the JSON serializer. Admission control happens here:
+
+- the queue bound (503 + Retry-After) and the per-key bound on queued + running jobs (429) are
+  both *add, then count, then roll back if over*: concurrent submits can be refused a little too
+  eagerly but never admitted past the bound;
+- a running job whose heartbeat key has expired is settled as failed/``abandoned`` by whoever
+  reads it first, so a dead worker's job never shows "running" forever.
+
+Every Redis failure becomes a 503 ``jobs-unavailable``: inline routes do not touch Redis and keep
+working while it is down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from redis import Redis
+from rq import Queue, worker_registration
+from rq.job import Job
+
+from workers.config import JOB_FUNCTIONS, SERIALIZER, JobConfig
+from workers.store import ACTIVE, CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobStore
+
+from .auth import Principal
+from .errors import ProblemError
+from .schemas.jobs import ArtifactLink, JobError, JobLinks, JobProgress, JobStatus, WorkerInfo
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 30.0
+SSE_MAX_S = 300.0  # one SSE response lasts at most this long; clients resume with Last-Event-ID
+SSE_KEEPALIVE_S = 10.0
+ABANDON_GRACE_S = 1.0
+
+
+def unavailable(detail: str = "The job system (Redis) is unreachable; try again shortly.") -> ProblemError:
+    return ProblemError(503, "jobs-unavailable", "Jobs are unavailable", detail, headers={"Retry-After": "5"})
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+class JobClient:
+    """One per app; the Redis connection pool is created on first use, so start-up never blocks."""
+
+    def __init__(self, settings: Settings, config: JobConfig | None = None) -> None:
+        if not settings.redis_url:
+            raise ValueError("JobClient needs settings.redis_url")
+        self.settings = settings
+        self.config = config or JobConfig.from_environment()
+        self._redis: Redis | None = None
+        self._lock = threading.Lock()
+
+    # --- plumbing -------------------------------------------------------------------------
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            with self._lock:
+                if self._redis is None:
+                    self._redis = Redis.from_url(self.settings.redis_url or "", socket_connect_timeout=1,
+                                                 socket_timeout=10, health_check_interval=15)
+        return self._redis
+
+    @property
+    def store(self) -> JobStore:
+        return JobStore(self.redis, self.config.prefix)
+
+    @property
+    def queue(self) -> Queue:
+        return Queue(self.config.queue, connection=self.redis, serializer=SERIALIZER)
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Redis down or slow -> 503, never a 500."""
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            log.warning("Redis unavailable: %s", exc)
+            raise unavailable() from exc
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+
+    def health(self) -> dict[str, Any]:
+        """For /readyz: Redis reachable, and how many live workers listen on our queue."""
+        try:
+            self.redis.ping()
+            keys = list(worker_registration.get_keys(self.queue, connection=self.redis))
+            with self.redis.pipeline(transaction=False) as p:
+                for k in keys:
+                    p.exists(k)
+                live = sum(int(x) for x in p.execute()) if keys else 0
+            return {"redis": True, "workers": live}
+        except redis.exceptions.RedisError as exc:
+            log.warning("readiness: Redis unavailable: %s", exc)
+            return {"redis": False, "workers": 0}
+
+    # --- submit ---------------------------------------------------------------------------
+    def submit(self, principal: Principal, spec: dict[str, Any], inputs: list[bytes], cost: float,
+               idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Create and enqueue a job; returns (record, created). Same key + same body -> same job."""
+        with self.guard():
+            return self._submit(principal, spec, inputs, cost, idempotency_key)
+
+    def _submit(self, principal: Principal, spec: dict[str, Any], inputs: list[bytes], cost: float,
+                idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        s, cfg, store, r = self.settings, self.config, self.store, self.redis
+        owner = principal.owner
+        job_id = uuid.uuid4().hex
+        timeout = cfg.job_timeout(cost)
+        ttl_active = s.artifact_ttl_s + timeout + 3600  # the record outlives queueing and running
+        idem_key = None
+        if idempotency_key:
+            body = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+            for blob in inputs:
+                body.update(hashlib.sha256(blob).digest())
+            digest = body.hexdigest()[:32]
+            idem_key = store.idem_key(owner, hashlib.sha256(idempotency_key.encode()).hexdigest()[:32])
+            if not r.set(idem_key, f"{job_id}:{digest}", nx=True, ex=s.result_ttl_s):
+                old = (r.get(idem_key) or b"").decode()
+                old_id, _, old_digest = old.partition(":")
+                if old_digest != digest:
+                    raise ProblemError(422, "idempotency-key-reused", "Idempotency-Key reused with another request",
+                                       "This key was already used for a different job request.")
+                rec = store.get(old_id)
+                if rec is not None:
+                    return rec, False
+                r.set(idem_key, f"{job_id}:{digest}", ex=s.result_ttl_s)  # the old job expired: start anew
+        try:
+            self._admit(owner, job_id)
+        except ProblemError:
+            if idem_key:
+                r.delete(idem_key)
+            raise
+        now = time.time()
+        record = {
+            "id": job_id, "type": spec["type"], "model": spec.get("model") or "", "owner": owner,
+            "queue": cfg.queue, "status": QUEUED, "created_at": now, "step": 0, "total": 0, "stage": "queued",
+            "cost": round(cost, 3), "spec": spec, "timeout_s": timeout,
+            "result_ttl_s": s.result_ttl_s, "artifact_ttl_s": s.artifact_ttl_s,
+            "max_artifact_bytes": s.max_body_bytes, "previews": [],
+        }
+        try:
+            store.create(record, inputs, ttl_active)
+            self.queue.enqueue_call(JOB_FUNCTIONS[spec["type"]], args=(job_id, cfg.prefix), timeout=timeout,
+                                    result_ttl=s.result_ttl_s, failure_ttl=s.result_ttl_s, job_id=job_id,
+                                    description=f"{spec['type']} {job_id}")
+        except Exception:
+            store.release(job_id, record)
+            store.delete(job_id)
+            if idem_key:
+                r.delete(idem_key)
+            raise
+        log.info("job %s (%s) queued, cost %.1f, timeout %ds", job_id, spec["type"], cost, timeout)
+        rec = store.get(job_id) or record
+        rec["queue_position"] = r.lpos(self.queue.key, job_id)
+        return rec, True
+
+    def _admit(self, owner: str, job_id: str) -> None:
+        """Per-key concurrency (429) and the queue bound (503), race-safe by add-then-count."""
+        s, store, r = self.settings, self.store, self.redis
+        active_key = store.owner_active_key(owner)
+        r.sadd(active_key, job_id)
+        r.expire(active_key, s.artifact_ttl_s)
+        if r.scard(active_key) > s.max_jobs_per_key:
+            self._prune(active_key, ACTIVE, is_set=True, keep=job_id)
+            if r.scard(active_key) > s.max_jobs_per_key:
+                r.srem(active_key, job_id)
+                raise ProblemError(429, "too-many-jobs", "Too many jobs in flight for this key",
+                                   f"At most {s.max_jobs_per_key} queued or running jobs per API key.",
+                                   headers={"Retry-After": "5"}, limit=s.max_jobs_per_key)
+        adm = store.admitted_key(self.config.queue)
+        r.zadd(adm, {job_id: time.time()})
+        if r.zcard(adm) > s.max_queued_jobs:
+            self._prune(adm, (QUEUED,), is_set=False, keep=job_id)
+            if r.zcard(adm) > s.max_queued_jobs:
+                r.zrem(adm, job_id)
+                r.srem(active_key, job_id)
+                raise ProblemError(503, "queue-full", "The job queue is full",
+                                   f"At most {s.max_queued_jobs} jobs may wait; try again later.",
+                                   headers={"Retry-After": "10"}, limit=s.max_queued_jobs)
+
+    def _prune(self, key: str, states: tuple[str, ...], *, is_set: bool, keep: str) -> None:
+        """Drop ids whose job no longer is in ``states`` (finished, expired, or lost)."""
+        r, store = self.redis, self.store
+        members = [m.decode() for m in (r.smembers(key) if is_set else r.zrange(key, 0, -1))]
+        members = [m for m in members if m != keep]
+        if not members:
+            return
+        with r.pipeline(transaction=False) as p:
+            for m in members:
+                p.hget(store.job_key(m), "status")
+            statuses = p.execute()
+        stale = [m for m, st in zip(members, statuses, strict=True) if st is None or st.decode() not in states]
+        if stale:
+            (r.srem if is_set else r.zrem)(key, *stale)
+
+    # --- read -----------------------------------------------------------------------------
+    def get(self, principal: Principal, job_id: str) -> dict[str, Any]:
+        """The caller's job, settled if its worker died; a foreign or unknown id is 404."""
+        with self.guard():
+            rec = self.store.get(job_id) if len(job_id) <= 64 else None
+            if rec is None or rec.get("owner") != principal.owner:
+                raise ProblemError(404, "job-not-found", f"No job {job_id!r}")
+            return self._settle(rec)
+
+    def _settle(self, rec: dict[str, Any]) -> dict[str, Any]:
+        store = self.store
+        if rec["status"] == RUNNING and not store.alive(rec["id"]) \
+                and time.time() - float(rec.get("started_at") or 0) > ABANDON_GRACE_S:
+            if store.finish(rec["id"], FAILED, self.settings.result_ttl_s, self.settings.artifact_ttl_s,
+                            allowed=(RUNNING,), error_type="abandoned",
+                            error_detail="the worker running this job stopped sending heartbeats (it died or "
+                                         "lost Redis); the job was abandoned"):
+                log.warning("job %s abandoned by its worker (pid %s)", rec["id"], rec.get("worker_pid"))
+            rec = store.get(rec["id"]) or rec
+        if rec["status"] == QUEUED:
+            pos = self.redis.lpos(self.queue.key, rec["id"])
+            rec["queue_position"] = pos
+        return rec
+
+    def wait(self, principal: Principal, job_id: str, wait_s: float) -> dict[str, Any]:
+        """Long-poll: return when the job is finished or after ``wait_s`` (at most 30 s)."""
+        deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_WAIT_S)
+        rec = self.get(principal, job_id)
+        while rec["status"] not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            rec = self.get(principal, job_id)
+        return rec
+
+    def list(self, principal: Principal, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        with self.guard():
+            store = self.store
+            key = store.owner_jobs_key(principal.owner)
+            ids = [i.decode() for i in self.redis.zrevrange(key, 0, 999)]
+            out: list[dict[str, Any]] = []
+            gone = []
+            for job_id in ids:
+                rec = store.get(job_id)
+                if rec is None:
+                    gone.append(job_id)
+                    continue
+                rec = self._settle(rec)
+                if status is None or rec["status"] == status:
+                    out.append(rec)
+                if len(out) >= limit:
+                    break
+            if gone:
+                self.redis.zrem(key, *gone)
+            return out
+
+    def artifact_links(self, rec: dict[str, Any]) -> list[tuple[str, str]]:
+        with self.guard():
+            names = self.store.artifact_names(rec["id"])
+        return sorted(names.items())
+
+    # --- cancel ---------------------------------------------------------------------------
+    def cancel(self, principal: Principal, job_id: str) -> dict[str, Any]:
+        """Queued: canceled now. Running: flag set, the loop stops within a step. Finished:
+        artifacts deleted. Returns the record after the change."""
+        rec = self.get(principal, job_id)
+        s, store = self.settings, self.store
+        with self.guard():
+            if rec["status"] == QUEUED and store.finish(job_id, CANCELED, s.result_ttl_s, s.artifact_ttl_s,
+                                                        allowed=(QUEUED,), message="canceled while queued"):
+                try:
+                    self.redis.lrem(self.queue.key, 0, job_id)
+                    self.redis.delete(Job.key_for(job_id))
+                except redis.exceptions.RedisError:
+                    log.warning("could not remove rq job %s; the worker will skip it", job_id)
+            elif rec["status"] in (QUEUED, RUNNING):
+                store.request_cancel(job_id, s.result_ttl_s)
+            store.delete_artifacts(job_id)
+            return store.get(job_id) or rec
+
+    # --- artifacts ------------------------------------------------------------------------
+    def artifact(self, principal: Principal, job_id: str, name: str) -> tuple[bytes, str]:
+        rec = self.get(principal, job_id)
+        with self.guard():
+            found = self.store.get_artifact(job_id, name)
+        if found is not None:
+            return found
+        if name in (rec.get("artifact_names") or []) or (rec.get("result") == name and rec["status"] == SUCCEEDED):
+            raise ProblemError(410, "artifact-expired", f"Artifact {name!r} of job {job_id} has expired or was "
+                               "deleted")
+        raise ProblemError(404, "artifact-not-found", f"Job {job_id} has no artifact {name!r}")
+
+    def result(self, principal: Principal, job_id: str) -> tuple[bytes, str]:
+        rec = self.get(principal, job_id)
+        if rec["status"] != SUCCEEDED or not rec.get("result"):
+            raise ProblemError(409, "job-not-succeeded", f"Job {job_id} is {rec['status']}; it has no result",
+                               status_of_job=rec["status"], headers={"Retry-After": "2"}
+                               if rec["status"] in ACTIVE else None)
+        return self.artifact(principal, job_id, rec["result"])
+
+    # --- events ---------------------------------------------------------------------------
+    def events(self, principal: Principal, job_id: str, last_event_id: str | None) -> Iterator[str]:
+        """Server-sent events from the job's stream, resuming after ``last_event_id``."""
+        self.get(principal, job_id)  # 404 before the stream starts
+        after = last_event_id if last_event_id and _valid_stream_id(last_event_id) else "0-0"
+        return self._event_lines(principal, job_id, after)
+
+    def _event_lines(self, principal: Principal, job_id: str, after: str) -> Iterator[str]:
+        started = time.monotonic()
+        last_sent = started
+        yield "retry: 2000\n\n"
+        while time.monotonic() - started < SSE_MAX_S:
+            try:
+                entries = self.store.read_events(job_id, after, block_ms=1000)
+            except redis.exceptions.RedisError:
+                yield "event: error\ndata: {\"type\": \"jobs-unavailable\"}\n\n"
+                return
+            for eid, event, data in entries:
+                after = eid
+                last_sent = time.monotonic()
+                yield f"id: {eid}\nevent: {event}\ndata: {data}\n\n"
+                if event == "done":
+                    return
+            if not entries:
+                try:
+                    rec = self.get(principal, job_id)  # settles an abandoned job, which adds "done"
+                except ProblemError:
+                    return
+                if rec["status"] in TERMINAL and not self.store.read_events(job_id, after):
+                    # the stream expired before the record: synthesize the final event
+                    yield f"event: done\ndata: {json.dumps({'status': rec['status']})}\n\n"
+                    return
+                if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
+                    last_sent = time.monotonic()
+                    yield ": keepalive\n\n"
+
+
+def _valid_stream_id(s: str) -> bool:
+    a, _, b = s.partition("-")
+    return a.isdigit() and (b == "" or b.isdigit()) and len(s) < 40
+
+
+def status_model(rec: dict[str, Any], artifacts: list[tuple[str, str]] | None = None) -> JobStatus:
+    """The public shape of a job record."""
+    base = f"/v1/jobs/{rec['id']}"
+    step, total = int(rec.get("step") or 0), int(rec.get("total") or 0)
+    error = JobError(type=rec["error_type"], detail=rec.get("error_detail", "")) if rec.get("error_type") else None
+    previews = [ArtifactLink(name=n, href=f"{base}/artifacts/{n}", media_type="image/png")
+                for n in rec.get("previews") or [] if rec["status"] != CANCELED]
+    arts = [ArtifactLink(name=n, href=f"{base}/artifacts/{n}", media_type=mt) for n, mt in artifacts or []]
+    worker = None
+    if rec.get("worker_pid"):
+        worker = WorkerInfo(pid=rec.get("worker_pid"), host=rec.get("worker_host"), model_loads=rec.get("model_loads"))
+    return JobStatus(
+        id=rec["id"], type=rec.get("type", ""), model=rec.get("model") or None, status=rec["status"],
+        progress=JobProgress(step=step, total=total, fraction=round(step / total, 4) if total else 0.0,
+                             stage=rec.get("stage", ""), message=rec.get("message"), objective=rec.get("objective")),
+        queue_position=rec.get("queue_position"), created_at=_iso(rec.get("created_at")) or "",
+        started_at=_iso(rec.get("started_at")), ended_at=_iso(rec.get("ended_at")),
+        cancel_requested=bool(rec.get("cancel_requested")), error=error, previews=previews, artifacts=arts,
+        links=JobLinks(self=base, events=f"{base}/events",
+                       result=f"{base}/result" if rec["status"] == SUCCEEDED else None),
+        worker=worker)

@@ -1,0 +1,113 @@
+"""The worker process: rq's :class:`SimpleWorker` (jobs run in this process, no fork per job), so
+models loaded once stay loaded for every later job.
+
+A fork per job (rq's default Worker) would load the model again in every child, or share a
+CUDA context across fork, which CUDA forbids. The price of running in-process is that a job
+that crashes the interpreter takes the worker with it; the API then reports the job
+"abandoned" when its heartbeat expires, and the supervisor (compose, systemd, ``cnnviz serve``)
+starts a new worker.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+
+import redis
+from redis import Redis
+from rq import Queue, SimpleWorker, worker_registration
+from rq.exceptions import StopRequested
+from rq.job import Job
+
+from .config import SERIALIZER, JobConfig
+from .runtime import get_model
+
+log = logging.getLogger(__name__)
+
+WORKER_TTL_S = 30  # how long a dead worker still counts in /readyz
+_stop = [False]
+
+
+class CnnvizWorker(SimpleWorker):
+    """SimpleWorker that re-registers after a Redis restart and frees memory between jobs."""
+
+    max_connection_wait_time = 5.0  # reconnect quickly after a Redis restart
+
+    def heartbeat(self, timeout: int | None = None, pipeline: redis.client.Pipeline | None = None) -> None:
+        super().heartbeat(timeout, pipeline)
+        if pipeline is None:
+            # A restarted Redis (no persistence) forgot this worker; register again so /readyz sees it.
+            try:
+                if not self.connection.sismember(worker_registration.REDIS_WORKER_KEYS, self.key):
+                    worker_registration.register(self)
+            except redis.exceptions.RedisError:
+                pass
+
+    jobs_run = 0
+
+    def request_stop(self, signum: int, frame: object) -> None:
+        _stop[0] = True  # remembered across rq worker instances: a SIGTERM ends the process, not one loop
+        super().request_stop(signum, frame)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.jobs_run += 1
+        try:
+            super().execute_job(job, queue)
+        finally:
+            gc.collect()
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            except Exception:  # noqa: BLE001 - cleanup is best effort
+                pass
+
+
+def _wait_for_redis(conn: Redis, stop: list[bool]) -> None:
+    delay = 0.5
+    while not stop[0]:
+        try:
+            conn.ping()
+            return
+        except redis.exceptions.RedisError:
+            log.warning("Redis unreachable; retrying in %.1fs", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def run_worker(redis_url: str, queues: list[str] | None = None, *, burst: bool = False, max_jobs: int | None = None,
+               preload: str | None = None, log_level: str = "INFO") -> int:
+    """Work until stopped (or, with ``burst``, until the queues are empty; or after ``max_jobs``).
+
+    rq's loop quits on some Redis errors; this loop waits for Redis and starts a fresh rq worker,
+    so a Redis restart costs a few seconds, not the worker.
+    """
+    cfg = JobConfig.from_environment()
+    queues = queues or [cfg.queue]
+    conn = Redis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=30)
+    if preload:
+        t0 = time.perf_counter()
+        get_model(None if preload == "default" else preload)
+        log.info("preloaded model %s in %.1fs", preload, time.perf_counter() - t0)
+    done = 0
+    try:
+        while True:
+            _wait_for_redis(conn, _stop)
+            if _stop[0]:
+                break
+            worker = CnnvizWorker(queues, connection=conn, serializer=SERIALIZER, worker_ttl=WORKER_TTL_S,
+                                  job_monitoring_interval=5)
+            worker.log_result_lifespan = False
+            remaining = None if max_jobs is None else max(0, max_jobs - done)
+            worker.work(burst=burst, max_jobs=remaining, logging_level=log_level)
+            done += worker.jobs_run
+            if burst or _stop[0] or (max_jobs is not None and done >= max_jobs):
+                break
+            log.warning("rq worker loop ended (Redis lost?); starting a fresh one")
+            time.sleep(0.5)
+    except StopRequested:
+        pass  # a signal between two rq loops
+    log.info("worker exiting after %d job(s)", done)
+    return 0
