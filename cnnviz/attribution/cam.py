@@ -24,6 +24,7 @@ from .base import (
     Method,
     Targets,
     class_scores,
+    default_batch,
     register,
     target_scores,
     validate_layer,
@@ -234,7 +235,7 @@ class ScoreCAM(CamMethod):
     needs_gradients = False
 
     def prepare(self, ctx: CamContext) -> None:
-        batch = int(ctx.params.get("batch_size", 16))
+        batch = int(ctx.params.get("batch_size") or default_batch(ctx.x))
         model, x = ctx.model, ctx.x
         sweeps = []
         for i in range(x.shape[0]):

@@ -38,6 +38,7 @@ from .base import (
     Targets,
     UnitTarget,
     class_scores,
+    default_batch,
     get_method,
     register,
     validate_layer,
@@ -387,7 +388,7 @@ class IntegratedGradients(GradientMethod):
     def signed(self, ctx, x, img, out_sink=None):
         p = ctx.params
         steps = int_param(p, "steps", 32, 2, 512)
-        batch = int_param(p, "batch_size", 32, 1, 4096)
+        batch = int_param(p, "batch_size", default_batch(x), 1, 4096)
         kind = choice_param(p, "baseline", "black", BASELINES)
         sigma = float_param(p, "sigma", 10.0, 0.1, 200.0)
         integration = choice_param(p, "integration", "gauss-legendre", INTEGRATION)
@@ -469,7 +470,7 @@ class SmoothGrad(GradientMethod):
         samples = int_param(p, "samples", 25, 1, 256)
         noise = float_param(p, "noise", 0.15, 0.0, 1.0)
         seed = int_param(p, "seed", 0, 0, 2**63 - 1)
-        batch = int_param(p, "batch_size", 32, 1, 4096)
+        batch = int_param(p, "batch_size", default_batch(x), 1, 4096)
         obj = ctx.objective
         n = x.shape[0]
         if obj.rows is None:

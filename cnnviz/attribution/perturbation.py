@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import LoadedModel
-from .base import AttributionError, Explanation, Method, Targets, UnitTarget, register
+from .base import AttributionError, Explanation, Method, Targets, UnitTarget, default_batch, register
 from .gradient import Objective, choice_param, float_param, int_param, reference_input
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Occlusion(PerturbationMethod):
     def sweep(self, model, objective, x, out, params, warnings, extras):
         n, _, h, w = x.shape
         window, stride = self._geometry(params, h, w)
-        batch = int_param(params, "batch_size", 64, 1, 4096)
+        batch = int_param(params, "batch_size", default_batch(x), 1, 4096)
         fill = _fill(model, x, params, "mean")
         ys, xs = window_starts(h, window, stride).to(x.device), window_starts(w, window, stride).to(x.device)
         n_win = len(ys) * len(xs)
@@ -174,7 +174,7 @@ class RISE(PerturbationMethod):
         cell = int_param(params, "cell", 7, 2, 32)
         p = float_param(params, "p", 0.5, 0.05, 0.95)
         seed = int_param(params, "seed", 0, 0, 2**63 - 1)
-        batch = int_param(params, "batch_size", 64, 1, 4096)
+        batch = int_param(params, "batch_size", default_batch(x), 1, 4096)
         kind = choice_param(params, "score", "probability", ("probability", "logit"))
         fill = _fill(model, x, params, "zero")
         probs = kind == "probability" and not objective.is_unit

@@ -102,7 +102,8 @@ class ExplainParams(Strict):
 
 
 class BatchedParams(ExplainParams):
-    batch_size: int = Field(16, ge=1, le=512, description="masked, ablated or perturbed inputs per forward batch")
+    batch_size: int | None = Field(None, ge=1, le=512, description="masked, ablated or perturbed inputs per "
+                                      "forward batch; default 4 on CPU, 64 on CUDA")
 
 
 Reduce = Literal["abs-max", "sum", "abs-sum", "l2"]
@@ -118,7 +119,7 @@ class IntegratedGradientsParams(GradientParams):
     baseline: Literal["black", "mean", "blurred"] = "black"
     sigma: float = Field(10.0, ge=0.1, le=200.0, description="blur of the blurred baseline, px")
     integration: Literal["gauss-legendre", "trapezoid"] = "gauss-legendre"
-    batch_size: int = Field(32, ge=1, le=512)
+    batch_size: int | None = Field(None, ge=1, le=512, description="default 4 on CPU, 64 on CUDA")
 
 
 class SmoothGradParams(GradientParams):
@@ -126,7 +127,7 @@ class SmoothGradParams(GradientParams):
     samples: int = Field(25, ge=1, le=256)
     noise: float = Field(0.15, ge=0.0, le=1.0, description="noise std as a fraction of the input range")
     seed: int = Field(0, ge=0, le=2**62)
-    batch_size: int = Field(32, ge=1, le=512)
+    batch_size: int | None = Field(None, ge=1, le=512, description="default 4 on CPU, 64 on CUDA")
     steps: int = Field(32, ge=2, le=512, description="only for base=integrated_gradients")
     baseline: Literal["black", "mean", "blurred"] = "black"
 
