@@ -154,6 +154,44 @@ def bench_methods(args: argparse.Namespace) -> str:
     return table(rows, ["method", "ours ms", "peer", "peer ms", "peer/ours", "map corr"])
 
 
+def bench_relu_net(args: argparse.Namespace) -> str:
+    """Rectifier rules where captum applies them too: a ResNet-18 (nn.ReLU modules), seeded weights."""
+    import captum.attr as ca
+    import torchvision
+
+    from cnnviz.models import LoadedModel, ModelSpec, Preprocessing, default_target_layer, layer_table
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18()
+    for m in net.modules():
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False
+    net.eval()
+    peer = copy.deepcopy(net)
+    net.requires_grad_(False).to(memory_format=torch.channels_last)
+    table_ = layer_table(net, 224)
+    spec = ModelSpec(name="resnet18-seeded", arch="resnet18", weights="")
+    model = LoadedModel(spec, net, Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                        tuple(str(i) for i in range(1000)), table_, default_target_layer(table_), torch.device("cpu"))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        target = int(net(x).argmax())
+    rows = []
+    pairs = {
+        "guided_backprop": lambda: ca.GuidedBackprop(peer).attribute(x, target=target).abs().amax(1),
+        "deconvnet": lambda: ca.Deconvolution(peer).attribute(x, target=target).abs().amax(1),
+        "guided_gradcam": lambda: ca.GuidedGradCam(peer, peer.layer4).attribute(x, target=target).abs().amax(1),
+    }
+    for method, fn in pairs.items():
+        mine = ours(model, x, target, method)
+        times = interleaved({"ours": mine, "peer": fn}, repeats=args.repeats)
+        corr = correlation(mine(), fn(), size=(224, 224))
+        rows.append([method, f"{times['ours'] * 1000:.1f}", f"{times['peer'] * 1000:.1f}",
+                     f"{times['peer'] / times['ours']:.2f}x", f"{corr:.4f}"])
+    return "ResNet-18 (nn.ReLU; seeded random weights; timing and agreement only)\n\n" + table(
+        rows, ["method", "ours ms", "captum ms", "captum/ours", "map corr"])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -218,6 +256,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 @224, chelsea", "",
            bench_methods(args)]
+    out += ["", bench_relu_net(args)]
     if args.http:
         out += ["", bench_http(args)]
     sys.stdout.write("\n".join(out) + "\n")

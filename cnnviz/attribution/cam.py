@@ -175,10 +175,12 @@ class EigenCAM(CamMethod):
 
     def combine(self, ctx, acts, grads, idx):
         n, k, h, w = acts.shape
-        flat = acts.reshape(n, k, h * w).transpose(1, 2).float()  # [N, hw, K]
+        flat = acts.reshape(n, k, h * w).transpose(1, 2).double()  # [N, hw, K]
         flat = flat - flat.mean(dim=1, keepdim=True)
-        _, _, vh = torch.linalg.svd(flat, full_matrices=False)
-        proj = torch.einsum("npk,nk->np", flat, vh[:, 0])
+        # The projection on the first right singular vector v is sigma * u, with u the top
+        # eigenvector of the small [hw, hw] Gram matrix: no SVD of the [hw, K] matrix needed.
+        evals, evecs = torch.linalg.eigh(flat @ flat.transpose(1, 2))
+        proj = (evecs[:, :, -1] * evals[:, -1:].clamp_min(0).sqrt()).float()
         # The singular vector's sign is arbitrary: orient it with the total activation.
         sign = torch.sign((proj * acts.sum(1).reshape(n, -1)).sum(1, keepdim=True))
         sign[sign == 0] = 1
