@@ -51,14 +51,25 @@ def enqueue_to_start(client: httpx.Client, n: int) -> list[float]:
     return out
 
 
-def poll_latency(base: str, headers: dict[str, str], job_id: str, pollers: int, polls: int) -> list[float]:
-    def one(_: int) -> list[float]:
+def poll_latency(base: str, headers: dict[str, str], job_id: str, pollers: int, polls: int,
+                 interval_s: float = 0.0) -> list[float]:
+    """Each poller polls ``polls`` times; with ``interval_s`` it waits that long between polls
+    (with a random phase), as a client honouring ``Retry-After`` would. With 0 the pollers run
+    closed-loop, which on 2 cores measures CPU saturation (queueing), not the latency of a poll."""
+    import random
+
+    def one(i: int) -> list[float]:
         times = []
+        rng = random.Random(i)
         with httpx.Client(base_url=base, headers=headers, timeout=30) as c:
+            if interval_s:
+                time.sleep(rng.uniform(0, interval_s))
             for _ in range(polls):
                 t0 = time.perf_counter()
                 c.get(f"/v1/jobs/{job_id}").raise_for_status()
                 times.append((time.perf_counter() - t0) * 1000)
+                if interval_s:
+                    time.sleep(interval_s)
         return times
 
     with ThreadPoolExecutor(pollers) as pool:
@@ -84,8 +95,10 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=30)
     ap.add_argument("--pollers", type=int, default=20)
     ap.add_argument("--polls", type=int, default=50)
+    ap.add_argument("--interval", type=float, default=0.25, help="seconds between one poller's polls")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     procs: list[subprocess.Popen[bytes]] = []
     redis = None
     base = args.url
@@ -109,8 +122,10 @@ def main() -> int:
             report("enqueue -> start (idle worker)", enqueue_to_start(client, args.jobs))
             job_id = client.post("/v1/jobs", json={"params": TINY}).json()["id"]
             client.get(f"/v1/jobs/{job_id}", params={"wait": 30})
-            report(f"status poll ({args.pollers} pollers)", poll_latency(base, headers, job_id, args.pollers,
-                                                                          args.polls))
+            report(f"status poll ({args.pollers} pollers, every {args.interval:g} s)",
+                   poll_latency(base, headers, job_id, args.pollers, args.polls, args.interval))
+            report(f"status poll ({args.pollers} pollers, closed loop)",
+                   poll_latency(base, headers, job_id, args.pollers, args.polls))
     finally:
         for p in procs:
             p.terminate()
