@@ -171,3 +171,18 @@ def test_explain_hand_off(api: httpx.Client, cat_png: bytes) -> None:
     r = api.post("/v1/jobs", files={"image": ("c.png", cat_png, "image/png")},
                  data={"params": json.dumps({"type": "explain", "params": {"method": "gradcam"}})})
     assert r.status_code == 202 and wait_done(api, r.json()["id"])["status"] == "succeeded"
+
+
+def test_running_explain_job_reports_progress_and_cancels(api: httpx.Client, cat_png: bytes) -> None:
+    # RISE with many masks is a long sweep of forward passes: progress rises, DELETE stops it mid-sweep.
+    params = {"type": "explain", "params": {"method": "rise", "explain": {"masks": 8000, "resolution": 64}}}
+    job = api.post("/v1/jobs", files={"image": ("c.png", cat_png, "image/png")},
+                   data={"params": json.dumps(params)}).json()["id"]
+    body = wait_status(api, job, lambda b: b["status"] == "running" and b["progress"]["step"] > 8)
+    first = body["progress"]["step"]
+    assert body["progress"]["total"] >= 0.9 * 8000 * (64 / 224) ** 2  # forwards at the model input size
+    body = wait_status(api, job, lambda b: b["progress"]["step"] > first)
+    t0 = time.monotonic()
+    assert api.delete(f"/v1/jobs/{job}").status_code == 202
+    body = wait_status(api, job, lambda b: b["status"] != "running", timeout_s=10)
+    assert body["status"] == "canceled" and time.monotonic() - t0 < 5

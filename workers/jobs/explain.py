@@ -10,15 +10,54 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from torch import nn
+
+from cnnviz.attribution.hooks import thread_hooks
+from cnnviz.synthesis import Cancelled
 
 from ..runtime import JobContext, execute
 
 log = logging.getLogger(__name__)
 
 
+CANCEL_CHECK_S = 0.25
+
+
+@contextmanager
+def forward_watch(ctx: JobContext, module: nn.Module, total: int, stage: str, native: int) -> Iterator[None]:
+    """Progress and cancellation for methods that know nothing of jobs.
+
+    Every batched sweep (Score-CAM, occlusion, RISE, integrated gradients...) is a series of
+    forward passes, so a hook on the model counts images through it against the cost estimate
+    and checks the cancel flag a few times a second: a running explanation stops within one
+    forward batch of a DELETE. The hook is thread-local and removed on any exit.
+    """
+    seen = 0.0
+    last_check = time.monotonic()
+
+    def hook(_mod: nn.Module, inp: tuple[Any, ...], _out: Any) -> None:
+        nonlocal seen, last_check
+        x = inp[0] if inp else None
+        # In the estimate's unit: forward passes at the model's input size.
+        seen += x.shape[0] * x.shape[-2] * x.shape[-1] / native if hasattr(x, "shape") and x.dim() == 4 else 1
+        ctx.progress(min(int(seen), total - 1), total, stage)
+        now = time.monotonic()
+        if now - last_check >= CANCEL_CHECK_S:
+            last_check = now
+            if ctx.cancelled():
+                raise Cancelled("canceled while explaining")
+
+    with thread_hooks([(module, hook)]):
+        yield
+
+
 def _explain(ctx: JobContext) -> None:
-    from service.explaining import run_explanation
+    from service.explaining import estimate_cost, run_explanation
     from service.imaging import decode_image
     from service.schemas.explain import params_model
 
@@ -27,12 +66,15 @@ def _explain(ctx: JobContext) -> None:
     explain_params = params_model(method).model_validate(params.get("explain") or {})
     model = ctx.model()
     images = [decode_image(b) for b in ctx.inputs()]
-    ctx.progress(0, 1, "explaining", message=f"{method} on {len(images)} image(s)")
+    # Progress in forward passes: the cost estimate counts a backward as ~2 forwards, so the
+    # count of forwards runs to about a third of it for gradient methods; the last step is exact.
+    total = max(2, round(estimate_cost(model, method, explain_params, len(images))))
+    ctx.progress(0, total, "explaining", message=f"{method} on {len(images)} image(s)")
     if ctx.cancelled():
-        from cnnviz.synthesis import Cancelled
-
         raise Cancelled("canceled before the explanation started")
-    answer = run_explanation(model, method, images, explain_params)
+    native = model.preprocessing.input_size ** 2
+    with forward_watch(ctx, model.module, total, "explaining", native):
+        answer = run_explanation(model, method, images, explain_params)
     for img in answer.images:
         for t, exp in enumerate(img.explanations):
             if exp.overlay_png:
@@ -40,7 +82,7 @@ def _explain(ctx: JobContext) -> None:
             if exp.heatmap_png:
                 ctx.put(f"heatmap-{img.index}-{t}.png", base64.b64decode(exp.heatmap_png), "image/png")
     ctx.put("result.json", answer.model_dump_json().encode(), "application/json")
-    ctx.progress(1, 1, "done")
+    ctx.progress(total, total, "done")
     ctx.succeed("result.json")
 
 
