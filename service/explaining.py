@@ -35,6 +35,18 @@ from .schemas.explain import (
 )
 
 LOCALIZE_SIDE = 512  # maps are thresholded at most at this size, then boxes scale to the original
+MAX_OUTPUT_SIDE = 2048  # heatmaps/overlays of larger originals are scaled down to this long side
+
+
+def output_hw(out_size: tuple[int, int] | None, h: int, w: int, max_side: int = MAX_OUTPUT_SIDE) -> tuple[int, int]:
+    """(height, width) of rendered pictures: the client's size, else the original's, capped."""
+    if out_size is not None:
+        if max(out_size) > max_side:
+            raise ProblemError(422, "output-too-large", f"output.size may not exceed {max_side} px per side",
+                               limit=max_side)
+        return out_size[1], out_size[0]
+    scale = min(1.0, max_side / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def targets_from(params: ExplainParams, n_images: int) -> Targets:
@@ -83,7 +95,7 @@ def _render(raw: torch.Tensor, image_u8: torch.Tensor, params: ExplainParams,
             regions: list[Region] | None) -> _Rendered:
     out = params.output
     h, w = image_u8.shape[:2]
-    size = (out.size[1], out.size[0]) if out.size else (h, w)
+    size = output_hw(out.size, h, w)
     norm = normalize_map(raw, out.normalize)
     heat = apply_colormap(resize_map(norm, size), out.colormap)
     ov = None
@@ -153,6 +165,8 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                     decode_ms: float = 0.0) -> ExplainResponse:
     """Compute, render and shape one explanation answer."""
     t0 = time.perf_counter()
+    for d in images:
+        output_hw(params.output.size, d.height, d.width)  # refuse an oversized output before computing
     prep = model.preprocessing
     size = params.resolution or prep.input_size
     tensors = [image_to_tensor(d.image) for d in images]

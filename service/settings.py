@@ -26,7 +26,6 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_images: int = Field(16, ge=1, le=256)
     max_image_pixels: int = Field(40_000_000, ge=64)
-    max_output_side: int = Field(2048, ge=16, le=8192)
 
     # Work limits, in forward-pass equivalents at the model's input size.
     inline_budget: float = Field(400.0, ge=1)

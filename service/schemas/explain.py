@@ -30,13 +30,13 @@ class OutputOptions(Strict):
     raw_normalized: bool = Field(False, description="send the raw values normalized to [0,1] instead")
     heatmap: bool = True
     overlay: bool = True
-    size: tuple[int, int] | None = Field(None, description="(width, height) of heatmap and overlay; "
-                                         "default the original image size")
+    size: tuple[int, int] | None = Field(None, description="(width, height) of heatmap and overlay, each "
+                                         "1..2048; default the original size (long side capped at 2048)")
 
     @model_validator(mode="after")
     def _bounds(self) -> OutputOptions:
-        if self.size is not None and not all(1 <= s <= 8192 for s in self.size):
-            raise ValueError("size must be two integers in 1..8192")
+        if self.size is not None and not all(1 <= s <= 2048 for s in self.size):
+            raise ValueError("size must be two integers in 1..2048")
         return self
 
 

@@ -252,3 +252,16 @@ def test_method_parameter_bounds(client, chelsea_jpeg, method, params):
 
 def test_stride_over_window_is_rejected(client, chelsea_jpeg):
     problem(post(client, f"{URL}/explain/occlusion", [chelsea_jpeg], {"window": 8, "stride": 16}), 422, "bad-parameter")
+
+
+def test_output_size_is_bounded(client, chelsea_jpeg):
+    problem(post(client, f"{URL}/explain/gradcam", [chelsea_jpeg], {"output": {"size": [8192, 8192]}}), 422,
+            "invalid-parameters")
+
+
+def test_huge_originals_get_capped_overlays(client):
+    big = encode(np.full((2100, 3000, 3), 90, np.uint8), "PNG")
+    r = post(client, f"{URL}/explain/gradcam", [big], {"output": {"heatmap": False}})
+    assert r.status_code == 200, r.text
+    ov = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]["explanations"][0]["overlay_png"])))
+    assert ov.size == (2048, 1434)
