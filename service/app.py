@@ -16,7 +16,7 @@ from .middleware import BodyLimitMiddleware, MetricsMiddleware
 from .openapi_doc import install_openapi
 from .routes import explain, health, inspect, jobs, models
 from .schemas.explain import METHOD_PARAMS, ExplainParams
-from .schemas.jobs import DeepDreamJob, ExplainJob
+from .schemas.jobs import SYNTHESIS_REQUESTS, DeepDreamJob, ExplainJob
 from .schemas.models import PredictParams
 from .settings import Settings, get_settings
 
@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.include_router(explain.router, dependencies=keyed)
     app.include_router(jobs.router, dependencies=keyed)
     app.include_router(inspect.router, dependencies=keyed)
-    install_openapi(app, [ExplainParams, PredictParams, *METHOD_PARAMS.values(), DeepDreamJob, ExplainJob])
+    install_openapi(app, [ExplainParams, PredictParams, *METHOD_PARAMS.values(), DeepDreamJob, ExplainJob,
+                          *SYNTHESIS_REQUESTS.values()])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

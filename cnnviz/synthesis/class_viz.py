@@ -26,7 +26,7 @@ from .loop import Callbacks, Objective, StepCounter, forward_layers, optimize
 from .objectives import LOGITS, channel_mean, check_layers, class_logit, neuron
 from .parameterization import ParamKind, make_parameterization
 from .regularizers import PixelPostSteps, l2_penalty, penalized, tv_penalty
-from .steps import OptimizerName, make_step_rule
+from .steps import OptimizerName, optimizer_step
 from .transforms import robustness_transforms
 
 log = logging.getLogger(__name__)
@@ -113,14 +113,16 @@ def class_visualization(
     objective, hooked, kind, index = _target_objective(model, target, layer, channel, y, x, size)
     gen = torch.Generator().manual_seed(seed)
     param = make_parameterization(parameterization, size, size, generator=gen, device=model.device)
-    step_rule = make_step_rule(optimizer, lr)
+    full = penalized(objective, param, [(l2_weight, l2_penalty(model.preprocessing.normalize)),
+                                        (tv_weight, tv_penalty())])
+    transforms = robustness_transforms(jitter, scale, rotate, pad)
+    # A line search needs a fixed objective: not with random transforms or pixel operations.
+    plain = not transforms and not (blur_every or clip_norm_pct or clip_contrib_pct)
+    full, step_rule = optimizer_step(optimizer, lr, model, param, full, [hooked], line_search=plain)
     post = PixelPostSteps(step_rule, model.preprocessing.mean, blur_every=blur_every, blur_sigma=blur_sigma,
                           clip_norm_pct=clip_norm_pct, clip_contrib_pct=clip_contrib_pct)
     if post.active:
         step_rule = post
-    full = penalized(objective, param, [(l2_weight, l2_penalty(model.preprocessing.normalize)),
-                                        (tv_weight, tv_penalty())])
-    transforms = robustness_transforms(jitter, scale, rotate, pad)
 
     def score() -> float:
         with torch.no_grad():

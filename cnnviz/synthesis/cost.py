@@ -25,6 +25,11 @@ def passes(model: LoadedModel, steps: int, height: int, width: int, per_step: fl
     return float(steps) * per_step * (height * width) / (s * s)
 
 
+def step_passes(optimizer: str, line_search: bool = True) -> float:
+    """Passes per step: L-BFGS's strong-Wolfe line search adds about two evaluations per iteration."""
+    return 3.0 if optimizer == "lbfgs" and line_search else 1.0
+
+
 @functools.lru_cache(maxsize=32)
 def _macs(module: nn.Module, input_size: int) -> float:
     import torch

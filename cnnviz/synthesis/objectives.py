@@ -79,20 +79,23 @@ def gram(a: torch.Tensor) -> torch.Tensor:
     return f @ f.transpose(1, 2) / f.shape[-1]
 
 
-def relative_distance(a: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def relative_distance(a: torch.Tensor, target: torch.Tensor, norm: torch.Tensor | None = None) -> torch.Tensor:
     """``||a - target||^2 / ||target||^2`` (Mahendran & Vedaldi's normalized loss): scale-free, so
-    one weight means the same at every layer of every model."""
-    return (a - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
+    one weight means the same at every layer of every model. ``norm`` is ``||target||^2`` if known."""
+    norm = norm if norm is not None else target.pow(2).sum()
+    return (a - target).pow(2).sum() / norm.clamp_min(1e-12)
 
 
 def feature_loss(layer: str, target: torch.Tensor) -> Loss:
     """Relative distance between a layer's features and fixed target features (inversion, content)."""
-    return lambda acts: relative_distance(acts[layer], target)
+    norm = target.pow(2).sum()  # once, not every step
+    return lambda acts: relative_distance(acts[layer], target, norm)
 
 
 def gram_loss(layer: str, target_gram: torch.Tensor) -> Loss:
     """Relative squared Frobenius distance between Gram matrices (texture, style)."""
-    return lambda acts: relative_distance(gram(acts[layer]), target_gram)
+    norm = target_gram.pow(2).sum()
+    return lambda acts: relative_distance(gram(acts[layer]), target_gram, norm)
 
 
 def weighted(terms: Sequence[tuple[float, Loss]]) -> Loss:

@@ -84,3 +84,14 @@ def robustness_transforms(jitter: int = 0, scale: Sequence[float] = (1.0, 1.0), 
         if jitter > 0:
             out.append(Jitter(max(1, jitter // 2)))
     return out
+
+
+def fit_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """``[3, H, W]`` resized so its long side is ``long_side``, keeping the aspect ratio."""
+    h, w = image.shape[-2:]
+    s = long_side / max(h, w)
+    size = (max(1, round(h * s)), max(1, round(w * s)))
+    if size == (h, w):
+        return image.clamp(0, 1)
+    return F.interpolate(image.unsqueeze(0), size=size, mode="bilinear", antialias=True,
+                         align_corners=False)[0].clamp(0, 1)

@@ -6,6 +6,7 @@ work runs in the thread pool (sync client), never on the event loop.
 
 from __future__ import annotations
 
+import importlib
 import io
 import re
 from typing import Any
@@ -26,7 +27,8 @@ from ..explaining import estimate_cost as explain_cost
 from ..imaging import DecodedImage
 from ..jobs import JobClient, status_model, unavailable
 from ..schemas.explain import ExplainParams, params_model
-from ..schemas.jobs import JOB_REQUEST, DeepDreamJob, ExplainJob, JobList, JobStatus
+from ..schemas.jobs import JOB_REQUEST, DeepDreamJob, JobList, JobStatus
+from ..schemas.synthesis import SYNTHESIS_JOBS
 from ..settings import Settings
 from ..uploads import read_upload, validate_params
 from .common import PROBLEM_RESPONSES, upload_body
@@ -82,7 +84,7 @@ async def submit_spec(request: Request, jobs: JobClient, principal: Principal, s
     return _accepted(rec, jobs, created)
 
 
-def _validate_job(params: dict[str, Any]) -> DeepDreamJob | ExplainJob:
+def _validate_job(params: dict[str, Any]) -> Any:
     try:
         return JOB_REQUEST.validate_python(params)
     except ValidationError as exc:
@@ -93,8 +95,9 @@ def _validate_job(params: dict[str, Any]) -> DeepDreamJob | ExplainJob:
 
 
 @router.post("", status_code=202, response_model=JobStatus, responses=RESPONSES,
-             openapi_extra=upload_body(None, "Images (0 or 1 for deepdream, 1+ for explain) and params = "
-                                             "{type, model, params}, a discriminated union on type."),
+             openapi_extra=upload_body(None, "Images (deepdream 0-1, explain 1+, class_viz 0, adversarial/"
+                                             "inversion/texture/texture_nn 1, style 2: content then style) and "
+                                             "params = {type, model, params}, a discriminated union on type."),
              summary="Submit a job; 202 with Location and Retry-After")
 async def submit_job(request: Request, settings: Settings = Depends(get_settings),
                      idempotency_key: str | None = Header(None, max_length=200)) -> Response:
@@ -114,6 +117,8 @@ async def submit_job(request: Request, settings: Settings = Depends(get_settings
         config = DeepDreamConfig(**p.model_dump(exclude={"preview_every"}))
         cost = dream_cost(config, model.preprocessing.input_size, h, w)
         spec = {"type": "deepdream", "model": model.name, "params": p.model_dump(mode="json")}
+    elif job.type in SYNTHESIS_JOBS:
+        spec, cost = _synthesis(model, job, upload.images)
     else:
         method = job.params.method
         if method not in METHODS:
@@ -125,6 +130,26 @@ async def submit_job(request: Request, settings: Settings = Depends(get_settings
         spec = {"type": "explain", "model": model.name,
                 "params": {"method": method, "explain": job.params.explain}}
     return await submit_spec(request, jobs, principal, spec, upload.images, cost, settings)
+
+
+def _synthesis(model: Any, job: Any, images: list[DecodedImage]) -> tuple[dict[str, Any], float]:
+    """Check an optimization job against the model and estimate its cost before it is queued."""
+    _, n_images, cost_fn, _ = SYNTHESIS_JOBS[job.type]
+    if len(images) != n_images:
+        what = {0: "no image", 1: "one image", 2: "two images (content, then style)"}[n_images]
+        raise ProblemError(422, "wrong-image-count", f"A {job.type} job takes {what}; got {len(images)}",
+                           expected=n_images)
+    bad = [n for n in job.params.layer_names() if not model.has_layer(n)]
+    if bad:
+        raise ProblemError(422, "unknown-layer", f"Model {model.name!r} has no layer {bad[0]!r}",
+                           "See GET /v1/models/{model} for the layer names.")
+    params = job.params.model_dump(mode="json")
+    kwargs = {k: v for k, v in params.items() if v is not None and k != "preview_every"}
+    if job.type == "texture_nn":
+        kwargs["source_size"] = (images[0].height, images[0].width)
+    module, name = cost_fn.split(":")
+    cost = float(getattr(importlib.import_module(module), name)(model, **kwargs))
+    return {"type": job.type, "model": model.name, "params": {k: v for k, v in params.items() if v is not None}}, cost
 
 
 async def hand_off_explain(request: Request, model_name: str, method: str, images: list[DecodedImage],

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+
+from .synthesis import SYNTHESIS_JOBS
 
 JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
@@ -46,7 +48,18 @@ class ExplainJob(_Strict):
     params: ExplainJobParams
 
 
-JobRequest = Annotated[DeepDreamJob | ExplainJob, Field(discriminator="type")]
+def _job(type_name: str, params: type[BaseModel]) -> type[BaseModel]:
+    """A ``{type, model, params}`` request model for one optimization job type."""
+    title = "".join(w.capitalize() for w in type_name.split("_")) + "Job"
+    return create_model(title, __base__=_Strict, type=(Literal[type_name], ...),  # type: ignore[call-overload]
+                        model=(str | None, Field(None, max_length=100)), params=(params, Field(default_factory=params)))
+
+
+SYNTHESIS_REQUESTS = {name: _job(name, spec[0]) for name, spec in SYNTHESIS_JOBS.items()}
+# Adversarial jobs need a target, so their params have no default; the rest may be omitted.
+SynthesisJob = Union[tuple(SYNTHESIS_REQUESTS.values())]  # type: ignore[valid-type]  # noqa: UP007
+
+JobRequest = Annotated[DeepDreamJob | ExplainJob | SynthesisJob, Field(discriminator="type")]
 JOB_REQUEST = TypeAdapter(JobRequest)
 
 

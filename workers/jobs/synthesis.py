@@ -1,0 +1,97 @@
+"""Optimization jobs (class/channel visualization, adversarial, inversion, textures, style): one runner.
+
+Each engine method is one function taking the model, its input images and keyword parameters,
+and returning a dataclass whose ``image`` is the main result. The runner needs to know only which
+function a job type calls and which arguments its images fill; every ``[3,H,W]`` tensor of the
+result becomes a PNG artifact and everything else goes into ``result.json`` (the objective
+history included, so a client sees the run converge).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cnnviz.synthesis import Callbacks
+
+from ..runtime import JobContext, decode_rgb, execute, png_bytes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SynthesisSpec:
+    """How a job type reaches its engine function."""
+
+    function: str  # "module:function"
+    image_args: tuple[str, ...] = ()  # keyword names the uploaded images fill, in order
+    total_param: str = "steps"  # the parameter that counts steps, for progress totals
+
+
+SYNTHESIS: dict[str, SynthesisSpec] = {
+    "class_viz": SynthesisSpec("cnnviz.synthesis.class_viz:class_visualization"),
+    "adversarial": SynthesisSpec("cnnviz.synthesis.adversarial:adversarial", ("image",)),
+    "inversion": SynthesisSpec("cnnviz.synthesis.inversion:invert", ("image",)),
+    "texture": SynthesisSpec("cnnviz.synthesis.texture:gram_texture", ("source",)),
+    "texture_nn": SynthesisSpec("cnnviz.synthesis.texture:efros_leung", ("source",), total_param=""),
+    "style": SynthesisSpec("cnnviz.synthesis.style:style_transfer", ("content", "style")),
+}
+
+
+def _function(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 64 else None
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
+
+
+def run_synthesis(ctx: JobContext) -> None:
+    job_type = ctx.spec["type"]
+    spec = SYNTHESIS[job_type]
+    params: dict[str, Any] = dict(ctx.spec.get("params") or {})
+    preview_every = int(params.pop("preview_every", 0) or 0)
+    model = ctx.model()
+    images = [decode_rgb(b) for b in ctx.inputs()]
+    kwargs = {**params, **dict(zip(spec.image_args, images, strict=False))}
+    total = int(params.get(spec.total_param) or 1) if spec.total_param else 1
+    callbacks = Callbacks(progress=lambda step, tot, stage, obj: ctx.progress(step, tot, stage, obj),
+                          preview=ctx.preview, preview_every=preview_every, cancel=ctx.cancelled)
+    ctx.progress(0, total, "starting")
+    result = _function(spec.function)(model, callbacks=callbacks, **kwargs)
+    pictures: list[str] = []
+    summary: dict[str, Any] = {"model": model.name, "type": job_type, "params": {**params,
+                                                                              "preview_every": preview_every}}
+    for f in dataclasses.fields(result):
+        value = getattr(result, f.name)
+        if isinstance(value, torch.Tensor) and value.dim() == 3 and value.shape[0] == 3:
+            name = f"{f.name}.png"
+            ctx.put(name, png_bytes(value), "image/png")
+            pictures.append(name)
+        else:
+            summary[f.name] = _jsonable(value)
+    summary["pictures"] = pictures
+    ctx.put_json("result.json", summary)
+    ctx.progress(total, total, "done")
+    ctx.succeed("image.png" if "image.png" in pictures else "result.json")
+
+
+def run(job_id: str, prefix: str) -> dict[str, Any]:
+    """rq entry point for every optimization job type."""
+    return execute(job_id, prefix, run_synthesis)
