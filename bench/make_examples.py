@@ -41,6 +41,47 @@ def methods_grid(model, img: np.ndarray) -> torch.Tensor:
     return make_grid(tiles, ncols=4, pad=4)
 
 
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    return (x.permute(1, 2, 0).clamp(0, 1) * 255).round().byte()
+
+
+# The parameters shown in the README next to each picture.
+EXAMPLES: dict[str, dict[str, object]] = {
+    "class_viz": {"target": 285, "steps": 200, "lr": 0.05, "size": 224, "parameterization": "fourier",
+                  "jitter": 8, "scale": (0.9, 1.1), "rotate": 10.0, "l2_weight": 1e-3},
+    "adversarial": {"target": 954, "method": "pgd", "eps": 4 / 255, "steps": 10, "size": 224},
+    "inversion": {"layer": "_blocks.5", "steps": 200, "lr": 0.05, "size": 160, "tv_weight": 0.05},
+    "texture": {"steps": 60, "size": 160, "optimizer": "lbfgs"},
+    "style": {"steps": 60, "size": 224, "style_weight": 1000.0, "optimizer": "lbfgs"},
+}
+
+
+def synthesis_examples(model) -> None:
+    from cnnviz.synthesis.adversarial import adversarial
+    from cnnviz.synthesis.class_viz import class_visualization
+    from cnnviz.synthesis.inversion import invert
+    from cnnviz.synthesis.style import style_transfer
+    from cnnviz.synthesis.texture import gram_texture
+
+    cat, coffee = tensor(skimage.data.chelsea()), tensor(skimage.data.coffee())
+    astronaut, stain = tensor(skimage.data.astronaut()), tensor(skimage.data.immunohistochemistry())
+    viz = class_visualization(model, **EXAMPLES["class_viz"])
+    adv = adversarial(model, cat, **EXAMPLES["adversarial"])
+    inv = invert(model, cat, **EXAMPLES["inversion"])
+    tex = gram_texture(model, coffee[:, 60:300, 120:420], **EXAMPLES["texture"])
+    sty = style_transfer(model, astronaut, stain, **EXAMPLES["style"])
+    log.info("class viz logit %.2f -> %.2f; adversarial %s p=%.3f linf=%.1f/255; inversion %.3f -> %.3f; "
+             "texture %.4f -> %.4f; style %.4f -> %.4f", viz.score_start, viz.score_end, adv.top5_after[0].label,
+             adv.target_prob_after, adv.linf_255, inv.feature_distance_start, inv.feature_distance_end,
+             tex.loss_start, tex.loss_end, sty.style_loss_start, sty.style_loss_end)
+    (OUT / "class_viz_285.png").write_bytes(encode_png(_u8(viz.image)))
+    (OUT / "adversarial_chelsea.png").write_bytes(encode_png(make_grid(
+        [_u8(adv.original), _u8(adv.difference), _u8(adv.image)], ncols=3, pad=4)))
+    (OUT / "inversion_chelsea.png").write_bytes(encode_png(make_grid([_u8(inv.original), _u8(inv.image)], pad=4)))
+    (OUT / "texture_coffee.png").write_bytes(encode_png(_u8(tex.image)))
+    (OUT / "style_astronaut.png").write_bytes(encode_png(_u8(sty.image)))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -51,6 +92,7 @@ def main() -> None:
                           size=256, seed=0)
     dream = deep_dream(model, tensor(skimage.data.chelsea()), cfg)
     (OUT / "deepdream_chelsea.png").write_bytes(encode_png((dream.image.permute(1, 2, 0) * 255).round().byte()))
+    synthesis_examples(model)
     log.info("wrote %s", sorted(p.name for p in OUT.iterdir()))
 
 

@@ -156,7 +156,7 @@ class OptimizerStep:
         if self._opt is None:
             self._opt = self.factory(params)
         for p, g in zip(params, grads, strict=True):
-            p.grad = -g  # optimizers minimize
+            p.grad = (-g).contiguous()  # optimizers minimize; channels_last grads would break L-BFGS views
         self._opt.step()
         self._opt.zero_grad(set_to_none=True)
 

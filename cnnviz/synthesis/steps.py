@@ -103,7 +103,9 @@ class LBFGSStep:
                 assert self.evaluate is not None
                 value, gs = self.evaluate()
             for p, g in zip(params, gs, strict=True):
-                p.grad = -g  # optimizers minimize
+                # The model runs channels_last, so gradients may come back in that layout; torch's
+                # L-BFGS flattens them with view() and needs them laid out like the parameter.
+                p.grad = -g.contiguous(memory_format=torch.contiguous_format) if not g.is_contiguous() else -g
             return -value
 
         self._opt.step(closure)

@@ -31,3 +31,13 @@ def test_pgd_turns_chelsea_into_the_target_within_8_over_255(lite0, chelsea):
     x = lite0.preprocessing.normalize(r.image.unsqueeze(0))
     with torch.no_grad():
         assert int(lite0.module(x).argmax()) == target
+
+
+def test_lbfgs_runs_on_the_channels_last_model(lite0, coffee):
+    # The catalog keeps models channels_last, so input gradients come back in that layout;
+    # torch's L-BFGS flattens gradients with view() and used to fail on them.
+    from cnnviz.synthesis.texture import gram_texture
+
+    src = torch.from_numpy(coffee[::8, ::8].copy()).permute(2, 0, 1).float() / 255
+    res = gram_texture(lite0, src, steps=3, size=32, optimizer="lbfgs")
+    assert res.loss_end < res.loss_start
