@@ -59,11 +59,12 @@ class ReceptiveField:
 
     ``box`` is ``(x0, y0, x1, y1)`` in input pixels, clipped to the image, with ``x1``/``y1``
     exclusive (``image[:, y0:y1, x0:x1]`` is the crop). ``size`` is the unclipped ``(h, w)``
-    extent of the field, which positions near the border only partly see.
+    extent of the field, which positions near the border only partly see (None when not
+    asked for: measuring it can take a probe on a canvas larger than the field).
     """
 
     box: Box
-    size: tuple[int, int]
+    size: tuple[int, int] | None = None
 
     def crop(self, image: torch.Tensor) -> torch.Tensor:
         """The field's crop of a ``[C,H,W]`` image at the input size the field was measured for."""
@@ -71,7 +72,9 @@ class ReceptiveField:
         return image[..., y0:y1, x0:x1]
 
     @property
-    def clipped(self) -> bool:
+    def clipped(self) -> bool | None:
+        if self.size is None:
+            return None
         return (self.box[3] - self.box[1], self.box[2] - self.box[0]) != self.size
 
 
@@ -232,18 +235,21 @@ def _boxes(model: LoadedModel, layer: str, hw: tuple[int, int], positions: Seque
 
 
 def receptive_fields(model: LoadedModel, layer: str, positions: Sequence[tuple[int, int]],
-                     input_size: int | tuple[int, int] | None = None, batch_size: int = 32) -> list[ReceptiveField]:
+                     input_size: int | tuple[int, int] | None = None, batch_size: int = 32,
+                     with_size: bool = True) -> list[ReceptiveField]:
     """Receptive fields of several ``(y, x)`` positions of ``layer``'s grid, for an input of ``input_size``.
 
-    Positions not yet cached are probed together, ``batch_size`` per backward pass.
+    Positions not yet cached are probed together, ``batch_size`` per backward pass. ``with_size``
+    adds the unclipped extent (:func:`receptive_field_size`, cached per layer; for a deep layer
+    whose field is larger than the image the first call probes a larger canvas, seconds on a CPU).
     """
     layer = validate_layer(model, layer)
     boxes = _boxes(model, layer, _hw(model, input_size), positions, batch_size)
-    size = receptive_field_size(model, layer)
+    size = receptive_field_size(model, layer) if with_size else None
     return [ReceptiveField(b, size) for b in boxes]
 
 
 def receptive_field(model: LoadedModel, layer: str, y: int, x: int,
-                    input_size: int | tuple[int, int] | None = None) -> ReceptiveField:
+                    input_size: int | tuple[int, int] | None = None, with_size: bool = True) -> ReceptiveField:
     """The receptive field of position ``(y, x)`` of ``layer`` (see :func:`receptive_fields`)."""
-    return receptive_fields(model, layer, [(y, x)], input_size)[0]
+    return receptive_fields(model, layer, [(y, x)], input_size, with_size=with_size)[0]
