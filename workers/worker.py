@@ -101,7 +101,11 @@ def run_worker(redis_url: str, queues: list[str] | None = None, *, burst: bool =
                                   job_monitoring_interval=5)
             worker.log_result_lifespan = False
             remaining = None if max_jobs is None else max(0, max_jobs - done)
-            worker.work(burst=burst, max_jobs=remaining, logging_level=log_level)
+            try:
+                worker.work(burst=burst, max_jobs=remaining, logging_level=log_level)
+            except redis.exceptions.RedisError as exc:
+                # rq's own teardown (register_death) talks to Redis too and raises when it is gone.
+                log.warning("rq worker stopped on a Redis error (%s); waiting for Redis", exc)
             done += worker.jobs_run
             if burst or _stop[0] or (max_jobs is not None and done >= max_jobs):
                 break

@@ -29,7 +29,7 @@ from ..attribution.base import AttributionError, validate_layer
 from ..attribution.rules import rectifier_rule
 from ..models import LoadedModel
 from ..render import make_grid
-from .features import CancelFn, ProgressFn, check_cancel, layer_output
+from .features import CancelFn, ProgressFn, check_cancel, default_batch_size, layer_output
 from .receptive import Box, receptive_fields
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class TopActivations:
 
 
 def scan_top_activations(model: LoadedModel, images: Sequence[torch.Tensor], layer: str, k: int = 9, *,
-                         size: int | None = None, batch_size: int = 16, progress: ProgressFn | None = None,
+                         size: int | None = None, batch_size: int | None = None, progress: ProgressFn | None = None,
                          cancel: CancelFn | None = None, total: int | None = None) -> TopActivations:
     """Each channel's ``k`` highest single-position activations over ``images``, one position per image.
 
@@ -84,6 +84,7 @@ def scan_top_activations(model: LoadedModel, images: Sequence[torch.Tensor], lay
     ``total`` is the progress total when this scan is one stage of a larger job.
     """
     n = len(images)
+    batch_size = batch_size or default_batch_size(model)
     n_batches = math.ceil(n / batch_size)
     total = total or n_batches
     vals = idx = pos = None
@@ -106,7 +107,7 @@ def scan_top_activations(model: LoadedModel, images: Sequence[torch.Tensor], lay
             vals, idx, pos = bval, bidx, bpos
         else:
             vals, idx, pos = torch.cat([vals, bval], 1), torch.cat([idx, bidx], 1), torch.cat([pos, bpos], 1)
-        order = vals.sort(1, descending=True, stable=True).indices[:, :k]
+        order = vals.sort(dim=1, descending=True, stable=True).indices[:, :k]
         vals, idx = vals.gather(1, order), idx.gather(1, order)
         pos = pos.gather(1, order[..., None].expand(-1, -1, 2))
         if progress is not None:
@@ -153,9 +154,13 @@ def _to_uint8(img: torch.Tensor) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
 
 
-def display_projection(p: torch.Tensor) -> torch.Tensor:
-    """A signed ``[3,h,w]`` projection as uint8 ``[h,w,3]``: zero is mid grey, the largest magnitude saturates."""
-    m = p.abs().max()
+def display_projection(p: torch.Tensor, saturate: float = 0.99) -> torch.Tensor:
+    """A signed ``[3,h,w]`` projection as uint8 ``[h,w,3]``: zero is mid grey, ±(the ``saturate`` quantile
+    of the magnitudes) is black/white. Scaling by the maximum would let a few hot pixels grey out the rest."""
+    mag = p.abs().flatten().float()
+    m = torch.quantile(mag, saturate) if 0 < mag.numel() <= 16_000_000 else mag.max()
+    if m <= 0:
+        m = mag.max()
     scaled = 0.5 + 0.5 * p / m if m > 0 else torch.full_like(p, 0.5)
     return _to_uint8(scaled)
 
@@ -163,7 +168,7 @@ def display_projection(p: torch.Tensor) -> torch.Tensor:
 def top_activating_patches(model: LoadedModel, images: Sequence[torch.Tensor], layer: str | None = None,
                            channels: Sequence[int] | None = None, *, top_channels: int = 8, k: int = 9,
                            projection: Projection | str = "deconvnet", size: int | None = None,
-                           batch_size: int = 16, progress: ProgressFn | None = None,
+                           batch_size: int | None = None, progress: ProgressFn | None = None,
                            cancel: CancelFn | None = None) -> list[ChannelPatches]:
     """The ``k`` strongest patches of each of ``channels`` (or the ``top_channels`` strongest) over ``images``.
 
@@ -184,6 +189,7 @@ def top_activating_patches(model: LoadedModel, images: Sequence[torch.Tensor], l
         if bad or not channels:
             raise AttributionError("unknown-channel", f"channels {bad} outside 0..{n_ch - 1} of {layer}")
     k = min(k, len(images))
+    batch_size = batch_size or default_batch_size(model)
     n_scan = math.ceil(len(images) / batch_size)
     picked_channels = list(channels) if channels is not None else None
     n_items = k * (len(picked_channels) if picked_channels is not None else min(top_channels, n_ch))
