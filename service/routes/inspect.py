@@ -10,7 +10,8 @@ from starlette.concurrency import run_in_threadpool
 from torch import nn
 
 from cnnviz.attribution import AttributionError
-from cnnviz.inspection import filter_tiles, first_conv, layer_activations
+from cnnviz.attribution.base import validate_layer
+from cnnviz.inspection import embed, filter_tiles, first_conv, invariance_curves, layer_activations, plot_curves, verify
 from cnnviz.models import LoadedModel
 from cnnviz.render import apply_colormap, encode_png, make_grid, normalize_map, resize_map
 
@@ -18,14 +19,29 @@ from ..deps import get_model, get_settings
 from ..errors import ProblemError
 from ..explaining import attribution_problem
 from ..imaging import image_to_tensor
-from ..schemas.inspect import ActivationsParams, ActivationsResponse, ChannelOut, FiltersParams, FiltersResponse
+from ..schemas.inspect import (
+    ActivationsParams,
+    ActivationsResponse,
+    ChannelOut,
+    EmbedParams,
+    EmbedResponse,
+    FiltersParams,
+    FiltersResponse,
+    InvarianceParams,
+    InvarianceResponse,
+    VerifyParams,
+    VerifyResponse,
+)
 from ..settings import Settings
 from ..uploads import read_upload, validate_params
 from .common import PROBLEM_RESPONSES, upload_body
 
 router = APIRouter(tags=["inspect"])
 
-VIEWS = ("filters", "activations")
+# view -> (params model, min images, max images)
+VIEW_INPUTS = {"filters": (FiltersParams, 0, 1), "activations": (ActivationsParams, 1, 1),
+               "embed": (EmbedParams, 1, 64), "verify": (VerifyParams, 2, 2), "invariance": (InvarianceParams, 1, 1)}
+VIEWS = tuple(VIEW_INPUTS)
 
 
 def _png_b64(img: torch.Tensor) -> str:
@@ -60,22 +76,59 @@ def activations_view(model: LoadedModel, image: torch.Tensor, params: Activation
                                grid_png=_png_b64(make_grid(tiles, pad=2)))
 
 
+def _layer(model: LoadedModel, layer: str | None) -> str:
+    try:
+        return validate_layer(model, layer, spatial=False)
+    except AttributionError as exc:
+        raise attribution_problem(exc) from exc
+
+
+def embed_view(model: LoadedModel, images: list[torch.Tensor], params: EmbedParams) -> EmbedResponse:
+    layer = _layer(model, params.layer)
+    e = embed(model, images, layer, params.pool, size=params.resolution)
+    return EmbedResponse(model=model.name, layer=layer, dim=int(e.shape[1]),
+                         embeddings=[[round(float(v), 6) for v in row] for row in e.tolist()])
+
+
+def verify_view(model: LoadedModel, images: list[torch.Tensor], params: VerifyParams) -> VerifyResponse:
+    layer = _layer(model, params.layer)
+    e = embed(model, images, layer, params.pool, size=params.resolution)
+    dist, same = verify(e[0], e[1], params.threshold, metric=params.metric)
+    return VerifyResponse(model=model.name, layer=layer, metric=params.metric, distance=float(dist),
+                          threshold=params.threshold, same=bool(same))
+
+
+def invariance_view(model: LoadedModel, image: torch.Tensor, params: InvarianceParams) -> InvarianceResponse:
+    layer = _layer(model, params.layer)
+    curves = invariance_curves(model, image, layer, shifts=params.shifts, scales=params.scales,
+                               rotations=params.rotations, size=params.resolution, shift_axis=params.shift_axis)
+    return InvarianceResponse(model=model.name, curves=curves, plot_png=_png_b64(plot_curves(curves)))
+
+
 @router.post("/v1/models/{model}/inspect/{view}", responses=PROBLEM_RESPONSES,
-             response_model=FiltersResponse | ActivationsResponse,
-             openapi_extra=upload_body(description="filters: no image needed (params only); activations: one image"),
-             summary="Model internals: first-layer filters or a layer's activation maps")
+             response_model=FiltersResponse | ActivationsResponse | EmbedResponse | VerifyResponse | InvarianceResponse,
+             openapi_extra=upload_body(description="filters: no image; activations, invariance: one image; "
+                                                   "embed: 1-64 images; verify: two images"),
+             summary="Model internals: filters, activations, embeddings, verification, feature invariance")
 async def inspect(request: Request, view: str = Path(..., max_length=32), model: LoadedModel = Depends(get_model),
                   settings: Settings = Depends(get_settings)) -> Response:
     if view not in VIEWS:
         raise ProblemError(404, "unknown-view", f"No view named {view!r}", choices=list(VIEWS))
+    params_model, min_images, max_images = VIEW_INPUTS[view]
+    upload = await read_upload(request, settings, min_images=min_images, max_images=max_images)
+    params = validate_params(params_model, upload.params)
+    images = [image_to_tensor(d.image) for d in upload.images]
     if view == "filters":
-        upload = await read_upload(request, settings, min_images=0, max_images=1)
-        params = validate_params(FiltersParams, upload.params)
         out = await run_in_threadpool(filters_view, model, params)
+    elif view == "activations":
+        out = await run_in_threadpool(activations_view, model, images[0], params)
+    elif view == "embed":
+        out = await run_in_threadpool(embed_view, model, images, params)
+    elif view == "verify":
+        out = await run_in_threadpool(verify_view, model, images, params)
     else:
-        upload = await read_upload(request, settings, min_images=1, max_images=1)
-        params = validate_params(ActivationsParams, upload.params)
-        out = await run_in_threadpool(activations_view, model, image_to_tensor(upload.images[0].image), params)
-    if "image/png" in request.headers.get("accept", ""):
-        return Response(base64.b64decode(out.grid_png), media_type="image/png")
+        out = await run_in_threadpool(invariance_view, model, images[0], params)
+    png = getattr(out, "grid_png", None) or getattr(out, "plot_png", None)
+    if png and "image/png" in request.headers.get("accept", ""):
+        return Response(base64.b64decode(png), media_type="image/png")
     return Response(out.model_dump_json(), media_type="application/json")

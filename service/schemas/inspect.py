@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .explain import Colormap
 
@@ -52,3 +52,56 @@ class ActivationsResponse(BaseModel):
     shape: list[int]
     channels: list[ChannelOut]
     grid_png: str
+
+
+class EmbedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str | None = Field(None, max_length=200, description="default: the model's default layer")
+    pool: Literal["avg", "max"] = "avg"
+    resolution: int | None = Field(None, ge=32, le=1024)
+
+
+class VerifyParams(EmbedParams):
+    threshold: float = Field(0.9, ge=0.0, le=2.0, description="same when the distance is under this")
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+
+
+class InvarianceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str | None = Field(None, max_length=200)
+    shifts: list[int] = Field([0, 4, 8, 16, 32, 48, 64], max_length=32)
+    scales: list[float] = Field([0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 1.7], max_length=32)
+    rotations: list[float] = Field([0, 5, 10, 20, 45, 90, 180], max_length=32)
+    shift_axis: Literal["x", "y"] = "y"
+    resolution: int | None = Field(None, ge=32, le=512)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> InvarianceParams:
+        if any(not -512 <= s <= 512 for s in self.shifts) or any(not 0.1 <= s <= 4 for s in self.scales) \
+                or any(not -360 <= r <= 360 for r in self.rotations):
+            raise ValueError("shifts in -512..512 px, scales in 0.1..4, rotations in -360..360 degrees")
+        return self
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    layer: str
+    dim: int
+    embeddings: list[list[float]]
+
+
+class VerifyResponse(BaseModel):
+    model: str
+    layer: str
+    metric: str
+    distance: float
+    threshold: float
+    same: bool
+
+
+class InvarianceResponse(BaseModel):
+    model: str
+    curves: dict
+    plot_png: str

@@ -63,3 +63,39 @@ def test_inspect_errors(client, chelsea_jpeg):
     r = client.post(f"{URL}/activations", files=[("image", ("c.jpg", chelsea_jpeg))],
                     data={"params": json.dumps({"channels": [5000], "layer": "_blocks.10"})})
     assert r.status_code == 422 and r.json()["type"].endswith("unknown-channel")
+
+
+def _files(*images: bytes) -> list:
+    return [("image", (f"i{i}.jpg", b)) for i, b in enumerate(images)]
+
+
+def test_embed_and_verify(client, chelsea, coffee):
+    from conftest import encode
+
+    cat, flipped, cup = encode(chelsea), encode(chelsea[:, ::-1].copy()), encode(coffee)
+    r = client.post(f"{URL}/embed", files=_files(cat, cup), data={"params": json.dumps({"layer": "_blocks.15"})})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["layer"] == "_blocks.15" and body["dim"] == 320 and len(body["embeddings"]) == 2
+    assert abs(sum(v * v for v in body["embeddings"][0]) - 1) < 1e-4  # L2-normalized
+    same = client.post(f"{URL}/verify", files=_files(cat, flipped)).json()
+    other = client.post(f"{URL}/verify", files=_files(cat, cup)).json()
+    assert same["distance"] < other["distance"]
+    assert same["same"] and not other["same"]
+    r = client.post(f"{URL}/verify", files=_files(cat))
+    assert r.status_code == 422 and r.json()["type"].endswith("missing-image")
+    r = client.post(f"{URL}/verify", files=_files(cat, cat, cat))
+    assert r.status_code == 413 and r.json()["type"].endswith("too-many-images")
+    r = client.post(f"{URL}/embed", files=_files(cat), data={"params": json.dumps({"layer": "nope"})})
+    assert r.status_code == 422 and r.json()["type"].endswith("unknown-layer")
+
+
+def test_invariance_curves(client, chelsea_jpeg):
+    params = {"shifts": [0, 16], "scales": [1.0, 0.6], "rotations": [0, 90], "resolution": 96}
+    r = client.post(f"{URL}/invariance", files=_files(chelsea_jpeg), data={"params": json.dumps(params)})
+    assert r.status_code == 200, r.text
+    curves = r.json()["curves"]
+    assert curves["rotation"]["distance"][0] == 0 and curves["rotation"]["distance"][1] > 0
+    assert Image.open(io.BytesIO(base64.b64decode(r.json()["plot_png"]))).size[0] > 100
+    r = client.post(f"{URL}/invariance", files=_files(chelsea_jpeg), data={"params": json.dumps({"scales": [50]})})
+    assert r.status_code == 422
