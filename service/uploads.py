@@ -108,12 +108,16 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
 M = TypeVar("M", bound=BaseModel)
 
 
+def validation_problem(exc: ValidationError, title: str = "Invalid parameters") -> ProblemError:
+    """A pydantic error as a 422 problem listing each failing field."""
+    errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return ProblemError(422, "invalid-parameters", title,
+                        "; ".join(f"{'.'.join(e['loc']) or 'params'}: {e['msg']}" for e in errors), errors=errors)
+
+
 def validate_params(model: type[M], params: dict[str, Any]) -> M:
-    """Validate a params dict, turning pydantic errors into a 422 problem listing each one."""
+    """Validate a params dict, turning pydantic errors into a 422 problem."""
     try:
         return model.model_validate(params)
     except ValidationError as exc:
-        errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        raise ProblemError(422, "invalid-parameters", "Invalid parameters",
-                           "; ".join(f"{'.'.join(e['loc']) or 'params'}: {e['msg']}" for e in errors),
-                           errors=errors) from exc
+        raise validation_problem(exc) from exc

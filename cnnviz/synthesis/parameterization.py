@@ -100,23 +100,11 @@ class BoundedPixels(PixelImage):
             self.tensor.clamp_(0.0, 1.0)
 
 
-class LuminanceImage:
+class LuminanceImage(PixelImage):
     """One ``[1, 1, H, W]`` channel in [0, 1], shown to the network as grey RGB."""
-
-    def __init__(self, init: torch.Tensor) -> None:
-        if init.dim() == 3:
-            init = init.unsqueeze(0)
-        self.tensor = init.detach().clone().float().requires_grad_(True)
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [self.tensor]
 
     def image(self) -> torch.Tensor:
         return self.tensor.expand(-1, 3, -1, -1)
-
-    def project_(self) -> None:
-        with torch.no_grad():
-            self.tensor.clamp_(0.0, 1.0)
 
 
 ParamKind = Literal["pixels", "fourier"]

@@ -30,7 +30,7 @@ from ..schemas.explain import ExplainParams, params_model
 from ..schemas.jobs import JOB_REQUEST, DeepDreamJob, JobList, JobStatus
 from ..schemas.synthesis import SYNTHESIS_JOBS
 from ..settings import Settings
-from ..uploads import read_upload, validate_params
+from ..uploads import read_upload, validate_params, validation_problem
 from .common import PROBLEM_RESPONSES, upload_body
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -88,10 +88,7 @@ def _validate_job(params: dict[str, Any]) -> Any:
     try:
         return JOB_REQUEST.validate_python(params)
     except ValidationError as exc:
-        errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        raise ProblemError(422, "invalid-parameters", "Invalid job request",
-                           "; ".join(f"{'.'.join(e['loc']) or 'params'}: {e['msg']}" for e in errors),
-                           errors=errors) from exc
+        raise validation_problem(exc, "Invalid job request") from exc
 
 
 @router.post("", status_code=202, response_model=JobStatus, responses=RESPONSES,
