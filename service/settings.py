@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     # Request limits: enforced before the body is parsed (bytes) or before pixels are decoded.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_images: int = Field(16, ge=1, le=256)
+    max_collection_images: int = Field(500, ge=1, le=5000)
     max_image_pixels: int = Field(40_000_000, ge=64)
 
     # Work limits, in forward-pass equivalents at the model's input size.

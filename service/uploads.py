@@ -44,7 +44,7 @@ def _params_from_text(text: str | None) -> dict[str, Any]:
 async def read_upload(request: Request, settings: Settings, *, min_images: int = 1,
                       max_images: int | None = None) -> Upload:
     """Parse images and params from multipart form data or a JSON body; decode the images."""
-    max_images = min(max_images or settings.max_images, settings.max_images)
+    max_images = max_images or settings.max_images
     ctype = request.headers.get("content-type", "")
     raw: list[bytes | str] = []
     if ctype.startswith("multipart/form-data"):

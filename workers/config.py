@@ -18,6 +18,7 @@ SERIALIZER = JSONSerializer  # both sides; jobs carry ids and small JSON, never 
 JOB_FUNCTIONS: dict[str, str] = {
     "deepdream": "workers.jobs.deepdream.run",
     "explain": "workers.jobs.explain.run",
+    "collection": "workers.jobs.collection.run",
     **{name: "workers.jobs.synthesis.run"
        for name in ("class_viz", "adversarial", "inversion", "texture", "texture_nn", "style")},
 }

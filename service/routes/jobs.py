@@ -52,7 +52,7 @@ def get_jobs(request: Request) -> JobClient:
     return jobs
 
 
-def _png(d: DecodedImage) -> bytes:
+def stored_png(d: DecodedImage) -> bytes:
     """Inputs are stored as lossless PNG of the decoded, EXIF-oriented RGB image the API validated."""
     buf = io.BytesIO()
     d.image.save(buf, format="PNG", compress_level=1)
@@ -74,7 +74,7 @@ async def submit_spec(request: Request, jobs: JobClient, principal: Principal, s
         raise ProblemError(422, "job-too-expensive", "This job is over the per-request cost cap",
                            f"estimated {cost:.0f} forward passes, limit max_job_cost={settings.max_job_cost:.0f}",
                            estimate=cost, limit=settings.max_job_cost, limit_name="max_job_cost")
-    inputs = await run_in_threadpool(lambda: [_png(d) for d in images])
+    inputs = await run_in_threadpool(lambda: [stored_png(d) for d in images])
     total = sum(len(b) for b in inputs)
     if total > 4 * settings.max_body_bytes:
         raise ProblemError(413, "inputs-too-large", "The images are too large to store for a job",
@@ -114,6 +114,8 @@ async def submit_job(request: Request, settings: Settings = Depends(get_settings
         config = DeepDreamConfig(**p.model_dump(exclude={"preview_every"}))
         cost = dream_cost(config, model.preprocessing.input_size, h, w)
         spec = {"type": "deepdream", "model": model.name, "params": p.model_dump(mode="json")}
+    elif job.type == "collection":
+        spec, cost = _collection(request, model, job, upload.images)
     elif job.type in SYNTHESIS_JOBS:
         spec, cost = _synthesis(model, job, upload.images)
     else:
@@ -127,6 +129,27 @@ async def submit_job(request: Request, settings: Settings = Depends(get_settings
         spec = {"type": "explain", "model": model.name,
                 "params": {"method": method, "explain": job.params.explain}}
     return await submit_spec(request, jobs, principal, spec, upload.images, cost, settings)
+
+
+def _collection(request: Request, model: Any, job: Any, images: list[DecodedImage]) -> tuple[dict[str, Any], float]:
+    """Check a collection view (owner, layer, query image) and estimate it in forward passes."""
+    from .collections import owned_collection
+
+    p = job.params
+    rec = owned_collection(request, p.collection)
+    wanted = 1 if p.view == "neighbours" else 0
+    if len(images) != wanted:
+        raise ProblemError(422, "wrong-image-count", f"A {p.view} view takes {wanted} image(s); got {len(images)}",
+                           expected=wanted)
+    if p.layer is not None and not model.has_layer(p.layer):
+        raise ProblemError(422, "unknown-layer", f"Model {model.name!r} has no layer {p.layer!r}")
+    if p.view == "calibrate" and not rec.get("labels"):
+        raise ProblemError(422, "missing-labels", "Calibration needs a collection uploaded with labels")
+    scale = ((p.size or model.preprocessing.input_size) / model.preprocessing.input_size) ** 2
+    cost = (rec["count"] + 1) * scale
+    if p.view == "top_patches":
+        cost += 3 * p.k * (len(p.channels) if p.channels else p.top_channels) * scale
+    return {"type": "collection", "model": model.name, "params": p.model_dump(mode="json")}, cost
 
 
 def _synthesis(model: Any, job: Any, images: list[DecodedImage]) -> tuple[dict[str, Any], float]:

@@ -1,0 +1,70 @@
+"""``/v1/collections``: an uploaded set of images, owned by its API key, kept with a TTL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from workers.collections import CollectionStore
+
+from ..auth import current_principal
+from ..deps import get_settings
+from ..errors import ProblemError
+from ..schemas.collections import CollectionInfo, CollectionParams
+from ..settings import Settings
+from ..uploads import read_upload, validate_params
+from .common import PROBLEM_RESPONSES, upload_body
+from .jobs import get_jobs, stored_png
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+COLLECTION_ID = Path(..., min_length=1, max_length=64, pattern=r"^[a-f0-9]+$")
+
+
+def collection_store(request: Request) -> CollectionStore:
+    jobs = get_jobs(request)
+    return CollectionStore(jobs.redis, jobs.config.prefix)
+
+
+def owned_collection(request: Request, cid: str) -> dict[str, Any]:
+    """The caller's collection; another key's or an unknown id is 404."""
+    rec = collection_store(request).get(cid)
+    if rec is None or rec.get("owner") != current_principal(request).owner:
+        raise ProblemError(404, "collection-not-found", f"No collection {cid!r}")
+    return rec
+
+
+def _info(rec: dict[str, Any]) -> CollectionInfo:
+    return CollectionInfo(id=rec["id"], count=rec["count"], labels=rec.get("labels"), bytes=rec["bytes"],
+                          created_at=rec["created_at"], ttl_s=rec["ttl_s"],
+                          links={"self": f"/v1/collections/{rec['id']}"})
+
+
+@router.post("", status_code=201, response_model=CollectionInfo, responses=PROBLEM_RESPONSES,
+             openapi_extra=upload_body("#/components/schemas/CollectionParams",
+                                       "Many images (field image, repeated) and params {labels}."),
+             summary="Upload a collection of images for collection-level views")
+async def create_collection(request: Request, settings: Settings = Depends(get_settings)) -> Response:
+    store = collection_store(request)
+    upload = await read_upload(request, settings, min_images=2, max_images=settings.max_collection_images)
+    params = validate_params(CollectionParams, upload.params)
+    if params.labels is not None and len(params.labels) != len(upload.images):
+        raise ProblemError(422, "bad-labels", f"{len(params.labels)} labels for {len(upload.images)} images")
+    blobs = await run_in_threadpool(lambda: [stored_png(d) for d in upload.images])
+    rec = await run_in_threadpool(store.create, current_principal(request).owner, blobs, params.labels,
+                                  settings.artifact_ttl_s)
+    return Response(_info(rec).model_dump_json(), status_code=201, media_type="application/json",
+                    headers={"Location": f"/v1/collections/{rec['id']}"})
+
+
+@router.get("/{cid}", response_model=CollectionInfo, responses=PROBLEM_RESPONSES, summary="A collection's metadata")
+def get_collection(request: Request, cid: str = COLLECTION_ID) -> CollectionInfo:
+    return _info(owned_collection(request, cid))
+
+
+@router.delete("/{cid}", status_code=204, responses=PROBLEM_RESPONSES, summary="Delete a collection")
+def delete_collection(request: Request, cid: str = COLLECTION_ID) -> Response:
+    rec = owned_collection(request, cid)
+    collection_store(request).delete(cid, int(rec["count"]))
+    return Response(status_code=204)

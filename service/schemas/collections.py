@@ -1,0 +1,50 @@
+"""Collections (image sets for collection-level views) and the collection-view job."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CollectionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[str] | None = Field(None, max_length=1000, description="one label per image (for calibration)")
+
+
+class CollectionInfo(BaseModel):
+    id: str
+    count: int
+    labels: list[str] | None
+    bytes: int
+    created_at: float
+    ttl_s: int
+    links: dict[str, str]
+
+
+class CollectionViewParams(BaseModel):
+    """A view of a stored collection, run as a job with progress (type ``collection``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-f0-9]+$")
+    view: Literal["top_patches", "neighbours", "embedding_map", "calibrate"]
+    layer: str | None = Field(None, max_length=200)
+    size: int | None = Field(None, ge=32, le=512, description="network input side in px")
+    channels: list[int] | None = Field(None, max_length=64, description="top_patches: these channels")
+    top_channels: int = Field(8, ge=1, le=64, description="top_patches: else the strongest ones")
+    k: int = Field(9, ge=1, le=64, description="patches per channel, or neighbours")
+    projection: Literal["deconvnet", "guided", "gradient", "none"] = "deconvnet"
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    method: Literal["pca", "tsne", "umap"] = "pca"
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    map_size: int = Field(768, ge=128, le=2048)
+
+
+class CollectionJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["collection"]
+    model: str | None = Field(None, max_length=100)
+    params: CollectionViewParams

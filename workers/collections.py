@@ -1,0 +1,58 @@
+"""Image collections in Redis: uploaded once, used by many collection-view jobs.
+
+==============================  ========================================================
+``{p}:col:{id}``                hash: owner hash, count, labels (JSON), created_at
+``{p}:col:{id}:img:{i}``        blob: the i-th image (PNG of the decoded RGB), with the TTL
+==============================  ========================================================
+
+The API writes (it validated and decoded every image); workers read. Both sides share this
+layout through this module, so the service never needs to know key names.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from redis import Redis
+
+
+class CollectionStore:
+    def __init__(self, redis: Redis, prefix: str = "cnnviz") -> None:
+        self.redis = redis
+        self.prefix = prefix
+
+    def key(self, cid: str) -> str:
+        return f"{self.prefix}:col:{cid}"
+
+    def image_key(self, cid: str, i: int) -> str:
+        return f"{self.prefix}:col:{cid}:img:{i}"
+
+    def create(self, owner: str, images: list[bytes], labels: list[str] | None, ttl_s: int) -> dict[str, Any]:
+        cid = uuid.uuid4().hex
+        rec = {"id": cid, "owner": owner, "count": len(images), "labels": labels, "created_at": time.time(),
+               "ttl_s": ttl_s, "bytes": sum(len(b) for b in images)}
+        with self.redis.pipeline(transaction=True) as p:
+            p.hset(self.key(cid), mapping={k: json.dumps(v) for k, v in rec.items()})
+            p.expire(self.key(cid), ttl_s)
+            for i, blob in enumerate(images):
+                p.set(self.image_key(cid, i), blob, ex=ttl_s)
+            p.execute()
+        return rec
+
+    def get(self, cid: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self.key(cid))
+        if not raw:
+            return None
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def images(self, cid: str, count: int) -> list[bytes]:
+        blobs = self.redis.mget([self.image_key(cid, i) for i in range(count)]) if count else []
+        if any(b is None for b in blobs):
+            raise RuntimeError(f"collection {cid} has expired")
+        return list(blobs)
+
+    def delete(self, cid: str, count: int) -> None:
+        self.redis.delete(self.key(cid), *[self.image_key(cid, i) for i in range(count)])

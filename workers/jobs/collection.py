@@ -1,0 +1,98 @@
+"""Collection-view jobs: top activating patches, neighbours, embedding maps, threshold calibration.
+
+The collection's images come from Redis by key (:mod:`workers.collections`); a neighbours job
+also carries its query image as the job's own input. Progress counts images through the network,
+and cancel is checked between batches by the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from cnnviz.inspection import (
+    calibrate_threshold,
+    embed,
+    extract_features,
+    make_thumbnail,
+    neighbour_lists,
+    patch_grid,
+    reduce_2d,
+    thumbnail_map,
+    top_activating_patches,
+)
+from cnnviz.render import encode_png, make_grid
+
+from ..collections import CollectionStore
+from ..runtime import JobContext, decode_rgb, execute
+
+log = logging.getLogger(__name__)
+
+
+def _thumbs(images: list[torch.Tensor], idx: list[int], size: int = 96) -> torch.Tensor:
+    return make_grid([make_thumbnail(images[i], size) for i in idx], ncols=len(idx) or 1, pad=2)
+
+
+def run_view(ctx: JobContext) -> None:
+    params: dict[str, Any] = dict(ctx.spec.get("params") or {})
+    view = params.pop("view")
+    cid = params.pop("collection")
+    store = CollectionStore(ctx.store.redis, ctx.store.prefix)
+    rec = store.get(cid)
+    if rec is None:
+        raise RuntimeError(f"collection {cid} has expired or was deleted")
+    model = ctx.model()
+    images = [decode_rgb(b) for b in store.images(cid, int(rec["count"]))]
+
+    def progress(done: int, total: int, stage: str) -> None:
+        ctx.progress(done, total, stage)
+
+    common = {"progress": progress, "cancel": ctx.cancelled}
+    summary: dict[str, Any] = {"model": model.name, "view": view, "collection": cid, "count": len(images)}
+    main = "result.json"
+    if view == "top_patches":
+        channels = top_activating_patches(model, images, params.get("layer"), params.get("channels"),
+                                          top_channels=params.get("top_channels", 8), k=params.get("k", 9),
+                                          projection=params.get("projection", "deconvnet"), size=params.get("size"),
+                                          **common)
+        ctx.put("patches.png", encode_png(patch_grid(channels)), "image/png")
+        summary["channels"] = [{"channel": c.channel, "score": c.score,
+                                "patches": [{"image": p.image, "y": p.y, "x": p.x, "activation": p.activation,
+                                             "box": list(p.box)} for p in c.patches]} for c in channels]
+        main = "patches.png"
+    elif view == "neighbours":
+        query = decode_rgb(ctx.inputs()[0])
+        nl = neighbour_lists(model, query, images, params.get("layer"), k=min(params.get("k", 9), len(images)),
+                             metric=params.get("metric", "cosine"), size=params.get("size"), **common)
+        summary.update(layer=nl.layer, metric=nl.metric, feature_indices=nl.feature_indices,
+                       feature_distances=nl.feature_distances, pixel_indices=nl.pixel_indices,
+                       pixel_distances=nl.pixel_distances)
+        rows = [_thumbs([query], [0]), _thumbs(images, nl.feature_indices), _thumbs(images, nl.pixel_indices)]
+        ctx.put("neighbours.png", encode_png(make_grid(rows, ncols=1, pad=6)), "image/png")
+        main = "neighbours.png"
+    elif view == "embedding_map":
+        feats = extract_features(model, images, params.get("layer"), size=params.get("size"), **common)
+        coords = reduce_2d(feats, params.get("method", "pca"), seed=params.get("seed", 0))
+        picture = thumbnail_map(coords, [make_thumbnail(im, 48) for im in images], size=params.get("map_size", 768))
+        ctx.put("map.png", encode_png(picture), "image/png")
+        summary.update(method=params.get("method", "pca"), coords=[[round(float(v), 5) for v in c] for c in coords])
+        main = "map.png"
+    elif view == "calibrate":
+        labels = rec.get("labels")
+        if not labels:
+            raise ValueError("calibration needs a collection uploaded with labels")
+        e = embed(model, images, params.get("layer"), size=params.get("size"), **common)
+        cal = calibrate_threshold(e, labels)
+        summary.update(threshold=cal.threshold, accuracy=cal.accuracy, same_pairs=cal.n_same_pairs,
+                       different_pairs=cal.n_diff_pairs)
+    else:
+        raise ValueError(f"unknown collection view {view!r}")
+    ctx.put_json("result.json", summary)
+    ctx.succeed(main)
+
+
+def run(job_id: str, prefix: str) -> dict[str, Any]:
+    """rq entry point for ``type: collection``."""
+    return execute(job_id, prefix, run_view)
