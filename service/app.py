@@ -15,7 +15,7 @@ from .errors import install_handlers
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
 from .openapi_doc import install_openapi
 from .routes import collections, explain, health, inspect, jobs, models
-from .schemas.collections import CollectionJob, CollectionParams
+from .schemas.collections import CollectionJob, CollectionParams, IdentifyParams
 from .schemas.explain import METHOD_PARAMS, ExplainParams
 from .schemas.jobs import SYNTHESIS_REQUESTS, DeepDreamJob, ExplainJob
 from .schemas.models import PredictParams
@@ -57,7 +57,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.include_router(jobs.router, dependencies=keyed)
     app.include_router(inspect.router, dependencies=keyed)
     app.include_router(collections.router, dependencies=keyed)
-    install_openapi(app, [ExplainParams, PredictParams, CollectionParams, CollectionJob, *METHOD_PARAMS.values(),
+    install_openapi(app, [ExplainParams, PredictParams, CollectionParams, CollectionJob, IdentifyParams,
+                          *METHOD_PARAMS.values(),
                           DeepDreamJob, ExplainJob,
                           *SYNTHESIS_REQUESTS.values()])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

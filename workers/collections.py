@@ -3,6 +3,7 @@
 ==============================  ========================================================
 ``{p}:col:{id}``                hash: owner hash, count, labels (JSON), created_at
 ``{p}:col:{id}:img:{i}``        blob: the i-th image (PNG of the decoded RGB), with the TTL
+``{p}:col:{id}:emb:{m}:{l}``    blob: float32 embeddings of model m, layer l (a gallery)
 ==============================  ========================================================
 
 The API writes (it validated and decoded every image); workers read. Both sides share this
@@ -16,6 +17,8 @@ import time
 import uuid
 from typing import Any
 
+import numpy as np
+import torch
 from redis import Redis
 
 
@@ -54,5 +57,23 @@ class CollectionStore:
             raise RuntimeError(f"collection {cid} has expired")
         return list(blobs)
 
+    def embeddings_key(self, cid: str, model: str, layer: str) -> str:
+        return f"{self.prefix}:col:{cid}:emb:{model}:{layer}"
+
+    def put_embeddings(self, cid: str, model: str, layer: str, e: torch.Tensor) -> None:
+        """Cache a gallery's embeddings ``[N,D]`` for as long as the collection lives."""
+        ttl = max(1, int(self.redis.ttl(self.key(cid))))
+        header = np.array(e.shape, dtype=np.int64).tobytes()
+        self.redis.set(self.embeddings_key(cid, model, layer), header + e.float().numpy().tobytes(), ex=ttl)
+
+    def get_embeddings(self, cid: str, model: str, layer: str) -> torch.Tensor | None:
+        blob = self.redis.get(self.embeddings_key(cid, model, layer))
+        if blob is None:
+            return None
+        n, d = np.frombuffer(blob[:16], dtype=np.int64)
+        return torch.from_numpy(np.frombuffer(blob[16:], dtype=np.float32).reshape(int(n), int(d)).copy())
+
     def delete(self, cid: str, count: int) -> None:
-        self.redis.delete(self.key(cid), *[self.image_key(cid, i) for i in range(count)])
+        keys = [self.key(cid), *[self.image_key(cid, i) for i in range(count)]]
+        keys += list(self.redis.scan_iter(match=f"{self.prefix}:col:{cid}:emb:*", count=100))
+        self.redis.delete(*keys)

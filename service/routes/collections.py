@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from cnnviz.inspection import Gallery, embed
 from workers.collections import CollectionStore
+from workers.runtime import decode_rgb
 
 from ..auth import current_principal
-from ..deps import get_settings
+from ..deps import get_settings, lookup_model
 from ..errors import ProblemError
-from ..schemas.collections import CollectionInfo, CollectionParams
+from ..imaging import image_to_tensor
+from ..schemas.collections import Candidate, CollectionInfo, CollectionParams, IdentifyParams, IdentifyResponse
 from ..settings import Settings
 from ..uploads import read_upload, validate_params
 from .common import PROBLEM_RESPONSES, upload_body
@@ -61,6 +64,47 @@ async def create_collection(request: Request, settings: Settings = Depends(get_s
 @router.get("/{cid}", response_model=CollectionInfo, responses=PROBLEM_RESPONSES, summary="A collection's metadata")
 def get_collection(request: Request, cid: str = COLLECTION_ID) -> CollectionInfo:
     return _info(owned_collection(request, cid))
+
+
+def identify_query(model: Any, store: CollectionStore, rec: dict[str, Any], query: Any,
+                   params: IdentifyParams, budget: float) -> IdentifyResponse:
+    """Embed the gallery once (then cached in Redis beside the collection) and search it 1:K."""
+    layer = params.layer or model.default_layer
+    key_layer = f"{layer}@{params.size or model.preprocessing.input_size}"
+    gallery_e = store.get_embeddings(rec["id"], model.name, key_layer)
+    cached = gallery_e is not None
+    if gallery_e is None:
+        if rec["count"] > budget:
+            raise ProblemError(409, "gallery-not-enrolled", "This gallery is too large to embed inline",
+                               "Run a collection job with view=enroll first; identification then uses its cache.")
+        images = [decode_rgb(b) for b in store.images(rec["id"], int(rec["count"]))]
+        gallery_e = embed(model, images, layer, size=params.size)
+        store.put_embeddings(rec["id"], model.name, key_layer, gallery_e)
+    gallery = Gallery()
+    gallery.enroll(rec["labels"], gallery_e)
+    q = embed(model, [query], layer, size=params.size)[0]
+    ident = gallery.identify(q, params.threshold, params.k)
+    return IdentifyResponse(model=model.name, layer=layer, label=ident.label, distance=ident.distance,
+                            threshold=params.threshold, enrolled=len(gallery), cached=cached,
+                            candidates=[Candidate(label=lb, distance=d) for lb, d in ident.candidates])
+
+
+@router.post("/{cid}/identify", response_model=IdentifyResponse, responses=PROBLEM_RESPONSES,
+             openapi_extra=upload_body("#/components/schemas/IdentifyParams", "One query image and params."),
+             summary="1:K identification against a labelled collection; 'unknown' when nothing is close")
+async def identify(request: Request, cid: str = COLLECTION_ID, model: str = Query(None, max_length=100),
+                   settings: Settings = Depends(get_settings)) -> IdentifyResponse:
+    rec = owned_collection(request, cid)
+    if not rec.get("labels"):
+        raise ProblemError(422, "missing-labels", "Identification needs a collection uploaded with labels")
+    upload = await read_upload(request, settings, min_images=1, max_images=1)
+    params = validate_params(IdentifyParams, upload.params)
+    loaded = lookup_model(request.app.state.catalog, model or request.app.state.catalog.default)
+    if params.layer is not None and not loaded.has_layer(params.layer):
+        raise ProblemError(422, "unknown-layer", f"Model {loaded.name!r} has no layer {params.layer!r}")
+    query = image_to_tensor(upload.images[0].image)
+    return await run_in_threadpool(identify_query, loaded, collection_store(request), rec, query, params,
+                                   settings.inline_budget)
 
 
 @router.delete("/{cid}", status_code=204, responses=PROBLEM_RESPONSES, summary="Delete a collection")

@@ -143,7 +143,7 @@ def _collection(request: Request, model: Any, job: Any, images: list[DecodedImag
                            expected=wanted)
     if p.layer is not None and not model.has_layer(p.layer):
         raise ProblemError(422, "unknown-layer", f"Model {model.name!r} has no layer {p.layer!r}")
-    if p.view == "calibrate" and not rec.get("labels"):
+    if p.view in ("calibrate", "enroll") and not rec.get("labels"):
         raise ProblemError(422, "missing-labels", "Calibration needs a collection uploaded with labels")
     scale = ((p.size or model.preprocessing.input_size) / model.preprocessing.input_size) ** 2
     cost = (rec["count"] + 1) * scale

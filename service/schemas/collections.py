@@ -23,13 +23,40 @@ class CollectionInfo(BaseModel):
     links: dict[str, str]
 
 
+class IdentifyParams(BaseModel):
+    """1:K identification of a query image against a labelled collection (the gallery)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str | None = Field(None, max_length=200)
+    size: int | None = Field(None, ge=32, le=512)
+    threshold: float = Field(0.9, ge=0.0, le=2.0, description="unknown when no distance is under this")
+    k: int = Field(5, ge=1, le=50, description="candidate labels to return")
+
+
+class Candidate(BaseModel):
+    label: str
+    distance: float
+
+
+class IdentifyResponse(BaseModel):
+    model: str
+    layer: str
+    label: str
+    distance: float
+    threshold: float
+    candidates: list[Candidate]
+    enrolled: int
+    cached: bool
+
+
 class CollectionViewParams(BaseModel):
     """A view of a stored collection, run as a job with progress (type ``collection``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     collection: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-f0-9]+$")
-    view: Literal["top_patches", "neighbours", "embedding_map", "calibrate"]
+    view: Literal["top_patches", "neighbours", "embedding_map", "calibrate", "enroll"]
     layer: str | None = Field(None, max_length=200)
     size: int | None = Field(None, ge=32, le=512, description="network input side in px")
     channels: list[int] | None = Field(None, max_length=64, description="top_patches: these channels")

@@ -81,3 +81,28 @@ def test_collection_errors_and_ownership(api: httpx.Client, photos: list[bytes])
     files = [("image", ("a.png", photos[0], "image/png")), ("image", ("b.png", photos[1], "image/png"))]
     r = api.post("/v1/collections", files=files, data={"params": json.dumps({"labels": ["x"]})})
     assert r.status_code == 422 and r.json()["type"].endswith("bad-labels")
+
+
+def test_gallery_identify_and_enroll(api: httpx.Client, photos: list[bytes]) -> None:
+    gallery = [photos[0], photos[2], photos[4]]
+    cid = _collection(api, gallery, ["cat", "cup", "rocket"])
+    params = {"layer": "_blocks.15", "size": 96, "threshold": 0.6}
+
+    def identify(img: bytes) -> dict:
+        r = api.post(f"/v1/collections/{cid}/identify", files=[("image", ("q.png", img, "image/png"))],
+                     data={"params": json.dumps(params)})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    first = identify(photos[1])  # the mirrored cat
+    assert first["label"] == "cat" and not first["cached"] and first["candidates"][0]["label"] == "cat"
+    assert identify(photos[5])["label"] == "rocket"
+    gravel = np.stack([skimage.data.gravel()] * 3, -1)
+    unknown = identify(_png(gravel))
+    assert unknown["label"] == "unknown" and unknown["cached"]
+    # An enroll job fills the same cache for another layer.
+    res = _view(api, {"collection": cid, "view": "enroll", "layer": "act_head", "size": 96})
+    assert res["enrolled"] == 3 and res["dim"] == 1280
+    r = api.post(f"/v1/collections/{cid}/identify", files=[("image", ("q.png", photos[3], "image/png"))],
+                 data={"params": json.dumps({**params, "layer": "act_head"})})
+    assert r.status_code == 200 and r.json()["cached"] and r.json()["candidates"][0]["label"] == "cup"

@@ -79,6 +79,11 @@ def run_view(ctx: JobContext) -> None:
         ctx.put("map.png", encode_png(picture), "image/png")
         summary.update(method=params.get("method", "pca"), coords=[[round(float(v), 5) for v in c] for c in coords])
         main = "map.png"
+    elif view == "enroll":
+        layer = params.get("layer") or model.default_layer
+        e = embed(model, images, layer, size=params.get("size"), **common)
+        store.put_embeddings(cid, model.name, f"{layer}@{params.get('size') or model.preprocessing.input_size}", e)
+        summary.update(layer=layer, enrolled=int(e.shape[0]), dim=int(e.shape[1]))
     elif view == "calibrate":
         labels = rec.get("labels")
         if not labels:
