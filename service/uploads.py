@@ -7,8 +7,10 @@ checked by :mod:`service.imaging` before any pixel is decoded.
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import zipfile
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -42,8 +44,11 @@ def _params_from_text(text: str | None) -> dict[str, Any]:
 
 
 async def read_upload(request: Request, settings: Settings, *, min_images: int = 1,
-                      max_images: int | None = None) -> Upload:
-    """Parse images and params from multipart form data or a JSON body; decode the images."""
+                      max_images: int | None = None, allow_zip: bool = False) -> Upload:
+    """Parse images and params from multipart form data or a JSON body; decode the images.
+
+    With ``allow_zip`` a multipart ``zip`` field may carry the images as a ZIP archive.
+    """
     max_images = max_images or settings.max_images
     ctype = request.headers.get("content-type", "")
     raw: list[bytes | str] = []
@@ -59,10 +64,15 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
             if not isinstance(f, UploadFile):
                 raise ProblemError(422, "invalid-image-field", "The image field must be a file upload")
             raw.append(await f.read())
-        unknown = {k for k, _ in form.multi_items()} - {"image", "params"}
+        fields = {"image", "params", "zip"} if allow_zip else {"image", "params"}
+        unknown = {k for k, _ in form.multi_items()} - fields
         if unknown:
             raise ProblemError(422, "unknown-form-field", f"Unknown form fields: {sorted(unknown)}",
-                               valid=["image", "params"])
+                               valid=sorted(fields))
+        for f in (v for k, v in form.multi_items() if k == "zip"):
+            if not isinstance(f, UploadFile):
+                raise ProblemError(422, "invalid-zip-field", "The zip field must be a file upload")
+            raw.extend(zip_entries(await f.read(), max_images, settings.max_body_bytes * 4))
         params_field = form.get("params")
         params = _params_from_text(params_field if isinstance(params_field, str) else None)
     elif ctype.startswith("application/json") or (not ctype and min_images == 0):
@@ -106,6 +116,36 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def zip_entries(data: bytes, max_entries: int, max_bytes: int) -> list[bytes]:
+    """The files of a ZIP archive (folders and hidden files skipped), bounded before extraction.
+
+    Counts and declared sizes are checked from the central directory first, and every read is
+    capped, so a zip bomb is refused without being inflated.
+    """
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise ProblemError(400, "invalid-zip", "The zip field is not a valid ZIP archive", str(exc)) from exc
+    infos = [i for i in zf.infolist()
+             if not i.is_dir() and not any(part.startswith((".", "__")) for part in i.filename.split("/"))]
+    if len(infos) > max_entries:
+        raise ProblemError(413, "too-many-images", f"At most {max_entries} images per request", limit=max_entries)
+    if sum(i.file_size for i in infos) > max_bytes:
+        raise ProblemError(413, "zip-too-large", f"The archive inflates to more than {max_bytes} bytes",
+                           limit=max_bytes)
+    out = []
+    for info in infos:
+        try:
+            with zf.open(info) as fh:
+                blob = fh.read(info.file_size + 1)
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
+            raise ProblemError(400, "invalid-zip", f"Cannot read {info.filename!r} from the archive", str(exc)) from exc
+        if len(blob) > info.file_size:
+            raise ProblemError(400, "invalid-zip", f"{info.filename!r} is larger than its header says")
+        out.append(blob)
+    return out
 
 
 def validation_problem(exc: ValidationError, title: str = "Invalid parameters") -> ProblemError:

@@ -46,11 +46,13 @@ def _info(rec: dict[str, Any]) -> CollectionInfo:
 
 @router.post("", status_code=201, response_model=CollectionInfo, responses=PROBLEM_RESPONSES,
              openapi_extra=upload_body("#/components/schemas/CollectionParams",
-                                       "Many images (field image, repeated) and params {labels}."),
+                                       "Many images (field image, repeated, and/or a ZIP archive in field "
+                                       "zip) and params {labels}, labels in image order."),
              summary="Upload a collection of images for collection-level views")
 async def create_collection(request: Request, settings: Settings = Depends(get_settings)) -> Response:
     store = collection_store(request)
-    upload = await read_upload(request, settings, min_images=2, max_images=settings.max_collection_images)
+    upload = await read_upload(request, settings, min_images=2, max_images=settings.max_collection_images,
+                               allow_zip=True)
     params = validate_params(CollectionParams, upload.params)
     if params.labels is not None and len(params.labels) != len(upload.images):
         raise ProblemError(422, "bad-labels", f"{len(params.labels)} labels for {len(upload.images)} images")

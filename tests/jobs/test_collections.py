@@ -106,3 +106,23 @@ def test_gallery_identify_and_enroll(api: httpx.Client, photos: list[bytes]) -> 
     r = api.post(f"/v1/collections/{cid}/identify", files=[("image", ("q.png", photos[3], "image/png"))],
                  data={"params": json.dumps({**params, "layer": "act_head"})})
     assert r.status_code == 200 and r.json()["cached"] and r.json()["candidates"][0]["label"] == "cup"
+
+
+def test_collection_from_zip(api: httpx.Client, photos: list[bytes]) -> None:
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, b in enumerate(photos[:3]):
+            zf.writestr(f"set/p{i}.png", b)
+        zf.writestr("__MACOSX/junk", b"x")
+    r = api.post("/v1/collections", files=[("zip", ("set.zip", buf.getvalue(), "application/zip"))])
+    assert r.status_code == 201, r.text
+    assert r.json()["count"] == 3
+    r = api.post("/v1/collections", files=[("zip", ("set.zip", b"not a zip", "application/zip"))])
+    assert r.status_code == 400 and r.json()["type"].endswith("invalid-zip")
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.png", b"\0" * (200 * 1024 * 1024))
+    r = api.post("/v1/collections", files=[("zip", ("bomb.zip", bomb.getvalue(), "application/zip"))])
+    assert r.status_code == 413 and r.json()["type"].endswith("zip-too-large")
