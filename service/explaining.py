@@ -223,6 +223,8 @@ def _b64(img: torch.Tensor | None) -> str | None:
 
 def first_overlay_png(model: LoadedModel, method: str, images: list[DecodedImage], params: ExplainParams) -> bytes:
     """For ``Accept: image/png``: the overlay of the first image's first target, as PNG bytes."""
-    params = params.model_copy(update={"output": params.output.model_copy(update={"overlay": True})})
+    # Only the overlay is sent: skip the heatmap PNG and the raw values the JSON answer would carry.
+    output = params.output.model_copy(update={"overlay": True, "heatmap": False, "raw": False})
+    params = params.model_copy(update={"output": output})
     resp = run_explanation(model, method, images[:1], params)
     return base64.b64decode(resp.images[0].explanations[0].overlay_png or "")

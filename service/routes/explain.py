@@ -49,8 +49,7 @@ async def explain(request: Request, method: str = Path(..., max_length=64),
     cost = estimate_cost(model, method, params, len(upload.images))
     wants_async = "respond-async" in request.headers.get("prefer", "").lower()
     if (cost > settings.inline_budget or wants_async) and getattr(request.app.state, "jobs", None) is not None:
-        return await hand_off_explain(request, model.name, method, upload.images, upload.params, params, cost,
-                                      settings)
+        return await hand_off_explain(request, model.name, method, upload.images, upload.params, cost, settings)
     if cost > settings.inline_budget:
         raise ProblemError(422, "over-inline-budget", "This request is too expensive to answer inline",
                            f"estimated {cost:.0f} forward passes, inline budget {settings.inline_budget:.0f}",

@@ -6,7 +6,6 @@ work runs in the thread pool (sync client), never on the event loop.
 
 from __future__ import annotations
 
-import importlib
 import io
 import re
 from typing import Any
@@ -19,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from cnnviz.attribution import METHODS
 from cnnviz.synthesis import DeepDreamConfig
 from cnnviz.synthesis import estimate_cost as dream_cost
+from workers.jobs.synthesis import resolve
 
 from ..auth import Principal, current_principal
 from ..deps import get_settings, lookup_model
@@ -26,7 +26,7 @@ from ..errors import ProblemError
 from ..explaining import estimate_cost as explain_cost
 from ..imaging import DecodedImage
 from ..jobs import JobClient, status_model, unavailable
-from ..schemas.explain import ExplainParams, params_model
+from ..schemas.explain import params_model
 from ..schemas.jobs import JOB_REQUEST, DeepDreamJob, JobList, JobStatus
 from ..schemas.synthesis import SYNTHESIS_JOBS
 from ..settings import Settings
@@ -154,7 +154,7 @@ def _collection(request: Request, model: Any, job: Any, images: list[DecodedImag
 
 def _synthesis(model: Any, job: Any, images: list[DecodedImage]) -> tuple[dict[str, Any], float]:
     """Check an optimization job against the model and estimate its cost before it is queued."""
-    _, n_images, cost_fn, _ = SYNTHESIS_JOBS[job.type]
+    _, n_images, cost_fn = SYNTHESIS_JOBS[job.type]
     if len(images) != n_images:
         what = {0: "no image", 1: "one image", 2: "two images (content, then style)"}[n_images]
         raise ProblemError(422, "wrong-image-count", f"A {job.type} job takes {what}; got {len(images)}",
@@ -167,14 +167,12 @@ def _synthesis(model: Any, job: Any, images: list[DecodedImage]) -> tuple[dict[s
     kwargs = {k: v for k, v in params.items() if v is not None and k != "preview_every"}
     if job.type == "texture_nn":
         kwargs["source_size"] = (images[0].height, images[0].width)
-    module, name = cost_fn.split(":")
-    cost = float(getattr(importlib.import_module(module), name)(model, **kwargs))
+    cost = float(resolve(cost_fn)(model, **kwargs))
     return {"type": job.type, "model": model.name, "params": {k: v for k, v in params.items() if v is not None}}, cost
 
 
 async def hand_off_explain(request: Request, model_name: str, method: str, images: list[DecodedImage],
-                           raw_params: dict[str, Any], params: ExplainParams, cost: float,
-                           settings: Settings) -> Response:
+                           raw_params: dict[str, Any], cost: float, settings: Settings) -> Response:
     """The explain route's async path: the same request, run as an ``explain`` job (202)."""
     jobs = get_jobs(request)
     spec = {"type": "explain", "model": model_name, "params": {"method": method, "explain": raw_params}}

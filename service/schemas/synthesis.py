@@ -6,7 +6,7 @@ estimate computed from them is checked against ``max_job_cost`` before anything 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -133,12 +133,12 @@ class StyleParams(_Strict):
     preview_every: int = Preview
 
 
-# type -> (params model, number of images required, cost function "module:function", extra cost kwargs)
-SYNTHESIS_JOBS: dict[str, tuple[type[_Strict], int, str, dict[str, Any]]] = {
-    "class_viz": (ClassVizParams, 0, "cnnviz.synthesis.class_viz:cost_estimate", {}),
-    "adversarial": (AdversarialParams, 1, "cnnviz.synthesis.adversarial:cost_estimate", {}),
-    "inversion": (InversionParams, 1, "cnnviz.synthesis.inversion:cost_estimate", {}),
-    "texture": (TextureParams, 1, "cnnviz.synthesis.texture:gram_cost_estimate", {}),
-    "texture_nn": (TextureNNParams, 1, "cnnviz.synthesis.texture:efros_leung_cost_estimate", {}),
-    "style": (StyleParams, 2, "cnnviz.synthesis.style:cost_estimate", {}),
+# type -> (params model, number of images required, cost function "module:function")
+SYNTHESIS_JOBS: dict[str, tuple[type[_Strict], int, str]] = {
+    "class_viz": (ClassVizParams, 0, "cnnviz.synthesis.class_viz:cost_estimate"),
+    "adversarial": (AdversarialParams, 1, "cnnviz.synthesis.adversarial:cost_estimate"),
+    "inversion": (InversionParams, 1, "cnnviz.synthesis.inversion:cost_estimate"),
+    "texture": (TextureParams, 1, "cnnviz.synthesis.texture:gram_cost_estimate"),
+    "texture_nn": (TextureNNParams, 1, "cnnviz.synthesis.texture:efros_leung_cost_estimate"),
+    "style": (StyleParams, 2, "cnnviz.synthesis.style:cost_estimate"),
 }

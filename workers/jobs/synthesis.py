@@ -43,7 +43,8 @@ SYNTHESIS: dict[str, SynthesisSpec] = {
 }
 
 
-def _function(path: str) -> Any:
+def resolve(path: str) -> Any:
+    """The function named by ``"module:function"`` (job specs and cost estimators are named, not imported)."""
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -74,7 +75,7 @@ def run_synthesis(ctx: JobContext) -> None:
     callbacks = Callbacks(progress=lambda step, tot, stage, obj: ctx.progress(step, tot, stage, obj),
                           preview=ctx.preview, preview_every=preview_every, cancel=ctx.cancelled)
     ctx.progress(0, total, "starting")
-    result = _function(spec.function)(model, callbacks=callbacks, **kwargs)
+    result = resolve(spec.function)(model, callbacks=callbacks, **kwargs)
     pictures: list[str] = []
     summary: dict[str, Any] = {"model": model.name, "type": job_type, "params": {**params,
                                                                               "preview_every": preview_every}}
