@@ -39,6 +39,7 @@ from .verification import (
     calibrate_threshold,
     distance,
     embed,
+    pair_accuracy,
     verify,
 )
 
@@ -49,7 +50,8 @@ __all__ = [
     "calibrate_threshold", "default_batch_size", "display_projection", "distance", "distance_matrix", "embed",
     "extract_features",
     "filter_tiles", "first_conv", "invariance_curves", "layer_activations", "layer_output", "make_thumbnail",
-    "nearest", "neighbour_lists", "patch_grid", "pca_2d", "pixel_features", "plot_curves", "pool_features",
+    "nearest", "neighbour_lists", "pair_accuracy", "patch_grid", "pca_2d", "pixel_features", "plot_curves",
+    "pool_features",
     "project_units", "receptive_field", "receptive_field_size", "receptive_fields", "reduce_2d",
     "scan_top_activations", "thumbnail_map", "top_activating_patches", "verify",
 ]

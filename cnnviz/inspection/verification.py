@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 UNKNOWN = "unknown"
 
 __all__ = ["Calibration", "Gallery", "Identification", "UNKNOWN", "calibrate_threshold", "distance", "embed",
-           "verify"]
+           "pair_accuracy", "verify"]
 
 
 def embed(model: LoadedModel, images: Sequence[torch.Tensor], layer: str | None = None, pool: Pool | str = "avg",
@@ -166,3 +166,28 @@ def calibrate_threshold(embeddings: torch.Tensor, labels: Sequence[str | int], m
     log.debug("calibrated threshold %.4f over %d same / %d different pairs: %.3f", threshold, n_same, n_diff,
               float(score[t]))
     return Calibration(threshold, float(score[t]), n_same, n_diff)
+
+
+def pair_accuracy(embeddings: torch.Tensor, labels: Sequence[str | int], threshold: float,
+                  metric: Metric | str = "euclidean", balanced: bool = True) -> float:
+    """How many of the ``N(N-1)/2`` pairs a fixed ``threshold`` classifies right ("same" under it).
+
+    This is the held-out half of an honest verification measure: the threshold comes from
+    :func:`calibrate_threshold` on other (training) pairs. ``balanced`` averages the accuracies on
+    same and on different pairs, so a collection with many classes is not scored by its
+    overwhelming number of different pairs.
+    """
+    n = embeddings.shape[0]
+    if len(labels) != n or n < 2:
+        raise ValueError(f"pair accuracy needs at least two embeddings and one label each ({len(labels)} for {n})")
+    ids = {lb: i for i, lb in enumerate(dict.fromkeys(labels))}
+    lab = torch.tensor([ids[lb] for lb in labels])
+    iu = torch.triu_indices(n, n, 1)
+    d = distance_matrix(embeddings, embeddings, metric)[iu[0], iu[1]]
+    same = lab[iu[0]] == lab[iu[1]]
+    right = (d < threshold) == same
+    if not balanced:
+        return float(right.float().mean())
+    parts = [right[same].float().mean(), right[~same].float().mean()]
+    parts = [p for p, m in zip(parts, (same.any(), (~same).any()), strict=True) if m]
+    return float(sum(parts) / len(parts))
