@@ -14,11 +14,12 @@ from .auth import require_api_key
 from .errors import install_handlers
 from .middleware import BodyLimitMiddleware, MetricsMiddleware
 from .openapi_doc import install_openapi
-from .routes import collections, explain, health, inspect, jobs, models
+from .routes import collections, explain, health, inspect, jobs, models, trained
 from .schemas.collections import CollectionJob, CollectionParams, IdentifyParams
 from .schemas.explain import METHOD_PARAMS, ExplainParams
 from .schemas.jobs import SYNTHESIS_REQUESTS, DeepDreamJob, ExplainJob
 from .schemas.models import PredictParams
+from .schemas.training import FastStyleJob, StyleApplyParams, TripletHeadJob
 from .settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,11 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.include_router(jobs.router, dependencies=keyed)
     app.include_router(inspect.router, dependencies=keyed)
     app.include_router(collections.router, dependencies=keyed)
+    app.include_router(trained.router, dependencies=keyed)
     install_openapi(app, [ExplainParams, PredictParams, CollectionParams, CollectionJob, IdentifyParams,
                           *METHOD_PARAMS.values(),
                           DeepDreamJob, ExplainJob,
-                          *SYNTHESIS_REQUESTS.values()])
+                          *SYNTHESIS_REQUESTS.values(), FastStyleJob, TripletHeadJob, StyleApplyParams])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -86,6 +86,16 @@ def install_handlers(app: FastAPI) -> None:
         err = ProblemError(exc.status_code, slug, str(exc.detail), headers=dict(exc.headers or {}))
         return problem_response(err, request.url.path)
 
+    import redis
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    @app.exception_handler(redis.exceptions.TimeoutError)
+    async def _redis(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+        err = ProblemError(503, "jobs-unavailable", "Jobs are unavailable",
+                           "The job system (Redis) is unreachable; try again shortly.", headers={"Retry-After": "5"})
+        return problem_response(err, request.url.path)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     artifact_ttl_s: int = Field(24 * 3600, ge=60)
     result_ttl_s: int = Field(24 * 3600, ge=60)
 
+    # Trained networks (styles, embedding heads): kept this long after their last training (0: until
+    # deleted), at most this many of each kind per key.
+    trained_ttl_s: int = Field(30 * 24 * 3600, ge=0)
+    max_trained_per_key: int = Field(50, ge=1, le=10_000)
+    max_apply_side: int = Field(2048, ge=64, le=4096, description="longest side a style is applied at inline")
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -19,6 +19,8 @@ JOB_FUNCTIONS: dict[str, str] = {
     "deepdream": "workers.jobs.deepdream.run",
     "explain": "workers.jobs.explain.run",
     "collection": "workers.jobs.collection.run",
+    "fast_style": "workers.jobs.training.run",
+    "triplet_head": "workers.jobs.training.run",
     **{name: "workers.jobs.synthesis.run"
        for name in ("class_viz", "adversarial", "inversion", "texture", "texture_nn", "style")},
 }

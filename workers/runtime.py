@@ -136,6 +136,11 @@ class JobContext:
         self.store.update(self.id, **fields)
         self.store.add_event(self.id, "progress", fields, self.result_ttl_s)
 
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        """An evaluation during training: a ``metrics`` event, and a one-line summary in the status."""
+        self.store.add_event(self.id, "metrics", {"step": step, **values}, self.result_ttl_s)
+        self.store.update(self.id, message=", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
     def put(self, name: str, data: bytes, media_type: str) -> None:
         if len(data) > self.max_artifact_bytes:
             raise ValueError(f"artifact {name} is {len(data)} bytes, over the limit of {self.max_artifact_bytes}")

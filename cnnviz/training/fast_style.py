@@ -14,6 +14,7 @@ weights are frozen, and the style Grams are computed once.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -166,3 +167,22 @@ def load_transform_net(tensors: dict[str, torch.Tensor], config: dict[str, Any],
     for p in net.parameters():
         p.requires_grad_(False)
     return net.to(device).eval()
+
+
+@functools.lru_cache(maxsize=16)
+def _net_macs(width: int, blocks: int, size: int) -> float:
+    from cnnviz.synthesis.cost import _macs
+
+    return _macs(TransformNet(width, blocks), size)
+
+
+def cost_estimate(model: LoadedModel, *, steps: int = 2000, batch_size: int = 4, size: int = 256, width: int = 16,
+                  blocks: int = 5, **_: object) -> float:
+    """Forward+backward pass equivalents of the backbone at its input size: per crop, the network's
+    forward and backward (~3x its forward) plus the backbone's pass and the content targets' forward."""
+    from cnnviz.synthesis.cost import pass_macs
+
+    unit = pass_macs(model)
+    area = (size / model.spec.input_size) ** 2
+    per_crop = 3.0 * _net_macs(int(width), int(blocks), int(size)) / unit + (1.0 + 1.0 / 3.0) * area
+    return float(steps) * float(batch_size) * per_crop

@@ -146,8 +146,8 @@ class Trainer(ABC):
     def train(self, steps: int, callbacks: TrainCallbacks | None = None, stage: str = "training") -> None:
         """Train until ``self.step == steps`` (from wherever a restore left it)."""
         cb = callbacks or TrainCallbacks()
-        if self.step == 0 and self.eval_every:
-            self._evaluate(cb)  # the baseline, before any update
+        if self.step == 0 and self.eval_every and not self.evals:
+            self._evaluate(cb)  # the baseline, before any update (once: a run cancelled at step 0 has it)
         self.net.train()
         while self.step < steps:
             if cb.cancel is not None and cb.cancel():

@@ -271,3 +271,11 @@ def head_embed(model: LoadedModel, head: EmbeddingHead, images: Sequence[torch.T
                                               f"the head expects {head.in_dim}")
     with torch.no_grad():
         return head(feats)
+
+
+def cost_estimate(model: LoadedModel, *, steps: int = 1000, views: int = 8, size: int | None = None,
+                  n_images: int = 1, classes_per_batch: int = 8, per_class: int = 4, **_: object) -> float:
+    """Backbone passes: one forward (a third of a pass) per view at ``size``; the head's steps are
+    nearly free beside them (a few thousand multiply-adds per row)."""
+    area = ((size or model.spec.input_size) / model.spec.input_size) ** 2
+    return float(n_images) * (views + 1) * area / 3.0 + steps * classes_per_batch * per_class * 1e-4

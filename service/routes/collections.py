@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from cnnviz.inspection import Gallery, embed
+from cnnviz.inspection import Gallery
 from workers.collections import CollectionStore
 from workers.runtime import decode_rgb
 
@@ -20,6 +20,7 @@ from ..settings import Settings
 from ..uploads import read_upload, validate_params
 from .common import PROBLEM_RESPONSES, upload_body
 from .jobs import get_jobs, stored_png
+from .trained import Embedding, resolve_embedding
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 COLLECTION_ID = Path(..., min_length=1, max_length=64, pattern=r"^[a-f0-9]+$")
@@ -68,26 +69,25 @@ def get_collection(request: Request, cid: str = COLLECTION_ID) -> CollectionInfo
     return _info(owned_collection(request, cid))
 
 
-def identify_query(model: Any, store: CollectionStore, rec: dict[str, Any], query: Any,
+def identify_query(model: Any, store: CollectionStore, rec: dict[str, Any], query: Any, how: Embedding,
                    params: IdentifyParams, budget: float) -> IdentifyResponse:
     """Embed the gallery once (then cached in Redis beside the collection) and search it 1:K."""
-    layer = params.layer or model.default_layer
-    key_layer = f"{layer}@{params.size or model.preprocessing.input_size}"
-    gallery_e = store.get_embeddings(rec["id"], model.name, key_layer)
+    gallery_e = store.get_embeddings(rec["id"], model.name, how.cache_key)
     cached = gallery_e is not None
     if gallery_e is None:
         if rec["count"] > budget:
             raise ProblemError(409, "gallery-not-enrolled", "This gallery is too large to embed inline",
                                "Run a collection job with view=enroll first; identification then uses its cache.")
         images = [decode_rgb(b) for b in store.images(rec["id"], int(rec["count"]))]
-        gallery_e = embed(model, images, layer, size=params.size)
-        store.put_embeddings(rec["id"], model.name, key_layer, gallery_e)
+        gallery_e = how.embed(images)
+        store.put_embeddings(rec["id"], model.name, how.cache_key, gallery_e)
     gallery = Gallery()
     gallery.enroll(rec["labels"], gallery_e)
-    q = embed(model, [query], layer, size=params.size)[0]
-    ident = gallery.identify(q, params.threshold, params.k)
-    return IdentifyResponse(model=model.name, layer=layer, label=ident.label, distance=ident.distance,
-                            threshold=params.threshold, enrolled=len(gallery), cached=cached,
+    q = how.embed([query])[0]
+    threshold = params.threshold if params.threshold is not None else how.threshold
+    ident = gallery.identify(q, threshold, params.k)
+    return IdentifyResponse(model=model.name, layer=how.layer, head=how.head, label=ident.label,
+                            distance=ident.distance, threshold=threshold, enrolled=len(gallery), cached=cached,
                             candidates=[Candidate(label=lb, distance=d) for lb, d in ident.candidates])
 
 
@@ -102,10 +102,9 @@ async def identify(request: Request, cid: str = COLLECTION_ID, model: str = Quer
     upload = await read_upload(request, settings, min_images=1, max_images=1)
     params = validate_params(IdentifyParams, upload.params)
     loaded = lookup_model(request.app.state.catalog, model or request.app.state.catalog.default)
-    if params.layer is not None and not loaded.has_layer(params.layer):
-        raise ProblemError(422, "unknown-layer", f"Model {loaded.name!r} has no layer {params.layer!r}")
+    how = await run_in_threadpool(resolve_embedding, request, loaded, params.layer, params.size, params.head)
     query = image_to_tensor(upload.images[0].image)
-    return await run_in_threadpool(identify_query, loaded, collection_store(request), rec, query, params,
+    return await run_in_threadpool(identify_query, loaded, collection_store(request), rec, query, how, params,
                                    settings.inline_budget)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from cnnviz.attribution import AttributionError
 from cnnviz.attribution.base import validate_layer
-from cnnviz.inspection import embed, filter_tiles, first_conv, invariance_curves, layer_activations, plot_curves, verify
+from cnnviz.inspection import filter_tiles, first_conv, invariance_curves, layer_activations, plot_curves, verify
 from cnnviz.models import LoadedModel
 from cnnviz.render import apply_colormap, encode_png, make_grid, normalize_map, resize_map
 
@@ -35,6 +35,7 @@ from ..schemas.inspect import (
 from ..settings import Settings
 from ..uploads import read_upload, validate_params
 from .common import PROBLEM_RESPONSES, upload_body
+from .trained import Embedding, resolve_embedding
 
 router = APIRouter(tags=["inspect"])
 
@@ -83,19 +84,18 @@ def _layer(model: LoadedModel, layer: str | None) -> str:
         raise attribution_problem(exc) from exc
 
 
-def embed_view(model: LoadedModel, images: list[torch.Tensor], params: EmbedParams) -> EmbedResponse:
-    layer = _layer(model, params.layer)
-    e = embed(model, images, layer, params.pool, size=params.resolution)
-    return EmbedResponse(model=model.name, layer=layer, dim=int(e.shape[1]),
+def embed_view(model: LoadedModel, images: list[torch.Tensor], how: Embedding) -> EmbedResponse:
+    e = how.embed(images)
+    return EmbedResponse(model=model.name, layer=how.layer, head=how.head, dim=int(e.shape[1]),
                          embeddings=[[round(float(v), 6) for v in row] for row in e.tolist()])
 
 
-def verify_view(model: LoadedModel, images: list[torch.Tensor], params: VerifyParams) -> VerifyResponse:
-    layer = _layer(model, params.layer)
-    e = embed(model, images, layer, params.pool, size=params.resolution)
-    dist, same = verify(e[0], e[1], params.threshold, metric=params.metric)
-    return VerifyResponse(model=model.name, layer=layer, metric=params.metric, distance=float(dist),
-                          threshold=params.threshold, same=bool(same))
+def verify_view(model: LoadedModel, images: list[torch.Tensor], how: Embedding, params: VerifyParams) -> VerifyResponse:
+    e = how.embed(images)
+    threshold = params.threshold if params.threshold is not None else how.threshold
+    dist, same = verify(e[0], e[1], threshold, metric=params.metric)
+    return VerifyResponse(model=model.name, layer=how.layer, head=how.head, metric=params.metric,
+                          distance=float(dist), threshold=threshold, same=bool(same))
 
 
 def invariance_view(model: LoadedModel, image: torch.Tensor, params: InvarianceParams) -> InvarianceResponse:
@@ -122,10 +122,11 @@ async def inspect(request: Request, view: str = Path(..., max_length=32), model:
         out = await run_in_threadpool(filters_view, model, params)
     elif view == "activations":
         out = await run_in_threadpool(activations_view, model, images[0], params)
-    elif view == "embed":
-        out = await run_in_threadpool(embed_view, model, images, params)
-    elif view == "verify":
-        out = await run_in_threadpool(verify_view, model, images, params)
+    elif view in ("embed", "verify"):
+        how = await run_in_threadpool(resolve_embedding, request, model, params.layer, params.resolution, params.head,
+                                      params.pool)
+        out = await (run_in_threadpool(embed_view, model, images, how) if view == "embed"
+                     else run_in_threadpool(verify_view, model, images, how, params))
     else:
         out = await run_in_threadpool(invariance_view, model, images[0], params)
     png = getattr(out, "grid_png", None) or getattr(out, "plot_png", None)

@@ -29,6 +29,7 @@ from ..jobs import JobClient, status_model, unavailable
 from ..schemas.explain import params_model
 from ..schemas.jobs import JOB_REQUEST, DeepDreamJob, JobList, JobStatus
 from ..schemas.synthesis import SYNTHESIS_JOBS
+from ..schemas.training import TRAINING_JOBS
 from ..settings import Settings
 from ..uploads import read_upload, validate_params, validation_problem
 from .common import PROBLEM_RESPONSES, upload_body
@@ -70,6 +71,13 @@ def _accepted(rec: dict[str, Any], jobs: JobClient, created: bool) -> Response:
 async def submit_spec(request: Request, jobs: JobClient, principal: Principal, spec: dict[str, Any],
                       images: list[DecodedImage], cost: float, settings: Settings) -> Response:
     """Shared by POST /v1/jobs and the explain route's hand-off: cap the cost, store, enqueue, 202."""
+    rec, created = await submit_record(request, jobs, principal, spec, images, cost, settings)
+    return _accepted(rec, jobs, created)
+
+
+async def submit_record(request: Request, jobs: JobClient, principal: Principal, spec: dict[str, Any],
+                        images: list[DecodedImage], cost: float, settings: Settings) -> tuple[dict[str, Any], bool]:
+    """Cap the cost, store the inputs, enqueue; the job's record and whether it is new."""
     if cost > settings.max_job_cost:
         raise ProblemError(422, "job-too-expensive", "This job is over the per-request cost cap",
                            f"estimated {cost:.0f} forward passes, limit max_job_cost={settings.max_job_cost:.0f}",
@@ -79,9 +87,7 @@ async def submit_spec(request: Request, jobs: JobClient, principal: Principal, s
     if total > 4 * settings.max_body_bytes:
         raise ProblemError(413, "inputs-too-large", "The images are too large to store for a job",
                            limit=4 * settings.max_body_bytes)
-    rec, created = await run_in_threadpool(jobs.submit, principal, spec, inputs, cost,
-                                           request.headers.get("idempotency-key"))
-    return _accepted(rec, jobs, created)
+    return await run_in_threadpool(jobs.submit, principal, spec, inputs, cost, request.headers.get("idempotency-key"))
 
 
 def _validate_job(params: dict[str, Any]) -> Any:
@@ -102,6 +108,10 @@ async def submit_job(request: Request, settings: Settings = Depends(get_settings
     principal = current_principal(request)
     upload = await read_upload(request, settings, min_images=0)
     job = _validate_job(upload.params)
+    if job.type in TRAINING_JOBS:
+        from .trained import submit_training
+
+        return await submit_training(request, jobs, principal, job, upload.images, settings)
     model = lookup_model(request.app.state.catalog, job.model or request.app.state.catalog.default)
     if isinstance(job, DeepDreamJob):
         if len(upload.images) > 1:

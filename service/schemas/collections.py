@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .training import NAME_PATTERN
 
 
 class CollectionParams(BaseModel):
@@ -30,7 +32,15 @@ class IdentifyParams(BaseModel):
 
     layer: str | None = Field(None, max_length=200)
     size: int | None = Field(None, ge=32, le=512)
-    threshold: float = Field(0.9, ge=0.0, le=2.0, description="unknown when no distance is under this")
+    head: str | None = Field(None, pattern=NAME_PATTERN, description="a trained embedding head (its layer and size)")
+    threshold: float | None = Field(None, ge=0.0, le=2.0, description="unknown when no distance is under this; "
+                                    "default the head's calibrated threshold, else 0.9")
+
+    @model_validator(mode="after")
+    def _head_alone(self) -> IdentifyParams:
+        if self.head is not None and self.layer is not None:
+            raise ValueError("a head brings its own layer; do not give layer with it")
+        return self
     k: int = Field(5, ge=1, le=50, description="candidate labels to return")
 
 
@@ -42,6 +52,7 @@ class Candidate(BaseModel):
 class IdentifyResponse(BaseModel):
     model: str
     layer: str
+    head: str | None = None
     label: str
     distance: float
     threshold: float

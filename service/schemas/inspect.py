@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .explain import Colormap
+from .training import NAME_PATTERN
 
 
 class FiltersParams(BaseModel):
@@ -60,10 +61,19 @@ class EmbedParams(BaseModel):
     layer: str | None = Field(None, max_length=200, description="default: the model's default layer")
     pool: Literal["avg", "max"] = "avg"
     resolution: int | None = Field(None, ge=32, le=1024)
+    head: str | None = Field(None, pattern=NAME_PATTERN, description="a trained embedding head "
+                             "(GET /v1/embedders): its layer, input size and head instead of the raw features")
+
+    @model_validator(mode="after")
+    def _head_alone(self) -> EmbedParams:
+        if self.head is not None and (self.layer is not None or self.pool != "avg"):
+            raise ValueError("a head brings its own layer and pooling; do not give layer or pool with it")
+        return self
 
 
 class VerifyParams(EmbedParams):
-    threshold: float = Field(0.9, ge=0.0, le=2.0, description="same when the distance is under this")
+    threshold: float | None = Field(None, ge=0.0, le=2.0, description="same when the distance is under this; "
+                                    "default the head's calibrated threshold, else 0.9")
     metric: Literal["euclidean", "cosine"] = "euclidean"
 
 
@@ -88,6 +98,7 @@ class InvarianceParams(BaseModel):
 class EmbedResponse(BaseModel):
     model: str
     layer: str
+    head: str | None = None
     dim: int
     embeddings: list[list[float]]
 
@@ -95,6 +106,7 @@ class EmbedResponse(BaseModel):
 class VerifyResponse(BaseModel):
     model: str
     layer: str
+    head: str | None = None
     metric: str
     distance: float
     threshold: float

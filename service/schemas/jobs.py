@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from .collections import CollectionJob
 from .synthesis import SYNTHESIS_JOBS
+from .training import FastStyleJob, TripletHeadJob
 
 JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
@@ -60,7 +61,8 @@ SYNTHESIS_REQUESTS = {name: _job(name, spec[0]) for name, spec in SYNTHESIS_JOBS
 # Adversarial jobs need a target, so their params have no default; the rest may be omitted.
 SynthesisJob = Union[tuple(SYNTHESIS_REQUESTS.values())]  # type: ignore[valid-type]  # noqa: UP007
 
-JobRequest = Annotated[DeepDreamJob | ExplainJob | CollectionJob | SynthesisJob, Field(discriminator="type")]
+JobRequest = Annotated[DeepDreamJob | ExplainJob | CollectionJob | SynthesisJob | FastStyleJob | TripletHeadJob,
+                       Field(discriminator="type")]
 JOB_REQUEST = TypeAdapter(JobRequest)
 
 

@@ -1,0 +1,196 @@
+"""Trained networks (styles, embedding heads) and their training checkpoints, in Redis.
+
+Every worker and API process shares one Redis, so a network trained on one GPU machine is
+applied by any API process: the weights travel as safetensors bytes (never a pickle), with the
+config that rebuilds them in the blob's own metadata.
+
+=============================================  =====================================================
+``{p}:trained:{kind}:{owner}:{name}``          hash: name, kind, version, model, job, bytes, times, summary
+``{p}:trained:{kind}:{owner}:{name}:weights``  blob: the network's safetensors
+``{p}:trained:{kind}:{owner}:{name}:ckpt``     hash: checkpoint safetensors, job params, step, style PNG
+``{p}:trained:{kind}:{owner}:{name}:lock``     the id of the job training this name now
+``{p}:owner:{o}:trained:{kind}``               set: the owner's names of this kind (listing)
+=============================================  =====================================================
+
+``kind`` is ``style`` or ``embedder``. Names belong to an API key (its hash): two keys may each
+have a style called ``mosaic``. A checkpoint outlives a cancelled or failed run, so the run can
+be resumed; it is kept until the name is deleted or its TTL runs out.
+
+API processes keep the networks they built in a small LRU keyed by the record's ``version``, so an
+``apply`` costs one ``HGET`` and a forward pass; retraining a name changes its version and the
+next request rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from redis import Redis
+from torch import nn
+
+from cnnviz.training import load_head, load_transform_net, unpack
+
+log = logging.getLogger(__name__)
+
+KINDS = ("style", "embedder")
+JOB_KINDS = {"fast_style": "style", "triplet_head": "embedder"}  # job type -> kind it trains
+BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], str], nn.Module]] = {
+    "style": lambda tensors, meta, device: load_transform_net(tensors, meta["config"], device),
+    "embedder": lambda tensors, meta, device: load_head(tensors, meta["config"]).to(device),
+}
+CACHE_SIZE = 16
+_cache: OrderedDict[tuple[str, ...], tuple[str, nn.Module, dict[str, Any]]] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+class TrainedStore:
+    def __init__(self, redis: Redis, prefix: str = "cnnviz") -> None:
+        self.redis = redis
+        self.prefix = prefix
+
+    # --- keys -----------------------------------------------------------------------------
+    def key(self, kind: str, owner: str, name: str) -> str:
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        return f"{self.prefix}:trained:{kind}:{owner}:{name}"
+
+    def names_key(self, kind: str, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner}:trained:{kind}"
+
+    # --- trained networks -----------------------------------------------------------------
+    def save(self, kind: str, owner: str, name: str, weights: bytes, *, model: str, job: str,
+             summary: dict[str, Any], ttl_s: int = 0) -> dict[str, Any]:
+        """Store (or replace) a trained network; ``ttl_s`` 0 keeps it until deleted."""
+        key = self.key(kind, owner, name)
+        now = time.time()
+        created = self.redis.hget(key, "created_at")
+        rec = {"name": name, "kind": kind, "version": uuid.uuid4().hex, "model": model, "job": job,
+               "bytes": len(weights), "created_at": float(created) if created else now, "updated_at": now,
+               "summary": summary}
+        with self.redis.pipeline(transaction=True) as p:
+            p.set(key + ":weights", weights)
+            p.delete(key)
+            p.hset(key, mapping={k: json.dumps(v) for k, v in rec.items()})
+            p.sadd(self.names_key(kind, owner), name)
+            if ttl_s:
+                p.expire(key, ttl_s)
+                p.expire(key + ":weights", ttl_s)
+            p.execute()
+        log.info("stored %s %r for %s (%d bytes)", kind, name, owner[:8], len(weights))
+        return rec
+
+    def get(self, kind: str, owner: str, name: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self.key(kind, owner, name))
+        if not raw:
+            return None
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def list(self, kind: str, owner: str) -> list[dict[str, Any]]:
+        """The owner's networks of ``kind``, newest first; names whose record expired are dropped."""
+        names = sorted(n.decode() for n in self.redis.smembers(self.names_key(kind, owner)))
+        out, gone = [], []
+        for name in names:
+            rec = self.get(kind, owner, name)
+            if rec is None:
+                gone.append(name)
+            else:
+                out.append(rec)
+        if gone:
+            self.redis.srem(self.names_key(kind, owner), *gone)
+        return sorted(out, key=lambda r: -r["updated_at"])
+
+    def count(self, kind: str, owner: str) -> int:
+        return int(self.redis.scard(self.names_key(kind, owner)))
+
+    def weights(self, kind: str, owner: str, name: str) -> bytes | None:
+        return self.redis.get(self.key(kind, owner, name) + ":weights")
+
+    def delete(self, kind: str, owner: str, name: str) -> bool:
+        """Remove a network, its checkpoint and its lock; True if there was anything to remove."""
+        key = self.key(kind, owner, name)
+        with self.redis.pipeline(transaction=True) as p:
+            p.delete(key, key + ":weights", key + ":ckpt", key + ":lock")
+            p.srem(self.names_key(kind, owner), name)
+            removed = p.execute()[0]
+        return bool(removed)
+
+    def load(self, kind: str, owner: str, name: str, device: str = "cpu") -> tuple[nn.Module, dict[str, Any]] | None:
+        """The network on ``device`` (built once per version and cached) and its record, or None."""
+        key = self.key(kind, owner, name)
+        raw_version = self.redis.hget(key, "version")
+        if raw_version is None:
+            return None
+        version = json.loads(raw_version)
+        ck = (self.prefix, kind, owner, name, str(device))
+        with _cache_lock:
+            hit = _cache.get(ck)
+            if hit is not None and hit[0] == version:
+                _cache.move_to_end(ck)
+                return hit[1], hit[2]
+        blob, rec = self.weights(kind, owner, name), self.get(kind, owner, name)
+        if blob is None or rec is None:
+            return None
+        tensors, meta = unpack(blob)
+        net = BUILDERS[kind](tensors, meta, str(device))
+        rec["meta"] = meta
+        with _cache_lock:
+            _cache[ck] = (rec["version"], net, rec)
+            _cache.move_to_end(ck)
+            while len(_cache) > CACHE_SIZE:
+                _cache.popitem(last=False)
+        return net, rec
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def put_checkpoint(self, kind: str, owner: str, name: str, blob: bytes, *, step: int, params: dict[str, Any],
+                       model: str, job: str, ttl_s: int, images: dict[str, bytes] | None = None) -> None:
+        """Keep the training state of ``name``; ``images`` (style, preview PNGs) are what a resume re-reads."""
+        key = self.key(kind, owner, name) + ":ckpt"
+        fields: dict[str, Any] = {"blob": blob, "step": step, "params": json.dumps(params), "model": model,
+                                  "job": job, "updated_at": time.time()}
+        fields.update({f"image:{k}": v for k, v in (images or {}).items()})
+        with self.redis.pipeline(transaction=True) as p:
+            p.hset(key, mapping=fields)
+            p.expire(key, ttl_s)
+            p.execute()
+
+    def checkpoint(self, kind: str, owner: str, name: str) -> dict[str, Any] | None:
+        raw = self.redis.hgetall(self.key(kind, owner, name) + ":ckpt")
+        if not raw:
+            return None
+        rec = {k.decode(): v for k, v in raw.items()}
+        images = {k[len("image:"):]: v for k, v in rec.items() if k.startswith("image:")}
+        return {"blob": rec["blob"], "images": images, "step": int(rec["step"]),
+                "params": json.loads(rec["params"]), "model": rec["model"].decode(), "job": rec["job"].decode(),
+                "updated_at": float(rec["updated_at"])}
+
+    def checkpoint_info(self, kind: str, owner: str, name: str) -> dict[str, Any] | None:
+        """The checkpoint's step, params and model, without its (large) blob."""
+        key = self.key(kind, owner, name) + ":ckpt"
+        step, params, model, job = self.redis.hmget(key, ["step", "params", "model", "job"])
+        if step is None:
+            return None
+        return {"step": int(step), "params": json.loads(params), "model": model.decode(), "job": job.decode()}
+
+    # --- who is training a name -----------------------------------------------------------
+    def lock_key(self, kind: str, owner: str, name: str) -> str:
+        return self.key(kind, owner, name) + ":lock"
+
+    def trainer_of(self, kind: str, owner: str, name: str) -> str | None:
+        v = self.redis.get(self.lock_key(kind, owner, name))
+        return v.decode() if v else None
+
+    def claim(self, kind: str, owner: str, name: str, holder: str, ttl_s: int, replace: bool = False) -> bool:
+        """Mark ``holder`` as training ``name``; only over an absent holder unless ``replace``."""
+        return bool(self.redis.set(self.lock_key(kind, owner, name), holder, ex=ttl_s, nx=not replace))
+
+    def release(self, kind: str, owner: str, name: str, holder: str) -> None:
+        key = self.lock_key(kind, owner, name)
+        if self.trainer_of(kind, owner, name) == holder:
+            self.redis.delete(key)
