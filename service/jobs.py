@@ -365,7 +365,8 @@ def status_model(rec: dict[str, Any], artifacts: list[tuple[str, str]] | None = 
     return JobStatus(
         id=rec["id"], type=rec.get("type", ""), model=rec.get("model") or None, status=rec["status"],
         progress=JobProgress(step=step, total=total, fraction=round(step / total, 4) if total else 0.0,
-                             stage=rec.get("stage", ""), message=rec.get("message"), objective=rec.get("objective")),
+                             stage=rec.get("stage", ""), message=rec.get("message"), objective=rec.get("objective"),
+                             checkpoint_step=rec.get("checkpoint_step")),
         queue_position=rec.get("queue_position"), created_at=_iso(rec.get("created_at")) or "",
         started_at=_iso(rec.get("started_at")), ended_at=_iso(rec.get("ended_at")),
         cancel_requested=bool(rec.get("cancel_requested")), error=error, previews=previews, artifacts=arts,

@@ -36,7 +36,7 @@ ACTIVE = (QUEUED, RUNNING)
 TERMINAL = (SUCCEEDED, FAILED, CANCELED)
 JSON_FIELDS = ("spec", "previews", "artifact_names")
 FLOAT_FIELDS = ("created_at", "started_at", "ended_at", "objective", "cost")
-INT_FIELDS = ("step", "total", "worker_pid", "model_loads", "n_inputs")
+INT_FIELDS = ("step", "total", "worker_pid", "model_loads", "n_inputs", "checkpoint_step")
 EVENTS_MAXLEN = 2000
 
 # KEYS[1]=job hash; ARGV[1]=json list of allowed current states; ARGV[2]=json object of fields to set.

@@ -83,8 +83,10 @@ class TransformNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = (-h) % 4, (-w) % 4  # two stride-2 stages: pad to a multiple of 4, crop back after
-        xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
+        # Two stride-2 stages: pad to a multiple of 4 (and at least 8, which the 9x9 reflection
+        # padding needs), crop back after.
+        ph, pw = max((-h) % 4, 8 - h), max((-w) % 4, 8 - w)
+        xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph > 0 or pw > 0 else x
         logits = torch.logit(xp.clamp(EPS, 1 - EPS))
         out = torch.sigmoid(logits + self.body(xp * 2.0 - 1.0))
         return out[..., :h, :w]

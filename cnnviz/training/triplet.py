@@ -135,6 +135,8 @@ def _split(labels: Sequence[str], holdout: float, split: str, gen: torch.Generat
     by_class: dict[str, list[int]] = {}
     for i, lb in enumerate(labels):
         by_class.setdefault(lb, []).append(i)
+    if split not in ("auto", "images", "views"):
+        raise AttributionError("bad-params", f"unknown split {split!r}; expected auto, images or views")
     if split == "auto":
         split = "images" if all(len(v) >= 2 for v in by_class.values()) else "views"
     held = [False] * len(labels)
@@ -171,7 +173,9 @@ def triplet_data(model: LoadedModel, images: Sequence[torch.Tensor], labels: Seq
     owner: list[int] = []
     held_view: list[bool] = []
     n_views = int(views)
-    n_held_views = max(1, round(holdout * (n_views + 1))) if split_used == "views" else 0
+    if split_used == "views" and n_views < 1:
+        raise AttributionError("bad-params", "a split by views needs views >= 1 (or two images per class)")
+    n_held_views = min(n_views, max(1, round(holdout * (n_views + 1)))) if split_used == "views" else 0
     for i, img in enumerate(images):
         check_cancel(cancel, "augmenting")
         base = model.preprocessing.fit(img.float().cpu(), size)
@@ -222,7 +226,14 @@ class TripletTrainer(Trainer):
         frozen = (F.normalize(data.train, dim=1), F.normalize(data.heldout, dim=1))
         self.frozen_threshold, self.frozen_accuracy = verification_accuracy(frozen[0], data.train_labels, frozen[1],
                                                                             data.heldout_labels)
-        self.threshold = self.frozen_threshold
+
+    @property
+    def threshold(self) -> float:
+        """The "same" threshold of the head as last evaluated (calibrated on training pairs)."""
+        for e in reversed(self.evals):
+            if "threshold" in e:
+                return float(e["threshold"])
+        return self.frozen_threshold
 
     def config(self) -> dict[str, Any]:
         return {"network": self.net.config(), "backbone": self.backbone, "layer": self.data.layer,
@@ -245,9 +256,9 @@ class TripletTrainer(Trainer):
         return loss, {"active_triplets": active}
 
     def evaluate(self) -> dict[str, float]:
-        self.threshold, acc = verification_accuracy(self.net(self.data.train), self.data.train_labels,
-                                                    self.net(self.data.heldout), self.data.heldout_labels)
-        return {"heldout_accuracy": acc, "frozen_accuracy": self.frozen_accuracy, "threshold": self.threshold}
+        threshold, acc = verification_accuracy(self.net(self.data.train), self.data.train_labels,
+                                               self.net(self.data.heldout), self.data.heldout_labels)
+        return {"heldout_accuracy": acc, "frozen_accuracy": self.frozen_accuracy, "threshold": threshold}
 
 
 def load_head(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> EmbeddingHead:

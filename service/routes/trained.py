@@ -50,7 +50,13 @@ from .common import PROBLEM_RESPONSES, upload_body
 from .jobs import RESPONSES, _accepted, get_jobs, submit_record
 
 router = APIRouter(tags=["trained"])
-NAME = Path(..., pattern=NAME_PATTERN, max_length=64)
+
+
+def _name() -> Any:
+    """A fresh ``Path`` per parameter (one FieldInfo shared by two parameter names confuses FastAPI)."""
+    return Path(..., pattern=NAME_PATTERN, max_length=64)
+
+
 PLURAL = {"style": "styles", "embedder": "embedders"}
 
 
@@ -153,13 +159,13 @@ def list_styles(request: Request) -> TrainedList:
 
 @router.get("/v1/styles/{style}", response_model=TrainedInfo, responses=RESPONSES,
             summary="A trained style: backbone, parameters, final losses, checkpoint")
-def get_style(request: Request, style: str = NAME) -> TrainedInfo:
+def get_style(request: Request, style: str = _name()) -> TrainedInfo:
     return _get(request, "style", style)
 
 
 @router.delete("/v1/styles/{style}", status_code=204, responses=RESPONSES,
                summary="Delete a style, its weights and checkpoint")
-def delete_style(request: Request, style: str = NAME) -> Response:
+def delete_style(request: Request, style: str = _name()) -> Response:
     return _delete(request, "style", style)
 
 
@@ -171,12 +177,12 @@ def list_embedders(request: Request) -> TrainedList:
 
 @router.get("/v1/embedders/{embedder}", response_model=TrainedInfo, responses=RESPONSES,
             summary="A trained embedding head: layer, threshold, held-out accuracy against the frozen features")
-def get_embedder(request: Request, embedder: str = NAME) -> TrainedInfo:
+def get_embedder(request: Request, embedder: str = _name()) -> TrainedInfo:
     return _get(request, "embedder", embedder)
 
 
 @router.delete("/v1/embedders/{embedder}", status_code=204, responses=RESPONSES, summary="Delete an embedding head")
-def delete_embedder(request: Request, embedder: str = NAME) -> Response:
+def delete_embedder(request: Request, embedder: str = _name()) -> Response:
     return _delete(request, "embedder", embedder)
 
 
@@ -184,7 +190,7 @@ def delete_embedder(request: Request, embedder: str = NAME) -> Response:
              responses={**PROBLEM_RESPONSES, 200: {"content": {"image/png": {}}}},
              openapi_extra=upload_body("#/components/schemas/StyleApplyParams", "One content image and params."),
              summary="Stylize an image with a trained style (inline); Accept: image/png returns the PNG alone")
-async def apply_style(request: Request, style: str = NAME, settings: Settings = Depends(get_settings)) -> Response:
+async def apply_style(request: Request, style: str = _name(), settings: Settings = Depends(get_settings)) -> Response:
     upload = await read_upload(request, settings, min_images=1, max_images=1)
     params = validate_params(StyleApplyParams, upload.params)
     if params.size is not None and params.size > settings.max_apply_side:

@@ -73,6 +73,8 @@ class JobProgress(BaseModel):
     stage: str = ""
     message: str | None = None
     objective: float | None = None
+    checkpoint_step: int | None = Field(None, description="training jobs: the step of the last checkpoint kept, "
+                                        "where a resume starts")
 
 
 class JobError(BaseModel):

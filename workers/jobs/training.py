@@ -96,6 +96,7 @@ def run_training(ctx: JobContext) -> None:
     def save_checkpoint(step: int, blob: bytes) -> None:
         trained.put_checkpoint(kind, owner, name, blob, step=step, params={**params, "resume": False},
                                model=ctx.record.get("model") or "", job=ctx.id, ttl_s=ckpt_ttl, images=images)
+        ctx.store.update(ctx.id, checkpoint_step=step)
 
     callbacks = TrainCallbacks(progress=lambda step, total, stage, loss: ctx.progress(step, total, stage, loss),
                                preview=ctx.preview, preview_every=int(params.get("preview_every") or 0),
