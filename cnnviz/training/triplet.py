@@ -274,9 +274,10 @@ def load_head(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Embed
 
 
 def head_embed(model: LoadedModel, head: EmbeddingHead, images: Sequence[torch.Tensor], layer: str,
-               size: int | None = None) -> torch.Tensor:
+               size: int | None = None, *, progress: ProgressFn | None = None,
+               cancel: CancelFn | None = None) -> torch.Tensor:
     """Unit embeddings ``[N, dim]`` of images through the frozen backbone's ``layer`` and the head."""
-    feats = extract_features(model, images, layer, size=size)
+    feats = extract_features(model, images, layer, size=size, progress=progress, cancel=cancel)
     if feats.shape[1] != head.in_dim:
         raise AttributionError("bad-weights", f"layer {layer!r} gives {feats.shape[1]} features; "
                                               f"the head expects {head.in_dim}")

@@ -155,6 +155,10 @@ def _collection(request: Request, model: Any, job: Any, images: list[DecodedImag
         raise ProblemError(422, "unknown-layer", f"Model {model.name!r} has no layer {p.layer!r}")
     if p.view in ("calibrate", "enroll") and not rec.get("labels"):
         raise ProblemError(422, "missing-labels", "Calibration needs a collection uploaded with labels")
+    if p.head is not None:
+        from .trained import resolve_embedding
+
+        resolve_embedding(request, model, None, p.size, p.head)  # 404 unknown head, 422 another model's
     scale = ((p.size or model.preprocessing.input_size) / model.preprocessing.input_size) ** 2
     cost = (rec["count"] + 1) * scale
     if p.view == "top_patches":

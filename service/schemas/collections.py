@@ -78,6 +78,14 @@ class CollectionViewParams(BaseModel):
     method: Literal["pca", "tsne", "umap"] = "pca"
     seed: int = Field(0, ge=0, le=2**31 - 1)
     map_size: int = Field(768, ge=128, le=2048)
+    head: str | None = Field(None, pattern=NAME_PATTERN, description="enroll, calibrate: embed with this trained "
+                             "embedding head (GET /v1/embedders) instead of the layer's features")
+
+    @model_validator(mode="after")
+    def _head_views(self) -> CollectionViewParams:
+        if self.head is not None and (self.view not in ("enroll", "calibrate") or self.layer is not None):
+            raise ValueError("head applies to the enroll and calibrate views, without layer")
+        return self
 
 
 class CollectionJob(BaseModel):

@@ -164,6 +164,14 @@ def test_triplet_head_and_its_endpoints(api: httpx.Client) -> None:
     ident = api.post(f"/v1/collections/{cid}/identify", files=[("image", ("q.png", photos[2], "image/png"))],
                      data={"params": json.dumps({"head": "photos", "threshold": 2.0})}).json()
     assert ident["head"] == "photos" and ident["label"] == "coffee" and ident["distance"] < 1e-3
+    assert not ident["cached"]
+    # An enroll job with the head fills the cache that identify reads.
+    r = _submit(api, {"type": "collection", "params": {"collection": cid, "view": "enroll", "head": "photos"}})
+    assert r.status_code == 202, r.text
+    enrolled = api.get(f"/v1/jobs/{wait_done(api, r.json()['id'])['id']}/artifacts/result.json").json()
+    assert enrolled["enrolled"] == 8 and enrolled["dim"] == 16 and enrolled["head"] == "photos"
+    r = _submit(api, {"type": "collection", "params": {"collection": cid, "view": "enroll", "head": "nope"}})
+    assert r.status_code == 404 and r.json()["type"].endswith("embedder-not-found")
 
     r = api.post("/v1/models/efficientnet-lite0/inspect/embed", files=files[:1],
                  data={"params": json.dumps({"head": "nope"})})

@@ -24,15 +24,39 @@ from cnnviz.inspection import (
     top_activating_patches,
 )
 from cnnviz.render import encode_png, make_grid
+from cnnviz.training import head_embed
 
 from ..collections import CollectionStore
 from ..runtime import JobContext, decode_rgb, execute
+from ..trained import TrainedStore
 
 log = logging.getLogger(__name__)
 
 
 def _thumbs(images: list[torch.Tensor], idx: list[int], size: int = 96) -> torch.Tensor:
     return make_grid([make_thumbnail(images[i], size) for i in idx], ncols=len(idx) or 1, pad=2)
+
+
+def _embeddings(ctx: JobContext, model: Any, images: list[torch.Tensor], params: dict[str, Any],
+                common: dict[str, Any]) -> tuple[str, str, torch.Tensor]:
+    """``(layer, gallery cache key, embeddings)`` of a collection: a layer's features or a trained head's.
+
+    The keys are the ones the identify route reads, so an enrolled gallery is found there.
+    """
+    size = params.get("size")
+    head_name = params.get("head")
+    if head_name is None:
+        layer = params.get("layer") or model.default_layer
+        return layer, f"{layer}@{size or model.preprocessing.input_size}", embed(model, images, layer, size=size,
+                                                                                 **common)
+    found = TrainedStore(ctx.store.redis, ctx.store.prefix).load("embedder", ctx.record["owner"], head_name)
+    if found is None:
+        raise ValueError(f"embedder {head_name!r} was deleted")
+    head, rec = found
+    config = rec["meta"]["config"]
+    size = size or int(config["size"])
+    e = head_embed(model, head, images, config["layer"], size, **common)
+    return config["layer"], f"head:{head_name}:{rec['version']}@{size}", e
 
 
 def run_view(ctx: JobContext) -> None:
@@ -80,15 +104,14 @@ def run_view(ctx: JobContext) -> None:
         summary.update(method=params.get("method", "pca"), coords=[[round(float(v), 5) for v in c] for c in coords])
         main = "map.png"
     elif view == "enroll":
-        layer = params.get("layer") or model.default_layer
-        e = embed(model, images, layer, size=params.get("size"), **common)
-        store.put_embeddings(cid, model.name, f"{layer}@{params.get('size') or model.preprocessing.input_size}", e)
-        summary.update(layer=layer, enrolled=int(e.shape[0]), dim=int(e.shape[1]))
+        layer, key, e = _embeddings(ctx, model, images, params, common)
+        store.put_embeddings(cid, model.name, key, e)
+        summary.update(layer=layer, head=params.get("head"), enrolled=int(e.shape[0]), dim=int(e.shape[1]))
     elif view == "calibrate":
         labels = rec.get("labels")
         if not labels:
             raise ValueError("calibration needs a collection uploaded with labels")
-        e = embed(model, images, params.get("layer"), size=params.get("size"), **common)
+        layer, _key, e = _embeddings(ctx, model, images, params, common)
         cal = calibrate_threshold(e, labels)
         summary.update(threshold=cal.threshold, accuracy=cal.accuracy, same_pairs=cal.n_same_pairs,
                        different_pairs=cal.n_diff_pairs)
