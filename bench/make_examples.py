@@ -1,6 +1,7 @@
 """Render the example pictures shown in the README with the project's own code.
 
-    .venv/bin/python bench/make_examples.py      # writes docs/examples/*.png
+    .venv/bin/python bench/make_examples.py             # writes docs/examples/*.png
+    .venv/bin/python bench/make_examples.py fast_style  # only the fast style example (~10 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -53,7 +54,10 @@ EXAMPLES: dict[str, dict[str, object]] = {
     "inversion": {"layer": "_blocks.5", "steps": 200, "lr": 0.05, "size": 160, "tv_weight": 0.05},
     "texture": {"steps": 60, "size": 160, "optimizer": "lbfgs"},
     "style": {"steps": 60, "size": 224, "style_weight": 1000.0, "optimizer": "lbfgs"},
+    "fast_style": {"steps": 1000, "size": 192, "batch_size": 4, "width": 16, "blocks": 5, "lr": 2e-3,
+                   "style_weight": 20.0, "tv_weight": 20.0, "seed": 0},
 }
+FAST_STYLE_CONTENT = ("chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "camera", "coins", "brick")
 
 
 def synthesis_examples(model) -> None:
@@ -82,9 +86,44 @@ def synthesis_examples(model) -> None:
     (OUT / "style_astronaut.png").write_bytes(encode_png(_u8(sty.image)))
 
 
+def fast_style_example(model) -> None:
+    """Train a style network on eight photos (never on astronaut), then stylize astronaut in one pass."""
+    import time
+
+    from cnnviz.synthesis.style import style_transfer
+    from cnnviz.synthesis.transforms import fit_long_side
+    from cnnviz.training import FastStyleTrainer, stylize
+
+    def rgb(name: str) -> torch.Tensor:
+        a = np.array(getattr(skimage.data, name)(), copy=True)
+        return tensor(np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a[..., :3])
+
+    astronaut, stain = rgb("astronaut"), rgb("immunohistochemistry")
+    params = EXAMPLES["fast_style"]
+    tr = FastStyleTrainer(model, stain, [rgb(n) for n in FAST_STYLE_CONTENT], preview=astronaut, eval_every=100,
+                          **{k: v for k, v in params.items() if k != "steps"})
+    t0 = time.perf_counter()
+    tr.train(int(params["steps"]))
+    log.info("trained %d steps in %.0f s; evals %s", tr.step, time.perf_counter() - t0, tr.evals[-1])
+    t0 = time.perf_counter()
+    fast = stylize(tr.net, astronaut, size=512)
+    log.info("stylized 512 px in %.3f s", time.perf_counter() - t0)
+    keep = stylize(tr.net, astronaut, size=512, preserve_color=True)
+    half = stylize(tr.net, astronaut, size=512, strength=0.5)
+    (OUT / "fast_style_astronaut.png").write_bytes(encode_png(make_grid(
+        [_u8(fit_long_side(astronaut, 512)), _u8(fast), _u8(half), _u8(keep)], ncols=4, pad=4)))
+    gatys = style_transfer(model, astronaut, stain, **EXAMPLES["style"]).image
+    x = torch.stack([fit_long_side(astronaut, 224), fit_long_side(fast, 224), gatys])
+    c, f, g = (float(v) for v in tr.loss.style_loss(x))
+    log.info("style loss at 224 px: content %.4f, fast style %.4f, optimization (60 L-BFGS) %.4f", c, f, g)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     OUT.mkdir(parents=True, exist_ok=True)
+    if sys.argv[1:] == ["fast_style"]:
+        fast_style_example(Catalog.from_environment(device="cpu").get("efficientnet-lite0"))
+        return
     model = Catalog.from_environment(device="cpu").get("efficientnet-lite0")
     chelsea = skimage.data.chelsea()[::3, ::3]
     (OUT / "methods_chelsea.png").write_bytes(encode_png(methods_grid(model, chelsea)))
@@ -93,6 +132,7 @@ def main() -> None:
     dream = deep_dream(model, tensor(skimage.data.chelsea()), cfg)
     (OUT / "deepdream_chelsea.png").write_bytes(encode_png((dream.image.permute(1, 2, 0) * 255).round().byte()))
     synthesis_examples(model)
+    fast_style_example(model)
     log.info("wrote %s", sorted(p.name for p in OUT.iterdir()))
 
 

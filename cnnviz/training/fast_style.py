@@ -107,7 +107,7 @@ class FastStyleTrainer(Trainer):
 
     def __init__(self, model: LoadedModel, style: torch.Tensor, contents: Sequence[torch.Tensor], *,
                  size: int = 256, style_size: int | None = None, batch_size: int = 4, width: int = 16,
-                 blocks: int = 5, lr: float = 1e-3, content_weight: float = 1.0, style_weight: float = 5.0,
+                 blocks: int = 5, lr: float = 1e-3, content_weight: float = 1.0, style_weight: float = 20.0,
                  tv_weight: float = 1.0, content_layers: Sequence[str] | None = None,
                  style_layers: Sequence[str] | None = None, style_layer_weights: Sequence[float] | None = None,
                  crop_scale: tuple[float, float] = (0.3, 1.0), preview: torch.Tensor | None = None,

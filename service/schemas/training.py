@@ -65,7 +65,7 @@ class FastStyleParams(_Training):
     blocks: int = Field(5, ge=1, le=10, description="residual blocks")
     lr: float = Field(1e-3, gt=0, le=0.1)
     content_weight: float = Field(1.0, ge=0, le=1e4)
-    style_weight: float = Field(5.0, ge=0, le=1e6)
+    style_weight: float = Field(20.0, ge=0, le=1e6)
     tv_weight: float = Field(1.0, ge=0, le=1e4)
     content_layers: list[str] | None = Field(None, max_length=8)
     style_layers: list[str] | None = Field(None, max_length=16)
