@@ -7,12 +7,15 @@ from starlette.concurrency import run_in_threadpool
 
 from cnnviz.attribution import METHODS
 from cnnviz.models import LoadedModel
+from workers.jobs.synthesis import resolve
 
 from ..deps import get_model, get_settings
 from ..errors import ProblemError
 from ..explaining import estimate_cost, first_overlay_png, run_explanation
 from ..schemas.explain import ExplainResponse, params_model
 from ..schemas.methods import MethodInfo, MethodList
+from ..schemas.synthesis import SYNTHESIS_JOBS
+from ..schemas.training import TRAINING_JOBS
 from ..settings import Settings
 from ..uploads import read_upload, validate_params
 from .common import PROBLEM_RESPONSES, upload_body
@@ -33,7 +36,26 @@ def list_methods(request: Request) -> MethodList:
         out.append(MethodInfo(name=name, title=m.title or name, family=m.family, kind="explain",
                               inline=cost <= settings.inline_budget, cost_hint=cost, uses_layer=m.uses_layer,
                               supports_units=m.supports_units, params_schema=pm.model_json_schema()))
+    out += job_methods(model)
     return MethodList(methods=out, inline_budget=settings.inline_budget, cost_unit="forward passes at input size")
+
+
+def job_methods(model: LoadedModel) -> list[MethodInfo]:
+    """The optimization and training job types, with their parameters and the cost of their defaults."""
+    out = []
+    tables = [("synthesis", {k: (v[0], v[2]) for k, v in SYNTHESIS_JOBS.items()}),
+              ("training", {k: (v[0], v[2]) for k, v in TRAINING_JOBS.items()})]
+    for family, jobs in tables:
+        for name, (params, cost_fn) in sorted(jobs.items()):
+            try:
+                cost = float(resolve(cost_fn)(model))
+            except (TypeError, ValueError):  # a parameter without a default (adversarial's target)
+                cost = 0.0
+            title = (params.__doc__ or name).strip().splitlines()[0]
+            out.append(MethodInfo(name=name, title=title, family=family, kind="job", inline=False, cost_hint=cost,
+                                  uses_layer=any("layer" in f for f in params.model_fields), supports_units=False,
+                                  params_schema=params.model_json_schema()))
+    return out
 
 
 @router.post("/v1/models/{model}/explain/{method}", response_model=ExplainResponse,

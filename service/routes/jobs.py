@@ -60,7 +60,7 @@ def stored_png(d: DecodedImage) -> bytes:
     return buf.getvalue()
 
 
-def _accepted(rec: dict[str, Any], jobs: JobClient, created: bool) -> Response:
+def accepted(rec: dict[str, Any], jobs: JobClient, created: bool) -> Response:
     body = status_model(rec).model_dump_json()
     headers = {"Location": f"/v1/jobs/{rec['id']}", "Retry-After": "1"}
     if not created:
@@ -72,7 +72,7 @@ async def submit_spec(request: Request, jobs: JobClient, principal: Principal, s
                       images: list[DecodedImage], cost: float, settings: Settings) -> Response:
     """Shared by POST /v1/jobs and the explain route's hand-off: cap the cost, store, enqueue, 202."""
     rec, created = await submit_record(request, jobs, principal, spec, images, cost, settings)
-    return _accepted(rec, jobs, created)
+    return accepted(rec, jobs, created)
 
 
 async def submit_record(request: Request, jobs: JobClient, principal: Principal, spec: dict[str, Any],

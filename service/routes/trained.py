@@ -47,7 +47,7 @@ from ..schemas.training import (
 from ..settings import Settings
 from ..uploads import read_upload, validate_params
 from .common import PROBLEM_RESPONSES, upload_body
-from .jobs import RESPONSES, _accepted, get_jobs, submit_record
+from .jobs import RESPONSES, accepted, get_jobs, submit_record
 
 router = APIRouter(tags=["trained"])
 
@@ -113,10 +113,21 @@ def resolve_embedding(request: Request, model: LoadedModel, layer: str | None, s
                      lambda images: head_embed(model, net, images, name, size))  # type: ignore[arg-type]
 
 
+def _active_job(jobs: JobClient, principal: Principal, job_id: str) -> bool:
+    """Whether ``job_id`` is the caller's queued or running job (a dead worker's job is settled first)."""
+    if not job_id or job_id.startswith("pending"):
+        return False
+    try:
+        return jobs.get(principal, job_id)["status"] in ACTIVE
+    except ProblemError:
+        return False
+
+
 def _info(request: Request, kind: str, rec: dict[str, Any]) -> TrainedInfo:
-    store, owner = trained_store(request), current_principal(request).owner
+    principal = current_principal(request)
+    store, owner = trained_store(request), principal.owner
     ckpt = store.checkpoint_info(kind, owner, rec["name"])
-    holder = store.trainer_of(kind, owner, rec["name"])
+    holder = store.trainer_of(kind, owner, rec["name"]) or ""
     base = f"/v1/{PLURAL[kind]}/{rec['name']}"
     links = {"self": base, "job": f"/v1/jobs/{rec['job']}"}
     if kind == "style":
@@ -124,7 +135,8 @@ def _info(request: Request, kind: str, rec: dict[str, Any]) -> TrainedInfo:
     return TrainedInfo(name=rec["name"], kind=kind, model=rec["model"], version=rec["version"], job=rec["job"],
                        bytes=rec["bytes"], created_at=rec["created_at"], updated_at=rec["updated_at"],
                        summary=rec.get("summary") or {}, checkpoint_step=ckpt["step"] if ckpt else None,
-                       training_job=holder if holder and holder != "pending" else None, links=links)
+                       training_job=holder if _active_job(get_jobs(request), principal, holder) else None,
+                       links=links)
 
 
 def _list(request: Request, kind: str) -> TrainedList:
@@ -278,10 +290,9 @@ async def submit_training(request: Request, jobs: JobClient, principal: Principa
         pending = f"pending-{time.time_ns()}"
         if not store.claim(kind, principal.owner, name, pending, 60):
             holder = store.trainer_of(kind, principal.owner, name) or ""
-            rec = jobs.store.get(holder) if holder and not holder.startswith("pending") else None
-            if holder.startswith("pending") or (rec is not None and rec["status"] in ACTIVE):
+            if holder.startswith("pending") or _active_job(jobs, principal, holder):
                 raise ProblemError(409, "training-in-progress", f"{kind} {name!r} is being trained by another job",
-                                   job=holder if rec is not None else None, headers={"Retry-After": "10"})
+                                   job=None if holder.startswith("pending") else holder, headers={"Retry-After": "10"})
             store.claim(kind, principal.owner, name, pending, 60, replace=True)
     try:
         rec, created = await submit_record(request, jobs, principal, spec, images, cost, settings)
@@ -291,4 +302,4 @@ async def submit_training(request: Request, jobs: JobClient, principal: Principa
         raise
     with jobs.guard():
         store.claim(kind, principal.owner, name, rec["id"], int(rec.get("timeout_s") or 3600) + 3600, replace=True)
-    return _accepted(rec, jobs, created)
+    return accepted(rec, jobs, created)

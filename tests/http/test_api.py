@@ -110,6 +110,10 @@ def test_methods_listing(client):
     assert {"gradcam", "cam", "scorecam", "ablationcam", "eigencam"} <= set(names)
     assert names["gradcam"]["inline"] and not names["scorecam"]["inline"]
     assert "batch_size" in names["scorecam"]["params_schema"]["properties"]
+    jobs = {n: m for n, m in names.items() if m["kind"] == "job"}
+    assert {"style", "class_viz", "fast_style", "triplet_head"} <= set(jobs)
+    assert not jobs["fast_style"]["inline"] and jobs["fast_style"]["cost_hint"] > 10_000  # 2000 steps x batch 4
+    assert "margin" in jobs["triplet_head"]["params_schema"]["properties"]
 
 
 # ---- bad input ---------------------------------------------------------------------------------
