@@ -1,7 +1,7 @@
 """Train-once networks: stylization latency beside optimization-based style transfer, training
 throughput, and the triplet head's held-out verification gain over the frozen features. One run.
 
-    .venv/bin/python bench/bench_training.py [--sizes 256,512] [--widths 16,32] [--gatys-steps 30]
+    .venv/bin/python bench/bench_training.py [--sizes 256,512] [--widths 16,32] [--gatys-steps 30] [--http]
 
 - *Stylize*: one forward of the transformation network (:func:`cnnviz.training.stylize`) on
   ``astronaut`` at each long side, beside :func:`cnnviz.synthesis.style.style_transfer` (the
@@ -13,6 +13,8 @@ throughput, and the triplet head's held-out verification gain over the frozen fe
 - *Triplet*: 12 scikit-image photos x 3 crops (one held out per photo), 8 augmented views each;
   held-out balanced pair accuracy with the threshold calibrated on training pairs, frozen
   features vs the trained head.
+- *HTTP* (``--http``): the apply route over real HTTP (uvicorn, embedded Redis, a style stored
+  in it) beside the same :func:`stylize` call in-process: decode, Redis lookup, PNG encode.
 """
 
 from __future__ import annotations
@@ -110,6 +112,68 @@ def triplet_rows(model, layers: list[str], size: int, steps: int) -> list[list[s
     return rows, speed
 
 
+def http_rows(sizes: list[int], repeats: int) -> list[list[str]]:
+    """``POST /v1/styles/{style}/apply`` over real HTTP (uvicorn, embedded Redis) vs the same stylize call."""
+    import io
+    import json
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+    from PIL import Image
+    from redis import Redis
+
+    from bench.harness import interleaved
+    from cnnviz.training.checkpoint import module_tensors, pack
+    from service.app import create_app
+    from service.auth import PUBLIC
+    from service.settings import Settings
+    from workers.config import JobConfig
+    from workers.embedded import EmbeddedRedis
+    from workers.trained import TrainedStore
+
+    net = TransformNet(16, 5).eval()
+    weights = pack(module_tensors(net), {"kind": "fast_style", "config": {"network": net.config()}})
+    rows = []
+    with EmbeddedRedis() as server:
+        TrainedStore(Redis.from_url(server.url), JobConfig.from_environment().prefix).save(
+            "style", PUBLIC, "bench", weights, model="efficientnet-lite0", job="bench", summary={})
+        app = create_app(Settings(redis_url=server.url, preload_models=False))
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        th = threading.Thread(target=uv.run, daemon=True)
+        th.start()
+        while not uv.started:
+            time.sleep(0.05)
+        content = photo("astronaut")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            for size in sizes:
+                buf = io.BytesIO()
+                Image.fromarray((content.permute(1, 2, 0) * 255).byte().numpy()).resize((size, size)).save(
+                    buf, "JPEG", quality=90)
+                jpeg = buf.getvalue()
+
+                def http(jpeg: bytes = jpeg, accept: str = "image/png") -> None:
+                    r = client.post("/v1/styles/bench/apply", headers={"Accept": accept},
+                                    files=[("image", ("c.jpg", jpeg, "image/jpeg"))], data={"params": json.dumps({})})
+                    r.raise_for_status()
+
+                def inproc(size: int = size) -> None:
+                    stylize(net, content, size=size)
+
+                times = interleaved({"png": http, "jpeg": lambda j=jpeg: http(j, "image/jpeg"), "inproc": inproc},
+                                    repeats=repeats)
+                for fmt in ("png", "jpeg"):
+                    rows.append([f"{size} px JPEG in, {fmt.upper()} out", f"{times['inproc'] * 1000:.0f}",
+                                 f"{times[fmt] * 1000:.0f}", f"{times[fmt] / times['inproc']:.2f}x"])
+        uv.should_exit = True
+        th.join(timeout=5)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="256,512")
@@ -121,6 +185,7 @@ def main() -> None:
     ap.add_argument("--triplet-size", type=int, default=160)
     ap.add_argument("--triplet-steps", type=int, default=300)
     ap.add_argument("--layers", default="act_head,_blocks.5")
+    ap.add_argument("--http", action="store_true", help="also time POST /v1/styles/{style}/apply over HTTP")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -134,6 +199,9 @@ def main() -> None:
     out += ["", table(training_rows(model, [int(s) for s in args.train_sizes.split(",")], args.train_steps)
                       + speed, ["training", "speed", "throughput"])]
     out += ["", table(trip, ["layer", "px", "frozen held-out acc", "head held-out acc", "gain"])]
+    if args.http:
+        out += ["", table(http_rows([int(s) for s in args.sizes.split(",")], args.repeats),
+                          ["apply (width 16)", "stylize ms", "HTTP round trip ms", "HTTP/stylize"])]
     sys.stdout.write("\n".join(out) + "\n")
 
 

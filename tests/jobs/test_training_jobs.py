@@ -87,6 +87,8 @@ def test_fast_style_train_apply_resume_delete(api: httpx.Client, contents: list[
     assert a.status_code == 200 and a.headers["content-type"] == "image/png"
     assert a.content == b.content  # deterministic
     assert Image.open(io.BytesIO(a.content)).size == (48, 36)
+    jpg = _apply(api, "stripes", cat, {"size": 48}, headers={"Accept": "image/jpeg"})
+    assert jpg.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(jpg.content)).size == (48, 36)
     body = _apply(api, "stripes", cat, {"strength": 0.5, "preserve_color": True}).json()
     assert (body["width"], body["height"]) == (80, 60) and body["timings"]["compute_ms"] > 0
 
