@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -27,9 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz.attribution.base import AttributionError, validate_layer
+from cnnviz.inspection.embedding_map import make_thumbnail, pca_2d, thumbnail_map
 from cnnviz.inspection.features import CancelFn, ProgressFn, check_cancel, extract_features
 from cnnviz.inspection.verification import calibrate_threshold, pair_accuracy
 from cnnviz.models import LoadedModel
+from cnnviz.render import make_grid
 
 from .augment import random_view
 from .checkpoint import load_module
@@ -37,6 +39,8 @@ from .loop import Trainer
 
 log = logging.getLogger(__name__)
 
+THUMB = 40  # px, the held-out views' thumbnails in embedding-map previews
+MAP_SIZE = 480
 Mining = Literal["semi-hard", "hard"]
 MININGS: tuple[str, ...] = ("semi-hard", "hard")
 
@@ -128,6 +132,7 @@ class TripletData:
     heldout_labels: torch.Tensor
     classes: list[str]
     split: str  # "images": held-out views come from held-out images; "views": from other views
+    heldout_thumbs: list[torch.Tensor] = field(default_factory=list)  # uint8 [h,w,3] of each held-out view
 
 
 def _split(labels: Sequence[str], holdout: float, split: str, gen: torch.Generator) -> tuple[list[bool], str]:
@@ -188,10 +193,11 @@ def triplet_data(model: LoadedModel, images: Sequence[torch.Tensor], labels: Seq
     feats = extract_features(model, views_of, layer, size=size, progress=progress, cancel=cancel)
     lab = torch.tensor([classes.index(labels[i]) for i in owner])
     mask = torch.tensor(held_view)
+    thumbs = [make_thumbnail(v, THUMB) for v, h in zip(views_of, held_view, strict=True) if h]
     log.info("triplet data: %d views of %d images, %d classes, %d held out (%s)", len(views_of), len(images),
              len(classes), int(mask.sum()), split_used)
     return TripletData(layer=layer, size=size, train=feats[~mask], train_labels=lab[~mask], heldout=feats[mask],
-                       heldout_labels=lab[mask], classes=classes, split=split_used)
+                       heldout_labels=lab[mask], classes=classes, split=split_used, heldout_thumbs=thumbs)
 
 
 def verification_accuracy(train_e: torch.Tensor, train_labels: torch.Tensor, held_e: torch.Tensor,
@@ -254,6 +260,15 @@ class TripletTrainer(Trainer):
         e = self.net(self.data.train[rows])
         loss, active = LOSSES[self.mining](e, self.data.train_labels[rows], self.margin)
         return loss, {"active_triplets": active}
+
+    def preview(self) -> torch.Tensor | None:
+        """PCA maps of the held-out views, by the frozen features (left) and by the head (right):
+        views of a class drawing together on the right is what the training is for."""
+        if not self.data.heldout_thumbs:
+            return None
+        maps = [thumbnail_map(pca_2d(e), self.data.heldout_thumbs, size=MAP_SIZE, thumb=THUMB)
+                for e in (F.normalize(self.data.heldout, dim=1), self.net(self.data.heldout))]
+        return make_grid(maps, ncols=2, pad=6, pad_value=180).permute(2, 0, 1).float() / 255
 
     def evaluate(self) -> dict[str, float]:
         threshold, acc = verification_accuracy(self.net(self.data.train), self.data.train_labels,

@@ -103,6 +103,8 @@ class TripletHeadParams(_Training):
     split: Literal["auto", "images", "views"] = Field("auto", description="hold out images (each class needs "
                                                       "two) or views; auto picks images when it can")
     checkpoint_every: int = Field(200, ge=0, le=100_000)
+    preview_every: int = Field(0, ge=0, le=100_000, description="store a preview every N steps: PCA maps of the "
+                               "held-out views by the frozen features and by the head (map.png at the end)")
 
 
 class FastStyleJob(BaseModel):

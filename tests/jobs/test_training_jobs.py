@@ -148,6 +148,7 @@ def test_triplet_head_and_its_endpoints(api: httpx.Client) -> None:
     assert res["kind"] == "embedder" and res["config"]["layer"] == "_blocks.5"
     assert 0 <= res["frozen_accuracy"] <= 1 and 0 <= res["heldout_accuracy"] <= 1 and res["threshold"] > 0
     assert [e["step"] for e in res["history"]["evals"]] == [0, 10, 20, 30]
+    assert api.get(f"/v1/jobs/{done['id']}/artifacts/map.png").content[:4] == b"\x89PNG"  # held-out views mapped
     info = api.get("/v1/embedders/photos").json()
     assert "summary" in info, info
     assert info["summary"]["threshold"] == res["threshold"] and info["summary"]["config"]["network"]["dim"] == 16

@@ -694,3 +694,20 @@ def test_head_weights_reload_to_the_same_outputs() -> None:
     assert meta["config"]["classes"] == data.classes and meta["config"]["mining"] == "semi-hard"
     with pytest.raises(AttributionError):
         load_head(tensors, {"network": {"arch": "transform_net"}})
+
+
+def test_triplet_preview_maps_the_heldout_views_twice() -> None:
+    """The preview is two PCA maps side by side (frozen features, head), one thumbnail per held-out view."""
+    from cnnviz.inspection.embedding_map import make_thumbnail
+    from cnnviz.training.triplet import MAP_SIZE
+
+    g = torch.Generator().manual_seed(0)
+    feats, labels = torch.randn(40, 16, generator=g), torch.arange(40) % 4
+    thumbs = [make_thumbnail(torch.rand(3, 20, 20, generator=g), 40) for _ in range(16)]
+    data = TripletData("x", 32, feats[:24], labels[:24], feats[24:], labels[24:], list("abcd"), "images", thumbs)
+    tr = TripletTrainer(data, backbone="m", dim=8, eval_every=5)
+    pic = tr.preview()
+    assert pic is not None and pic.shape[0] == 3 and pic.shape[1] > MAP_SIZE and pic.shape[2] > 2 * MAP_SIZE
+    assert 0 <= float(pic.min()) and float(pic.max()) <= 1
+    data.heldout_thumbs = []
+    assert tr.preview() is None

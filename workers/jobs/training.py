@@ -114,10 +114,11 @@ def run_training(ctx: JobContext) -> None:
               "link": f"/v1/{plural}/{name}", **summary, "history": trainer.history()}
     ctx.put_json("result.json", result)
     main = "result.json"
-    preview = trainer.preview()
-    if preview is not None:
-        ctx.put("image.png", png_bytes(preview), "image/png")
-        main = "image.png"
+    picture = trainer.preview()  # the stylized preview image, or the held-out embedding maps
+    if picture is not None:
+        name = "image.png" if kind == "style" else "map.png"
+        ctx.put(name, png_bytes(picture), "image/png")
+        main = name if kind == "style" else main
     ctx.progress(trainer.step, trainer.step, "done")
     ctx.succeed(main)
 
