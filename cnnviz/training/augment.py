@@ -2,7 +2,8 @@
 views a triplet head learns invariance from.
 
 Every function takes a :class:`torch.Generator`, so a run (and a resumed run) sees the same views.
-Images are ``[3,H,W]`` float tensors in [0,1] on the CPU.
+Images are ``[3,H,W]`` float tensors in [0,1] on the CPU; a training collection is kept as uint8
+(a quarter of the memory) and a crop becomes float only once it is cut out (:func:`resize`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,18 @@ def _randint(gen: torch.Generator, n: int) -> int:
     return int(torch.randint(0, max(1, n), (), generator=gen))
 
 
+def to_float(image: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 or float 0..1 -> float 0..1."""
+    return image.float().div_(255.0) if image.dtype == torch.uint8 else image.float()
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    return image.clamp(0, 1).mul(255.0).round_().to(torch.uint8)
+
+
 def resize(image: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A float ``[3,h,w]`` of a float or uint8 image (antialiased bilinear)."""
+    image = to_float(image)
     if tuple(image.shape[-2:]) == (h, w):
         return image
     return F.interpolate(image[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
@@ -78,9 +90,9 @@ def random_view(image: torch.Tensor, size: int, gen: torch.Generator, *, scale: 
 
 
 def shrink_short_side(image: torch.Tensor, short: int) -> torch.Tensor:
-    """Downscale (never upscale) so the short side is at most ``short``: crops then stay cheap."""
+    """Downscale (never upscale) so the short side is at most ``short``: crops then stay cheap. Float out."""
     _, h, w = image.shape
     s = short / min(h, w)
     if s >= 1:
-        return image
+        return to_float(image)
     return resize(image, max(1, round(h * s)), max(1, round(w * s))).clamp(0, 1)

@@ -33,7 +33,7 @@ from cnnviz.inspection.verification import calibrate_threshold, pair_accuracy
 from cnnviz.models import LoadedModel
 from cnnviz.render import make_grid
 
-from .augment import random_view
+from .augment import random_view, to_float
 from .checkpoint import load_module
 from .loop import Trainer
 
@@ -174,27 +174,34 @@ def triplet_data(model: LoadedModel, images: Sequence[torch.Tensor], labels: Seq
     gen = torch.Generator().manual_seed(int(seed))
     held_img, split_used = _split(labels, holdout, split, gen)
     a = max(0.0, float(augment))
-    views_of: list[torch.Tensor] = []
-    owner: list[int] = []
-    held_view: list[bool] = []
     n_views = int(views)
     if split_used == "views" and n_views < 1:
         raise AttributionError("bad-params", "a split by views needs views >= 1 (or two images per class)")
     n_held_views = min(n_views, max(1, round(holdout * (n_views + 1)))) if split_used == "views" else 0
-    for i, img in enumerate(images):
+    chunks: list[torch.Tensor] = []
+    owner: list[int] = []
+    held_view: list[bool] = []
+    thumbs: list[torch.Tensor] = []
+    # One image's views at a time: a large collection's views never sit in memory all at once.
+    for i, raw in enumerate(images):
         check_cancel(cancel, "augmenting")
-        base = model.preprocessing.fit(img.float().cpu(), size)
-        per = [base] + [random_view(img.float().cpu(), size, gen, scale=(max(0.05, 1 - 0.65 * a), 1.0),
+        img = to_float(raw.cpu())
+        base = model.preprocessing.fit(img, size)
+        per = [base] + [random_view(img, size, gen, scale=(max(0.05, 1 - 0.65 * a), 1.0),
                                     jitter=0.4 * a, degrees=15.0 * a, grey_p=0.1 * a) for _ in range(n_views)]
+        chunks.append(extract_features(model, per, layer, size=size))
         for j, v in enumerate(per):
-            views_of.append(v)
+            held = held_img[i] or (split_used == "views" and j >= len(per) - n_held_views)
             owner.append(i)
-            held_view.append(held_img[i] or (split_used == "views" and j >= len(per) - n_held_views))
-    feats = extract_features(model, views_of, layer, size=size, progress=progress, cancel=cancel)
+            held_view.append(held)
+            if held:
+                thumbs.append(make_thumbnail(v, THUMB))
+        if progress is not None:
+            progress(i + 1, len(images), "features")
+    feats = torch.cat(chunks)
     lab = torch.tensor([classes.index(labels[i]) for i in owner])
     mask = torch.tensor(held_view)
-    thumbs = [make_thumbnail(v, THUMB) for v, h in zip(views_of, held_view, strict=True) if h]
-    log.info("triplet data: %d views of %d images, %d classes, %d held out (%s)", len(views_of), len(images),
+    log.info("triplet data: %d views of %d images, %d classes, %d held out (%s)", len(owner), len(images),
              len(classes), int(mask.sum()), split_used)
     return TripletData(layer=layer, size=size, train=feats[~mask], train_labels=lab[~mask], heldout=feats[mask],
                        heldout_labels=lab[mask], classes=classes, split=split_used, heldout_thumbs=thumbs)

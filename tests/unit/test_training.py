@@ -711,3 +711,28 @@ def test_triplet_preview_maps_the_heldout_views_twice() -> None:
     assert 0 <= float(pic.min()) and float(pic.max()) <= 1
     data.heldout_thumbs = []
     assert tr.preview() is None
+
+
+def test_content_crops_keep_small_uint8_copies_and_cut_float_crops() -> None:
+    """A big photo is kept as uint8 with its short side at most twice the crop; crops come out float in [0,1]."""
+    from cnnviz.training.fast_style import ContentCrops
+
+    big = torch.rand(3, 300, 400)
+    crops = ContentCrops([big, (big * 255).round().to(torch.uint8)], size=32)
+    assert all(im.dtype == torch.uint8 and min(im.shape[1:]) == 64 for im in crops.images)
+    diff = (crops.images[0].int() - crops.images[1].int()).abs().max()
+    assert int(diff) <= 1  # float and uint8 inputs are the same picture (up to rounding)
+    batch = crops.batch(3, torch.Generator().manual_seed(0))
+    assert batch.shape == (3, 3, 32, 32) and batch.dtype == torch.float32
+    assert 0 <= float(batch.min()) and float(batch.max()) <= 1
+
+
+def test_triplet_data_takes_uint8_images(model: LoadedModel) -> None:
+    """uint8 images (how a training job keeps a collection) give the features of their float twins."""
+    imgs = [rand_image(40, 44, s) for s in range(4)]
+    as_u8 = [(im * 255).round().to(torch.uint8) for im in imgs]
+    as_f = [u.float() / 255 for u in as_u8]
+    kw = {"layer": "act3", "size": 32, "views": 2, "seed": 0}
+    a = triplet_data(model, as_u8, ["a", "a", "b", "b"], **kw)
+    b = triplet_data(model, as_f, ["a", "a", "b", "b"], **kw)
+    assert torch.allclose(a.train, b.train, atol=1e-6) and torch.allclose(a.heldout, b.heldout, atol=1e-6)

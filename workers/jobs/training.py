@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 from cnnviz.training import FastStyleTrainer, TrainCallbacks, Trainer, TripletTrainer, triplet_data
+from cnnviz.training.augment import shrink_short_side, to_uint8
 
 from ..collections import CollectionStore
 from ..runtime import JobContext, decode_rgb, execute, png_bytes
@@ -39,17 +40,20 @@ def _pick(params: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     return {k: params[k] for k in names if params.get(k) is not None}
 
 
-def _collection(ctx: JobContext, cid: str) -> tuple[list[Any], list[str] | None]:
+def _collection(ctx: JobContext, cid: str, short_side: int) -> tuple[list[Any], list[str] | None]:
+    """The collection's images as uint8, each shrunk (one at a time) to what training can use."""
     store = CollectionStore(ctx.store.redis, ctx.store.prefix)
     rec = store.get(cid)
     if rec is None:
         raise TrainingError("collection-not-found", f"collection {cid} has expired or was deleted")
-    return [decode_rgb(b) for b in store.images(cid, int(rec["count"]))], rec.get("labels")
+    images = [to_uint8(shrink_short_side(decode_rgb(b), short_side)) for b in store.images(cid, int(rec["count"]))]
+    return images, rec.get("labels")
 
 
 def _trainer(ctx: JobContext, job_type: str, params: dict[str, Any], images: dict[str, bytes]) -> Trainer:
     model = ctx.model()
-    content, labels = _collection(ctx, params["collection"])
+    size = int(params.get("size") or model.preprocessing.input_size)
+    content, labels = _collection(ctx, params["collection"], 2 * size)
     if job_type == "fast_style":
         preview = decode_rgb(images["preview"]) if "preview" in images else None
         return FastStyleTrainer(model, decode_rgb(images["style"]), content, preview=preview,
