@@ -192,3 +192,13 @@ def cost_estimate(model: LoadedModel, *, steps: int = 2000, batch_size: int = 4,
     area = (size / model.spec.input_size) ** 2
     per_crop = 3.0 * _net_macs(int(width), int(blocks), int(size)) / unit + (1.0 + 1.0 / 3.0) * area
     return float(steps) * float(batch_size) * per_crop
+
+
+def apply_cost(model: LoadedModel, width: int, blocks: int, height: int, width_px: int) -> float:
+    """One stylization of ``height x width_px`` in forward passes of ``model`` at its input size:
+    what an inline budget is counted in. Convolutions are linear in area, so one probe size does."""
+    from cnnviz.synthesis.cost import _macs
+
+    probe = 256
+    fwd = max(_macs(model.module, model.spec.input_size), 1.0)
+    return _net_macs(int(width), int(blocks), probe) * (height * width_px) / (probe * probe) / fwd

@@ -25,6 +25,7 @@ from cnnviz.models import LoadedModel
 from cnnviz.models.catalog import default_device
 from cnnviz.render import encode_png, to_uint8_image
 from cnnviz.training import head_embed, stylize
+from cnnviz.training.fast_style import apply_cost
 from workers.jobs.synthesis import resolve
 from workers.store import ACTIVE
 from workers.trained import JOB_KINDS, TrainedStore
@@ -210,9 +211,18 @@ async def apply_style(request: Request, style: str = _name(), settings: Settings
         raise ProblemError(422, "size-too-large", f"size {params.size} is over max_apply_side="
                            f"{settings.max_apply_side}", limit=settings.max_apply_side)
     device = settings.device or str(default_device())
-    net, _rec = await run_in_threadpool(load_trained, request, "style", style, device)
+    net, rec = await run_in_threadpool(load_trained, request, "style", style, device)
     d = upload.images[0]
     size = params.size or min(max(d.width, d.height), 1024, settings.max_apply_side)
+    scale = size / max(d.width, d.height)
+    spec = rec["meta"]["config"]["network"]
+    catalog = request.app.state.catalog
+    cost = apply_cost(catalog.get(catalog.default), spec["width"], spec["blocks"], round(d.height * scale),
+                      round(d.width * scale))
+    if cost > settings.inline_budget:
+        raise ProblemError(422, "too-expensive", f"Stylizing at {size} px costs about {cost:.0f} forward passes, "
+                           f"over the inline budget of {settings.inline_budget:.0f}; ask for a smaller size",
+                           estimate=round(cost, 1), limit=settings.inline_budget)
     t0 = time.perf_counter()
     out = await run_in_threadpool(stylize, net, image_to_tensor(d.image), size=size, strength=params.strength,
                                   preserve_color=params.preserve_color)

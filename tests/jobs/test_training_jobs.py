@@ -208,6 +208,15 @@ def test_training_job_validation(api: httpx.Client, contents: list[bytes]) -> No
     for job, images, status, slug in cases:
         r = _submit(api, job, images)
         assert r.status_code == status and r.json()["type"].endswith(slug), (job, r.text)
+    # Applying is bounded by the inline budget: a wide network at 2048 px is refused before any work.
+    _train(api, {"type": "fast_style", "params": {"name": "wide", "collection": cid, **TINY_STYLE, "steps": 1,
+                                                  "width": 64}}, [style])
+    cat = _png(skimage.data.chelsea(), (80, 60))
+    r = _apply(api, "wide", cat, {"size": 2048})
+    assert r.status_code == 422 and r.json()["type"].endswith("too-expensive") and r.json()["estimate"] > 400
+    assert _apply(api, "wide", cat, {"size": 64}).status_code == 200
+    r = _apply(api, "wide", cat, {"size": 5000, "strength": 2})
+    assert r.status_code == 422 and r.json()["type"].endswith("invalid-parameters")
     assert api.get("/v1/styles/no-such").status_code == 404
     assert api.delete("/v1/embedders/no-such").status_code == 404
     assert api.get("/v1/styles/bad name").status_code == 422
