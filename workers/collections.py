@@ -22,6 +22,15 @@ import torch
 from redis import Redis
 
 
+def gallery_key(layer: str, size: int, *, pool: str = "avg", head: str | None = None,
+                version: str | None = None) -> str:
+    """What a gallery's cached embeddings are filed under: the layer and input size, or the trained
+    head and its version (a retrained head gets a new key). Enroll jobs write it, identify reads it."""
+    if head is not None:
+        return f"head:{head}:{version}@{size}"
+    return f"{layer}@{size}" + ("" if pool == "avg" else f":{pool}")
+
+
 class CollectionStore:
     def __init__(self, redis: Redis, prefix: str = "cnnviz") -> None:
         self.redis = redis

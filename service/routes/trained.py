@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from cnnviz.models.catalog import default_device
 from cnnviz.render import encode_png, to_uint8_image
 from cnnviz.training import head_embed, stylize
 from cnnviz.training.fast_style import apply_cost
+from workers.collections import gallery_key
 from workers.jobs.synthesis import resolve
 from workers.store import ACTIVE
 from workers.trained import JOB_KINDS, TrainedStore
@@ -101,7 +103,7 @@ def resolve_embedding(request: Request, model: LoadedModel, layer: str | None, s
         except AttributionError as exc:
             raise attribution_problem(exc) from exc
         return Embedding(name, size, None, DEFAULT_THRESHOLD,
-                         f"{name}@{size or model.preprocessing.input_size}" + ("" if pool == "avg" else f":{pool}"),
+                         gallery_key(name, size or model.preprocessing.input_size, pool=pool),
                          lambda images: embed(model, images, name, pool, size=size))
     net, rec = load_trained(request, "embedder", head)
     config = rec["meta"]["config"]
@@ -110,7 +112,7 @@ def resolve_embedding(request: Request, model: LoadedModel, layer: str | None, s
                            f" not {model.name!r}", model=config.get("backbone"))
     name, size = config["layer"], size or int(config["size"])
     threshold = float((rec.get("summary") or {}).get("threshold") or DEFAULT_THRESHOLD)
-    return Embedding(name, size, head, threshold, f"head:{head}:{rec['version']}@{size}",
+    return Embedding(name, size, head, threshold, gallery_key(name, size, head=head, version=rec["version"]),
                      lambda images: head_embed(model, net, images, name, size))  # type: ignore[arg-type]
 
 
@@ -296,8 +298,14 @@ def _training_spec(request: Request, jobs: JobClient, principal: Principal, job:
     col = owned_collection(request, params["collection"])
     if kind == "embedder" and not col.get("labels"):
         raise ProblemError(422, "missing-labels", "A triplet head needs a collection uploaded with labels")
-    if kind == "embedder" and len(set(col["labels"])) < 2:
-        raise ProblemError(422, "bad-labels", "A triplet head needs at least two classes")
+    if kind == "embedder":
+        counts = Counter(col["labels"])
+        if len(counts) < 2:
+            raise ProblemError(422, "bad-labels", "A triplet head needs at least two classes")
+        if params.get("split") == "images" and min(counts.values()) < 2:
+            raise ProblemError(422, "bad-labels", "split 'images' needs two images of every class",
+                               "Use split 'views' (or 'auto') to hold out augmented views instead.",
+                               single=sorted(k for k, v in counts.items() if v < 2)[:20])
     cost = float(resolve(cost_fn)(model, n_images=int(col["count"]),
                                   **{k: v for k, v in params.items() if v is not None}))
     spec = {"type": job.type, "model": model.name, "params": params,

@@ -18,7 +18,7 @@ Optimizer = Literal["adam", "lbfgs"]
 LayerName = Field(None, max_length=200)
 
 
-class _Strict(BaseModel):
+class StrictParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     def layer_names(self) -> list[str]:
@@ -30,7 +30,7 @@ class _Strict(BaseModel):
         return out
 
 
-class ClassVizParams(_Strict):
+class ClassVizParams(StrictParams):
     """Class model visualization (Simonyan et al.: the logit) or a channel/neuron of any layer."""
 
     target: int | None = Field(None, ge=0, le=100_000, description="class index (default: 0 when no layer)")
@@ -57,7 +57,7 @@ class ClassVizParams(_Strict):
     preview_every: int = Preview
 
 
-class AdversarialParams(_Strict):
+class AdversarialParams(StrictParams):
     """FGSM or PGD toward ``target`` under an L-inf budget (pixel units 0..1)."""
 
     target: int = Field(..., ge=0, le=100_000)
@@ -71,7 +71,7 @@ class AdversarialParams(_Strict):
     preview_every: int = Field(0, ge=0, le=1000)
 
 
-class InversionParams(_Strict):
+class InversionParams(StrictParams):
     """Feature inversion (Mahendran & Vedaldi) from any layer with a total-variation prior."""
 
     layer: str | None = LayerName
@@ -87,7 +87,7 @@ class InversionParams(_Strict):
     preview_every: int = Preview
 
 
-class TextureParams(_Strict):
+class TextureParams(StrictParams):
     """Gram-matrix texture synthesis (Gatys et al. 2015)."""
 
     layers: list[str] | None = Field(None, max_length=16)
@@ -101,7 +101,7 @@ class TextureParams(_Strict):
     preview_every: int = Preview
 
 
-class TextureNNParams(_Strict):
+class TextureNNParams(StrictParams):
     """Non-parametric (Efros-Leung) synthesis in scan-line order; quadratic cost, so small sizes."""
 
     size: int = Field(32, ge=8, le=128)
@@ -113,7 +113,7 @@ class TextureNNParams(_Strict):
     preview_every: int = Field(0, ge=0, le=1000)
 
 
-class StyleParams(_Strict):
+class StyleParams(StrictParams):
     """Neural style transfer (Gatys et al. 2016); images: content first, then style."""
 
     size: int | None = Size
@@ -134,7 +134,7 @@ class StyleParams(_Strict):
 
 
 # type -> (params model, number of images required, cost function "module:function")
-SYNTHESIS_JOBS: dict[str, tuple[type[_Strict], int, str]] = {
+SYNTHESIS_JOBS: dict[str, tuple[type[StrictParams], int, str]] = {
     "class_viz": (ClassVizParams, 0, "cnnviz.synthesis.class_viz:cost_estimate"),
     "adversarial": (AdversarialParams, 1, "cnnviz.synthesis.adversarial:cost_estimate"),
     "inversion": (InversionParams, 1, "cnnviz.synthesis.inversion:cost_estimate"),

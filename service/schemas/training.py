@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .synthesis import StrictParams
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 TrainedName = Field(..., pattern=NAME_PATTERN, description="the name the trained network is stored under")
 CollectionId = Field(None, min_length=1, max_length=64, pattern=r"^[a-f0-9]+$",
@@ -22,9 +24,7 @@ Seed = Field(0, ge=0, le=2**31 - 1)
 RESUMABLE = frozenset({"name", "resume", "steps", "preview_every", "checkpoint_every", "eval_every"})
 
 
-class _Training(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class _Training(StrictParams):
     name: str = TrainedName
     collection: str | None = CollectionId
     resume: bool = Field(False, description="continue the last checkpoint of this name")
@@ -43,13 +43,6 @@ class _Training(BaseModel):
         elif self.collection is None:
             raise ValueError("collection is required (unless resume is true)")
         return self
-
-    def layer_names(self) -> list[str]:
-        out: list[str] = []
-        for field in ("layer", "content_layers", "style_layers"):
-            v = getattr(self, field, None)
-            out.extend([v] if isinstance(v, str) else list(v or []))
-        return out
 
 
 class FastStyleParams(_Training):
@@ -105,6 +98,12 @@ class TripletHeadParams(_Training):
     checkpoint_every: int = Field(200, ge=0, le=100_000)
     preview_every: int = Field(0, ge=0, le=100_000, description="store a preview every N steps: PCA maps of the "
                                "held-out views by the frozen features and by the head (map.png at the end)")
+
+    @model_validator(mode="after")
+    def _views_to_split(self) -> TripletHeadParams:
+        if self.split == "views" and self.views < 1 and not self.resume:
+            raise ValueError("split 'views' needs views >= 1: nothing would be left to train on")
+        return self
 
 
 class FastStyleJob(BaseModel):

@@ -189,6 +189,7 @@ def test_triplet_head_and_its_endpoints(api: httpx.Client) -> None:
 def test_training_job_validation(api: httpx.Client, contents: list[bytes]) -> None:
     """Bad training requests are 4xx problems before anything is queued."""
     cid = _collection(api, contents[:2])
+    labelled = _collection(api, contents[:3], ["a", "a", "b"])
     style = _png(_stripes())
     cases = [
         ({"type": "fast_style", "params": {"name": "s", "collection": cid}}, [], 422, "wrong-image-count"),
@@ -204,6 +205,10 @@ def test_training_job_validation(api: httpx.Client, contents: list[bytes]) -> No
         ({"type": "triplet_head", "params": {"name": "h", "collection": cid}}, [], 422, "missing-labels"),
         ({"type": "triplet_head", "params": {"name": "h", "collection": cid}}, [style], 422, "wrong-image-count"),
         ({"type": "triplet_head", "params": {"name": "h", "resume": True}}, [], 404, "no-checkpoint"),
+        ({"type": "triplet_head", "params": {"name": "h", "collection": labelled, "split": "images"}}, [], 422,
+         "bad-labels"),  # one image of class "b": nothing of it could be held out
+        ({"type": "triplet_head", "params": {"name": "h", "collection": labelled, "split": "views", "views": 0}}, [],
+         422, "invalid-parameters"),
     ]
     for job, images, status, slug in cases:
         r = _submit(api, job, images)

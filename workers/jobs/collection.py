@@ -26,7 +26,7 @@ from cnnviz.inspection import (
 from cnnviz.render import encode_png, make_grid
 from cnnviz.training import head_embed
 
-from ..collections import CollectionStore
+from ..collections import CollectionStore, gallery_key
 from ..runtime import JobContext, decode_rgb, execute
 from ..trained import TrainedStore
 
@@ -47,8 +47,8 @@ def _embeddings(ctx: JobContext, model: Any, images: list[torch.Tensor], params:
     head_name = params.get("head")
     if head_name is None:
         layer = params.get("layer") or model.default_layer
-        return layer, f"{layer}@{size or model.preprocessing.input_size}", embed(model, images, layer, size=size,
-                                                                                 **common)
+        key = gallery_key(layer, size or model.preprocessing.input_size)
+        return layer, key, embed(model, images, layer, size=size, **common)
     found = TrainedStore(ctx.store.redis, ctx.store.prefix).load("embedder", ctx.record["owner"], head_name)
     if found is None:
         raise ValueError(f"embedder {head_name!r} was deleted")
@@ -56,7 +56,7 @@ def _embeddings(ctx: JobContext, model: Any, images: list[torch.Tensor], params:
     config = rec["meta"]["config"]
     size = size or int(config["size"])
     e = head_embed(model, head, images, config["layer"], size, **common)
-    return config["layer"], f"head:{head_name}:{rec['version']}@{size}", e
+    return config["layer"], gallery_key(config["layer"], size, head=head_name, version=rec["version"]), e
 
 
 def run_view(ctx: JobContext) -> None:

@@ -65,7 +65,7 @@ def _trainer(ctx: JobContext, job_type: str, params: dict[str, Any], images: dic
     return TripletTrainer(data, backbone=model.name, **_pick(params, HEAD_ARGS))
 
 
-def _summary(job_type: str, trainer: Trainer) -> dict[str, Any]:
+def _summary(trainer: Trainer) -> dict[str, Any]:
     last = trainer.evals[-1] if trainer.evals else {}
     out: dict[str, Any] = {"config": trainer.config(), "steps": trainer.step, "seconds": round(trainer.seconds, 3),
                            "metrics": last}
@@ -110,7 +110,7 @@ def run_training(ctx: JobContext) -> None:
         trainer.train(int(params["steps"]), callbacks)
     finally:
         trained.release(kind, owner, name, ctx.id)
-    summary = _summary(job_type, trainer)
+    summary = _summary(trainer)
     rec = trained.save(kind, owner, name, trainer.weights(name=name, job=ctx.id), model=trainer.config()["backbone"],
                        job=ctx.id, summary=summary, ttl_s=int(keep.get("ttl_s") or 0))
     plural = "styles" if kind == "style" else "embedders"
