@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11:
 #   make serve   install into .venv and run the whole service (API + embedded Redis + a worker)
-#   make test    install into .venv (with test extras) and run lint, the OpenAPI check and the tests
+#   make test    install into .venv (with test extras) and run lint, the import layers, the OpenAPI check and
+#                the tests
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -20,12 +21,17 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[lite,test]'
 	touch $@
 
+# The Python client (clients/python, httpx only) beside the service: `cnnviz predict ...` needs it.
+$(VENV)/.installed-client: clients/python/pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e clients/python
+	touch $@
+
 $(VENV)/.installed-bench: $(VENV)/.installed-test
 	$(BIN)/pip install -q -e '.[lite,test,bench]'
 	touch $@
 
-install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install: $(VENV)/.installed $(VENV)/.installed-client
+install-test: $(VENV)/.installed-test $(VENV)/.installed-client
 install-bench: $(VENV)/.installed-bench
 
 serve: install
@@ -33,6 +39,7 @@ serve: install
 
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: install-test lint
 	$(BIN)/python -m pytest -q
@@ -41,7 +48,7 @@ bench: install-bench
 	$(BIN)/python bench/bench_attribution.py
 
 openapi: install
-	$(BIN)/python -m service.openapi_doc > openapi/openapi.json
+	$(BIN)/python -m service.openapi_export > openapi/openapi.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

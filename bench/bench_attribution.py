@@ -205,10 +205,10 @@ def bench_http(args: argparse.Namespace) -> str:
     import uvicorn
     from PIL import Image
 
+    from core.explaining import run_explanation
+    from core.imaging import decode_image
+    from core.schemas.explain import ExplainParams
     from service.app import create_app
-    from service.explaining import run_explanation
-    from service.imaging import decode_image
-    from service.schemas.explain import ExplainParams
     from service.settings import Settings
 
     buf = io.BytesIO()

@@ -104,14 +104,14 @@ def main() -> int:
     base = args.url
     try:
         if base is None:
-            from workers.embedded import EmbeddedRedis, free_port
+            from stack.embedded import EmbeddedRedis, free_port
 
             redis = EmbeddedRedis().start()
             port = free_port()
             tag = uuid.uuid4().hex[:8]
             env = {**os.environ, "REDIS_URL": redis.url, "CNNVIZ_PRELOAD_MODELS": "false",
                    "CNNVIZ_QUEUE": f"bench-{tag}", "CNNVIZ_KEY_PREFIX": f"bench-{tag}", "CNNVIZ_LOG_LEVEL": "WARNING"}
-            cli = [sys.executable, "-m", "service.cli"]
+            cli = [sys.executable, "-m", "stack.cli"]
             procs.append(subprocess.Popen([*cli, "serve", "--port", str(port)], env=env))
             procs.append(subprocess.Popen([*cli, "worker"], env=env))
             base = f"http://127.0.0.1:{port}"

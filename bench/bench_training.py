@@ -126,12 +126,12 @@ def http_rows(sizes: list[int], repeats: int) -> list[list[str]]:
 
     from bench.harness import interleaved
     from cnnviz.training.checkpoint import module_tensors, pack
+    from core.store.config import JobConfig
+    from core.store.trained import TrainedStore
     from service.app import create_app
     from service.auth import PUBLIC
     from service.settings import Settings
-    from workers.config import JobConfig
-    from workers.embedded import EmbeddedRedis
-    from workers.trained import TrainedStore
+    from stack.embedded import EmbeddedRedis
 
     net = TransformNet(16, 5).eval()
     weights = pack(module_tensors(net), {"kind": "fast_style", "config": {"network": net.config()}})

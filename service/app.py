@@ -9,18 +9,18 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from cnnviz.models import Catalog
-
-from .auth import require_api_key
-from .errors import install_handlers
-from .middleware import BodyLimitMiddleware, MetricsMiddleware
-from .openapi_doc import install_openapi
-from .routes import collections, explain, health, inspect, jobs, models, trained
-from .schemas.collections import CollectionJob, CollectionParams, IdentifyParams
-from .schemas.explain import METHOD_PARAMS, ExplainParams
-from .schemas.jobs import SYNTHESIS_REQUESTS, DeepDreamJob, ExplainJob
-from .schemas.models import PredictParams
-from .schemas.training import FastStyleJob, StyleApplyParams, TripletHeadJob
-from .settings import Settings, get_settings
+from core.jobtypes import JOB_REQUEST, JOB_REQUESTS
+from core.schemas.collections import CollectionParams, IdentifyParams
+from core.schemas.explain import METHOD_PARAMS, ExplainParams
+from core.schemas.models import PredictParams
+from core.schemas.training import StyleApplyParams
+from service.auth import require_api_key
+from service.errors import install_handlers
+from service.explorer import install_explorer
+from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.openapi_doc import install_openapi
+from service.routes import collections, explain, health, inspect, jobs, models, trained
+from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.state.catalog = catalog
     install_handlers(app)
     if settings.redis_url:
-        from .jobs import JobClient
+        from service.jobs import JobClient
 
         app.state.jobs = JobClient(settings)  # connects lazily: a down Redis never blocks start-up
     keyed = [Depends(require_api_key)]  # every /v1 route; health and metrics stay open
@@ -59,10 +59,9 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.include_router(inspect.router, dependencies=keyed)
     app.include_router(collections.router, dependencies=keyed)
     app.include_router(trained.router, dependencies=keyed)
-    install_openapi(app, [ExplainParams, PredictParams, CollectionParams, CollectionJob, IdentifyParams,
-                          *METHOD_PARAMS.values(),
-                          DeepDreamJob, ExplainJob,
-                          *SYNTHESIS_REQUESTS.values(), FastStyleJob, TripletHeadJob, StyleApplyParams])
+    install_explorer(app)  # /ui/ explorer, / redirect, offline /docs and /redoc (service/explorer.py)
+    install_openapi(app, [ExplainParams, PredictParams, CollectionParams, IdentifyParams, StyleApplyParams,
+                          *METHOD_PARAMS.values(), *JOB_REQUESTS.values()], {"JobRequest": JOB_REQUEST})
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)
     return app

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
-from .errors import ProblemError
+from core.errors import Unauthorized
 
 HEADER = "X-API-Key"
 PUBLIC = "public"
@@ -49,7 +49,7 @@ def authenticate(request: Request, key: str | None) -> Principal:
         h = key_hash(key)
         if any(hmac.compare_digest(h, k) for k in known):
             return Principal(h, True)
-    raise ProblemError(401, "unauthorized", "A valid API key is required",
+    raise Unauthorized("unauthorized", "A valid API key is required",
                        f"Send your key in the {HEADER} header.", headers={"WWW-Authenticate": "ApiKey"})
 
 

@@ -1,13 +1,24 @@
-"""Shared things routes receive as dependencies: settings, the catalog, a loaded model."""
+"""What routes receive as dependencies: settings, the catalog, the caller, the stores, owned things.
+
+Every route gets these with ``Annotated[..., Depends(...)]`` aliases, so a route body never reads
+``request.app.state`` or authenticates by hand, and a test can override any one of them.
+"""
 
 from __future__ import annotations
 
-from fastapi import Path, Request
+from typing import Annotated, Any
 
-from cnnviz.models import Catalog, LoadedModel, ModelLoadError, UnknownModelError
+from fastapi import Depends, Path, Request
 
-from .errors import ProblemError
-from .settings import Settings
+from cnnviz.models import Catalog, LoadedModel
+from core.errors import NotFound, jobs_unavailable
+from core.jobtypes import SubmitContext, lookup_model
+from core.store.collections import CollectionStore
+from core.store.jobs import ACTIVE
+from core.store.trained import TrainedStore
+from service.auth import Principal, current_principal
+from service.jobs import JobClient
+from service.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:
@@ -18,14 +29,73 @@ def get_catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
-def lookup_model(catalog: Catalog, name: str) -> LoadedModel:
-    try:
-        return catalog.get(name)
-    except UnknownModelError as exc:
-        raise ProblemError(404, "unknown-model", f"No model named {name!r}", choices=exc.known) from exc
-    except ModelLoadError as exc:
-        raise ProblemError(503, "model-unavailable", f"Model {name!r} failed to load", str(exc)) from exc
+def get_principal(request: Request) -> Principal:
+    return current_principal(request)
 
 
-def get_model(request: Request, model: str = Path(..., max_length=100)) -> LoadedModel:
-    return lookup_model(request.app.state.catalog, model)
+def get_model(catalog: Annotated[Catalog, Depends(get_catalog)], model: str = Path(..., max_length=100)) -> LoadedModel:
+    return lookup_model(catalog, model)
+
+
+def get_jobs(request: Request) -> JobClient:
+    jobs = getattr(request.app.state, "jobs", None)
+    if jobs is None:
+        raise jobs_unavailable("This service runs without a job system (no Redis configured).")
+    return jobs
+
+
+def get_optional_jobs(request: Request) -> JobClient | None:
+    """The job client, or None when the service runs without Redis (inline routes still work)."""
+    return getattr(request.app.state, "jobs", None)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+OptionalJobsDep = Annotated[JobClient | None, Depends(get_optional_jobs)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+JobsDep = Annotated[JobClient, Depends(get_jobs)]
+
+
+def get_collections(jobs: JobsDep) -> CollectionStore:
+    return CollectionStore(jobs.redis, jobs.config.prefix)
+
+
+def get_trained(jobs: JobsDep) -> TrainedStore:
+    return TrainedStore(jobs.redis, jobs.config.prefix)
+
+
+CollectionsDep = Annotated[CollectionStore, Depends(get_collections)]
+TrainedDep = Annotated[TrainedStore, Depends(get_trained)]
+COLLECTION_ID = Path(..., min_length=1, max_length=64, pattern=r"^[a-f0-9]+$")
+
+
+def get_owned_collection(collections: CollectionsDep, principal: PrincipalDep, jobs: JobsDep,
+                         cid: str = COLLECTION_ID) -> dict[str, Any]:
+    """The caller's collection named in the path; another key's or an unknown id is 404."""
+    with jobs.guard():
+        rec = collections.get(cid)
+    if rec is None or rec.get("owner") != principal.owner:
+        raise NotFound("collection-not-found", f"No collection {cid!r}")
+    return rec
+
+
+OwnedCollectionDep = Annotated[dict[str, Any], Depends(get_owned_collection)]
+
+
+def get_submit_context(catalog: CatalogDep, principal: PrincipalDep, jobs: JobsDep, settings: SettingsDep,
+                       collections: CollectionsDep, trained: TrainedDep) -> SubmitContext:
+    """What checking a job request needs, for this caller."""
+
+    def is_active(job_id: str) -> bool:
+        if not job_id or job_id.startswith("pending"):
+            return False
+        rec = jobs.find(principal, job_id)
+        return rec is not None and rec["status"] in ACTIVE
+
+    return SubmitContext(catalog, principal.owner, collections, trained, is_active,
+                         max_trained_per_key=settings.max_trained_per_key, trained_ttl_s=settings.trained_ttl_s,
+                         checkpoint_ttl_s=settings.artifact_ttl_s)
+
+
+SubmitContextDep = Annotated[SubmitContext, Depends(get_submit_context)]

@@ -1,6 +1,6 @@
 """The API's side of the job system: submit, read, wait, stream, cancel, list, fetch artifacts.
 
-Routes call :class:`JobClient`; it speaks to Redis through :class:`workers.store.JobStore` and to
+Routes call :class:`JobClient`; it speaks to Redis through :class:`core.store.jobs.JobStore` and to
 rq through a :class:`rq.Queue` with the JSON serializer. Admission control happens here:
 
 - the queue bound (503 + Retry-After) and the per-key bound on queued + running jobs (429) are
@@ -30,25 +30,24 @@ import redis
 from redis import Redis
 from rq import Queue, worker_registration
 from rq.job import Job
+from rq.serializers import JSONSerializer
 
-from workers.config import JOB_FUNCTIONS, SERIALIZER, JobConfig
-from workers.store import ACTIVE, CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobStore
-
-from .auth import Principal
-from .errors import ProblemError
-from .schemas.jobs import ArtifactLink, JobError, JobLinks, JobProgress, JobStatus, WorkerInfo
-from .settings import Settings
+from core.errors import Conflict, DomainError, Gone, Invalid, NotFound, TooMany, Unavailable, jobs_unavailable
+from core.jobtypes import JOB_TYPES
+from core.store.config import QUEUES, JobConfig
+from core.store.jobs import ACTIVE, CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, JobStore
+from service.auth import Principal
+from service.schemas.jobs import ArtifactLink, JobError, JobLinks, JobProgress, JobStatus, WorkerInfo
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+SERIALIZER = JSONSerializer  # as the workers use: jobs carry ids and small JSON, never pickles
 
 MAX_WAIT_S = 30.0
 SSE_MAX_S = 300.0  # one SSE response lasts at most this long; clients resume with Last-Event-ID
 SSE_KEEPALIVE_S = 10.0
 ABANDON_GRACE_S = 1.0
-
-
-def unavailable(detail: str = "The job system (Redis) is unreachable; try again shortly.") -> ProblemError:
-    return ProblemError(503, "jobs-unavailable", "Jobs are unavailable", detail, headers={"Retry-After": "5"})
 
 
 def _iso(ts: float | None) -> str | None:
@@ -80,9 +79,14 @@ class JobClient:
     def store(self) -> JobStore:
         return JobStore(self.redis, self.config.prefix)
 
-    @property
-    def queue(self) -> Queue:
-        return Queue(self.config.queue, connection=self.redis, serializer=SERIALIZER)
+    def queue(self, kind: str) -> Queue:
+        """The rq queue of a kind of work (``short`` or ``long``)."""
+        return Queue(self.config.queue_name(kind), connection=self.redis, serializer=SERIALIZER)
+
+    def queue_of(self, rec: dict[str, Any]) -> Queue:
+        """The rq queue a job was put on (its record names it)."""
+        name = rec.get("queue") or self.config.queue_name("short")
+        return Queue(name, connection=self.redis, serializer=SERIALIZER)
 
     @contextmanager
     def guard(self) -> Iterator[None]:
@@ -91,25 +95,27 @@ class JobClient:
             yield
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             log.warning("Redis unavailable: %s", exc)
-            raise unavailable() from exc
+            raise jobs_unavailable() from exc
 
     def close(self) -> None:
         if self._redis is not None:
             self._redis.close()
 
     def health(self) -> dict[str, Any]:
-        """For /readyz: Redis reachable, and how many live workers listen on our queue."""
+        """For /readyz: Redis reachable, and how many live workers listen on each queue."""
         try:
             self.redis.ping()
-            keys = list(worker_registration.get_keys(self.queue, connection=self.redis))
-            with self.redis.pipeline(transaction=False) as p:
-                for k in keys:
-                    p.exists(k)
-                live = sum(int(x) for x in p.execute()) if keys else 0
-            return {"redis": True, "workers": live}
+            per_queue = {}
+            for kind in QUEUES:
+                keys = list(worker_registration.get_keys(self.queue(kind), connection=self.redis))
+                with self.redis.pipeline(transaction=False) as p:
+                    for k in keys:
+                        p.exists(k)
+                    per_queue[kind] = sum(int(x) for x in p.execute()) if keys else 0
+            return {"redis": True, "workers": min(per_queue.values()), "queues": per_queue}
         except redis.exceptions.RedisError as exc:
             log.warning("readiness: Redis unavailable: %s", exc)
-            return {"redis": False, "workers": 0}
+            return {"redis": False, "workers": 0, "queues": {kind: 0 for kind in QUEUES}}
 
     # --- submit ---------------------------------------------------------------------------
     def submit(self, principal: Principal, spec: dict[str, Any], inputs: list[bytes], cost: float,
@@ -125,6 +131,8 @@ class JobClient:
         job_id = uuid.uuid4().hex
         timeout = cfg.job_timeout(cost)
         ttl_active = s.artifact_ttl_s + timeout + 3600  # the record outlives queueing and running
+        entry = JOB_TYPES[spec["type"]]
+        queue = self.queue(entry.queue)
         idem_key = None
         if idempotency_key:
             body = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
@@ -136,29 +144,29 @@ class JobClient:
                 old = (r.get(idem_key) or b"").decode()
                 old_id, _, old_digest = old.partition(":")
                 if old_digest != digest:
-                    raise ProblemError(422, "idempotency-key-reused", "Idempotency-Key reused with another request",
+                    raise Invalid("idempotency-key-reused", "Idempotency-Key reused with another request",
                                        "This key was already used for a different job request.")
                 rec = store.get(old_id)
                 if rec is not None:
                     return rec, False
                 r.set(idem_key, f"{job_id}:{digest}", ex=s.result_ttl_s)  # the old job expired: start anew
         try:
-            self._admit(owner, job_id)
-        except ProblemError:
+            self._admit(owner, job_id, queue.name)
+        except DomainError:
             if idem_key:
                 r.delete(idem_key)
             raise
         now = time.time()
         record = {
             "id": job_id, "type": spec["type"], "model": spec.get("model") or "", "owner": owner,
-            "queue": cfg.queue, "status": QUEUED, "created_at": now, "step": 0, "total": 0, "stage": "queued",
+            "queue": queue.name, "status": QUEUED, "created_at": now, "step": 0, "total": 0, "stage": "queued",
             "cost": round(cost, 3), "spec": spec, "timeout_s": timeout,
             "result_ttl_s": s.result_ttl_s, "artifact_ttl_s": s.artifact_ttl_s,
             "max_artifact_bytes": s.max_body_bytes, "previews": [],
         }
         try:
             store.create(record, inputs, ttl_active)
-            self.queue.enqueue_call(JOB_FUNCTIONS[spec["type"]], args=(job_id, cfg.prefix), timeout=timeout,
+            queue.enqueue_call(entry.runner, args=(job_id, cfg.prefix), timeout=timeout,
                                     result_ttl=s.result_ttl_s, failure_ttl=s.result_ttl_s, job_id=job_id,
                                     description=f"{spec['type']} {job_id}")
         except Exception:
@@ -169,10 +177,10 @@ class JobClient:
             raise
         log.info("job %s (%s) queued, cost %.1f, timeout %ds", job_id, spec["type"], cost, timeout)
         rec = store.get(job_id) or record
-        rec["queue_position"] = r.lpos(self.queue.key, job_id)
+        rec["queue_position"] = r.lpos(queue.key, job_id)
         return rec, True
 
-    def _admit(self, owner: str, job_id: str) -> None:
+    def _admit(self, owner: str, job_id: str, queue: str) -> None:
         """Per-key concurrency (429) and the queue bound (503), race-safe by add-then-count."""
         s, store, r = self.settings, self.store, self.redis
         active_key = store.owner_active_key(owner)
@@ -182,19 +190,19 @@ class JobClient:
             self._prune(active_key, ACTIVE, is_set=True, keep=job_id)
             if r.scard(active_key) > s.max_jobs_per_key:
                 r.srem(active_key, job_id)
-                raise ProblemError(429, "too-many-jobs", "Too many jobs in flight for this key",
+                raise TooMany("too-many-jobs", "Too many jobs in flight for this key",
                                    f"At most {s.max_jobs_per_key} queued or running jobs per API key.",
-                                   headers={"Retry-After": "5"}, limit=s.max_jobs_per_key)
-        adm = store.admitted_key(self.config.queue)
+                                   retry_after=5, limit=s.max_jobs_per_key)
+        adm = store.admitted_key(queue)
         r.zadd(adm, {job_id: time.time()})
         if r.zcard(adm) > s.max_queued_jobs:
             self._prune(adm, (QUEUED,), is_set=False, keep=job_id)
             if r.zcard(adm) > s.max_queued_jobs:
                 r.zrem(adm, job_id)
                 r.srem(active_key, job_id)
-                raise ProblemError(503, "queue-full", "The job queue is full",
+                raise Unavailable("queue-full", "The job queue is full",
                                    f"At most {s.max_queued_jobs} jobs may wait; try again later.",
-                                   headers={"Retry-After": "10"}, limit=s.max_queued_jobs)
+                                   retry_after=10, limit=s.max_queued_jobs)
 
     def _prune(self, key: str, states: tuple[str, ...], *, is_set: bool, keep: str) -> None:
         """Drop ids whose job no longer is in ``states`` (finished, expired, or lost)."""
@@ -217,8 +225,15 @@ class JobClient:
         with self.guard():
             rec = self.store.get(job_id) if len(job_id) <= 64 else None
             if rec is None or rec.get("owner") != principal.owner:
-                raise ProblemError(404, "job-not-found", f"No job {job_id!r}")
+                raise NotFound("job-not-found", f"No job {job_id!r}")
             return self._settle(rec)
+
+    def find(self, principal: Principal, job_id: str) -> dict[str, Any] | None:
+        """The caller's job, or None (unknown, foreign or expired)."""
+        try:
+            return self.get(principal, job_id)
+        except NotFound:
+            return None
 
     def _settle(self, rec: dict[str, Any]) -> dict[str, Any]:
         store = self.store
@@ -231,8 +246,7 @@ class JobClient:
                 log.warning("job %s abandoned by its worker (pid %s)", rec["id"], rec.get("worker_pid"))
             rec = store.get(rec["id"]) or rec
         if rec["status"] == QUEUED:
-            pos = self.redis.lpos(self.queue.key, rec["id"])
-            rec["queue_position"] = pos
+            rec["queue_position"] = self.redis.lpos(self.queue_of(rec).key, rec["id"])
         return rec
 
     def wait(self, principal: Principal, job_id: str, wait_s: float) -> dict[str, Any]:
@@ -280,7 +294,7 @@ class JobClient:
             if rec["status"] == QUEUED and store.finish(job_id, CANCELED, s.result_ttl_s, s.artifact_ttl_s,
                                                         allowed=(QUEUED,), message="canceled while queued"):
                 try:
-                    self.redis.lrem(self.queue.key, 0, job_id)
+                    self.redis.lrem(self.queue_of(rec).key, 0, job_id)
                     self.redis.delete(Job.key_for(job_id))
                 except redis.exceptions.RedisError:
                     log.warning("could not remove rq job %s; the worker will skip it", job_id)
@@ -297,15 +311,15 @@ class JobClient:
         if found is not None:
             return found
         if name in (rec.get("artifact_names") or []) or (rec.get("result") == name and rec["status"] == SUCCEEDED):
-            raise ProblemError(410, "artifact-expired", f"Artifact {name!r} of job {job_id} has expired or was "
+            raise Gone("artifact-expired", f"Artifact {name!r} of job {job_id} has expired or was "
                                "deleted")
-        raise ProblemError(404, "artifact-not-found", f"Job {job_id} has no artifact {name!r}")
+        raise NotFound("artifact-not-found", f"Job {job_id} has no artifact {name!r}")
 
     def result(self, principal: Principal, job_id: str) -> tuple[bytes, str]:
         rec = self.get(principal, job_id)
         if rec["status"] != SUCCEEDED or not rec.get("result"):
-            raise ProblemError(409, "job-not-succeeded", f"Job {job_id} is {rec['status']}; it has no result",
-                               status_of_job=rec["status"], headers={"Retry-After": "2"}
+            raise Conflict("job-not-succeeded", f"Job {job_id} is {rec['status']}; it has no result",
+                               status_of_job=rec["status"], retry_after=2
                                if rec["status"] in ACTIVE else None)
         return self.artifact(principal, job_id, rec["result"])
 
@@ -335,7 +349,7 @@ class JobClient:
             if not entries:
                 try:
                     rec = self.get(principal, job_id)  # settles an abandoned job, which adds "done"
-                except ProblemError:
+                except DomainError:
                     return
                 if rec["status"] in TERMINAL and not self.store.read_events(job_id, after):
                     # the stream expired before the record: synthesize the final event

@@ -11,24 +11,25 @@ import time
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ProblemError, problem_response
+from core.errors import BadInput, TooLarge
+from service.errors import problem_response
 
 REQUESTS = Counter("cnnviz_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("cnnviz_http_request_seconds", "HTTP request latency", ["method", "route"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
 
-def _too_large(limit: int) -> ProblemError:
-    return ProblemError(413, "request-too-large", "Request body too large",
-                        f"The body exceeds the limit of {limit} bytes", limit=limit)
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge("request-too-large", "Request body too large", f"The body exceeds the limit of {limit} bytes",
+                    limit=limit)
 
 
-class _TooLarge(ProblemError):
-    """Raised from ``receive`` mid-stream; a ProblemError so body parsers let it through."""
+class _TooLarge(TooLarge):
+    """Raised from ``receive`` mid-stream; a domain error so body parsers let it through."""
 
     def __init__(self, limit: int) -> None:
         err = _too_large(limit)
-        super().__init__(err.status, err.slug, err.title, err.detail, **err.extra)
+        super().__init__(err.slug, err.title, err.detail, **err.extra)
 
 
 class BodyLimitMiddleware:
@@ -48,8 +49,8 @@ class BodyLimitMiddleware:
             except ValueError:
                 declared = -1
             if declared < 0 or declared > self.max_bytes:
-                err = _too_large(self.max_bytes) if declared >= 0 else ProblemError(
-                    400, "invalid-content-length", "Invalid Content-Length header")
+                err = (_too_large(self.max_bytes) if declared >= 0
+                       else BadInput("invalid-content-length", "Invalid Content-Length header"))
                 await problem_response(err, scope.get("path"))(scope, receive, send)
                 return
         seen = 0

@@ -10,20 +10,25 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 
-def install_openapi(app: FastAPI, extra_models: list[type[BaseModel]]) -> None:
+def install_openapi(app: FastAPI, extra_models: list[type[BaseModel]],
+                    named: dict[str, TypeAdapter[Any]] | None = None) -> None:
+    """Add ``extra_models`` (by class name) and ``named`` adapters (e.g. the ``JobRequest`` union) to the document."""
+
     def build() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-        for model in extra_models:
-            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            for name, sub in js.pop("$defs", {}).items():
-                schemas.setdefault(name, sub)
-            schemas.setdefault(model.__name__, js)
+        ref = "#/components/schemas/{model}"
+        items = [(m.__name__, m.model_json_schema(ref_template=ref)) for m in extra_models]
+        items += [(name, adapter.json_schema(ref_template=ref)) for name, adapter in (named or {}).items()]
+        for name, js in items:
+            for sub_name, sub in js.pop("$defs", {}).items():
+                schemas.setdefault(sub_name, sub)
+            schemas.setdefault(name, js)
         app.openapi_schema = doc
         return doc
 
@@ -35,12 +40,3 @@ def render(app: FastAPI) -> str:
     import json
 
     return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
-
-
-if __name__ == "__main__":
-    import sys
-
-    from .app import create_app
-    from .settings import Settings
-
-    sys.stdout.write(render(create_app(Settings(preload_models=False))))

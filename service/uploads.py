@@ -2,7 +2,7 @@
 
 Both forms end as the same :class:`Upload` (decoded RGB images plus a params dict), so routes
 never care which one the client used. Counts and sizes are checked here; pixel limits are
-checked by :mod:`service.imaging` before any pixel is decoded.
+checked by :mod:`core.imaging` before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -12,16 +12,15 @@ import json
 import time
 import zipfile
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import Request
-from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from .errors import ProblemError
-from .imaging import DecodedImage, decode_base64_image, decode_image
-from .settings import Settings
+from core.errors import BadInput, DomainError, Invalid, TooLarge, Unsupported
+from core.imaging import DecodedImage, decode_base64_image, decode_image
+from service.settings import Settings
 
 
 @dataclass
@@ -37,9 +36,9 @@ def _params_from_text(text: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ProblemError(422, "invalid-params-json", "The params field is not valid JSON", str(exc)) from exc
+        raise Invalid("invalid-params-json", "The params field is not valid JSON", str(exc)) from exc
     if not isinstance(value, dict):
-        raise ProblemError(422, "invalid-params-json", "The params field must be a JSON object")
+        raise Invalid("invalid-params-json", "The params field must be a JSON object")
     return value
 
 
@@ -55,23 +54,23 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
     if ctype.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=max_images + 1, max_fields=16)
-        except ProblemError:
+        except DomainError:
             raise
         except Exception as exc:  # noqa: BLE001 - starlette raises several types for bad forms
-            raise ProblemError(400, "invalid-multipart", "The multipart body could not be parsed", str(exc)) from exc
+            raise BadInput("invalid-multipart", "The multipart body could not be parsed", str(exc)) from exc
         files = [v for k, v in form.multi_items() if k == "image"]
         for f in files:
             if not isinstance(f, UploadFile):
-                raise ProblemError(422, "invalid-image-field", "The image field must be a file upload")
+                raise Invalid("invalid-image-field", "The image field must be a file upload")
             raw.append(await f.read())
         fields = {"image", "params", "zip"} if allow_zip else {"image", "params"}
         unknown = {k for k, _ in form.multi_items()} - fields
         if unknown:
-            raise ProblemError(422, "unknown-form-field", f"Unknown form fields: {sorted(unknown)}",
+            raise Invalid("unknown-form-field", f"Unknown form fields: {sorted(unknown)}",
                                valid=sorted(fields))
         for f in (v for k, v in form.multi_items() if k == "zip"):
             if not isinstance(f, UploadFile):
-                raise ProblemError(422, "invalid-zip-field", "The zip field must be a file upload")
+                raise Invalid("invalid-zip-field", "The zip field must be a file upload")
             raw.extend(zip_entries(await f.read(), max_images, settings.max_body_bytes * 4))
         params_field = form.get("params")
         params = _params_from_text(params_field if isinstance(params_field, str) else None)
@@ -79,27 +78,27 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
         try:
             body = await request.json() if await request.body() else {}
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ProblemError(400, "invalid-json", "The request body is not valid JSON", str(exc)) from exc
+            raise BadInput("invalid-json", "The request body is not valid JSON", str(exc)) from exc
         if not isinstance(body, dict):
-            raise ProblemError(422, "invalid-json", "The JSON body must be an object with images and params")
+            raise Invalid("invalid-json", "The JSON body must be an object with images and params")
         unknown = set(body) - {"images", "params"}
         if unknown:
-            raise ProblemError(422, "unknown-body-field", f"Unknown body fields: {sorted(unknown)}",
+            raise Invalid("unknown-body-field", f"Unknown body fields: {sorted(unknown)}",
                                valid=["images", "params"])
         images = body.get("images", [])
         if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
-            raise ProblemError(422, "invalid-images", "images must be a list of base64 strings")
+            raise Invalid("invalid-images", "images must be a list of base64 strings")
         raw.extend(images)
         params = body.get("params") or {}
         if not isinstance(params, dict):
-            raise ProblemError(422, "invalid-params-json", "params must be a JSON object")
+            raise Invalid("invalid-params-json", "params must be a JSON object")
     else:
-        raise ProblemError(415, "unsupported-media-type",
+        raise Unsupported("unsupported-media-type",
                            "Send multipart/form-data (image, params) or application/json (images, params)")
     if len(raw) < min_images:
-        raise ProblemError(422, "missing-image", f"At least {min_images} image(s) required in field 'image'")
+        raise Invalid("missing-image", f"At least {min_images} image(s) required in field 'image'")
     if len(raw) > max_images:
-        raise ProblemError(413, "too-many-images", f"At most {max_images} images per request", limit=max_images)
+        raise TooLarge("too-many-images", f"At most {max_images} images per request", limit=max_images)
 
     def decode_all() -> list[DecodedImage]:
         out = []
@@ -115,9 +114,6 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
     return Upload(decoded, params, (time.perf_counter() - t0) * 1000)
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
 def zip_entries(data: bytes, max_entries: int, max_bytes: int) -> list[bytes]:
     """The files of a ZIP archive (folders and hidden files skipped), bounded before extraction.
 
@@ -127,13 +123,13 @@ def zip_entries(data: bytes, max_entries: int, max_bytes: int) -> list[bytes]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, ValueError) as exc:
-        raise ProblemError(400, "invalid-zip", "The zip field is not a valid ZIP archive", str(exc)) from exc
+        raise BadInput("invalid-zip", "The zip field is not a valid ZIP archive", str(exc)) from exc
     infos = [i for i in zf.infolist()
              if not i.is_dir() and not any(part.startswith((".", "__")) for part in i.filename.split("/"))]
     if len(infos) > max_entries:
-        raise ProblemError(413, "too-many-images", f"At most {max_entries} images per request", limit=max_entries)
+        raise TooLarge("too-many-images", f"At most {max_entries} images per request", limit=max_entries)
     if sum(i.file_size for i in infos) > max_bytes:
-        raise ProblemError(413, "zip-too-large", f"The archive inflates to more than {max_bytes} bytes",
+        raise TooLarge("zip-too-large", f"The archive inflates to more than {max_bytes} bytes",
                            limit=max_bytes)
     out = []
     for info in infos:
@@ -141,23 +137,8 @@ def zip_entries(data: bytes, max_entries: int, max_bytes: int) -> list[bytes]:
             with zf.open(info) as fh:
                 blob = fh.read(info.file_size + 1)
         except (zipfile.BadZipFile, RuntimeError, NotImplementedError, OSError) as exc:
-            raise ProblemError(400, "invalid-zip", f"Cannot read {info.filename!r} from the archive", str(exc)) from exc
+            raise BadInput("invalid-zip", f"Cannot read {info.filename!r} from the archive", str(exc)) from exc
         if len(blob) > info.file_size:
-            raise ProblemError(400, "invalid-zip", f"{info.filename!r} is larger than its header says")
+            raise BadInput("invalid-zip", f"{info.filename!r} is larger than its header says")
         out.append(blob)
     return out
-
-
-def validation_problem(exc: ValidationError, title: str = "Invalid parameters") -> ProblemError:
-    """A pydantic error as a 422 problem listing each failing field."""
-    errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-    return ProblemError(422, "invalid-parameters", title,
-                        "; ".join(f"{'.'.join(e['loc']) or 'params'}: {e['msg']}" for e in errors), errors=errors)
-
-
-def validate_params(model: type[M], params: dict[str, Any]) -> M:
-    """Validate a params dict, turning pydantic errors into a 422 problem."""
-    try:
-        return model.model_validate(params)
-    except ValidationError as exc:
-        raise validation_problem(exc) from exc

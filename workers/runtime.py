@@ -11,7 +11,6 @@ itself goes on to the next job.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -27,9 +26,8 @@ from redis import Redis
 from cnnviz.models import Catalog, LoadedModel
 from cnnviz.render import encode_png, to_uint8_image
 from cnnviz.synthesis import Cancelled
-
-from .config import JobConfig
-from .store import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
+from core.store.config import JobConfig
+from core.store.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -226,13 +224,3 @@ def execute(job_id: str, prefix: str, body: Callable[[JobContext], None]) -> dic
 def png_bytes(image: torch.Tensor) -> bytes:
     """PNG of a ``[3, H, W]`` float image in [0, 1]."""
     return encode_png(to_uint8_image(image))
-
-
-def decode_rgb(data: bytes) -> torch.Tensor:
-    """Stored input bytes (the service re-encodes uploads as PNG) -> ``[3, H, W]`` in [0, 1]."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        arr = np.array(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)

@@ -19,11 +19,14 @@ from redis import Redis
 from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import StopRequested
 from rq.job import Job
+from rq.serializers import JSONSerializer
 
-from .config import SERIALIZER, JobConfig
-from .runtime import get_model
+from core.store.config import QUEUES, JobConfig
+from workers.runtime import get_model
 
 log = logging.getLogger(__name__)
+
+SERIALIZER = JSONSerializer  # as the API enqueues: jobs carry ids and small JSON, never pickles
 
 WORKER_TTL_S = 30  # how long a dead worker still counts in /readyz
 _stop = [False]
@@ -90,7 +93,7 @@ def run_worker(redis_url: str, queues: list[str] | None = None, *, burst: bool =
     so a Redis restart costs a few seconds, not the worker.
     """
     cfg = JobConfig.from_environment()
-    queues = queues or [cfg.queue]
+    queues = [cfg.queue_name(kind) for kind in (queues or QUEUES)]
     conn = Redis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=30)
     if preload:
         t0 = time.perf_counter()

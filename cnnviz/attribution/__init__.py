@@ -7,8 +7,8 @@ Importing the package registers every method in :data:`METHODS`.
 from . import cam, gradient, perturbation  # noqa: F401
 from .base import (
     METHODS,
-    AttributionError,
     ClassTargets,
+    EngineError,
     Explanation,
     Method,
     Targets,
@@ -17,5 +17,5 @@ from .base import (
     register,
 )
 
-__all__ = ["METHODS", "AttributionError", "ClassTargets", "Explanation", "Method", "Targets", "UnitTarget",
+__all__ = ["METHODS", "EngineError", "ClassTargets", "Explanation", "Method", "Targets", "UnitTarget",
            "get_method", "register"]

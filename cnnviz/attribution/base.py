@@ -5,6 +5,9 @@ Like captum, every method is called the same way::
     method = get_method("gradcam")
     result = method.attribute(model, x, ClassTargets(top_k=3), layer=None, **params)
 
+``params`` are checked into the method's typed parameter set (:attr:`Method.Params`, declared once
+with its bounds in the method's module); a typed instance may be passed as ``params=`` instead.
+
 ``x`` is a normalized ``[N,3,H,W]`` batch already on the model's device; the result holds one raw
 map per image and target, at the method's native resolution, on the CPU. Rendering, resizing to
 the client's image and HTTP shaping happen elsewhere.
@@ -12,25 +15,15 @@ the client's image and HTTP shaping happen elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
+from ..errors import EngineError, closest
 from ..models import LoadedModel
-
-
-class AttributionError(ValueError):
-    """A request the method cannot serve (bad layer, bad target, undefined for this head...).
-
-    ``slug`` is a stable machine-readable reason; ``choices`` lists valid alternatives if any.
-    """
-
-    def __init__(self, slug: str, message: str, choices: list[Any] | None = None) -> None:
-        super().__init__(message)
-        self.slug = slug
-        self.choices = choices
+from ..params import NoParams, Params
 
 
 @dataclass(frozen=True)
@@ -46,12 +39,12 @@ class ClassTargets:
             k = min(self.top_k, c)
             return logits.detach().topk(k, dim=1).indices.tolist()
         if len(self.indices) not in (1, n):
-            raise AttributionError("bad-targets", f"got target lists for {len(self.indices)} images, expected {n}")
+            raise EngineError("bad-targets", f"got target lists for {len(self.indices)} images, expected {n}")
         rows = [list(self.indices[0 if len(self.indices) == 1 else i]) for i in range(n)]
         for row in rows:
             for t in row:
                 if not 0 <= t < c:
-                    raise AttributionError("unknown-class", f"class index {t} is outside 0..{c - 1}")
+                    raise EngineError("unknown-class", f"class index {t} is outside 0..{c - 1}")
         return rows
 
 
@@ -67,14 +60,14 @@ class UnitTarget:
     def score(self, act: torch.Tensor) -> torch.Tensor:
         """Per-image score ``[N]`` from the layer output ``[N,C,h,w]`` (or ``[N,C]``)."""
         if not 0 <= self.channel < act.shape[1]:
-            raise AttributionError("unknown-channel",
+            raise EngineError("unknown-channel",
                                    f"channel {self.channel} is outside 0..{act.shape[1] - 1} of {self.layer}")
         a = act[:, self.channel]
         if self.y is None or a.dim() == 1:
             return a.reshape(a.shape[0], -1).mean(1)
         h, w = a.shape[-2:]
         if not (0 <= self.y < h and 0 <= (self.x or 0) < w):
-            raise AttributionError("bad-position", f"neuron ({self.y},{self.x}) is outside {h}x{w} of {self.layer}")
+            raise EngineError("bad-position", f"neuron ({self.y},{self.x}) is outside {h}x{w} of {self.layer}")
         return a[:, self.y, self.x or 0]
 
 
@@ -93,19 +86,6 @@ class Explanation:
     layer: str | None = None
     warnings: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
-
-
-def validate_layer(model: LoadedModel, layer: str | None, *, spatial: bool = True) -> str:
-    """The layer to use: the model's default, or a named one that exists (and is spatial if needed)."""
-    if layer is None:
-        return model.default_layer
-    if not model.has_layer(layer):
-        candidates = [li.name for li in model.layers if li.spatial] if spatial else [li.name for li in model.layers]
-        raise AttributionError("unknown-layer", f"model {model.name} has no layer {layer!r}", candidates[-40:])
-    if spatial and not model.layer(layer).spatial:
-        raise AttributionError("layer-not-spatial", f"layer {layer!r} has output {model.layer(layer).output_shape};"
-                               " this method needs a spatial [C,h,w] output")
-    return layer
 
 
 def target_scores(logits: torch.Tensor, rows: list[list[int]], t: int) -> torch.Tensor:
@@ -129,20 +109,36 @@ def class_scores(logits: torch.Tensor, rows: list[list[int]]) -> tuple[list[list
 
 
 class Method:
-    """Base of all methods: a name, a family, a cost estimate, and ``attribute``."""
+    """Base of all methods: a name, a family, its typed parameters, a cost estimate, and ``attribute``."""
 
     name: ClassVar[str]
     family: ClassVar[str]
     title: ClassVar[str] = ""
     supports_units: ClassVar[bool] = False
     uses_layer: ClassVar[bool] = False
+    Params: ClassVar[type[Params]] = NoParams
 
     def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
-                  **params: Any) -> Explanation:
+                  params: Params | None = None, **kwargs: Any) -> Explanation:
+        """The one verb: checked parameters in, raw maps out."""
+        return self.run(model, x, targets, layer, self.Params.build(params, **kwargs))
+
+    def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
+            params: Any) -> Explanation:
+        """What a family does with checked parameters (an instance of :attr:`Params`)."""
         raise NotImplementedError
 
-    def cost(self, model: LoadedModel, n_images: int, n_targets: int, params: dict[str, Any]) -> float:
-        """Estimated work in forward-pass equivalents at the model's input size (a backward ~ 2)."""
+    def estimate_cost(self, model: LoadedModel, n_images: int, n_targets: int,
+                      params: Params | Mapping[str, Any] | None = None, layer: str | None = None) -> float:
+        """Estimated work in forward-pass equivalents at the model's input size (a backward ~ 2).
+
+        ``params`` is a typed instance or a mapping of the method's parameters (checked the same way).
+        """
+        typed = self.Params.build(**params) if isinstance(params, Mapping) else self.Params.build(params)
+        return self.cost(model, n_images, n_targets, typed, layer)
+
+    def cost(self, model: LoadedModel, n_images: int, n_targets: int, params: Any, layer: str | None) -> float:
+        """The family's or variant's estimate, from checked parameters."""
         return n_images * (1 + 2 * n_targets)
 
 
@@ -159,7 +155,7 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise AttributionError("unknown-method", f"unknown method {name!r}", sorted(METHODS)) from None
+        raise EngineError("unknown-method", f"unknown method {name!r}", closest(name, sorted(METHODS))) from None
 
 
 def default_batch(x: torch.Tensor) -> int:

@@ -16,10 +16,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..models import LoadedModel
+from ..hooks import LayerCapture, capture
+from ..models import LoadedModel, validate_layer
+from ..params import Params, param
 from .base import (
-    AttributionError,
     ClassTargets,
+    EngineError,
     Explanation,
     Method,
     Targets,
@@ -27,9 +29,7 @@ from .base import (
     default_batch,
     register,
     target_scores,
-    validate_layer,
 )
-from .hooks import LayerCapture, capture
 from .tail import tail_runner
 
 EPS = 1e-7
@@ -44,7 +44,7 @@ class CamContext:
     layer: str
     acts: torch.Tensor
     logits: torch.Tensor
-    params: dict[str, Any]
+    params: Any
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,10 +55,10 @@ class CamMethod(Method):
     uses_layer: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
 
-    def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
-                  **params: Any) -> Explanation:
+    def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
+            params: Params) -> Explanation:
         if not isinstance(targets, ClassTargets):
-            raise AttributionError("unsupported-target", f"{self.name} explains class scores, not units")
+            raise EngineError("unsupported-target", f"{self.name} explains class scores, not units")
         layer = validate_layer(model, layer)
         cap = LayerCapture(grad=self.needs_gradients)
         with capture(model.module, {layer: cap}), torch.set_grad_enabled(self.needs_gradients):
@@ -96,7 +96,7 @@ class CamMethod(Method):
         """Channel weights ``[N,K]`` for targets ``idx`` ``[N]``."""
         raise NotImplementedError
 
-    def cost(self, model: LoadedModel, n_images: int, n_targets: int, params: dict[str, Any]) -> float:
+    def cost(self, model: LoadedModel, n_images: int, n_targets: int, params: Any, layer: str | None) -> float:
         # One forward plus, per target, a backward through the head only (cheap): count it as 0.5.
         return n_images * (1 + 0.5 * n_targets * self.needs_gradients)
 
@@ -196,7 +196,7 @@ def _gap_linear_head(model: LoadedModel, acts: torch.Tensor, logits: torch.Tenso
             pred = fc(acts.mean(dim=(2, 3)))
             if pred.shape == logits.shape and torch.allclose(pred, logits, rtol=1e-3, atol=1e-3):
                 return fc
-    raise AttributionError("cam-undefined", "CAM needs the layer to feed global average pooling and a single"
+    raise EngineError("cam-undefined", "CAM needs the layer to feed global average pooling and a single"
                            " linear classifier directly; use gradcam for this layer or model")
 
 
@@ -212,7 +212,7 @@ class CAM(CamMethod):
         fc = _gap_linear_head(ctx.model, acts, ctx.logits)
         return fc.weight[idx]
 
-    def cost(self, model, n_images, n_targets, params):
+    def cost(self, model, n_images, n_targets, params, layer):
         return float(n_images)
 
 
@@ -222,6 +222,20 @@ def _upsampled_masks(acts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     flat = up.flatten(2)
     lo, hi = flat.min(-1, keepdim=True).values, flat.max(-1, keepdim=True).values
     return ((flat - lo) / (hi - lo).clamp_min(EPS)).view_as(up)
+
+
+@dataclass(frozen=True)
+class SweepParams(Params):
+    """Methods that score many masked or ablated copies, a batch at a time."""
+
+    batch_size: int | None = param(None, ge=1, le=512, description="masked, ablated or perturbed inputs per "
+                                   "forward batch; default 4 on CPU, 64 on CUDA")
+
+
+@dataclass(frozen=True)
+class AblationParams(Params):
+    batch_size: int = param(128, ge=1, le=512, description="ablated copies per batch; only the network after "
+                            "the layer runs for them, so batches are cheap")
 
 
 @register
@@ -235,9 +249,10 @@ class ScoreCAM(CamMethod):
     name = "scorecam"
     title = "Score-CAM"
     needs_gradients = False
+    Params = SweepParams
 
     def prepare(self, ctx: CamContext) -> None:
-        batch = int(ctx.params.get("batch_size") or default_batch(ctx.x))
+        batch = ctx.params.batch_size or default_batch(ctx.x)
         model, x = ctx.model, ctx.x
         sweeps = []
         for i in range(x.shape[0]):
@@ -257,8 +272,8 @@ class ScoreCAM(CamMethod):
         probs = ctx.state["probs"]
         return probs[torch.arange(len(idx)), :, idx]
 
-    def cost(self, model, n_images, n_targets, params):
-        return float(n_images * (1 + _channels(model, params.get("layer"))))
+    def cost(self, model, n_images, n_targets, params, layer):
+        return float(n_images * (1 + _channels(model, layer)))
 
 
 @register
@@ -272,9 +287,10 @@ class AblationCAM(CamMethod):
     name = "ablationcam"
     title = "Ablation-CAM"
     needs_gradients = False
+    Params = AblationParams
 
     def prepare(self, ctx: CamContext) -> None:
-        batch = int(ctx.params.get("batch_size", 128))
+        batch = ctx.params.batch_size
         acts = ctx.acts
         runner = tail_runner(ctx.model.module, ctx.layer)
         values = runner.head_values(ctx.x)
@@ -296,6 +312,6 @@ class AblationCAM(CamMethod):
         ablated = ctx.state["ablated"][ar, :, idx]
         return (base - ablated) / (base.abs() + EPS)
 
-    def cost(self, model, n_images, n_targets, params):
+    def cost(self, model, n_images, n_targets, params, layer):
         # The tail after a late layer is a small fraction of the network; count a tenth per channel.
-        return float(n_images * (1 + 0.1 * _channels(model, params.get("layer"))))
+        return float(n_images * (1 + 0.1 * _channels(model, layer)))

@@ -23,16 +23,18 @@ import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-from ..models import LoadedModel
+from ..hooks import LayerCapture, thread_hooks
+from ..models import LoadedModel, validate_layer
+from ..params import Params, param
 from .base import (
     METHODS,
-    AttributionError,
     ClassTargets,
+    EngineError,
     Explanation,
     Method,
     Targets,
@@ -41,44 +43,47 @@ from .base import (
     default_batch,
     get_method,
     register,
-    validate_layer,
 )
-from .hooks import LayerCapture, thread_hooks
 from .rules import rectifier_rule
 
 log = logging.getLogger(__name__)
 
-REDUCTIONS = ("abs-max", "sum", "abs-sum", "l2")
-BASELINES = ("black", "mean", "blurred")
-INTEGRATION = ("gauss-legendre", "trapezoid")
+Reduce = Literal["abs-max", "sum", "abs-sum", "l2"]
+REDUCTIONS = get_args(Reduce)
+Baseline = Literal["black", "mean", "blurred"]
+Integration = Literal["gauss-legendre", "trapezoid"]
+Smoothable = Literal["saliency", "guided_backprop", "deconvnet", "input_x_gradient", "integrated_gradients"]
+
+
+@dataclass(frozen=True)
+class GradientParams(Params):
+    reduce: Reduce | None = param(None, description="how the 3 colour channels become one map; default abs-max "
+                                  "(saliency, guided, deconvnet) or sum (x-gradient, IG)")
+
+
+@dataclass(frozen=True)
+class IntegratedGradientsParams(GradientParams):
+    steps: int = param(32, ge=2, le=512, description="points on the path from the baseline")
+    baseline: Baseline = param("black", description="the reference input the path starts from")
+    sigma: float = param(10.0, ge=0.1, le=200.0, description="blur of the blurred baseline, px")
+    integration: Integration = param("gauss-legendre", description="quadrature rule along the path")
+    batch_size: int | None = param(None, ge=1, le=512, description="path points per forward batch; default 4 on "
+                                   "CPU, 64 on CUDA")
+
+
+@dataclass(frozen=True)
+class SmoothGradParams(IntegratedGradientsParams):
+    """SmoothGrad's own knobs plus the base method's (IG's steps and baseline pass through)."""
+
+    base: Smoothable = param("saliency", description="the method averaged over noisy copies")
+    samples: int = param(25, ge=1, le=256, description="noisy copies")
+    noise: float = param(0.15, ge=0.0, le=1.0, description="noise std as a fraction of the input range")
+    seed: int = param(0, ge=0, le=2**31 - 1, description="seed of the noise")
 
 
 # --------------------------------------------------------------------------------------------
 # Shared pieces (also used by the perturbation family)
 # --------------------------------------------------------------------------------------------
-
-def int_param(params: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
-    """An integer parameter within bounds; AttributionError otherwise (the engine's own guard)."""
-    value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise AttributionError("bad-parameter", f"{name} must be an integer in {lo}..{hi}, got {value!r}")
-    return value
-
-
-def float_param(params: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
-    value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise AttributionError("bad-parameter", f"{name} must be a number in {lo}..{hi}, got {value!r}")
-    return float(value)
-
-
-def choice_param(params: dict[str, Any], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = params.get(name, default)
-    if value not in choices:
-        raise AttributionError("bad-parameter", f"{name} must be one of {list(choices)}, got {value!r}",
-                               list(choices))
-    return str(value)
-
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of ``[N,C,H,W]`` with reflected borders, on x's device and dtype.
@@ -110,7 +115,7 @@ def reference_input(model: LoadedModel, x: torch.Tensor, kind: str, sigma: float
         return model.preprocessing.normalize(torch.zeros_like(x[:1])).expand_as(x).contiguous()
     if kind in ("blurred", "blur"):
         return gaussian_blur(x, sigma)
-    raise AttributionError("bad-parameter", f"unknown reference {kind!r}", list(BASELINES))
+    raise EngineError("bad-parameter", f"unknown reference {kind!r}", list(get_args(Baseline)))
 
 
 class _Stop(Exception):
@@ -156,7 +161,7 @@ class Objective:
         except _Stop:
             pass
         if cap.output is None:
-            raise AttributionError("layer-not-run", f"layer {unit.layer!r} did not run in the forward pass")
+            raise EngineError("layer-not-run", f"layer {unit.layer!r} did not run in the forward pass")
         return unit.score(cap.output)[:, None]
 
     def resolve(self, out: torch.Tensor) -> list[list[int]]:
@@ -239,7 +244,7 @@ def reduce_channels(a: torch.Tensor, how: str) -> torch.Tensor:
         return a.abs().sum(-3)
     if how == "l2":
         return a.pow(2).sum(-3).sqrt()
-    raise AttributionError("bad-parameter", f"unknown reduce {how!r}", list(REDUCTIONS))
+    raise EngineError("bad-parameter", f"unknown reduce {how!r}", list(REDUCTIONS))
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +257,7 @@ class GradContext:
 
     model: LoadedModel
     objective: Objective
-    params: dict[str, Any]
+    params: Any
     warnings: list[str]
     extras: dict[str, Any]
     layer: str | None = None  # the layer a variant uses (guided Grad-CAM), already validated
@@ -266,10 +271,11 @@ class GradientMethod(Method):
     default_reduce: ClassVar[str] = "abs-max"
     rule: ClassVar[str | None] = None  # rectifier rule for the backward pass
     batchable: ClassVar[bool] = True  # signed() accepts any batch of inputs (SmoothGrad relies on it)
+    Params = GradientParams
 
-    def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
-                  **params: Any) -> Explanation:
-        reduce = choice_param(params, "reduce", self.default_reduce, REDUCTIONS)
+    def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
+            params: GradientParams) -> Explanation:
+        reduce = params.reduce or self.default_reduce
         objective = Objective(model, targets)
         ctx = GradContext(model, objective, params, [], {}, self.layer_used(objective, layer))
         img = torch.arange(x.shape[0], device=x.device)
@@ -305,7 +311,7 @@ class GradientMethod(Method):
         """The layer the answer names: the unit's layer, or the one a variant works on."""
         return objective.targets.layer if isinstance(objective.targets, UnitTarget) else None
 
-    def cost(self, model: LoadedModel, n_images: int, n_targets: int, params: dict[str, Any]) -> float:
+    def cost(self, model: LoadedModel, n_images: int, n_targets: int, params: Any, layer: str | None) -> float:
         return float(n_images * (1 + 2 * n_targets))
 
 
@@ -384,14 +390,12 @@ class IntegratedGradients(GradientMethod):
     name = "integrated_gradients"
     title = "Integrated gradients"
     default_reduce = "sum"
+    Params = IntegratedGradientsParams
 
     def signed(self, ctx, x, img, out_sink=None):
-        p = ctx.params
-        steps = int_param(p, "steps", 32, 2, 512)
-        batch = int_param(p, "batch_size", default_batch(x), 1, 4096)
-        kind = choice_param(p, "baseline", "black", BASELINES)
-        sigma = float_param(p, "sigma", 10.0, 0.1, 200.0)
-        integration = choice_param(p, "integration", "gauss-legendre", INTEGRATION)
+        p: IntegratedGradientsParams = ctx.params
+        steps, kind, sigma, integration = p.steps, p.baseline, p.sigma, p.integration
+        batch = p.batch_size or default_batch(x)
         obj = ctx.objective
         base = reference_input(ctx.model, x, kind, sigma)
         n = x.shape[0]
@@ -432,19 +436,15 @@ class IntegratedGradients(GradientMethod):
             ctx.warnings.append(f"integrated gradients: attributions miss score(x) - score(baseline) by up to "
                                 f"{worst:.0%}; increase steps")
 
-    def cost(self, model, n_images, n_targets, params):
-        steps = int(params.get("steps", 32))
-        return float(n_images * (2 + steps * (1 + 2 * n_targets)))
-
-
-SMOOTHABLE = ("saliency", "guided_backprop", "deconvnet", "input_x_gradient", "integrated_gradients")
+    def cost(self, model, n_images, n_targets, params, layer):
+        return float(n_images * (2 + params.steps * (1 + 2 * n_targets)))
 
 
 @register
 class SmoothGrad(GradientMethod):
     """Smilkov et al. 2017: the average of a base method's attributions over noisy copies of x.
 
-    Params: ``base`` (one of :data:`SMOOTHABLE`, default saliency), ``samples`` 1..256 (25),
+    Params: ``base`` (one of :data:`Smoothable`, default saliency), ``samples`` 1..256 (25),
     ``noise`` 0..1 (0.15): the noise std as a fraction of each image's value range, ``seed``,
     ``batch_size`` (32). The signed attributions are averaged, then reduced with the base's
     default reduction unless ``reduce`` says otherwise. Base params (IG's steps...) pass through.
@@ -452,25 +452,23 @@ class SmoothGrad(GradientMethod):
 
     name = "smoothgrad"
     title = "SmoothGrad"
+    Params = SmoothGradParams
 
-    def _base(self, params: dict[str, Any]) -> GradientMethod:
-        name = choice_param(params, "base", "saliency", SMOOTHABLE)
-        method = METHODS[name]
+    def _base(self, params: SmoothGradParams) -> GradientMethod:
+        method = METHODS[params.base]
         assert isinstance(method, GradientMethod)
         return method
 
-    def attribute(self, model, x, targets, layer=None, **params):
-        if "reduce" not in params:
-            params = {**params, "reduce": self._base(params).default_reduce}
-        return super().attribute(model, x, targets, layer, **params)
+    def run(self, model, x, targets, layer, params):
+        if params.reduce is None:
+            params = params.replace(reduce=self._base(params).default_reduce)
+        return super().run(model, x, targets, layer, params)
 
     def signed(self, ctx, x, img, out_sink=None):
-        p = ctx.params
+        p: SmoothGradParams = ctx.params
         base = self._base(p)
-        samples = int_param(p, "samples", 25, 1, 256)
-        noise = float_param(p, "noise", 0.15, 0.0, 1.0)
-        seed = int_param(p, "seed", 0, 0, 2**63 - 1)
-        batch = int_param(p, "batch_size", default_batch(x), 1, 4096)
+        samples, noise, seed = p.samples, p.noise, p.seed
+        batch = p.batch_size or default_batch(x)
         obj = ctx.objective
         n = x.shape[0]
         if obj.rows is None:
@@ -484,7 +482,7 @@ class SmoothGrad(GradientMethod):
         acc = torch.zeros(n, obj.n_targets, *x.shape[1:], device=x.device, dtype=x.dtype)
         total = n * samples
         # IG inside: each noisy copy is a batch of steps of its own, so feed it copies one chunk apart.
-        chunk = max(1, batch // int(p.get("steps", 32))) if base.name == "integrated_gradients" else batch
+        chunk = max(1, batch // p.steps) if base.name == "integrated_gradients" else batch
         for s in range(0, total, chunk):
             r = torch.arange(s, min(total, s + chunk), device=x.device)
             i = r // samples
@@ -493,10 +491,9 @@ class SmoothGrad(GradientMethod):
             acc.index_add_(0, i, base.signed(ctx, xb, img[i]))
         return acc / samples
 
-    def cost(self, model, n_images, n_targets, params):
-        base = METHODS.get(str(params.get("base", "saliency")))
-        per = base.cost(model, 1, n_targets, params) if base is not None else 1 + 2 * n_targets
-        return float(n_images * (1 + int(params.get("samples", 25)) * per))
+    def cost(self, model, n_images, n_targets, params, layer):
+        per = METHODS[params.base].cost(model, 1, n_targets, params, layer)
+        return float(n_images * (1 + params.samples * per))
 
 
 @register
@@ -513,10 +510,10 @@ class GuidedGradCAM(GradientMethod):
     uses_layer = True
     supports_units = False
 
-    def attribute(self, model, x, targets, layer=None, **params):
+    def run(self, model, x, targets, layer, params):
         if not isinstance(targets, ClassTargets):
-            raise AttributionError("unsupported-target", "guided_gradcam explains class scores, not units")
-        return super().attribute(model, x, targets, layer, **params)
+            raise EngineError("unsupported-target", "guided_gradcam explains class scores, not units")
+        return super().run(model, x, targets, layer, params)
 
     def finish(self, ctx, x, signed, reduce):
         rows = ctx.objective.rows
@@ -536,5 +533,6 @@ class GuidedGradCAM(GradientMethod):
     def layer_used(self, objective, layer):
         return validate_layer(objective.model, layer)
 
-    def cost(self, model, n_images, n_targets, params):
-        return float(n_images * (1 + 2 * n_targets) + get_method("gradcam").cost(model, n_images, n_targets, params))
+    def cost(self, model, n_images, n_targets, params, layer):
+        return float(n_images * (1 + 2 * n_targets) + get_method("gradcam").estimate_cost(model, n_images, n_targets,
+                                                                                         layer=layer))

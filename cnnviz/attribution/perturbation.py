@@ -11,18 +11,43 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from ..models import LoadedModel
-from .base import AttributionError, Explanation, Method, Targets, UnitTarget, default_batch, register
-from .gradient import Objective, choice_param, float_param, int_param, reference_input
+from ..params import Params, param
+from .base import EngineError, Explanation, Method, Targets, UnitTarget, default_batch, register
+from .gradient import Objective, reference_input
 
 log = logging.getLogger(__name__)
 
-FILLS = ("mean", "zero", "blur")
+Fill = Literal["mean", "zero", "blur"]
+
+
+@dataclass(frozen=True)
+class OcclusionParams(Params):
+    window: int = param(32, ge=1, le=224, description="square window side at network input, px")
+    stride: int = param(16, ge=1, le=224, description="at most the window")
+    fill: Fill = param("mean", description="what covers the window: the dataset mean, black, or a blurred copy")
+    sigma: float = param(10.0, ge=0.1, le=200.0, description="blur of the blurred fill, px")
+    batch_size: int | None = param(None, ge=1, le=512, description="occluded inputs per forward batch; default 4 "
+                                   "on CPU, 64 on CUDA")
+
+
+@dataclass(frozen=True)
+class RiseParams(Params):
+    masks: int = param(2000, ge=1, le=8000, description="random masks")
+    cell: int = param(7, ge=2, le=32, description="grid cells per side before upsampling")
+    p: float = param(0.5, ge=0.05, le=0.95, description="probability a cell is kept")
+    seed: int = param(0, ge=0, le=2**31 - 1, description="seed of the masks")
+    score: Literal["probability", "logit"] = param("probability", description="the score each mask is weighted by")
+    fill: Fill = param("zero", description="zero multiplies pixels by the mask, as in the paper")
+    sigma: float = param(10.0, ge=0.1, le=200.0, description="blur of the blurred fill, px")
+    batch_size: int | None = param(None, ge=1, le=512, description="masked inputs per forward batch; default 4 "
+                                   "on CPU, 64 on CUDA")
 
 
 class PerturbationMethod(Method):
@@ -31,8 +56,8 @@ class PerturbationMethod(Method):
     family: ClassVar[str] = "perturbation"
     supports_units: ClassVar[bool] = True
 
-    def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
-                  **params: Any) -> Explanation:
+    def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
+            params: Any) -> Explanation:
         objective = Objective(model, targets)
         warnings: list[str] = []
         extras: dict[str, Any] = {}
@@ -47,15 +72,13 @@ class PerturbationMethod(Method):
                            extras=extras)
 
     def sweep(self, model: LoadedModel, objective: Objective, x: torch.Tensor, out: torch.Tensor,
-              params: dict[str, Any], warnings: list[str], extras: dict[str, Any]) -> torch.Tensor:
+              params: Any, warnings: list[str], extras: dict[str, Any]) -> torch.Tensor:
         """Maps ``[N,T,H,W]`` for images ``x`` whose unperturbed outputs are ``out``."""
         raise NotImplementedError
 
 
-def _fill(model: LoadedModel, x: torch.Tensor, params: dict[str, Any], default: str) -> torch.Tensor:
-    kind = choice_param(params, "fill", default, FILLS)
-    sigma = float_param(params, "sigma", 10.0, 0.1, 200.0)
-    return reference_input(model, x, kind, sigma)
+def _fill(model: LoadedModel, x: torch.Tensor, params: OcclusionParams | RiseParams) -> torch.Tensor:
+    return reference_input(model, x, params.fill, params.sigma)
 
 
 def window_starts(size: int, window: int, stride: int) -> torch.Tensor:
@@ -83,21 +106,21 @@ class Occlusion(PerturbationMethod):
 
     name = "occlusion"
     title = "Occlusion sensitivity"
+    Params = OcclusionParams
 
-    def _geometry(self, params: dict[str, Any], h: int, w: int) -> tuple[int, int]:
-        window = int_param(params, "window", 32, 1, 224)
-        stride = int_param(params, "stride", 16, 1, 224)
-        window = min(window, h, w)
+    def _geometry(self, params: OcclusionParams, h: int, w: int) -> tuple[int, int]:
+        stride = params.stride
+        window = min(params.window, h, w)
         if stride > window:
-            raise AttributionError("bad-parameter", f"stride {stride} is larger than the window {window}:"
+            raise EngineError("bad-parameter", f"stride {stride} is larger than the window {window}:"
                                    " pixels between windows would get no value")
         return window, stride
 
     def sweep(self, model, objective, x, out, params, warnings, extras):
         n, _, h, w = x.shape
         window, stride = self._geometry(params, h, w)
-        batch = int_param(params, "batch_size", default_batch(x), 1, 4096)
-        fill = _fill(model, x, params, "mean")
+        batch = params.batch_size or default_batch(x)
+        fill = _fill(model, x, params)
         ys, xs = window_starts(h, window, stride).to(x.device), window_starts(w, window, stride).to(x.device)
         n_win = len(ys) * len(xs)
         img_all = torch.arange(n, device=x.device)
@@ -127,10 +150,10 @@ class Occlusion(PerturbationMethod):
         count = F.conv_transpose2d(torch.ones_like(grid[:1]), ones, stride=stride)[..., :h, :w]
         return (total / count).reshape(n, t, h, w)
 
-    def cost(self, model, n_images, n_targets, params):
+    def cost(self, model, n_images, n_targets, params, layer):
         size = model.spec.input_size
-        window = min(int(params.get("window", 32)), size)
-        stride = max(1, int(params.get("stride", 16)))
+        window = min(params.window, size)
+        stride = params.stride
         per_axis = math.ceil(max(0, size - window) / stride) + 1
         return float(n_images * (1 + per_axis * per_axis))
 
@@ -167,16 +190,13 @@ class RISE(PerturbationMethod):
 
     name = "rise"
     title = "RISE"
+    Params = RiseParams
 
     def sweep(self, model, objective, x, out, params, warnings, extras):
         n, _, h, w = x.shape
-        count = int_param(params, "masks", 2000, 1, 8000)
-        cell = int_param(params, "cell", 7, 2, 32)
-        p = float_param(params, "p", 0.5, 0.05, 0.95)
-        seed = int_param(params, "seed", 0, 0, 2**63 - 1)
-        batch = int_param(params, "batch_size", default_batch(x), 1, 4096)
-        kind = choice_param(params, "score", "probability", ("probability", "logit"))
-        fill = _fill(model, x, params, "zero")
+        count, cell, p, seed, kind = params.masks, params.cell, params.p, params.seed, params.score
+        batch = params.batch_size or default_batch(x)
+        fill = _fill(model, x, params)
         probs = kind == "probability" and not objective.is_unit
         gen = torch.Generator(device="cpu").manual_seed(seed)
         per = max(1, batch // n)  # masks per chunk; each mask is applied to every image
@@ -196,5 +216,5 @@ class RISE(PerturbationMethod):
         extras.update(masks=count, cell=cell, p=p, score="probability" if probs else kind)
         return sal / (count * p)
 
-    def cost(self, model, n_images, n_targets, params):
-        return float(n_images * (1 + int(params.get("masks", 2000))))
+    def cost(self, model, n_images, n_targets, params, layer):
+        return float(n_images * (1 + params.masks))

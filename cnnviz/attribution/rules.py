@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .hooks import thread_hooks
+from ..hooks import thread_hooks
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attribution.base import validate_layer
-from ..attribution.hooks import LayerCapture, capture
-from ..models import LoadedModel
+from ..hooks import LayerCapture, capture
+from ..models import LoadedModel, validate_layer
 
 
 @dataclass
@@ -41,9 +40,9 @@ def layer_activations(model: LoadedModel, x: torch.Tensor, layer: str | None, to
     if channels:
         bad = [c for c in channels if not 0 <= c < n_ch]
         if bad:
-            from ..attribution.base import AttributionError
+            from ..errors import EngineError
 
-            raise AttributionError("unknown-channel", f"channels {bad} outside 0..{n_ch - 1} of {layer}")
+            raise EngineError("unknown-channel", f"channels {bad} outside 0..{n_ch - 1} of {layer}")
         order = torch.tensor(channels)
     else:
         score = maxes if rank_by == "max" else means

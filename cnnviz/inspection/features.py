@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attribution.base import validate_layer
-from ..attribution.hooks import thread_hooks
-from ..models import LoadedModel
+from ..hooks import thread_hooks
+from ..models import LoadedModel, validate_layer
 from ..synthesis.loop import Cancelled
 
 log = logging.getLogger(__name__)

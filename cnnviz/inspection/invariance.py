@@ -24,9 +24,8 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from ..attribution.base import validate_layer
-from ..attribution.hooks import LayerCapture, capture
-from ..models import LoadedModel
+from ..hooks import LayerCapture, capture
+from ..models import LoadedModel, validate_layer
 from .features import CancelFn, Pool, ProgressFn, check_cancel, default_batch_size, pool_features
 
 log = logging.getLogger(__name__)
@@ -142,17 +141,31 @@ def invariance_curves(model: LoadedModel, image: torch.Tensor, layer: str | None
 
 
 _COLORS = {"distance": (31, 119, 180), "probability": (255, 127, 14)}
+_NAMES = {"shift": "shift", "scale": "scale", "rotation": "rotation"}
+_AXIS = {"x": "scale factor", "deg": "degrees, counter-clockwise"}
+
+
+def _ticks(values: list[float], n_max: int) -> list[float]:
+    """At most ``n_max`` of the parameter values, evenly picked and always with both ends."""
+    vals = sorted(set(values))
+    if len(vals) <= n_max:
+        return vals
+    step = (len(vals) - 1) / (n_max - 1)
+    return [vals[round(i * step)] for i in range(n_max)]
 
 
 def _panel(draw: Any, box: tuple[int, int, int, int], title: str, xs: list[float],
-           series: dict[str, list[float]], y_max: float) -> None:
-    from PIL import ImageFont
+           series: dict[str, list[float]], y_max: float, font_px: int = 14, x_label: str = "") -> None:
+    """One transform's curves in ``box``: framed axes, tick labels on both axes, a title and an x label."""
+    from ..render.text import draw_text, line_height, text_width
 
-    font = ImageFont.load_default()
+    fp = font_px
+    lh = line_height(fp)
     x0, y0, x1, y1 = box
-    left, right, top, bottom = x0 + 44, x1 - 12, y0 + 26, y1 - 30
-    draw.text((x0 + (x1 - x0) // 2 - 4 * len(title), y0 + 6), title, fill=(0, 0, 0), font=font)
-    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
+    y_labels = [f"{frac * y_max:.2g}" for frac in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    left = x0 + max(text_width(t, fp) for t in y_labels) + fp
+    right, top, bottom = x1 - fp, y0 + lh + fp // 2, y1 - 2 * lh - 4
+    draw_text(draw, ((left + right) / 2, y0 + 2), title, fp, anchor="ma")
     lo, hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
     span = hi - lo or 1.0
 
@@ -162,41 +175,63 @@ def _panel(draw: Any, box: tuple[int, int, int, int], title: str, xs: list[float
     def py(v: float) -> float:
         return bottom - min(max(v / y_max, 0.0), 1.0) * (bottom - top)
 
-    for frac in (0.0, 0.5, 1.0):
+    for frac, label in zip((0.0, 0.25, 0.5, 0.75, 1.0), y_labels, strict=True):
         yy = py(frac * y_max)
+        draw.line((left + 1, yy, right - 1, yy), fill=(232, 232, 232))
         draw.line((left - 4, yy, left, yy), fill=(0, 0, 0))
-        draw.text((x0 + 4, yy - 6), f"{frac * y_max:.2g}", fill=(0, 0, 0), font=font)
-    for v in (lo, (lo + hi) / 2, hi):
+        draw_text(draw, (left - 6, yy), label, fp, anchor="rm")
+    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))  # after the grid lines, which share its edges
+    room = max(2, int((right - left) // max(1, text_width("-360", fp) + fp)))
+    for v in _ticks(xs, min(room, 9)) if xs else []:
         xx = px(v)
         draw.line((xx, bottom, xx, bottom + 4), fill=(0, 0, 0))
-        draw.text((xx - 10, bottom + 8), f"{v:.3g}", fill=(0, 0, 0), font=font)
+        draw_text(draw, (xx, bottom + 6), f"{v:.3g}", fp, anchor="ma")
+    if x_label:
+        draw_text(draw, ((left + right) / 2, bottom + 6 + lh), x_label, fp, anchor="ma", fill=(90, 90, 90))
     for name, ys in series.items():
         pts = [(px(x), py(y)) for x, y in sorted(zip(xs, ys, strict=True))]
         if len(pts) > 1:
-            draw.line(pts, fill=_COLORS[name], width=2)
+            draw.line(pts, fill=_COLORS[name], width=max(2, fp // 6))
+        r = max(2, fp // 5)
         for p in pts:
-            draw.ellipse((p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2), fill=_COLORS[name])
+            draw.ellipse((p[0] - r, p[1] - r, p[0] + r, p[1] + r), fill=_COLORS[name])
 
 
-def plot_curves(curves: dict[str, Any], width: int = 960, height: int = 320) -> torch.Tensor:
+def plot_curves(curves: dict[str, Any], width: int = 960, height: int = 320, *,
+                font_px: int | None = None) -> torch.Tensor:
     """The curves of :func:`invariance_curves` as a uint8 ``[height,width,3]`` picture (PIL, no matplotlib).
 
     One panel per transform: feature distance (blue) and the original class's probability
-    (orange) against the transform's parameter, on a shared 0..max(1, largest distance) axis.
+    (orange) against the transform's parameter, on a shared 0..max(1, largest distance) axis,
+    with tick labels on both axes, the parameter's unit under each panel and a legend with line
+    swatches. ``font_px`` defaults to ~4.5 % of the height (at least 12 px), so the labels stay
+    readable when the picture is shown at its own size.
     """
     from PIL import Image, ImageDraw
 
+    from ..render.text import draw_text, font_px_for, line_height, text_width
+
+    fp = font_px or font_px_for(height, height, fraction=0.045, maximum=32)
     kinds = [k for k in KINDS if k in curves and curves[k]["values"]]
     img = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    legend_h = 18
-    draw.text((8, height - legend_h + 2), f"layer {curves.get('layer', '?')}:  distance (blue),  p("
-              f"{curves.get('class_label', '?')}) (orange)", fill=(0, 0, 0))
+    legend_h = line_height(fp) + fp // 2
+    ly = height - legend_h / 2
+    x = fp // 2
+    label = curves.get("class_label", "?")
+    draw_text(draw, (x, ly), f"layer {curves.get('layer', '?')}:", fp, anchor="lm")
+    x += text_width(f"layer {curves.get('layer', '?')}:", fp) + fp
+    for name, text in (("distance", "feature distance to the original"), ("probability", f"p({label})")):
+        draw.line((x, ly, x + 2 * fp, ly), fill=_COLORS[name], width=max(2, fp // 6))
+        x += 2 * fp + fp // 2
+        draw_text(draw, (x, ly), text, fp, anchor="lm")
+        x += text_width(text, fp) + fp
     if kinds:
         y_max = max([1.0] + [max(curves[k]["distance"]) for k in kinds])
         w = width // len(kinds)
         for i, k in enumerate(kinds):
             c = curves[k]
-            _panel(draw, (i * w, 0, (i + 1) * w, height - legend_h), f"{k} ({c['unit']})", c["values"],
-                   {"distance": c["distance"], "probability": c["probability"]}, y_max)
+            _panel(draw, (i * w, 0, (i + 1) * w, height - legend_h), _NAMES.get(k, k), c["values"],
+                   {"distance": c["distance"], "probability": c["probability"]}, y_max, fp,
+                   _AXIS.get(str(c["unit"]), str(c["unit"]).replace("px", "pixels")))
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())

@@ -16,8 +16,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..attribution.base import validate_layer
-from ..models import LoadedModel
+from ..models import LoadedModel, validate_layer
 from .features import CancelFn, Pool, ProgressFn, extract_features, pixel_features
 
 log = logging.getLogger(__name__)
@@ -25,7 +24,8 @@ log = logging.getLogger(__name__)
 Metric = Literal["cosine", "euclidean"]
 METRICS: tuple[str, ...] = ("cosine", "euclidean")
 
-__all__ = ["METRICS", "Metric", "NeighbourLists", "distance_matrix", "nearest", "neighbour_lists"]
+__all__ = ["METRICS", "Metric", "NeighbourLists", "distance_matrix", "nearest", "neighbour_lists",
+           "neighbour_strip"]
 
 
 def distance_matrix(a: torch.Tensor, b: torch.Tensor, metric: Metric | str = "cosine") -> torch.Tensor:
@@ -106,3 +106,45 @@ def neighbour_lists(model: LoadedModel, query: torch.Tensor, collection: Sequenc
     fi, fd = nearest(qf, gallery_features, k, metric, exclude)
     pi, pd = nearest(qp, gallery_pixels, k, pixel_metric, exclude)
     return NeighbourLists(layer, str(metric), fi.tolist(), fd.tolist(), pi.tolist(), pd.tolist())
+
+
+def neighbour_strip(query: torch.Tensor, images: Sequence[torch.Tensor], lists: NeighbourLists, *, thumb: int = 96,
+                    pixel_metric: str = "euclidean", pixel_size: int = 32, font_px: int | None = None,
+                    title: str | None = None) -> torch.Tensor:
+    """The query beside its neighbours, one row per space, as one uint8 ``[H,W,3]`` picture.
+
+    ``query`` and ``images`` (the collection ``lists`` indexes into) are ``[3,H,W]`` in [0,1]. The
+    query stands on the left; on the right a row headed "feature space" (layer and metric) and a
+    row headed "pixel space" (metric on ``pixel_size`` px images), each tile captioned with its
+    distance to the query and its index in the collection, nearest first. Two rows side by side
+    are the point (Krizhevsky et al. 2012): feature neighbours that are far apart in pixels.
+    """
+    from ..render import add_title, hstack, labelled_grid, vstack
+    from .embedding_map import make_thumbnail
+
+    def tiles(idx: list[int]) -> list[torch.Tensor]:
+        return [make_thumbnail(images[i], thumb) for i in idx]
+
+    def captions(idx: list[int], dist: list[float]) -> list[str]:
+        # Rounding leaves ~1e-8 where the distance is zero (a copy of the query): say 0.
+        return [f"d {d:.3g}\n#{i}" if abs(d) >= 1e-5 else f"d 0\n#{i}" for i, d in zip(idx, dist, strict=True)]
+
+    fp = font_px or max(12, round(0.14 * thumb))
+    rows = []
+    for name, idx, dist in (
+        (f"feature space: layer {lists.layer}, {lists.metric} distance", lists.feature_indices,
+         lists.feature_distances),
+        (f"pixel space: {pixel_metric} distance on {pixel_size} px images", lists.pixel_indices,
+         lists.pixel_distances),
+    ):
+        if idx:
+            grid = labelled_grid(tiles(idx), captions(idx, dist), ncols=len(idx), pad=3, font_px=fp)
+        else:
+            grid = torch.full((thumb, thumb, 3), 255, dtype=torch.uint8)
+        rows.append(add_title(grid, name, font_px=fp, align="left"))
+    right = vstack(rows, gap=4)
+    left = add_title(labelled_grid([make_thumbnail(query, thumb)], ["query"], pad=3, font_px=fp), " ", font_px=fp)
+    out = hstack([left, torch.full((right.shape[0], 2, 3), 160, dtype=torch.uint8), right], gap=6)
+    k = max(len(lists.feature_indices), len(lists.pixel_indices))
+    heading = title if title is not None else f"Nearest neighbours of the query ({lists.overlap} of {k} in both rows)"
+    return add_title(out, heading, font_px=max(fp, 14), align="left")

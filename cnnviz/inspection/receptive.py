@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..attribution.base import AttributionError, validate_layer
-from ..models import LoadedModel
+from ..errors import EngineError
+from ..models import LoadedModel, validate_layer
 from .features import layer_output
 
 log = logging.getLogger(__name__)
@@ -132,13 +132,13 @@ def _probe(model: LoadedModel, layer: str, hw: tuple[int, int], positions: list[
         with _LinearProbe():
             out = layer_output(model, x, layer)
         if out.dim() != 4:
-            raise AttributionError("layer-not-spatial", f"layer {layer!r} has no spatial output to locate")
+            raise EngineError("layer-not-spatial", f"layer {layer!r} has no spatial output to locate")
         gh, gw = out.shape[-2:]
         cot = torch.zeros_like(out)
         weights = (torch.rand(out.shape[1], generator=gen) + 0.5).to(device=out.device, dtype=out.dtype)
         for i, (py, px) in enumerate(positions):
             if not (0 <= py < gh and 0 <= px < gw):
-                raise AttributionError("bad-position", f"position ({py},{px}) is outside the {gh}x{gw} grid of {layer}")
+                raise EngineError("bad-position", f"position ({py},{px}) is outside the {gh}x{gw} grid of {layer}")
             cot[i, :, py, px] = weights
         (grad,) = torch.autograd.grad(out, x, cot)
     mag = grad.detach().abs().sum(1)  # [P,H,W]
@@ -213,7 +213,7 @@ def layer_output_shape(model: LoadedModel, layer: str, hw: tuple[int, int]) -> t
     with torch.inference_mode():
         out = layer_output(model, torch.zeros(1, 3, *hw, device=model.device), layer)
     if out.dim() != 4:
-        raise AttributionError("layer-not-spatial", f"layer {layer!r} has no spatial output to locate")
+        raise EngineError("layer-not-spatial", f"layer {layer!r} has no spatial output to locate")
     return int(out.shape[-2]), int(out.shape[-1])
 
 

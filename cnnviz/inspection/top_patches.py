@@ -25,10 +25,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..attribution.base import AttributionError, validate_layer
 from ..attribution.rules import rectifier_rule
-from ..models import LoadedModel
-from ..render import make_grid
+from ..errors import EngineError
+from ..models import LoadedModel, validate_layer
+from ..render import add_title, labelled_grid, make_grid
 from .features import CancelFn, ProgressFn, check_cancel, default_batch_size, layer_output
 from .receptive import Box, receptive_fields
 
@@ -95,7 +95,7 @@ def scan_top_activations(model: LoadedModel, images: Sequence[torch.Tensor], lay
         with torch.inference_mode():
             act = layer_output(model, x.contiguous(memory_format=torch.channels_last), layer).float()
         if act.dim() != 4:
-            raise AttributionError("layer-not-spatial", f"layer {layer!r} has no spatial output")
+            raise EngineError("layer-not-spatial", f"layer {layer!r} has no spatial output")
         nb, c, h, w = act.shape
         grid = (h, w)
         flat = act.flatten(2)  # [B,C,h*w]
@@ -177,7 +177,7 @@ def top_activating_patches(model: LoadedModel, images: Sequence[torch.Tensor], l
     the highest mean. Progress stages: ``scanning`` (one step per batch), ``projecting``.
     """
     if projection not in PROJECTIONS:
-        raise AttributionError("bad-projection", f"unknown projection {projection!r}", list(PROJECTIONS))
+        raise EngineError("bad-projection", f"unknown projection {projection!r}", list(PROJECTIONS))
     if k < 1 or top_channels < 1:
         raise ValueError("k and top_channels must be >= 1")
     layer = validate_layer(model, layer)
@@ -187,7 +187,7 @@ def top_activating_patches(model: LoadedModel, images: Sequence[torch.Tensor], l
     if channels is not None:
         bad = [c for c in channels if not 0 <= c < n_ch]
         if bad or not channels:
-            raise AttributionError("unknown-channel", f"channels {bad} outside 0..{n_ch - 1} of {layer}")
+            raise EngineError("unknown-channel", f"channels {bad} outside 0..{n_ch - 1} of {layer}")
     k = min(k, len(images))
     batch_size = batch_size or default_batch_size(model)
     n_scan = math.ceil(len(images) / batch_size)
@@ -252,26 +252,53 @@ def _fit_tile(t: torch.Tensor, tile: int | None) -> torch.Tensor:
 
 
 def patch_grid(channels: Sequence[ChannelPatches], *, tile: int | None = 64, ncols: int | None = None,
-               pad: int = 2, projections: bool = True) -> torch.Tensor:
+               pad: int = 2, projections: bool = True, labels: bool = True, layer: str | None = None,
+               projection: str | None = None, font_px: int | None = None) -> torch.Tensor:
     """One uint8 ``[H,W,3]`` picture: per channel, its projections beside its crops (Zeiler & Fergus fig. 2).
 
     Each channel is a block of two near-square grids (projections left, crops right, in the same
     order); blocks are laid out ``ncols`` per row with wider white gaps between them. Tiles are
     scaled so their longer side is ``tile`` pixels (None keeps network-input pixels).
+
+    With ``labels`` (the default) the picture says what it shows: each block is titled with its
+    channel index and the mean activation of its patches, every crop has its activation under it
+    and every projection the collection index of its image; a header names the ``layer`` and the
+    ``projection`` rule when given. ``labels=False`` draws the bare grids.
     """
     if not channels:
         raise ValueError("patch_grid needs at least one channel")
     blocks = []
+    head_px = font_px or max(14, round(0.22 * (tile or 64)))  # one size for every block's title
     for ch in channels:
         if not ch.patches:
             continue
         cols = math.ceil(math.sqrt(len(ch.patches)))
-        crops = make_grid([_fit_tile(p.crop, tile) for p in ch.patches], ncols=cols, pad=1)
-        parts = [crops]
-        if projections and all(p.projection is not None for p in ch.patches):
-            parts.insert(0, make_grid([_fit_tile(p.projection, tile) for p in ch.patches  # type: ignore[arg-type]
-                                       ], ncols=cols, pad=1))
+        crop_tiles = [_fit_tile(p.crop, tile) for p in ch.patches]
+        with_proj = projections and all(p.projection is not None for p in ch.patches)
+        proj_tiles = [_fit_tile(p.projection, tile) for p in ch.patches] if with_proj else []  # type: ignore[arg-type]
+        if labels:
+            parts = [labelled_grid(crop_tiles, [f"{p.activation:.3g}" for p in ch.patches], ncols=cols, pad=1,
+                                   font_px=font_px)]
+            if with_proj:
+                parts.insert(0, labelled_grid(proj_tiles, [f"img {p.image}" for p in ch.patches], ncols=cols, pad=1,
+                                              font_px=font_px))
+            block = make_grid(parts, ncols=len(parts), pad=pad, pad_value=255)
+            blocks.append(add_title(block, f"channel {ch.channel}", subtitle=f"mean activation {ch.score:.3g}",
+                                    font_px=head_px))
+            continue
+        parts = [make_grid(crop_tiles, ncols=cols, pad=1)]
+        if with_proj:
+            parts.insert(0, make_grid(proj_tiles, ncols=cols, pad=1))
         blocks.append(make_grid(parts, ncols=len(parts), pad=pad, pad_value=255))
     if not blocks:
         raise ValueError("patch_grid: no channel has patches")
-    return make_grid(blocks, ncols=ncols, pad=4 * pad, pad_value=255)
+    grid = make_grid(blocks, ncols=ncols, pad=4 * pad, pad_value=255)
+    if not labels:
+        return grid
+    n = max(len(ch.patches) for ch in channels)
+    head = f"Top {n} patches per channel" + (f" · layer {layer}" if layer else "")
+    rule = f"{projection} projection" if projection else "projection"
+    sub = (f"left: {rule} (caption: image index); right: input under the receptive field (caption: activation)"
+           if projections and any(p.projection is not None for ch in channels for p in ch.patches)
+           else "input under the receptive field (caption: activation)")
+    return add_title(grid, head, subtitle=sub, font_px=font_px, align="left")

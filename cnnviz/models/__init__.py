@@ -10,6 +10,7 @@ from .catalog import (
     load_model,
     read_state_dict,
     specs_from_file,
+    validate_layer,
 )
 from .layers import LayerInfo, default_target_layer, layer_table
 from .preprocess import Preprocessing
@@ -17,5 +18,5 @@ from .preprocess import Preprocessing
 __all__ = [
     "DEFAULT_MODEL", "Catalog", "LayerInfo", "LoadedModel", "ModelLoadError", "ModelSpec", "Preprocessing",
     "UnknownModelError", "default_target_layer", "layer_table", "load_model", "read_state_dict",
-    "specs_from_file",
+    "specs_from_file", "validate_layer",
 ]

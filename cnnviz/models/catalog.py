@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import EngineError, closest
 from .efficientnet_lite import LITE_VARIANTS, efficientnet_lite
 from .labels import labels_for
 from .layers import LayerInfo, default_target_layer, layer_table
@@ -99,6 +100,24 @@ class LoadedModel:
 
     def has_layer(self, name: str) -> bool:
         return name in self._by_name
+
+
+def validate_layer(model: LoadedModel, layer: str | None, *, spatial: bool = True) -> str:
+    """The layer to use: the model's default, or a named one that exists (and is spatial if needed).
+
+    An unknown name lists the layers closest to it (not the last few of the table), so a typo of
+    an early layer still shows the one meant.
+    """
+    if layer is None:
+        return model.default_layer
+    if not model.has_layer(layer):
+        candidates = [li.name for li in model.layers if li.spatial] if spatial else [li.name for li in model.layers]
+        raise EngineError("unknown-layer", f"model {model.name} has no layer {layer!r}",
+                          closest(layer, candidates, also=[model.default_layer]), model=model.name)
+    if spatial and not model.layer(layer).spatial:
+        raise EngineError("layer-not-spatial", f"layer {layer!r} has output {model.layer(layer).output_shape};"
+                          " this method needs a spatial [C,h,w] output", model=model.name)
+    return layer
 
 
 def _lite_specs() -> list[ModelSpec]:

@@ -1,21 +1,89 @@
-"""Rendering: colormaps, overlays, boxes, grids and PNG encoding (pure torch + PIL)."""
+"""Rendering: colormaps, rendering per kind of map, overlays, outlines, figures, grids and PNG (torch + PIL).
 
-from cnnviz.render.colormap import COLORMAPS, apply_colormap, colormap_lut
+Which rendering suits which method lives here too (:data:`DEFAULT_KIND`, :data:`DEFAULT_COLORMAP`),
+so the service, the workers and the README examples all draw a method's map the same way.
+"""
+
+from cnnviz.render.colormap import COLORMAPS, DIVERGING, SEQUENTIAL, apply_colormap, center_color, colormap_lut
+from cnnviz.render.figure import (
+    VIEWS,
+    Figure,
+    View,
+    add_title,
+    colour_bar,
+    compose_figure,
+    explain_figure,
+    figure_title,
+    hstack,
+    labelled_grid,
+    legend_band,
+    vstack,
+)
 from cnnviz.render.grid import make_grid
+from cnnviz.render.kinds import (
+    DEFAULT_CLIP_PERCENTILE,
+    DEFAULT_COLORMAP,
+    DEFAULT_KIND,
+    DEFAULT_WEIGHTING,
+    MAP_KINDS,
+    OFFERED_KINDS,
+    MapKind,
+    MapScale,
+    RenderedMap,
+    blend,
+    default_colormap,
+    default_kind,
+    outline,
+    region_mask,
+    render_map,
+    scale_map,
+)
 from cnnviz.render.overlay import NormalizeMode, draw_boxes, normalize_map, overlay, resize_map
-from cnnviz.render.png import encode_png, png_base64, to_uint8_image
+from cnnviz.render.png import encode_jpeg, encode_png, png_base64, to_uint8_image
 
 __all__ = [
     "COLORMAPS",
+    "DEFAULT_CLIP_PERCENTILE",
+    "DEFAULT_COLORMAP",
+    "DEFAULT_KIND",
+    "DEFAULT_WEIGHTING",
+    "DIVERGING",
+    "MAP_KINDS",
+    "OFFERED_KINDS",
+    "SEQUENTIAL",
+    "VIEWS",
+    "Figure",
+    "MapKind",
+    "MapScale",
     "NormalizeMode",
+    "RenderedMap",
+    "View",
+    "add_title",
     "apply_colormap",
+    "blend",
+    "center_color",
     "colormap_lut",
+    "colour_bar",
+    "compose_figure",
+    "default_colormap",
+    "default_kind",
     "draw_boxes",
+    "encode_jpeg",
     "encode_png",
+    "explain_figure",
+    "figure_title",
+    "hstack",
+    "labelled_grid",
+    "legend_band",
     "make_grid",
     "normalize_map",
+    "outline",
     "overlay",
     "png_base64",
+    "region_mask",
+    "render_map",
     "resize_map",
+    "scale_map",
     "to_uint8_image",
+    "vstack",
 ]

@@ -53,9 +53,35 @@ _EVEN_HEX: dict[str, tuple[str, ...]] = {
         "3b4cc0", "4e68d8", "6282ea", "779af7", "8db0fe", "a3c2fe", "b9d0f9", "ccd9ed", "dddcdc",
         "ecd3c5", "f5c4ac", "f7b093", "f4987a", "eb7d62", "dd5f4b", "ca3b37", "b40426",
     ),
+    # ColorBrewer's 11-class RdBu, reversed (matplotlib's RdBu_r) so that negative is blue and
+    # positive red, as in every diverging map here: a user never has to check which way round it is.
+    "rdbu": (
+        "053061", "2166ac", "4393c3", "92c5de", "d1e5f0", "f7f7f7", "fddbc7", "f4a582", "d6604d",
+        "b2182b", "67001f",
+    ),
+    # matplotlib's bwr: pure blue, white, pure red. The steepest departure from white of the three,
+    # so small signed values still show on a heatmap of a speckled map.
+    "bwr": ("0000ff", "ffffff", "ff0000"),
+    # matplotlib's seismic: dark blue, blue, white, red, dark red. It leaves white twice as fast as
+    # bwr, which is what a sparse signed pixel map needs to show more than its few strongest pixels;
+    # the LRP / attribution literature draws signed heatmaps this way.
+    "seismic": ("00004c", "0000ff", "ffffff", "ff0000", "800000"),
 }
 
-COLORMAPS: tuple[str, ...] = ("jet", "turbo", "viridis", "inferno", "magma", "hot", "gray", "coolwarm")
+SEQUENTIAL: tuple[str, ...] = ("jet", "turbo", "viridis", "inferno", "magma", "hot", "gray")
+"""Maps for values in [0, 1] where 0 means "nothing" (positive and unsigned maps)."""
+
+DIVERGING: tuple[str, ...] = ("coolwarm", "rdbu", "bwr", "seismic")
+"""Maps with a neutral middle for signed values: 0.5 is zero, blue below, red above."""
+
+COLORMAPS: tuple[str, ...] = (*SEQUENTIAL, *DIVERGING)
+
+CENTER_INDEX = 128
+"""The LUT entry a display value of exactly 0.5 lands on (``round(0.5 * 255)`` rounds half to even).
+
+Diverging tables put their neutral middle colour exactly there, so a zero of a signed map is
+exactly the centre colour rather than a blend of its two neighbours.
+"""
 
 
 def _interp(x: torch.Tensor, anchors: Anchors) -> torch.Tensor:
@@ -78,7 +104,12 @@ def _even(hexes: tuple[str, ...]) -> tuple[Anchors, Anchors, Anchors]:
 @functools.cache
 def _lut(name: str) -> torch.Tensor:
     """The uint8 [256, 3] table for ``name`` on the CPU (cached: built once per process)."""
-    x = torch.linspace(0.0, 1.0, 256, dtype=torch.float64)
+    if name in DIVERGING:
+        # Entry CENTER_INDEX sits exactly on 0.5: 128 steps below, 127 above (an imperceptible asymmetry).
+        x = torch.cat([torch.linspace(0.0, 0.5, CENTER_INDEX + 1, dtype=torch.float64),
+                       torch.linspace(0.5, 1.0, 256 - CENTER_INDEX, dtype=torch.float64)[1:]])
+    else:
+        x = torch.linspace(0.0, 1.0, 256, dtype=torch.float64)
     if name == "gray":
         rgb = x[:, None].expand(256, 3)
     else:
@@ -97,6 +128,13 @@ def colormap_lut(name: str) -> torch.Tensor:
     """A copy of the uint8 [256, 3] lookup table of a named colormap (ValueError if unknown)."""
     _check_name(name)
     return _lut(name).clone()
+
+
+def center_color(name: str) -> tuple[int, int, int]:
+    """The colour a display value of 0.5 gets: for a diverging map, the colour of zero."""
+    _check_name(name)
+    r, g, b = (int(v) for v in _lut(name)[CENTER_INDEX].tolist())
+    return r, g, b
 
 
 def _check_name(name: str) -> None:

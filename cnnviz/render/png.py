@@ -40,3 +40,10 @@ def to_uint8_image(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected a float image [3, H, W], got {tuple(x.shape)}")
     v = torch.nan_to_num(x.detach().float(), nan=0.0).clamp(0.0, 1.0)
     return (v * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+def encode_jpeg(image: torch.Tensor, quality: int = 90) -> bytes:
+    """A ``[3,H,W]`` float image in [0,1] as JPEG bytes: smaller and faster than PNG for photo-like pictures."""
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8_image(image).numpy()).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from cnnviz.attribution.base import AttributionError
+from cnnviz.errors import EngineError
 from cnnviz.models import LoadedModel
 
 from .cost import passes
@@ -93,9 +93,9 @@ def adversarial(
     ignores ``alpha``, ``steps`` and ``random_start``.
     """
     if not 0 <= target < model.spec.num_classes:
-        raise AttributionError("unknown-class", f"class index {target} is outside 0..{model.spec.num_classes - 1}")
+        raise EngineError("unknown-class", f"class index {target} is outside 0..{model.spec.num_classes - 1}")
     if eps < 0:
-        raise AttributionError("bad-params", "eps must be >= 0")
+        raise EngineError("bad-params", "eps must be >= 0")
     size = int(size or model.spec.input_size)
     x0 = model.preprocessing.fit(image.detach().float().cpu(), size).unsqueeze(0).to(model.device)
     if method == "fgsm":
@@ -103,7 +103,7 @@ def adversarial(
     elif method == "pgd":
         step_size = alpha if alpha is not None else 2.5 * eps / max(steps, 1)
     else:
-        raise AttributionError("bad-params", f"unknown method {method!r}; use 'fgsm' or 'pgd'")
+        raise EngineError("bad-params", f"unknown method {method!r}; use 'fgsm' or 'pgd'")
     gen = torch.Generator().manual_seed(seed)
     param = BoundedPixels(x0, eps, random_start=random_start, generator=gen)
     tgt = torch.tensor([target], device=model.device)
@@ -133,7 +133,7 @@ def adversarial(
         objective=res.objective)
 
 
-def cost_estimate(model: LoadedModel, *, method: str = "pgd", steps: int = 10, size: int | None = None,
+def estimate_cost(model: LoadedModel, *, method: str = "pgd", steps: int = 10, size: int | None = None,
                   **_: object) -> float:
     """One forward+backward per step, plus three scoring forwards (before, after, after 8-bit)."""
     s = int(size or model.spec.input_size)

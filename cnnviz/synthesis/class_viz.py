@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from cnnviz.attribution.base import AttributionError
+from cnnviz.errors import EngineError
 from cnnviz.models import LoadedModel
 
 from .cost import passes
@@ -50,15 +50,15 @@ def _target_objective(model: LoadedModel, target: int | None, layer: str | None,
     """The objective, the hooked layer, the kind and the target index; validates everything first."""
     if layer is None or layer == LOGITS:
         if target is None:
-            raise AttributionError("bad-target", "give a class (target) or a layer and channel")
+            raise EngineError("bad-target", "give a class (target) or a layer and channel")
         if not 0 <= target < model.spec.num_classes:
-            raise AttributionError("unknown-class", f"class index {target} is outside 0..{model.spec.num_classes - 1}")
+            raise EngineError("unknown-class", f"class index {target} is outside 0..{model.spec.num_classes - 1}")
         return class_logit(target), LOGITS, "class", target
     check_layers(model, [layer])
     shape = model.layer(layer).output_shape
     if channel is None or shape is None or not 0 <= channel < shape[0]:
         n = shape[0] if shape else 0
-        raise AttributionError("unknown-channel", f"channel {channel} is outside 0..{n - 1} of {layer}")
+        raise EngineError("unknown-channel", f"channel {channel} is outside 0..{n - 1} of {layer}")
     if y is None and x is None:
         return channel_mean(layer, channel), layer, "channel", channel
     # The neuron's grid is the layer's grid at the visualization size, found by one cheap forward.
@@ -66,11 +66,11 @@ def _target_objective(model: LoadedModel, target: int | None, layer: str | None,
         probe = torch.full((1, 3, size, size), 0.5, device=model.device)
         a = forward_layers(model, probe, [layer])[layer]
     if a.dim() != 4:
-        raise AttributionError("bad-position", f"layer {layer!r} has no spatial grid")
+        raise EngineError("bad-position", f"layer {layer!r} has no spatial grid")
     grid = (int(a.shape[-2]), int(a.shape[-1]))
     yy, xx = int(y if y is not None else grid[0] // 2), int(x if x is not None else grid[1] // 2)
     if not (0 <= yy < grid[0] and 0 <= xx < grid[1]):
-        raise AttributionError("bad-position", f"neuron ({yy},{xx}) is outside {grid[0]}x{grid[1]} of {layer}")
+        raise EngineError("bad-position", f"neuron ({yy},{xx}) is outside {grid[0]}x{grid[1]} of {layer}")
     return neuron(layer, channel, yy, xx, grid), layer, "neuron", channel
 
 
@@ -109,7 +109,7 @@ def class_visualization(
     """
     size = int(size or model.spec.input_size)
     if parameterization != "pixels" and (blur_every or clip_norm_pct or clip_contrib_pct):
-        raise AttributionError("bad-params", "blur and clipping act on pixels; use parameterization='pixels'")
+        raise EngineError("bad-params", "blur and clipping act on pixels; use parameterization='pixels'")
     objective, hooked, kind, index = _target_objective(model, target, layer, channel, y, x, size)
     gen = torch.Generator().manual_seed(seed)
     param = make_parameterization(parameterization, size, size, generator=gen, device=model.device)
@@ -140,7 +140,7 @@ def class_visualization(
                           score_end=end, objective=res.objective)  # type: ignore[arg-type]
 
 
-def cost_estimate(model: LoadedModel, *, steps: int = 100, size: int | None = None, **_: object) -> float:
+def estimate_cost(model: LoadedModel, *, steps: int = 100, size: int | None = None, **_: object) -> float:
     """Forward+backward passes at the model's input size: one per step, plus two scoring forwards."""
     s = int(size or model.spec.input_size)
     return passes(model, steps, s, s) + passes(model, 2, s, s, per_step=1 / 3)

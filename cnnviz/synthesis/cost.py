@@ -13,7 +13,7 @@ import logging
 
 from torch import nn
 
-from cnnviz.attribution.hooks import thread_hooks
+from cnnviz.hooks import thread_hooks
 from cnnviz.models import LoadedModel
 
 log = logging.getLogger(__name__)

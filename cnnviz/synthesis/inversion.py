@@ -99,7 +99,7 @@ def invert(
                            noise_pixel_rmse=noise_rmse, objective=[-v for v in res.objective])
 
 
-def cost_estimate(model: LoadedModel, *, steps: int = 200, size: int | None = None, optimizer: str = "adam",
+def estimate_cost(model: LoadedModel, *, steps: int = 200, size: int | None = None, optimizer: str = "adam",
                   line_search: bool = True, **_: object) -> float:
     """One forward+backward per step (three with an L-BFGS line search; an upper bound: the pass
     stops at the layer), plus three forwards."""

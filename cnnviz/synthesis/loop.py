@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
-from cnnviz.attribution.hooks import LayerCapture, thread_hooks
+from cnnviz.hooks import LayerCapture, thread_hooks
 from cnnviz.models import LoadedModel
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from cnnviz.attribution.base import AttributionError
+from cnnviz.errors import EngineError
 from cnnviz.models import LoadedModel
 
 from .loop import Callbacks, Objective, layer_objective
@@ -32,7 +32,7 @@ def check_layers(model: LoadedModel, layers: Sequence[str]) -> None:
     """Unknown layer names are a client error with the valid choices, not a KeyError deep in a hook."""
     bad = [n for n in layers if n != LOGITS and not model.has_layer(n)]
     if bad:
-        raise AttributionError("unknown-layer", f"model {model.name!r} has no layer {bad[0]!r}",
+        raise EngineError("unknown-layer", f"model {model.name!r} has no layer {bad[0]!r}",
                                choices=[li.name for li in model.layers if li.output_shape is not None])
 
 
@@ -61,12 +61,12 @@ def neuron(layer: str, channel: int, y: int, x: int, grid: tuple[int, int] | Non
     def objective(acts: dict[str, torch.Tensor]) -> torch.Tensor:
         a = acts[layer]
         if a.dim() != 4:
-            raise AttributionError("bad-position", f"layer {layer!r} has no spatial grid")
+            raise EngineError("bad-position", f"layer {layer!r} has no spatial grid")
         h, w = a.shape[-2:]
         oy, ox = ((h - grid[0]) // 2, (w - grid[1]) // 2) if grid is not None else (0, 0)
         yy, xx = y + oy, x + ox
         if not (0 <= yy < h and 0 <= xx < w):
-            raise AttributionError("bad-position", f"neuron ({y},{x}) is outside {h}x{w} of {layer}")
+            raise EngineError("bad-position", f"neuron ({y},{x}) is outside {h}x{w} of {layer}")
         return a[:, channel, yy, xx].mean()
 
     return objective

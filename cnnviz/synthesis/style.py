@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from cnnviz.attribution.base import AttributionError
+from cnnviz.errors import EngineError
 from cnnviz.models import LoadedModel
 
 from .cost import passes, step_passes
@@ -62,7 +62,7 @@ def _generic_preset(model: LoadedModel) -> tuple[list[str], list[str]]:
     if not acts:
         acts = [li for li in sorted(model.layers, key=lambda li: li.order) if li.spatial]
     if not acts:
-        raise AttributionError("no-layers", f"model {model.name!r} has no spatial layer for style transfer")
+        raise EngineError("no-layers", f"model {model.name!r} has no spatial layer for style transfer")
     by_res: dict[tuple[int, ...], list[str]] = {}
     for li in acts:
         by_res.setdefault(li.output_shape[1:], []).append(li.name)  # type: ignore[index]
@@ -150,7 +150,7 @@ def style_transfer(
     check_layers(model, c_layers + s_layers)
     s_weights = list(style_layer_weights) if style_layer_weights is not None else [1.0 / len(s_layers)] * len(s_layers)
     if len(s_weights) != len(s_layers):
-        raise AttributionError("bad-params", f"{len(s_weights)} style weights for {len(s_layers)} style layers")
+        raise EngineError("bad-params", f"{len(s_weights)} style weights for {len(s_layers)} style layers")
     size = int(size or model.spec.input_size)
     c_img = fit_long_side(content.detach().float().cpu(), size).unsqueeze(0).to(model.device)
     s_img = fit_long_side(style.detach().float().cpu(), int(style_size or size)).unsqueeze(0).to(model.device)
@@ -219,7 +219,7 @@ def style_transfer(
                        content_history=content_hist, style_history=style_hist)
 
 
-def cost_estimate(model: LoadedModel, *, steps: int = 100, size: int | None = None, style_size: int | None = None,
+def estimate_cost(model: LoadedModel, *, steps: int = 100, size: int | None = None, style_size: int | None = None,
                   optimizer: str = "lbfgs", line_search: bool = True, **_: object) -> float:
     """One forward+backward per step at the output size (an upper bound: the pass stops early),
     plus the two target forwards and two measuring forwards. Assumes a square output (worst case)."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from cnnviz.attribution.base import AttributionError
+from cnnviz.errors import EngineError
 from cnnviz.models import LoadedModel
 
 from .cost import pass_macs, passes, step_passes
@@ -73,7 +73,7 @@ def gram_texture(
     check_layers(model, layers)
     weights = list(weights) if weights is not None else [1.0 / len(layers)] * len(layers)
     if len(weights) != len(layers):
-        raise AttributionError("bad-params", f"{len(weights)} weights for {len(layers)} layers")
+        raise EngineError("bad-params", f"{len(weights)} weights for {len(layers)} layers")
     size = int(size or model.spec.input_size)
     src = fit_long_side(source.detach().float().cpu(), int(source_size or size)).unsqueeze(0).to(model.device)
     with torch.no_grad():
@@ -101,7 +101,7 @@ def gram_texture(
                          loss_start=start, loss_end=end, objective=[-v for v in res.objective])
 
 
-def gram_cost_estimate(model: LoadedModel, *, steps: int = 100, size: int | None = None,
+def estimate_gram_cost(model: LoadedModel, *, steps: int = 100, size: int | None = None,
                        source_size: int | None = None, optimizer: str = "lbfgs", line_search: bool = True,
                        **_: object) -> float:
     """Forward+backward passes per step at the output size, plus the source's and two scoring forwards."""
@@ -149,13 +149,13 @@ def efros_leung(
     src = source.detach().float().clamp(0, 1).to(device)
     hs, ws = src.shape[-2:]
     if window < 3 or window % 2 == 0:
-        raise AttributionError("bad-params", "window must be an odd number >= 3")
+        raise EngineError("bad-params", "window must be an odd number >= 3")
     if max(h, w, hs, ws) > MAX_EL_SIDE:
-        raise AttributionError("too-large", f"Efros-Leung sides are limited to {MAX_EL_SIDE} px")
+        raise EngineError("too-large", f"Efros-Leung sides are limited to {MAX_EL_SIDE} px")
     if hs < window or ws < window:
-        raise AttributionError("bad-params", f"the source ({hs}x{ws}) is smaller than the window ({window})")
+        raise EngineError("bad-params", f"the source ({hs}x{ws}) is smaller than the window ({window})")
     if efros_leung_work(h, w, hs, ws, window) > MAX_EL_WORK:
-        raise AttributionError("too-large", "output pixels x source windows is over the limit; shrink something")
+        raise EngineError("too-large", "output pixels x source windows is over the limit; shrink something")
     r = window // 2
     seed_size = max(1, min(int(seed_size), h, w, hs, ws))
     gen = torch.Generator().manual_seed(seed)
@@ -219,15 +219,15 @@ def efros_leung_work(h: int, w: int, hs: int, ws: int, window: int) -> float:
     return float(h * w) * max(hs - window + 1, 0) * max(ws - window + 1, 0) * (4 * window * window)
 
 
-def efros_leung_cost_estimate(model: LoadedModel, *, size: int | tuple[int, int] = 32, source_size: tuple[int, int]
+def estimate_efros_leung_cost(model: LoadedModel, *, size: int | tuple[int, int] = 32, source_size: tuple[int, int]
                               = (64, 64), window: int = 7, **_: object) -> float:
     """The search's multiply-adds expressed in the model's forward+backward passes at its input size."""
     h, w = (size, size) if isinstance(size, int) else size
     return efros_leung_work(h, w, source_size[0], source_size[1], window) / pass_macs(model)
 
 
-def cost_estimate(model: LoadedModel, *, method: str = "gram", **params: object) -> float:
+def estimate_cost(model: LoadedModel, *, method: str = "gram", **params: object) -> float:
     """Either texture method's estimate, chosen by ``method`` ("gram" or "efros-leung")."""
     if method == "efros-leung":
-        return efros_leung_cost_estimate(model, **params)  # type: ignore[arg-type]
-    return gram_cost_estimate(model, **params)  # type: ignore[arg-type]
+        return estimate_efros_leung_cost(model, **params)  # type: ignore[arg-type]
+    return estimate_gram_cost(model, **params)  # type: ignore[arg-type]

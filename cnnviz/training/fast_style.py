@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from cnnviz.attribution.base import AttributionError
+from cnnviz.errors import EngineError
 from cnnviz.models import LoadedModel
 from cnnviz.synthesis.loop import forward_layers
 from cnnviz.synthesis.objectives import check_layers, gram
@@ -56,7 +56,7 @@ class PerceptualLoss:
         n = len(self.style_layers)
         self.style_weights = list(style_layer_weights) if style_layer_weights is not None else [1.0 / n] * n
         if len(self.style_weights) != n:
-            raise AttributionError("bad-params", f"{len(self.style_weights)} style weights for {n} style layers")
+            raise EngineError("bad-params", f"{len(self.style_weights)} style weights for {n} style layers")
         self.layers = list(dict.fromkeys(self.content_layers + self.style_layers))
         s = fit_long_side(to_float(style.cpu()), int(style_size))[None].to(model.device)
         with torch.no_grad():
@@ -94,7 +94,7 @@ class ContentCrops:
 
     def __init__(self, images: Sequence[torch.Tensor], size: int, scale: tuple[float, float] = (0.3, 1.0)) -> None:
         if not images:
-            raise AttributionError("bad-params", "fast style training needs at least one content image")
+            raise EngineError("bad-params", "fast style training needs at least one content image")
         self.size = int(size)
         self.scale = scale
         self.images = [to_uint8(shrink_short_side(im.cpu(), 2 * self.size)) for im in images]
@@ -167,7 +167,7 @@ def load_transform_net(tensors: dict[str, torch.Tensor], config: dict[str, Any],
 
     spec = config.get("network") or {}
     if spec.get("arch") != "transform_net":
-        raise AttributionError("bad-weights", f"not a transformation network: {spec}")
+        raise EngineError("bad-weights", f"not a transformation network: {spec}")
     net = TransformNet(int(spec["width"]), int(spec["blocks"]))
     load_module(net, tensors)
     for p in net.parameters():
@@ -182,7 +182,7 @@ def _net_macs(width: int, blocks: int, size: int) -> float:
     return _macs(TransformNet(width, blocks), size)
 
 
-def cost_estimate(model: LoadedModel, *, steps: int = 2000, batch_size: int = 4, size: int = 256, width: int = 16,
+def estimate_cost(model: LoadedModel, *, steps: int = 2000, batch_size: int = 4, size: int = 256, width: int = 16,
                   blocks: int = 5, **_: object) -> float:
     """Forward+backward pass equivalents of the backbone at its input size: per crop, the network's
     forward and backward (~3x its forward) plus the backbone's pass and the content targets' forward."""
@@ -194,7 +194,7 @@ def cost_estimate(model: LoadedModel, *, steps: int = 2000, batch_size: int = 4,
     return float(steps) * float(batch_size) * per_crop
 
 
-def apply_cost(model: LoadedModel, width: int, blocks: int, height: int, width_px: int) -> float:
+def estimate_apply_cost(model: LoadedModel, width: int, blocks: int, height: int, width_px: int) -> float:
     """One stylization of ``height x width_px`` in forward passes of ``model`` at its input size:
     what an inline budget is counted in. Convolutions are linear in area, so one probe size does."""
     from cnnviz.synthesis.cost import _macs

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.attribution.base import AttributionError, validate_layer
+from cnnviz.errors import EngineError
 from cnnviz.inspection.embedding_map import make_thumbnail, pca_2d, thumbnail_map
 from cnnviz.inspection.features import CancelFn, ProgressFn, check_cancel, extract_features
 from cnnviz.inspection.verification import calibrate_threshold, pair_accuracy
-from cnnviz.models import LoadedModel
+from cnnviz.models import LoadedModel, validate_layer
 from cnnviz.render import make_grid
 
 from .augment import random_view, to_float
@@ -141,14 +141,14 @@ def _split(labels: Sequence[str], holdout: float, split: str, gen: torch.Generat
     for i, lb in enumerate(labels):
         by_class.setdefault(lb, []).append(i)
     if split not in ("auto", "images", "views"):
-        raise AttributionError("bad-params", f"unknown split {split!r}; expected auto, images or views")
+        raise EngineError("bad-params", f"unknown split {split!r}; expected auto, images or views")
     if split == "auto":
         split = "images" if all(len(v) >= 2 for v in by_class.values()) else "views"
     held = [False] * len(labels)
     if split == "images":
         for lb, idx in by_class.items():
             if len(idx) < 2:
-                raise AttributionError("bad-params", f"class {lb!r} has one image; a split by images needs two")
+                raise EngineError("bad-params", f"class {lb!r} has one image; a split by images needs two")
             k = min(len(idx) - 1, max(1, round(holdout * len(idx))))
             for j in torch.randperm(len(idx), generator=gen)[:k].tolist():
                 held[idx[j]] = True
@@ -165,10 +165,10 @@ def triplet_data(model: LoadedModel, images: Sequence[torch.Tensor], labels: Seq
     plain image. With a split by views, each image's last quarter of views is held out.
     """
     if len(images) != len(labels):
-        raise AttributionError("bad-params", f"{len(labels)} labels for {len(images)} images")
+        raise EngineError("bad-params", f"{len(labels)} labels for {len(images)} images")
     classes = list(dict.fromkeys(labels))
     if len(classes) < 2:
-        raise AttributionError("bad-params", "a triplet head needs at least two classes")
+        raise EngineError("bad-params", "a triplet head needs at least two classes")
     layer = validate_layer(model, layer, spatial=False)
     size = int(size or model.preprocessing.input_size)
     gen = torch.Generator().manual_seed(int(seed))
@@ -176,7 +176,7 @@ def triplet_data(model: LoadedModel, images: Sequence[torch.Tensor], labels: Seq
     a = max(0.0, float(augment))
     n_views = int(views)
     if split_used == "views" and n_views < 1:
-        raise AttributionError("bad-params", "a split by views needs views >= 1 (or two images per class)")
+        raise EngineError("bad-params", "a split by views needs views >= 1 (or two images per class)")
     n_held_views = min(n_views, max(1, round(holdout * (n_views + 1)))) if split_used == "views" else 0
     chunks: list[torch.Tensor] = []
     owner: list[int] = []
@@ -223,9 +223,9 @@ class TripletTrainer(Trainer):
                  mining: Mining | str = "semi-hard", classes_per_batch: int = 8, per_class: int = 4,
                  lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0, eval_every: int = 50) -> None:
         if mining not in LOSSES:
-            raise AttributionError("bad-params", f"unknown mining {mining!r}; expected one of {MININGS}")
+            raise EngineError("bad-params", f"unknown mining {mining!r}; expected one of {MININGS}")
         if data.heldout.shape[0] < 2:
-            raise AttributionError("bad-params", "the held-out part has fewer than two views")
+            raise EngineError("bad-params", "the held-out part has fewer than two views")
         torch.manual_seed(seed)
         head = EmbeddingHead(data.train.shape[1], dim, hidden)
         head.fit_input(data.train)
@@ -287,7 +287,7 @@ def load_head(tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> Embed
     """Rebuild a trained head from its safetensors tensors and stored config."""
     spec = config.get("network") or {}
     if spec.get("arch") != "embedding_head":
-        raise AttributionError("bad-weights", f"not an embedding head: {spec}")
+        raise EngineError("bad-weights", f"not an embedding head: {spec}")
     head = EmbeddingHead(int(spec["in_dim"]), int(spec["dim"]), int(spec["hidden"]))
     load_module(head, tensors)
     for p in head.parameters():
@@ -301,13 +301,13 @@ def head_embed(model: LoadedModel, head: EmbeddingHead, images: Sequence[torch.T
     """Unit embeddings ``[N, dim]`` of images through the frozen backbone's ``layer`` and the head."""
     feats = extract_features(model, images, layer, size=size, progress=progress, cancel=cancel)
     if feats.shape[1] != head.in_dim:
-        raise AttributionError("bad-weights", f"layer {layer!r} gives {feats.shape[1]} features; "
+        raise EngineError("bad-weights", f"layer {layer!r} gives {feats.shape[1]} features; "
                                               f"the head expects {head.in_dim}")
     with torch.no_grad():
         return head(feats)
 
 
-def cost_estimate(model: LoadedModel, *, steps: int = 1000, views: int = 8, size: int | None = None,
+def estimate_cost(model: LoadedModel, *, steps: int = 1000, views: int = 8, size: int | None = None,
                   n_images: int = 1, classes_per_batch: int = 8, per_class: int = 4, **_: object) -> float:
     """Backbone passes: one forward (a third of a pass) per view at ``size``; the head's steps are
     nearly free beside them (a few thousand multiply-adds per row)."""

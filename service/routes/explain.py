@@ -2,80 +2,68 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from cnnviz.attribution import METHODS
-from cnnviz.models import LoadedModel
-from workers.jobs.synthesis import resolve
-
-from ..deps import get_model, get_settings
-from ..errors import ProblemError
-from ..explaining import estimate_cost, first_overlay_png, run_explanation
-from ..schemas.explain import ExplainResponse, params_model
-from ..schemas.methods import MethodInfo, MethodList
-from ..schemas.synthesis import SYNTHESIS_JOBS
-from ..schemas.training import TRAINING_JOBS
-from ..settings import Settings
-from ..uploads import read_upload, validate_params
-from .common import PROBLEM_RESPONSES, upload_body
-from .jobs import hand_off_explain
+from cnnviz.errors import closest
+from core.errors import Invalid, NotFound
+from core.explaining import estimate_cost, first_overlay_png, run_explanation
+from core.jobtypes import JOB_TYPES, SubmitContext, parse_job_request
+from core.schemas.explain import ExplainResponse, params_model
+from core.validation import validate_params
+from service.deps import CatalogDep, ModelDep, OptionalJobsDep, PrincipalDep, SettingsDep
+from service.openapi_parts import PROBLEM_RESPONSES, upload_body
+from service.schemas.methods import MethodInfo, MethodList
+from service.submission import submit_prepared
+from service.uploads import read_upload
 
 router = APIRouter(tags=["explain"])
 
 
-@router.get("/v1/methods", response_model=MethodList, summary="Every method with its parameter schema and cost")
-def list_methods(request: Request) -> MethodList:
-    catalog = request.app.state.catalog
+@router.get("/v1/methods", response_model=MethodList, summary="Every method and job type with its parameter "
+            "schema and cost")
+def list_methods(catalog: CatalogDep, settings: SettingsDep) -> MethodList:
     model = catalog.get(catalog.default)
-    settings: Settings = request.app.state.settings
     out = []
     for name, m in sorted(METHODS.items()):
-        pm = params_model(name)
-        cost = m.cost(model, 1, 1, {})
+        cost = m.estimate_cost(model, 1, 1)
         out.append(MethodInfo(name=name, title=m.title or name, family=m.family, kind="explain",
                               inline=cost <= settings.inline_budget, cost_hint=cost, uses_layer=m.uses_layer,
-                              supports_units=m.supports_units, params_schema=pm.model_json_schema()))
-    out += job_methods(model)
+                              supports_units=m.supports_units, params_schema=params_model(name).model_json_schema()))
+    for name, entry in sorted(JOB_TYPES.items()):
+        if entry.family in ("synthesis", "training"):
+            out.append(MethodInfo(name=name, title=entry.title, family=entry.family, kind="job", inline=False,
+                                  cost_hint=entry.default_cost(model), queue=entry.queue, images=entry.images_help,
+                                  uses_layer=any("layer" in f for f in entry.params.model_fields),
+                                  supports_units=False, params_schema=entry.params.model_json_schema()))
     return MethodList(methods=out, inline_budget=settings.inline_budget, cost_unit="forward passes at input size")
-
-
-def job_methods(model: LoadedModel) -> list[MethodInfo]:
-    """The optimization and training job types, with their parameters and the cost of their defaults."""
-    out = []
-    tables = [("synthesis", {k: (v[0], v[2]) for k, v in SYNTHESIS_JOBS.items()}),
-              ("training", {k: (v[0], v[2]) for k, v in TRAINING_JOBS.items()})]
-    for family, jobs in tables:
-        for name, (params, cost_fn) in sorted(jobs.items()):
-            try:
-                cost = float(resolve(cost_fn)(model))
-            except (TypeError, ValueError):  # a parameter without a default (adversarial's target)
-                cost = 0.0
-            title = (params.__doc__ or name).strip().splitlines()[0]
-            out.append(MethodInfo(name=name, title=title, family=family, kind="job", inline=False, cost_hint=cost,
-                                  uses_layer=any("layer" in f for f in params.model_fields), supports_units=False,
-                                  params_schema=params.model_json_schema()))
-    return out
 
 
 @router.post("/v1/models/{model}/explain/{method}", response_model=ExplainResponse,
              responses={**PROBLEM_RESPONSES, 200: {"content": {"image/png": {}}}},
              openapi_extra=upload_body("#/components/schemas/ExplainParams"),
              summary="Explanation maps per image and target")
-async def explain(request: Request, method: str = Path(..., max_length=64),
-                  model: LoadedModel = Depends(get_model), settings: Settings = Depends(get_settings)) -> Response:
+async def explain(request: Request, model: ModelDep, settings: SettingsDep, catalog: CatalogDep,
+                  principal: PrincipalDep, jobs: OptionalJobsDep, method: str = Path(..., max_length=64)) -> Response:
     if method not in METHODS:
-        raise ProblemError(404, "unknown-method", f"No method named {method!r}", choices=sorted(METHODS))
+        raise NotFound("unknown-method", f"No method named {method!r}", choices=closest(method, sorted(METHODS)))
     upload = await read_upload(request, settings)
     params = validate_params(params_model(method), upload.params)
     cost = estimate_cost(model, method, params, len(upload.images))
     wants_async = "respond-async" in request.headers.get("prefer", "").lower()
-    if (cost > settings.inline_budget or wants_async) and getattr(request.app.state, "jobs", None) is not None:
-        return await hand_off_explain(request, model.name, method, upload.images, upload.params, cost, settings)
+    if (cost > settings.inline_budget or wants_async) and jobs is not None:
+        # The same request as an explain job: the registry entry checks and prices it again.
+        ctx = SubmitContext(catalog, principal.owner)
+        job = parse_job_request({"type": "explain", "model": model.name,
+                                 "params": {"method": method, "explain": upload.params}})
+        prepared = await run_in_threadpool(JOB_TYPES["explain"].check, ctx, job, upload.images)
+        return await submit_prepared(jobs, principal, prepared, upload.images, settings,
+                                     request.headers.get("idempotency-key"))
     if cost > settings.inline_budget:
-        raise ProblemError(422, "over-inline-budget", "This request is too expensive to answer inline",
-                           f"estimated {cost:.0f} forward passes, inline budget {settings.inline_budget:.0f}",
-                           estimate=cost, budget=settings.inline_budget)
+        raise Invalid("over-inline-budget", "This request is too expensive to answer inline",
+                      f"estimated {cost:.0f} forward passes, inline budget {settings.inline_budget:.0f}",
+                      estimate=cost, budget=settings.inline_budget)
     if "image/png" in request.headers.get("accept", ""):
         png = await run_in_threadpool(first_overlay_png, model, method, upload.images, params)
         return Response(png, media_type="image/png")

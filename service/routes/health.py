@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import CatalogDep, OptionalJobsDep
 
 router = APIRouter(tags=["health"])
 
@@ -14,15 +16,18 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: models loaded, Redis and a worker reachable")
-def readyz(request: Request) -> JSONResponse:
-    catalog = request.app.state.catalog
+@router.get("/readyz", summary="Readiness: models loaded, Redis reachable, a live worker on every queue")
+def readyz(catalog: CatalogDep, jobs: OptionalJobsDep) -> JSONResponse:
     checks: dict[str, object] = {"models": {n: catalog.is_loaded(n) for n in catalog.names()}}
-    ready = catalog.is_loaded(catalog.default)
-    jobs = getattr(request.app.state, "jobs", None)
+    missing = [] if catalog.is_loaded(catalog.default) else [f"model {catalog.default} not loaded"]
     if jobs is not None:
-        checks.update(jobs.health())
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+        health = jobs.health()
+        checks.update(health)
+        if not health["redis"]:
+            missing.append("redis unreachable")
+        missing += [f"no live worker on the {kind} queue" for kind, n in health["queues"].items() if not n]
+    return JSONResponse({"ready": not missing, "missing": missing, "checks": checks},
+                        status_code=503 if missing else 200)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

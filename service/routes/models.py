@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import time
 
-import torch
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from cnnviz.models import Catalog, LoadedModel
-
-from ..deps import get_catalog, get_model, get_settings
-from ..imaging import image_to_tensor
-from ..schemas.models import (
+from cnnviz.models import Catalog
+from core.imaging import image_to_tensor
+from core.predicting import predict_images
+from core.schemas.models import (
     ImagePredictions,
     LayerOut,
     ModelDetail,
     ModelList,
     ModelSummary,
-    Prediction,
     PredictParams,
     PredictResponse,
 )
-from ..settings import Settings
-from ..uploads import read_upload, validate_params
-from .common import PROBLEM_RESPONSES, upload_body
+from core.validation import validate_params
+from service.deps import CatalogDep, ModelDep, SettingsDep
+from service.openapi_parts import PROBLEM_RESPONSES, upload_body
+from service.uploads import read_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -36,13 +34,13 @@ def _summary(catalog: Catalog, name: str) -> ModelSummary:
 
 
 @router.get("", response_model=ModelList, summary="The model catalog")
-def list_models(catalog: Catalog = Depends(get_catalog)) -> ModelList:
+def list_models(catalog: CatalogDep) -> ModelList:
     return ModelList(models=[_summary(catalog, n) for n in catalog.names()], default=catalog.default)
 
 
 @router.get("/{model}", response_model=ModelDetail, responses=PROBLEM_RESPONSES,
             summary="Input size, labels, layers with output shapes, default target layer")
-def model_detail(model: LoadedModel = Depends(get_model), catalog: Catalog = Depends(get_catalog)) -> ModelDetail:
+def model_detail(model: ModelDep, catalog: CatalogDep) -> ModelDetail:
     s = _summary(catalog, model.name)
     return ModelDetail(
         **s.model_dump(), mean=model.spec.mean, std=model.spec.std, default_layer=model.default_layer,
@@ -51,23 +49,9 @@ def model_detail(model: LoadedModel = Depends(get_model), catalog: Catalog = Dep
         labels=list(model.labels))
 
 
-def predict_images(model: LoadedModel, tensors: list[torch.Tensor], params: PredictParams) -> list[list[Prediction]]:
-    """Top-k classes per image from one batched forward pass."""
-    size = params.resolution or model.preprocessing.input_size
-    x = model.preprocessing.batch(tensors, size, params.resize, model.device)
-    with torch.inference_mode():
-        logits = model.module(x).float()
-    probs = logits.softmax(1)
-    k = min(params.top_k, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    return [[Prediction(index=int(j), label=model.labels[int(j)], probability=float(p), logit=float(logits[i, j]))
-             for p, j in zip(top.values[i], top.indices[i], strict=True)] for i in range(len(tensors))]
-
-
 @router.post("/{model}/predict", response_model=PredictResponse, responses=PROBLEM_RESPONSES,
              openapi_extra=upload_body("#/components/schemas/PredictParams"), summary="Top-k classes per image")
-async def predict(request: Request, model: LoadedModel = Depends(get_model),
-                  settings: Settings = Depends(get_settings)) -> PredictResponse:
+async def predict(request: Request, model: ModelDep, settings: SettingsDep) -> PredictResponse:
     upload = await read_upload(request, settings)
     params = validate_params(PredictParams, upload.params)
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class MethodInfo(BaseModel):
@@ -16,6 +16,8 @@ class MethodInfo(BaseModel):
     cost_hint: float
     uses_layer: bool
     supports_units: bool
+    queue: Literal["short", "long"] | None = Field(None, description="job types: the queue (kind of work) it runs on")
+    images: str | None = Field(None, description="job types: what the uploaded images are, in order")
     params_schema: dict[str, Any]
 
 

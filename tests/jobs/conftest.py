@@ -14,9 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from workers.embedded import EmbeddedRedis
-
-from .jobkit import Stack
+from stack.embedded import EmbeddedRedis
+from tests.jobs.jobkit import Stack
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from redis import Redis
 
-from workers.embedded import free_port
+from stack.embedded import free_port
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Proc:
         self.name = name
         self.log_path = Path(tempfile.mkstemp(prefix=f"cnnviz-{name}-", suffix=".log")[1])
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "stack.cli", *args], cwd=ROOT, env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
     @property
@@ -96,7 +96,7 @@ class Stack:
         return self
 
     def start_worker(self) -> Proc:
-        w = Proc("worker", ["worker", "--queues", self.queue, "--device", "cpu"], self.env)
+        w = Proc("worker", ["worker", "--queues", "short,long", "--device", "cpu"], self.env)
         self.workers.append(w)
         return w
 
@@ -143,11 +143,13 @@ class Stack:
             keys = list(r.scan_iter(f"{self.prefix}:*", count=1000)) + list(r.scan_iter(f"rq:*{self.queue}*"))
             for job_id in ids:
                 keys += list(r.scan_iter(f"rq:*{job_id}*"))
-            workers = [w.decode() for w in r.smembers(f"rq:workers:{self.queue}")]
-            for w in workers:
-                keys += [w, f"{w}:executions"]
-                r.srem("rq:workers", w)
-            r.srem("rq:queues", f"rq:queue:{self.queue}")
+            for kind in ("short", "long"):
+                queue = f"{self.queue}-{kind}"
+                workers = [w.decode() for w in r.smembers(f"rq:workers:{queue}")]
+                for w in workers:
+                    keys += [w, f"{w}:executions"]
+                    r.srem("rq:workers", w)
+                r.srem("rq:queues", f"rq:queue:{queue}")
             for i in range(0, len(keys), 500):
                 r.delete(*keys[i:i + 500])
             r.close()

@@ -11,7 +11,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from .jobkit import KEY_B, wait_done
+from tests.jobs.jobkit import KEY_B, wait_done
 
 pytestmark = pytest.mark.jobs
 

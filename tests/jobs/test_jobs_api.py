@@ -9,7 +9,7 @@ import httpx
 import pytest
 from redis import Redis
 
-from .jobkit import KEY_B, Stack, dream, submit, wait_done, wait_status
+from tests.jobs.jobkit import KEY_B, Stack, dream, submit, wait_done, wait_status
 
 pytestmark = pytest.mark.jobs
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from .jobkit import Stack, dream, submit, wait_done
+from tests.jobs.jobkit import Stack, dream, submit, wait_done
 
 pytestmark = pytest.mark.jobs
 

@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from workers.embedded import EmbeddedRedis
-
-from .jobkit import Stack, dream, submit, wait_done
+from stack.embedded import EmbeddedRedis
+from tests.jobs.jobkit import Stack, dream, submit, wait_done
 
 pytestmark = pytest.mark.jobs
 

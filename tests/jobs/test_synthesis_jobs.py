@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from .jobkit import wait_done
+from tests.jobs.jobkit import wait_done
 
 pytestmark = pytest.mark.jobs
 

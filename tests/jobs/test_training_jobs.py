@@ -12,7 +12,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from .jobkit import KEY_B, wait_done, wait_status
+from tests.jobs.jobkit import KEY_B, wait_done, wait_status
 
 pytestmark = pytest.mark.jobs
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import to_tensor
 
-from cnnviz.attribution.hooks import LayerCapture, capture
+from cnnviz.hooks import LayerCapture, capture
 from cnnviz.inspection import (
     Gallery,
     calibrate_threshold,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.attribution import AttributionError, ClassTargets, get_method
+from cnnviz.attribution import ClassTargets, EngineError, get_method
 from cnnviz.attribution.tail import TailRunner
 from cnnviz.models import LoadedModel, ModelSpec, Preprocessing, default_target_layer, layer_table
 
@@ -82,7 +82,7 @@ def test_cam_equals_gradcam_up_to_positive_scale_on_gap_head(model, x):
 
 
 def test_cam_is_undefined_without_gap_head(x):
-    with pytest.raises(AttributionError) as e:
+    with pytest.raises(EngineError) as e:
         get_method("cam").attribute(tiny(gap=False), x, ClassTargets(top_k=1))
     assert e.value.slug == "cam-undefined"
 
@@ -202,7 +202,7 @@ def test_eigencam_is_first_principal_component(model, x):
 
 
 def test_hooks_are_removed_even_on_error(model, x):
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         get_method("gradcam").attribute(model, x, ClassTargets(indices=((99,),)), layer="relu2")
     assert all(not m._forward_hooks for m in model.module.modules())
     assert all(not m._backward_hooks for m in model.module.modules())

@@ -1,4 +1,4 @@
-"""Unit tests for service.imaging: untrusted bytes in, RGB image or a problem with a stable slug out."""
+"""Unit tests for core.imaging: untrusted bytes in, RGB image or a problem with a stable slug out."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from service.errors import ProblemError
-from service.imaging import (
+from core.errors import DomainError
+from core.imaging import (
     DecodedImage,
     _to_rgb,
     decode_base64_image,
     decode_image,
     image_to_tensor,
 )
+from service.errors import status_of
 
 
 def _save(im: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -29,8 +30,8 @@ def _save(im: Image.Image, fmt: str, **kw: object) -> bytes:
     return buf.getvalue()
 
 
-def _problem(data: bytes, **kw: object) -> ProblemError:
-    with pytest.raises(ProblemError) as ei:
+def _problem(data: bytes, **kw: object) -> DomainError:
+    with pytest.raises(DomainError) as ei:
         decode_image(data, **kw)  # type: ignore[arg-type]
     return ei.value
 
@@ -202,25 +203,25 @@ def test_animated_gif_first_frame() -> None:
 def test_empty_and_random_bytes() -> None:
     for data in (b"", np.random.default_rng(1).bytes(4096)):
         e = _problem(data)
-        assert (e.status, e.slug) == (400, "invalid-image")
+        assert (status_of(e), e.slug) == (400, "invalid-image")
 
 
 def test_truncated_jpeg() -> None:
     data = _save(_noise(64, 64), "JPEG", quality=90)
     e = _problem(data[: len(data) // 2])
-    assert (e.status, e.slug) == (400, "invalid-image")
+    assert (status_of(e), e.slug) == (400, "invalid-image")
 
 
 def test_truncated_png() -> None:
     data = _save(_noise(64, 64), "PNG")
     e = _problem(data[: len(data) - 200])
-    assert (e.status, e.slug) == (400, "invalid-image")
+    assert (status_of(e), e.slug) == (400, "invalid-image")
 
 
 @pytest.mark.parametrize("fmt", ["TIFF", "ICO", "PPM"])
 def test_disallowed_formats_415(fmt: str) -> None:
     e = _problem(_save(_noise(), fmt))
-    assert (e.status, e.slug) == (415, "unsupported-image-format")
+    assert (status_of(e), e.slug) == (415, "unsupported-image-format")
     assert "JPEG" in (e.detail or "")
 
 
@@ -228,20 +229,20 @@ def test_svg_and_text_rejected() -> None:
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>'
     for data in (svg, b"hello, this is not an image"):
         e = _problem(data)
-        assert e.status in (400, 415)
+        assert status_of(e) in (400, 415)
         assert e.slug in ("invalid-image", "unsupported-image-format")
 
 
 def test_too_small() -> None:
     e = _problem(_save(Image.new("RGB", (4, 100)), "PNG"))
-    assert (e.status, e.slug) == (400, "image-too-small")
+    assert (status_of(e), e.slug) == (400, "image-too-small")
     assert decode_image(_save(Image.new("RGB", (4, 4)), "PNG"), min_side=4).width == 4
 
 
 def test_max_pixels_parameter() -> None:
     data = _save(_noise(32, 32), "PNG")
     e = _problem(data, max_pixels=32 * 32 - 1)
-    assert (e.status, e.slug) == (413, "image-too-large")
+    assert (status_of(e), e.slug) == (413, "image-too-large")
     assert decode_image(data, max_pixels=32 * 32).width == 32
 
 
@@ -249,15 +250,15 @@ def test_bomb_rejected_from_header_before_decoding() -> None:
     # The pixel data is missing, so decoding would fail with 400: a 413 proves that the size
     # was checked from the header first.
     e = _problem(_png_header_only(7000, 7000))
-    assert (e.status, e.slug) == (413, "image-too-large")
+    assert (status_of(e), e.slug) == (413, "image-too-large")
     small = _problem(_png_header_only(64, 64))  # same file, allowed size: decoding fails
-    assert (small.status, small.slug) == (400, "invalid-image")
+    assert (status_of(small), small.slug) == (400, "invalid-image")
 
 
 def test_bomb_beyond_pil_limit() -> None:
     # 30000 x 30000 is over twice PIL's MAX_IMAGE_PIXELS: PIL raises DecompressionBombError.
     e = _problem(_png_header_only(30000, 30000), max_pixels=10**12)
-    assert (e.status, e.slug) == (413, "image-too-large")
+    assert (status_of(e), e.slug) == (413, "image-too-large")
 
 
 def test_bomb_in_pil_warning_zone_is_an_error() -> None:
@@ -265,7 +266,7 @@ def test_bomb_in_pil_warning_zone_is_an_error() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         e = _problem(_png_header_only(10000, 10000), max_pixels=10**12)
-    assert (e.status, e.slug) == (413, "image-too-large")
+    assert (status_of(e), e.slug) == (413, "image-too-large")
 
 
 def test_real_compressed_bomb() -> None:
@@ -273,7 +274,7 @@ def test_real_compressed_bomb() -> None:
     data = _save(Image.new("1", (8000, 6000), 0), "PNG")
     assert len(data) < 100_000
     e = _problem(data)
-    assert (e.status, e.slug) == (413, "image-too-large")
+    assert (status_of(e), e.slug) == (413, "image-too-large")
 
 
 # --- base64 ----------------------------------------------------------------------------------
@@ -291,7 +292,7 @@ def test_base64_plain_and_data_url() -> None:
 
 def test_base64_kwargs_pass_through() -> None:
     b64 = base64.b64encode(_save(_noise(32, 32), "PNG")).decode()
-    with pytest.raises(ProblemError) as ei:
+    with pytest.raises(DomainError) as ei:
         decode_base64_image(b64, max_pixels=100)
     assert ei.value.slug == "image-too-large"
 
@@ -299,9 +300,9 @@ def test_base64_kwargs_pass_through() -> None:
 @pytest.mark.parametrize("s", ["", "!!!not base64!!!", "abcde", "data:image/png,rawbytes",
                                "data:image/png;base64,%%%%"])
 def test_bad_base64(s: str) -> None:
-    with pytest.raises(ProblemError) as ei:
+    with pytest.raises(DomainError) as ei:
         decode_base64_image(s)
-    assert (ei.value.status, ei.value.slug) == (400, "invalid-image")
+    assert (status_of(ei.value), ei.value.slug) == (400, "invalid-image")
 
 
 # --- tensor ----------------------------------------------------------------------------------

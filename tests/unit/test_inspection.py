@@ -10,7 +10,7 @@ import torch
 from tiny import tiny_model, wrap
 from torch import nn
 
-from cnnviz.attribution.hooks import LayerCapture, capture
+from cnnviz.hooks import LayerCapture, capture
 from cnnviz.inspection import (
     Cancelled,
     Gallery,

@@ -10,7 +10,7 @@ from captum.attr import Occlusion
 from tiny import tiny_batch, tiny_model, wrap
 from torch import nn
 
-from cnnviz.attribution import AttributionError, ClassTargets, UnitTarget, get_method
+from cnnviz.attribution import ClassTargets, EngineError, UnitTarget, get_method
 from cnnviz.attribution.gradient import gaussian_blur
 from cnnviz.attribution.perturbation import rise_masks
 
@@ -105,9 +105,9 @@ def test_occlusion_unit_target_and_errors(model, x):
     e = get_method("occlusion").attribute(model, x, UnitTarget("act1", 0, 2, 2), window=4, stride=4)
     m = e.maps[0][0]
     assert m[8:, :].abs().max() == 0 and m[:, 8:].abs().max() == 0
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         get_method("occlusion").attribute(model, x, ClassTargets(), window=4, stride=8)
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         get_method("occlusion").attribute(model, x, ClassTargets(), window=0)
     # A window larger than the input is clipped to it: one window, a constant map.
     e = get_method("occlusion").attribute(model, x, ClassTargets(), window=200, stride=16)
@@ -117,7 +117,7 @@ def test_occlusion_unit_target_and_errors(model, x):
 def test_occlusion_cost():
     model = tiny_model()
     per_axis = math.ceil((32 - 8) / 4) + 1
-    assert get_method("occlusion").cost(model, 2, 3, {"window": 8, "stride": 4}) == 2 * (1 + per_axis ** 2)
+    assert get_method("occlusion").estimate_cost(model, 2, 3, {"window": 8, "stride": 4}) == 2 * (1 + per_axis ** 2)
 
 
 # ---------------------------------------------------------------------------- RISE
@@ -188,4 +188,4 @@ def test_rise_masks_look_like_the_paper():
 
 
 def test_rise_cost(model):
-    assert get_method("rise").cost(model, 2, 1, {"masks": 100}) == 202
+    assert get_method("rise").estimate_cost(model, 2, 1, {"masks": 100}) == 202

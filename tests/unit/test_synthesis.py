@@ -7,7 +7,7 @@ import torch
 from tiny import tiny_model, wrap
 from torch import nn
 
-from cnnviz.attribution.base import AttributionError
+from cnnviz.errors import EngineError
 from cnnviz.synthesis import Callbacks, Cancelled
 from cnnviz.synthesis import adversarial as adv
 from cnnviz.synthesis import class_viz as cv
@@ -155,9 +155,9 @@ def test_channel_and_neuron_visualization(model):
     smooth = cv.class_visualization(model, layer="act2", channel=1, blur_every=1, blur_sigma=1.0, tv_weight=1.0,
                                     **common)
     assert total_variation(smooth.image) < 0.5 * total_variation(r.image)  # blur and TV smooth the picture
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         cv.class_visualization(model, layer="nope", channel=0, steps=1, size=32)
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         cv.class_visualization(model, layer="conv2", channel=99, steps=1, size=32)
 
 
@@ -236,9 +236,9 @@ def test_efros_leung_copies_only_source_pixels(model):
 
 
 def test_efros_leung_rejects_absurd_sizes(model):
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         tex.efros_leung(model, image(0, 16), size=1000)
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         tex.efros_leung(model, image(0, 16), size=8, window=4)
 
 
@@ -264,10 +264,10 @@ def test_style_transfer_lowers_style_loss_with_bounded_content(vgg, preserve_col
 
 
 def test_cost_estimates_scale_with_steps_and_size(model):
-    assert cv.cost_estimate(model, steps=20, size=32) == pytest.approx(2 * cv.cost_estimate(model, steps=10, size=32),
+    assert cv.estimate_cost(model, steps=20, size=32) == pytest.approx(2 * cv.estimate_cost(model, steps=10, size=32),
                                                                        rel=0.1)
-    assert adv.cost_estimate(model, method="pgd", steps=10) > adv.cost_estimate(model, method="fgsm")
-    assert inv.cost_estimate(model, steps=10, size=64) > inv.cost_estimate(model, steps=10, size=32)
-    assert sty.cost_estimate(model, steps=10, optimizer="lbfgs") > sty.cost_estimate(model, steps=10, optimizer="adam")
-    assert tex.cost_estimate(model, method="efros-leung", size=32, source_size=(64, 64)) > 0
-    assert tex.cost_estimate(model, method="gram", steps=10) > 0
+    assert adv.estimate_cost(model, method="pgd", steps=10) > adv.estimate_cost(model, method="fgsm")
+    assert inv.estimate_cost(model, steps=10, size=64) > inv.estimate_cost(model, steps=10, size=32)
+    assert sty.estimate_cost(model, steps=10, optimizer="lbfgs") > sty.estimate_cost(model, steps=10, optimizer="adam")
+    assert tex.estimate_cost(model, method="efros-leung", size=32, source_size=(64, 64)) > 0
+    assert tex.estimate_cost(model, method="gram", steps=10) > 0

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load as st_load
 from tiny import tiny_model
 
-from cnnviz.attribution.base import AttributionError
+from cnnviz.errors import EngineError
 from cnnviz.inspection.verification import pair_accuracy
 from cnnviz.models import LoadedModel
 from cnnviz.synthesis.loop import Cancelled
@@ -469,13 +469,13 @@ def test_triplet_data_splits_by_images_or_by_views(model: LoadedModel) -> None:
     v = triplet_data(model, imgs[:3], ["a", "a", "b"], layer="act3", size=32, views=7, seed=0)
     assert v.split == "views"
     assert v.heldout.shape[0] == 3 * 2 and v.train.shape[0] == 3 * 6  # 8 views per image, a quarter held out
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         triplet_data(model, imgs[:3], ["a", "a", "b"], layer="act3", size=32, views=2, split="images")
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         triplet_data(model, imgs[:2], ["a", "a"], layer="act3", size=32, views=2)
-    with pytest.raises(AttributionError, match="split"):
+    with pytest.raises(EngineError, match="split"):
         triplet_data(model, imgs[:4], ["a", "a", "b", "b"], layer="act3", size=32, views=2, split="halves")
-    with pytest.raises(AttributionError, match="views >= 1"):  # nothing would be left to train on
+    with pytest.raises(EngineError, match="views >= 1"):  # nothing would be left to train on
         triplet_data(model, imgs[:3], ["a", "a", "b"], layer="act3", size=32, views=0, split="views")
 
 
@@ -659,7 +659,7 @@ def test_triplet_trainer_minings_and_mlp_head_train(mining: str) -> None:
     tr = triplet_trainer(clustered(seed=1), mining=mining, hidden=16, eval_every=0)
     tr.train(60)
     assert sum(tr.losses[-10:]) < sum(tr.losses[:10])
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         triplet_trainer(clustered(), mining="easy")
 
 
@@ -676,7 +676,7 @@ def test_style_weights_reload_to_the_same_outputs(model: LoadedModel) -> None:
     img = rand_image(29, 41, 10)
     assert torch.equal(stylize(net, img), stylize(tr.net, img))
     assert not any(p.requires_grad for p in net.parameters())
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         load_transform_net(tensors, {"network": {"arch": "embedding_head"}})
 
 
@@ -692,7 +692,7 @@ def test_head_weights_reload_to_the_same_outputs() -> None:
         assert torch.equal(head(data.heldout), tr.net(data.heldout))
     assert torch.equal(head.mean, tr.net.mean) and float(head.scale) != 1.0
     assert meta["config"]["classes"] == data.classes and meta["config"]["mining"] == "semi-hard"
-    with pytest.raises(AttributionError):
+    with pytest.raises(EngineError):
         load_head(tensors, {"network": {"arch": "transform_net"}})
 
 

@@ -1,6 +1,6 @@
 """Collection-view jobs: top activating patches, neighbours, embedding maps, threshold calibration.
 
-The collection's images come from Redis by key (:mod:`workers.collections`); a neighbours job
+The collection's images come from Redis by key (:mod:`core.store.collections`); a neighbours job
 also carries its query image as the job's own input. Progress counts images through the network,
 and cancel is checked between batches by the engine.
 """
@@ -25,10 +25,11 @@ from cnnviz.inspection import (
 )
 from cnnviz.render import encode_png, make_grid
 from cnnviz.training import head_embed
-
-from ..collections import CollectionStore, gallery_key
-from ..runtime import JobContext, decode_rgb, execute
-from ..trained import TrainedStore
+from core.imaging import decode_rgb
+from core.schemas.collections import CollectionViewParams
+from core.store.collections import CollectionStore, gallery_key
+from core.store.trained import TrainedStore
+from workers.runtime import JobContext, execute
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +38,16 @@ def _thumbs(images: list[torch.Tensor], idx: list[int], size: int = 96) -> torch
     return make_grid([make_thumbnail(images[i], size) for i in idx], ncols=len(idx) or 1, pad=2)
 
 
-def _embeddings(ctx: JobContext, model: Any, images: list[torch.Tensor], params: dict[str, Any],
+def _embeddings(ctx: JobContext, model: Any, images: list[torch.Tensor], params: CollectionViewParams,
                 common: dict[str, Any]) -> tuple[str, str, torch.Tensor]:
     """``(layer, gallery cache key, embeddings)`` of a collection: a layer's features or a trained head's.
 
     The keys are the ones the identify route reads, so an enrolled gallery is found there.
     """
-    size = params.get("size")
-    head_name = params.get("head")
+    size = params.size
+    head_name = params.head
     if head_name is None:
-        layer = params.get("layer") or model.default_layer
+        layer = params.layer or model.default_layer
         key = gallery_key(layer, size or model.preprocessing.input_size)
         return layer, key, embed(model, images, layer, size=size, **common)
     found = TrainedStore(ctx.store.redis, ctx.store.prefix).load("embedder", ctx.record["owner"], head_name)
@@ -60,9 +61,8 @@ def _embeddings(ctx: JobContext, model: Any, images: list[torch.Tensor], params:
 
 
 def run_view(ctx: JobContext) -> None:
-    params: dict[str, Any] = dict(ctx.spec.get("params") or {})
-    view = params.pop("view")
-    cid = params.pop("collection")
+    params = CollectionViewParams.model_validate(ctx.spec.get("params") or {})
+    view, cid = params.view, params.collection
     store = CollectionStore(ctx.store.redis, ctx.store.prefix)
     rec = store.get(cid)
     if rec is None:
@@ -77,9 +77,9 @@ def run_view(ctx: JobContext) -> None:
     summary: dict[str, Any] = {"model": model.name, "view": view, "collection": cid, "count": len(images)}
     main = "result.json"
     if view == "top_patches":
-        channels = top_activating_patches(model, images, params.get("layer"), params.get("channels"),
-                                          top_channels=params.get("top_channels", 8), k=params.get("k", 9),
-                                          projection=params.get("projection", "deconvnet"), size=params.get("size"),
+        channels = top_activating_patches(model, images, params.layer, params.channels,
+                                          top_channels=params.top_channels, k=params.k,
+                                          projection=params.projection, size=params.size,
                                           **common)
         ctx.put("patches.png", encode_png(patch_grid(channels)), "image/png")
         summary["channels"] = [{"channel": c.channel, "score": c.score,
@@ -88,8 +88,8 @@ def run_view(ctx: JobContext) -> None:
         main = "patches.png"
     elif view == "neighbours":
         query = decode_rgb(ctx.inputs()[0])
-        nl = neighbour_lists(model, query, images, params.get("layer"), k=min(params.get("k", 9), len(images)),
-                             metric=params.get("metric", "cosine"), size=params.get("size"), **common)
+        nl = neighbour_lists(model, query, images, params.layer, k=min(params.k, len(images)),
+                             metric=params.metric, size=params.size, **common)
         summary.update(layer=nl.layer, metric=nl.metric, feature_indices=nl.feature_indices,
                        feature_distances=nl.feature_distances, pixel_indices=nl.pixel_indices,
                        pixel_distances=nl.pixel_distances)
@@ -97,16 +97,16 @@ def run_view(ctx: JobContext) -> None:
         ctx.put("neighbours.png", encode_png(make_grid(rows, ncols=1, pad=6)), "image/png")
         main = "neighbours.png"
     elif view == "embedding_map":
-        feats = extract_features(model, images, params.get("layer"), size=params.get("size"), **common)
-        coords = reduce_2d(feats, params.get("method", "pca"), seed=params.get("seed", 0))
-        picture = thumbnail_map(coords, [make_thumbnail(im, 48) for im in images], size=params.get("map_size", 768))
+        feats = extract_features(model, images, params.layer, size=params.size, **common)
+        coords = reduce_2d(feats, params.method, seed=params.seed)
+        picture = thumbnail_map(coords, [make_thumbnail(im, 48) for im in images], size=params.map_size)
         ctx.put("map.png", encode_png(picture), "image/png")
-        summary.update(method=params.get("method", "pca"), coords=[[round(float(v), 5) for v in c] for c in coords])
+        summary.update(method=params.method, coords=[[round(float(v), 5) for v in c] for c in coords])
         main = "map.png"
     elif view == "enroll":
         layer, key, e = _embeddings(ctx, model, images, params, common)
         store.put_embeddings(cid, model.name, key, e)
-        summary.update(layer=layer, head=params.get("head"), enrolled=int(e.shape[0]), dim=int(e.shape[1]))
+        summary.update(layer=layer, head=params.head, enrolled=int(e.shape[0]), dim=int(e.shape[1]))
     elif view == "calibrate":
         labels = rec.get("labels")
         if not labels:

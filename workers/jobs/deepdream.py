@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 from cnnviz.synthesis import Callbacks, DeepDreamConfig, deep_dream
-
-from ..runtime import JobContext, decode_rgb, execute, png_bytes
+from core.imaging import decode_rgb
+from workers.runtime import JobContext, execute, png_bytes
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,7 @@
 """The explain job: any explanation method, run on a worker when it is too costly to answer inline.
 
-It calls the very function the inline route calls (:func:`service.explaining.run_explanation`),
-imported lazily: rendering and answer shaping live in ``service``, and copying them here would let
-the two answers drift apart. Only this job function reaches into ``service``; the rest of
-``workers`` stays free of it.
+It calls the very function the inline route calls (:func:`core.explaining.run_explanation`), so
+the inline answer and the job's ``result.json`` cannot drift apart.
 """
 
 from __future__ import annotations
@@ -17,10 +15,12 @@ from typing import Any
 
 from torch import nn
 
-from cnnviz.attribution.hooks import thread_hooks
+from cnnviz.hooks import thread_hooks
 from cnnviz.synthesis import Cancelled
-
-from ..runtime import JobContext, execute
+from core.explaining import estimate_cost, run_explanation
+from core.imaging import decode_image
+from core.schemas.explain import params_model
+from workers.runtime import JobContext, execute
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,6 @@ def forward_watch(ctx: JobContext, module: nn.Module, total: int, stage: str, na
 
 
 def _explain(ctx: JobContext) -> None:
-    from service.explaining import estimate_cost, run_explanation
-    from service.imaging import decode_image
-    from service.schemas.explain import params_model
-
     params = ctx.spec.get("params") or {}
     method = params["method"]
     explain_params = params_model(method).model_validate(params.get("explain") or {})

@@ -1,8 +1,8 @@
 """Optimization jobs (class/channel visualization, adversarial, inversion, textures, style): one runner.
 
 Each engine method is one function taking the model, its input images and keyword parameters,
-and returning a dataclass whose ``image`` is the main result. The runner needs to know only which
-function a job type calls and which arguments its images fill; every ``[3,H,W]`` tensor of the
+and returning a dataclass whose ``image`` is the main result. The job type's registry entry
+(:mod:`core.jobtypes`) names that function and which arguments its images fill; every ``[3,H,W]`` tensor of the
 result becomes a PNG artifact and everything else goes into ``result.json`` (the objective
 history included, so a client sees the run converge).
 """
@@ -10,43 +10,17 @@ history included, so a client sees the run converge).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from cnnviz.synthesis import Callbacks
-
-from ..runtime import JobContext, decode_rgb, execute, png_bytes
+from core.imaging import decode_rgb
+from core.jobtypes import JOB_TYPES
+from workers.runtime import JobContext, execute, png_bytes
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SynthesisSpec:
-    """How a job type reaches its engine function."""
-
-    function: str  # "module:function"
-    image_args: tuple[str, ...] = ()  # keyword names the uploaded images fill, in order
-    total_param: str = "steps"  # the parameter that counts steps, for progress totals
-
-
-SYNTHESIS: dict[str, SynthesisSpec] = {
-    "class_viz": SynthesisSpec("cnnviz.synthesis.class_viz:class_visualization"),
-    "adversarial": SynthesisSpec("cnnviz.synthesis.adversarial:adversarial", ("image",)),
-    "inversion": SynthesisSpec("cnnviz.synthesis.inversion:invert", ("image",)),
-    "texture": SynthesisSpec("cnnviz.synthesis.texture:gram_texture", ("source",)),
-    "texture_nn": SynthesisSpec("cnnviz.synthesis.texture:efros_leung", ("source",), total_param=""),
-    "style": SynthesisSpec("cnnviz.synthesis.style:style_transfer", ("content", "style")),
-}
-
-
-def resolve(path: str) -> Any:
-    """The function named by ``"module:function"`` (job specs and cost estimators are named, not imported)."""
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def _jsonable(value: Any) -> Any:
@@ -65,17 +39,18 @@ def _jsonable(value: Any) -> Any:
 
 def run_synthesis(ctx: JobContext) -> None:
     job_type = ctx.spec["type"]
-    spec = SYNTHESIS[job_type]
+    spec = JOB_TYPES[job_type]
+    assert spec.engine is not None, f"{job_type} has no engine function"
     params: dict[str, Any] = dict(ctx.spec.get("params") or {})
     preview_every = int(params.pop("preview_every", 0) or 0)
     model = ctx.model()
     images = [decode_rgb(b) for b in ctx.inputs()]
     kwargs = {**params, **dict(zip(spec.image_args, images, strict=False))}
-    total = int(params.get(spec.total_param) or 1) if spec.total_param else 1
+    total = int(params.get(spec.steps_param) or 1) if spec.steps_param else 1
     callbacks = Callbacks(progress=lambda step, tot, stage, obj: ctx.progress(step, tot, stage, obj),
                           preview=ctx.preview, preview_every=preview_every, cancel=ctx.cancelled)
     ctx.progress(0, total, "starting")
-    result = resolve(spec.function)(model, callbacks=callbacks, **kwargs)
+    result = spec.engine(model, callbacks=callbacks, **kwargs)
     pictures: list[str] = []
     summary: dict[str, Any] = {"model": model.name, "type": job_type, "params": {**params,
                                                                               "preview_every": preview_every}}

@@ -1,7 +1,7 @@
 """Training jobs: a fast style network or a triplet embedding head, checkpointed and resumable.
 
 The content (or labelled) images come from a stored collection, the style image (and an optional
-fixed preview image) from the job's inputs. Checkpoints go to :class:`workers.trained.TrainedStore`
+fixed preview image) from the job's inputs. Checkpoints go to :class:`core.store.trained.TrainedStore`
 under the name being trained, every ``checkpoint_every`` steps, on cancel and at the end; they
 outlive the job, so a cancelled, failed or timed-out run is resumed by a new job with
 ``resume: true`` (the API fills in the checkpoint's parameters). On success the trained network
@@ -10,25 +10,20 @@ is stored under its name, and replaces an earlier one of that name.
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from cnnviz.training import FastStyleTrainer, TrainCallbacks, Trainer, TripletTrainer, triplet_data
 from cnnviz.training.augment import shrink_short_side, to_uint8
-
-from ..collections import CollectionStore
-from ..runtime import JobContext, decode_rgb, execute, png_bytes
-from ..trained import JOB_KINDS, TrainedStore
+from core.imaging import decode_rgb
+from core.jobtypes import PLURAL
+from core.store.collections import CollectionStore
+from core.store.trained import JOB_KINDS, TrainedStore
+from workers.runtime import JobContext, execute, png_bytes
 
 log = logging.getLogger(__name__)
-
-STYLE_ARGS = ("size", "style_size", "batch_size", "width", "blocks", "lr", "content_weight", "style_weight",
-              "tv_weight", "content_layers", "style_layers", "style_layer_weights", "crop_scale", "preview_size",
-              "seed", "eval_every")
-DATA_ARGS = ("layer", "size", "views", "holdout", "split", "augment", "seed")
-HEAD_ARGS = ("dim", "hidden", "margin", "mining", "classes_per_batch", "per_class", "lr", "weight_decay", "seed",
-             "eval_every")
-
 
 class TrainingError(RuntimeError):
     def __init__(self, slug: str, detail: str) -> None:
@@ -36,8 +31,10 @@ class TrainingError(RuntimeError):
         self.slug, self.detail = slug, detail
 
 
-def _pick(params: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
-    return {k: params[k] for k in names if params.get(k) is not None}
+def _pick(params: dict[str, Any], fn: Callable[..., Any]) -> dict[str, Any]:
+    """The job parameters ``fn`` takes by keyword (its signature is the one list of them), None left out."""
+    names = inspect.signature(fn).parameters
+    return {k: v for k, v in params.items() if k in names and v is not None}
 
 
 def _collection(ctx: JobContext, cid: str, short_side: int) -> tuple[list[Any], list[str] | None]:
@@ -57,12 +54,12 @@ def _trainer(ctx: JobContext, job_type: str, params: dict[str, Any], images: dic
     if job_type == "fast_style":
         preview = decode_rgb(images["preview"]) if "preview" in images else None
         return FastStyleTrainer(model, decode_rgb(images["style"]), content, preview=preview,
-                                **_pick(params, STYLE_ARGS))
+                                **_pick(params, FastStyleTrainer))
     if not labels:
         raise TrainingError("missing-labels", "a triplet head needs a collection uploaded with labels")
     data = triplet_data(model, content, labels, progress=lambda d, t, _s: ctx.progress(d, t, "features"),
-                        cancel=ctx.cancelled, **_pick(params, DATA_ARGS))
-    return TripletTrainer(data, backbone=model.name, **_pick(params, HEAD_ARGS))
+                        cancel=ctx.cancelled, **_pick(params, triplet_data))
+    return TripletTrainer(data, backbone=model.name, **_pick(params, TripletTrainer))
 
 
 def _summary(trainer: Trainer) -> dict[str, Any]:
@@ -113,9 +110,8 @@ def run_training(ctx: JobContext) -> None:
     summary = _summary(trainer)
     rec = trained.save(kind, owner, name, trainer.weights(name=name, job=ctx.id), model=trainer.config()["backbone"],
                        job=ctx.id, summary=summary, ttl_s=int(keep.get("ttl_s") or 0))
-    plural = "styles" if kind == "style" else "embedders"
     result = {"type": job_type, "name": name, "kind": kind, "version": rec["version"], "resumed_from": start,
-              "link": f"/v1/{plural}/{name}", **summary, "history": trainer.history()}
+              "link": f"/v1/{PLURAL[kind]}/{name}", **summary, "history": trainer.history()}
     ctx.put_json("result.json", result)
     main = "result.json"
     picture = trainer.preview()  # the stylized preview image, or the held-out embedding maps

@@ -1,0 +1,424 @@
+"""The ``cnnviz`` command line, on :class:`cnnviz_client.Client`.
+
+    cnnviz predict cat.jpg --top-k 3
+    cnnviz explain cat.jpg --method gradcam --top-k 2 --out overlay.png
+    cnnviz job deepdream cat.jpg --param layer=_blocks.10 --param steps=8 --wait --out dream.png
+    cnnviz jobs | cnnviz status ID | cnnviz cancel ID | cnnviz models | cnnviz methods
+
+The service is ``--url`` or ``$CNNVIZ_URL`` (default http://127.0.0.1:8000), the key
+``$CNNVIZ_API_KEY`` (or ``--api-key``). ``serve`` and ``worker`` belong to the service: they are
+handed to the service's own command line when the service is installed beside the client.
+Problems are written to stderr as ``title: detail`` with exit status 1; usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from . import __version__
+from .client import Client
+from .errors import CnnvizError, JobFailedError, JobTimeoutError, ProblemError
+from .types import ExplainResult, JobStatus
+
+__all__ = ["command_of", "main", "parse_param"]
+
+log = logging.getLogger("cnnviz_client.cli")
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+SERVICE_COMMANDS = ("serve", "worker")
+SERVICE_MODULES = ("stack.cli", "service.cli")  # where the service's command line has lived, newest first
+# Global options that take a value: needed to find the subcommand before parsing (for the hand-over).
+VALUE_OPTIONS = ("--url", "--api-key", "--timeout", "--retries", "--log-level")
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand of ``argv`` (the first positional after the global options), or None."""
+    it = iter(argv)
+    for tok in it:
+        if tok == "--":
+            return next(it, None)
+        if tok.startswith("-"):
+            if tok in VALUE_OPTIONS:
+                next(it, None)
+            continue
+        return tok
+    return None
+
+
+def parse_param(text: str) -> tuple[list[str], Any]:
+    """``k=v`` -> (key path, value): v as JSON when it parses, else the string; ``a.b=1`` nests."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.split("."), value
+
+
+def params_from(pairs: Sequence[tuple[list[str], Any]] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, value in pairs or []:
+        node = out
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = node[part] = {}
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def _image(arg: str) -> Any:
+    """A path, or ``-`` for the bytes on stdin."""
+    if arg == "-":
+        return sys.stdin.buffer.read()
+    if not Path(arg).is_file():
+        raise CnnvizError(f"no such image file: {arg}")
+    return arg
+
+
+def _write(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _dump(obj: Any) -> None:
+    _write(json.dumps(obj, indent=2, default=str))
+
+
+def _pct(st: JobStatus) -> str:
+    p = st.progress
+    frac = 1.0 if st.succeeded else (p.fraction or 0.0)
+    return f"{frac * 100:3.0f}%"
+
+
+def _status_line(st: JobStatus) -> str:
+    line = f"{st.id}  {st.type:<12} {st.status:<9} {_pct(st)}"
+    if st.progress.total:
+        line += f"  {st.progress.step}/{st.progress.total}"
+    if st.status == "queued" and st.queue_position is not None:
+        line += f"  queue position {st.queue_position}"
+    if st.error:
+        line += f"  {st.error.type}: {st.error.detail}"
+    return line
+
+
+def _numbered(path: Path, i: int, t: int) -> Path:
+    return path.with_name(f"{path.stem}-{i}-{t}{path.suffix or '.png'}")
+
+
+# ---- commands --------------------------------------------------------------------------------------
+
+
+def cmd_models(c: Client, a: argparse.Namespace) -> int:
+    models = c.models()
+    if a.json:
+        _dump([m.raw for m in models])
+        return 0
+    for m in models:
+        mark = "  (default)" if m.default else ""
+        _write(f"{m.name:<24} {m.arch:<24} {m.input_size:>4} px  {m.num_labels} labels{mark}")
+    return 0
+
+
+def cmd_methods(c: Client, a: argparse.Namespace) -> int:
+    ml = c.methods()
+    items = [m for m in ml if a.kind is None or m.kind == a.kind]
+    if a.json:
+        _dump([m.__dict__ for m in items])
+        return 0
+    for m in items:
+        where = "inline" if m.inline else "job"
+        _write(f"{m.name:<22} {m.kind:<8} {m.family:<12} {where:<7} cost {m.cost_hint:g}  {m.title}")
+    _write(f"inline budget: {ml.inline_budget:g} {ml.cost_unit}")
+    return 0
+
+
+def cmd_predict(c: Client, a: argparse.Namespace) -> int:
+    params = params_from(a.param)
+    if a.top_k is not None:
+        params["top_k"] = a.top_k
+    res = c.predict([_image(p) for p in a.images], a.model, params=params)
+    if a.json:
+        _dump(res.raw)
+        return 0
+    for name, im in zip(a.images, res.images, strict=False):
+        _write(f"{name} ({im.width}x{im.height}, {res.model})")
+        for rank, p in enumerate(im.predictions, 1):
+            _write(f"  {rank:>2}. {p.probability:7.4f}  {p.index:>5}  {p.label}")
+    return 0
+
+
+def cmd_explain(c: Client, a: argparse.Namespace) -> int:
+    params = params_from(a.param)
+    for key in ("target", "top_k", "layer"):
+        value = getattr(a, key)
+        if value is not None:
+            params[key] = value
+    res = c.explain([_image(p) for p in a.images], a.method, a.model, respond_async=a.respond_async, params=params)
+    saved = _save_explanations(res, Path(a.out)) if a.out else []
+    if a.json:
+        raw = dict(res.raw)
+        if res.job_id:
+            raw["job_id"] = res.job_id
+        _dump(raw)
+        return 0
+    via = f" (job {res.job_id})" if res.job_id else ""
+    _write(f"{res.method} on {res.model}, layer {res.layer}{via}")
+    for im in res.images:
+        _write(f"image {im.index} ({im.width}x{im.height}):")
+        for e in im.explanations:
+            t = e.target
+            prob = f"p={t.probability:.4f} " if t.probability is not None else ""
+            _write(f"  {t.label or t.kind} ({t.index})  {prob}score={t.score:.4g}  "
+                   f"map {e.map.shape[0]}x{e.map.shape[1]} [{e.map.min:.4g}, {e.map.max:.4g}]")
+    for w in res.warnings:
+        _write(f"warning: {w}")
+    for path in saved:
+        _write(f"overlay: {path}")
+    return 0
+
+
+def _save_explanations(res: ExplainResult, out: Path) -> list[str]:
+    """The first overlay to ``out``; any further ones beside it as ``stem-IMAGE-TARGET.png``."""
+    saved = []
+    for im in res.images:
+        for t, e in enumerate(im.explanations):
+            if e.overlay is None:
+                continue
+            path = out if not saved else _numbered(out, im.index, t)
+            saved.append(e.save(path))
+    if not saved:
+        raise CnnvizError("the answer has no overlay to save (output.overlay was false?)")
+    return saved
+
+
+def cmd_job(c: Client, a: argparse.Namespace) -> int:
+    job = c.submit(a.type, [_image(p) for p in a.images], a.model, params=params_from(a.param),
+                   idempotency_key=a.idempotency_key)
+    if not (a.wait or a.out):
+        if a.json:
+            _dump(job.last_status.raw if job.last_status else {"id": job.id})
+        else:
+            _write(f"{job.id} {job.last_status.status if job.last_status else ''}")
+        return 0
+    st = job.wait(timeout=a.wait_timeout, progress=not a.no_progress)
+    if a.json:
+        _dump(st.raw)
+    else:
+        _write(_status_line(st))
+    if not st.succeeded:
+        raise JobFailedError(st)
+    if a.out:
+        path = job.result().save(a.out)
+        if not a.json:
+            _write(f"result: {path}")
+    return 0
+
+
+def cmd_jobs(c: Client, a: argparse.Namespace) -> int:
+    jobs = c.jobs(a.status, a.limit)
+    if a.json:
+        _dump([j.raw for j in jobs])
+        return 0
+    for st in jobs:
+        _write(f"{_status_line(st)}  {st.created_at or ''}")
+    return 0
+
+
+def cmd_status(c: Client, a: argparse.Namespace) -> int:
+    st = c.job(a.id).status(wait=a.wait or 0.0)
+    if a.json:
+        _dump(st.raw)
+        return 0
+    _write(_status_line(st))
+    if st.progress.stage or st.progress.message:
+        _write(f"  stage: {st.progress.stage}  {st.progress.message or ''}".rstrip())
+    if st.progress.objective is not None:
+        _write(f"  objective: {st.progress.objective:.6g}")
+    for art in st.artifacts:
+        _write(f"  artifact: {art.name}  {art.media_type or ''}".rstrip())
+    return 0
+
+
+def cmd_result(c: Client, a: argparse.Namespace) -> int:
+    job = c.job(a.id)
+    art = job.artifact(a.artifact) if a.artifact else job.result()
+    if a.out:
+        _write(f"{art.name}: {art.save(a.out)}")
+    elif art.is_json:
+        _dump(art.json())
+    else:
+        raise CnnvizError(f"the {art.name} is {art.media_type}; give --out FILE to save it")
+    return 0
+
+
+def cmd_cancel(c: Client, a: argparse.Namespace) -> int:
+    st = c.job(a.id).cancel()
+    if a.json:
+        _dump(st.raw)
+    else:
+        _write(f"{st.id} {st.status}{' (cancel requested)' if st.cancel_requested and st.status == 'running' else ''}")
+    return 0
+
+
+# ---- parser and entry point -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnnviz", description="Explain what a CNN sees: the cnnviz service from the "
+                                "command line.", epilog="serve and worker run the service itself (when installed).")
+    p.add_argument("--url", default=os.environ.get("CNNVIZ_URL") or DEFAULT_URL,
+                   help="service URL (default $CNNVIZ_URL or %(default)s)")
+    p.add_argument("--api-key", default=os.environ.get("CNNVIZ_API_KEY"),
+                   help="API key (default $CNNVIZ_API_KEY)")
+    p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds (default %(default)s)")
+    p.add_argument("--retries", type=int, default=3, help="retries on 503/429 and connection failures")
+    p.add_argument("--log-level", default="WARNING", help="client log level on stderr (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the service's JSON instead of a summary")
+    p.add_argument("--version", action="version", version=f"cnnviz-client {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    def model_and_params(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", default=None, help="model name (default: the service's default)")
+        sp.add_argument("--param", action="append", type=parse_param, metavar="K=V",
+                        help="a parameter; V is JSON when it parses, else a string; a.b=V nests (repeatable)")
+
+    sp = add("predict", cmd_predict, "top-k classes of images")
+    sp.add_argument("images", nargs="+", metavar="IMAGE")
+    sp.add_argument("--top-k", type=int, default=None)
+    model_and_params(sp)
+
+    sp = add("explain", cmd_explain, "explanation maps of images (Grad-CAM and the rest)")
+    sp.add_argument("images", nargs="+", metavar="IMAGE")
+    sp.add_argument("--method", required=True, help="e.g. gradcam, layercam, integrated_gradients (see methods)")
+    group = sp.add_mutually_exclusive_group()
+    group.add_argument("--target", type=int, default=None, help="class index to explain")
+    group.add_argument("--top-k", type=int, default=None, help="explain the k best classes")
+    sp.add_argument("--layer", default=None, help="target layer (default: the model's)")
+    sp.add_argument("--out", default=None, help="save the overlay PNG here (more targets: beside it, numbered)")
+    sp.add_argument("--async", dest="respond_async", action="store_true",
+                    help="ask the service to run it as a job (Prefer: respond-async), then follow it")
+    model_and_params(sp)
+
+    sp = add("job", cmd_job, "submit a job (deepdream, class_viz, style, ...); --wait to follow it")
+    sp.add_argument("type", metavar="TYPE")
+    sp.add_argument("images", nargs="*", metavar="IMAGE")
+    sp.add_argument("--wait", action="store_true", help="wait for the end, with a progress bar on stderr")
+    sp.add_argument("--out", default=None, help="save the result here (implies --wait)")
+    sp.add_argument("--wait-timeout", type=float, default=None, help="give up waiting after this many seconds")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar while waiting")
+    sp.add_argument("--idempotency-key", default=None, help="default: a fresh one per submit")
+    model_and_params(sp)
+
+    sp = add("jobs", cmd_jobs, "your jobs, newest first")
+    sp.add_argument("--status", default=None, choices=["queued", "running", "succeeded", "failed", "canceled"])
+    sp.add_argument("--limit", type=int, default=50)
+
+    sp = add("status", cmd_status, "a job's status and progress")
+    sp.add_argument("id", metavar="ID")
+    sp.add_argument("--wait", type=float, default=None, help="seconds the service may wait for the job to end")
+
+    sp = add("result", cmd_result, "fetch a job's result (or --artifact NAME)")
+    sp.add_argument("id", metavar="ID")
+    sp.add_argument("--artifact", default=None)
+    sp.add_argument("--out", default=None, help="save it here (JSON is printed without --out)")
+
+    sp = add("cancel", cmd_cancel, "cancel a job")
+    sp.add_argument("id", metavar="ID")
+
+    add("models", cmd_models, "the model catalog")
+    sp = add("methods", cmd_methods, "explain methods and job types")
+    sp.add_argument("--kind", choices=["explain", "job"], default=None)
+
+    for name, text in (("serve", "run the service (API, embedded Redis and a worker)"),
+                       ("worker", "run a job worker")):
+        sub.add_parser(name, help=text, add_help=False)
+    return p
+
+
+def _service_main() -> Callable[[list[str]], int]:
+    """The service's command line: the ``cnnviz`` console script of the ``cnnviz`` distribution.
+
+    Found through the distribution's metadata rather than a module name, so it follows the
+    service wherever its command line lives; a source checkout that was never installed falls
+    back to the module names it has had.
+    """
+    errors: list[str] = []
+    try:
+        eps = importlib.metadata.distribution("cnnviz").entry_points
+        for ep in eps:
+            if ep.group == "console_scripts" and ep.name == "cnnviz" and not ep.value.startswith("cnnviz_client"):
+                return ep.load()  # type: ignore[no-any-return]
+    except (importlib.metadata.PackageNotFoundError, ImportError, AttributeError) as exc:
+        errors.append(str(exc))
+    for module in SERVICE_MODULES:
+        try:
+            return importlib.import_module(module).main  # type: ignore[no-any-return]
+        except (ImportError, AttributeError) as exc:
+            errors.append(str(exc))
+    raise ImportError("; ".join(errors) or "no cnnviz service")
+
+
+def _hand_over(argv: list[str]) -> int:
+    """``serve`` / ``worker``: run by the service's own command line, when it is installed."""
+    try:
+        service_main = _service_main()
+    except ImportError as exc:
+        sys.stderr.write(f"cnnviz {command_of(argv)}: the cnnviz service is not installed here, only its client "
+                         f"({exc}); install the cnnviz package to run the service\n")
+        return 2
+    return int(service_main(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 a problem, 2 a usage error)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if command_of(args) in SERVICE_COMMANDS:
+        return _hand_over(args)
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse has written the message
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+    logging.basicConfig(level=str(ns.log_level).upper(), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        with Client(ns.url, ns.api_key, ns.timeout, retry=max(0, ns.retries)) as client:
+            return int(ns.func(client, ns))
+    except ProblemError as exc:
+        sys.stderr.write(f"{exc.title}: {exc.detail}\n" if exc.detail else f"{exc.title}\n")
+        return 1
+    except (JobFailedError, JobTimeoutError, CnnvizError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    except httpx.TransportError as exc:
+        sys.stderr.write(f"cannot reach the service at {ns.url}: {type(exc).__name__}: {exc}\n")
+        return 1
+    except OSError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

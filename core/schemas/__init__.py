@@ -1,0 +1,1 @@
+"""Parameter models of every method, view and job type, and the answers the core pipelines build."""

@@ -1,0 +1,88 @@
+"""Collections (image sets for collection-level views) and the collection-view job."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.schemas.training import NAME_PATTERN
+
+
+class CollectionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[str] | None = Field(None, max_length=1000, description="one label per image (for calibration)")
+
+
+class CollectionInfo(BaseModel):
+    id: str
+    count: int
+    labels: list[str] | None
+    bytes: int
+    created_at: float
+    ttl_s: int
+    links: dict[str, str]
+
+
+class IdentifyParams(BaseModel):
+    """1:K identification of a query image against a labelled collection (the gallery)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str | None = Field(None, max_length=200)
+    size: int | None = Field(None, ge=32, le=512)
+    head: str | None = Field(None, pattern=NAME_PATTERN, description="a trained embedding head (its layer and size)")
+    threshold: float | None = Field(None, ge=0.0, le=2.0, description="unknown when no distance is under this; "
+                                    "default the head's calibrated threshold, else 0.9")
+
+    @model_validator(mode="after")
+    def _head_alone(self) -> IdentifyParams:
+        if self.head is not None and self.layer is not None:
+            raise ValueError("a head brings its own layer; do not give layer with it")
+        return self
+    k: int = Field(5, ge=1, le=50, description="candidate labels to return")
+
+
+class Candidate(BaseModel):
+    label: str
+    distance: float
+
+
+class IdentifyResponse(BaseModel):
+    model: str
+    layer: str
+    head: str | None = None
+    label: str
+    distance: float
+    threshold: float
+    candidates: list[Candidate]
+    enrolled: int
+    cached: bool
+
+
+class CollectionViewParams(BaseModel):
+    """A view of a stored collection, run as a job with progress (type ``collection``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-f0-9]+$")
+    view: Literal["top_patches", "neighbours", "embedding_map", "calibrate", "enroll"]
+    layer: str | None = Field(None, max_length=200)
+    size: int | None = Field(None, ge=32, le=512, description="network input side in px")
+    channels: list[int] | None = Field(None, max_length=64, description="top_patches: these channels")
+    top_channels: int = Field(8, ge=1, le=64, description="top_patches: else the strongest ones")
+    k: int = Field(9, ge=1, le=64, description="patches per channel, or neighbours")
+    projection: Literal["deconvnet", "guided", "gradient", "none"] = "deconvnet"
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    method: Literal["pca", "tsne", "umap"] = "pca"
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    map_size: int = Field(768, ge=128, le=2048)
+    head: str | None = Field(None, pattern=NAME_PATTERN, description="enroll, calibrate: embed with this trained "
+                             "embedding head (GET /v1/embedders) instead of the layer's features")
+
+    @model_validator(mode="after")
+    def _head_views(self) -> CollectionViewParams:
+        if self.head is not None and (self.view not in ("enroll", "calibrate") or self.layer is not None):
+            raise ValueError("head applies to the enroll and calibrate views, without layer")
+        return self

@@ -1,0 +1,119 @@
+"""Parameters and answers of ``POST /v1/models/{model}/inspect/{view}``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from core.schemas.explain import Colormap
+from core.schemas.training import NAME_PATTERN
+
+
+class FiltersParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str | None = Field(None, max_length=200, description="a Conv2d; default the first one")
+    scale: int = Field(8, ge=1, le=32, description="pixels per filter weight in the picture")
+    per_filter: bool = Field(True, description="normalize each filter to its own range")
+    max_filters: int = Field(256, ge=1, le=1024)
+
+
+class ActivationsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str | None = Field(None, max_length=200)
+    top: int = Field(16, ge=1, le=256, description="the strongest channels to show")
+    channels: list[int] | None = Field(None, max_length=256, description="these channels instead of the top ones")
+    rank_by: Literal["mean", "max"] = "mean"
+    colormap: Colormap = "viridis"  # type: ignore[valid-type]
+    tile: int = Field(96, ge=8, le=512, description="side of each channel's tile, px")
+    resolution: int | None = Field(None, ge=32, le=1024)
+    values: bool = Field(False, description="include raw values of the selected channels")
+
+
+class FiltersResponse(BaseModel):
+    model: str
+    layer: str
+    shape: list[int]
+    grid_png: str
+
+
+class ChannelOut(BaseModel):
+    channel: int
+    mean: float
+    max: float
+    active_fraction: float
+    values: list[list[float]] | None = None
+
+
+class ActivationsResponse(BaseModel):
+    model: str
+    layer: str
+    shape: list[int]
+    channels: list[ChannelOut]
+    grid_png: str
+
+
+class EmbedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str | None = Field(None, max_length=200, description="default: the model's default layer")
+    pool: Literal["avg", "max"] = "avg"
+    resolution: int | None = Field(None, ge=32, le=1024)
+    head: str | None = Field(None, pattern=NAME_PATTERN, description="a trained embedding head "
+                             "(GET /v1/embedders): its layer, input size and head instead of the raw features")
+
+    @model_validator(mode="after")
+    def _head_alone(self) -> EmbedParams:
+        if self.head is not None and (self.layer is not None or self.pool != "avg"):
+            raise ValueError("a head brings its own layer and pooling; do not give layer or pool with it")
+        return self
+
+
+class VerifyParams(EmbedParams):
+    threshold: float | None = Field(None, ge=0.0, le=2.0, description="same when the distance is under this; "
+                                    "default the head's calibrated threshold, else 0.9")
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+
+
+class InvarianceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str | None = Field(None, max_length=200)
+    shifts: list[int] = Field([0, 4, 8, 16, 32, 48, 64], max_length=32)
+    scales: list[float] = Field([0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 1.7], max_length=32)
+    rotations: list[float] = Field([0, 5, 10, 20, 45, 90, 180], max_length=32)
+    shift_axis: Literal["x", "y"] = "y"
+    resolution: int | None = Field(None, ge=32, le=512)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> InvarianceParams:
+        if any(not -512 <= s <= 512 for s in self.shifts) or any(not 0.1 <= s <= 4 for s in self.scales) \
+                or any(not -360 <= r <= 360 for r in self.rotations):
+            raise ValueError("shifts in -512..512 px, scales in 0.1..4, rotations in -360..360 degrees")
+        return self
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    layer: str
+    head: str | None = None
+    dim: int
+    embeddings: list[list[float]]
+
+
+class VerifyResponse(BaseModel):
+    model: str
+    layer: str
+    head: str | None = None
+    metric: str
+    distance: float
+    threshold: float
+    same: bool
+
+
+class InvarianceResponse(BaseModel):
+    model: str
+    curves: dict
+    plot_png: str

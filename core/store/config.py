@@ -1,0 +1,52 @@
+"""Names and timings shared by the API and the workers: queue, key prefix, heartbeat, TTLs.
+
+Both sides read the same ``CNNVIZ_*`` environment variables, so an API and its workers agree
+without importing each other's settings. Tests give each session its own queue and prefix so a
+shared Redis is never polluted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+QUEUES = ("short", "long")  # kinds of work; each job type names its kind in core.jobtypes
+
+
+def _float_env(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Where jobs live in Redis and how liveness is judged."""
+
+    queue: str = "cnnviz"  # base name: the rq queues are "<queue>-short" and "<queue>-long"
+    prefix: str = "cnnviz"
+    heartbeat_ttl_s: float = 15.0  # a running job whose heartbeat key is gone this long is abandoned
+    heartbeat_interval_s: float = 2.0
+    seconds_per_cost: float = 0.25  # job_timeout = base + cost * this, bounded below
+    min_timeout_s: int = 120
+    max_timeout_s: int = 6 * 3600
+    max_previews: int = 8  # older previews are deleted so a long job's storage stays bounded
+
+    @classmethod
+    def from_environment(cls) -> JobConfig:
+        ttl = _float_env("CNNVIZ_JOB_HEARTBEAT_TTL", cls.heartbeat_ttl_s)
+        return cls(
+            queue=os.environ.get("CNNVIZ_QUEUE", cls.queue),
+            prefix=os.environ.get("CNNVIZ_KEY_PREFIX", cls.prefix),
+            heartbeat_ttl_s=ttl,
+            heartbeat_interval_s=min(_float_env("CNNVIZ_JOB_HEARTBEAT_INTERVAL", cls.heartbeat_interval_s), ttl / 3),
+        )
+
+    def queue_name(self, kind: str) -> str:
+        """The rq queue of a kind of work (``short`` or ``long``)."""
+        if kind not in QUEUES:
+            raise ValueError(f"unknown queue kind {kind!r}; expected one of {QUEUES}")
+        return f"{self.queue}-{kind}"
+
+    def job_timeout(self, cost: float) -> int:
+        """rq's hard limit for one job, from its cost estimate: generous, but never unbounded."""
+        return int(min(self.max_timeout_s, max(self.min_timeout_s, 60 + cost * self.seconds_per_cost)))

@@ -1,0 +1,17 @@
+"""``python -m service.openapi_export``: the committed OpenAPI document (``make openapi``)."""
+
+from __future__ import annotations
+
+import sys
+
+from service.app import create_app
+from service.openapi_doc import render
+from service.settings import Settings
+
+
+def main() -> None:
+    sys.stdout.write(render(create_app(Settings(preload_models=False))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""OpenAPI pieces several routes share: the image-upload request body and the problem answers.
+
+The body is parsed by :func:`service.uploads.read_upload` (multipart or JSON), so FastAPI cannot
+infer it; this documents both forms for clients and for the committed OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def upload_body(params_schema_ref: str | None = None, description: str = "") -> dict[str, Any]:
+    params: dict[str, Any] = {"type": "string", "description": "JSON object with the parameters"}
+    json_params: dict[str, Any] = {"type": "object"}
+    if params_schema_ref:
+        json_params = {"$ref": params_schema_ref}
+        params["description"] += f" ({params_schema_ref.rsplit('/', 1)[-1]})"
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description or "Images (JPEG, PNG, WebP, BMP, GIF) and a params JSON object.",
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                            "params": params,
+                        },
+                        "required": ["image"],
+                    }
+                },
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
+                            "params": json_params,
+                        },
+                        "required": ["images"],
+                    }
+                },
+            },
+        }
+    }
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"description": text, "content": {"application/problem+json": {"schema": {"type": "object"}}}}
+    for code, text in [(400, "Broken input"), (404, "Unknown model, method or resource"),
+                       (413, "Body, image or count over a limit"), (415, "Unsupported media or image format"),
+                       (422, "Invalid parameters")]
+}
+
+
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **PROBLEM_RESPONSES,
+    **{code: {"description": text, "content": {"application/problem+json": {"schema": {"type": "object"}}}}
+       for code, text in [(401, "Missing or wrong API key"), (409, "Job not finished"), (410, "Result expired"),
+                          (429, "Too many jobs for this key"), (503, "Queue full or Redis unreachable")]},
+}

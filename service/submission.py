@@ -1,0 +1,64 @@
+"""Queueing a checked job request: the cost cap, stored inputs, the training lock, the 202 answer.
+
+``POST /v1/jobs`` and the explain route's hand-off both end here, after the job type's registry
+entry has checked and priced the request (:meth:`core.jobtypes.JobType.check`).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from fastapi import Response
+from starlette.concurrency import run_in_threadpool
+
+from core.errors import Invalid, TooLarge
+from core.imaging import DecodedImage
+from core.jobtypes import Prepared
+from service.auth import Principal
+from service.jobs import JobClient, status_model
+from service.settings import Settings
+
+
+def stored_png(d: DecodedImage) -> bytes:
+    """Inputs are stored as lossless PNG of the decoded, EXIF-oriented RGB image the API validated."""
+    buf = io.BytesIO()
+    d.image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def accepted(rec: dict[str, Any], created: bool) -> Response:
+    body = status_model(rec).model_dump_json()
+    headers = {"Location": f"/v1/jobs/{rec['id']}", "Retry-After": "1"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(body, status_code=202, media_type="application/json", headers=headers)
+
+
+async def submit_prepared(jobs: JobClient, principal: Principal, prepared: Prepared, images: list[DecodedImage],
+                          settings: Settings, idempotency_key: str | None) -> Response:
+    """Cap the cost, store the inputs, hold the training lock if any, enqueue; 202 with Location."""
+    cost = prepared.cost
+    if cost > settings.max_job_cost:
+        raise Invalid("job-too-expensive", "This job is over the per-request cost cap",
+                      f"estimated {cost:.0f} forward passes, limit max_job_cost={settings.max_job_cost:.0f}",
+                      estimate=cost, limit=settings.max_job_cost, limit_name="max_job_cost")
+    inputs = await run_in_threadpool(lambda: [stored_png(d) for d in images])
+    if sum(len(b) for b in inputs) > 4 * settings.max_body_bytes:
+        raise TooLarge("inputs-too-large", "The images are too large to store for a job",
+                       limit=4 * settings.max_body_bytes)
+    lock = prepared.lock
+    if lock is None:
+        rec, created = await run_in_threadpool(jobs.submit, principal, prepared.spec, inputs, cost, idempotency_key)
+        return accepted(rec, created)
+    with jobs.guard():
+        await run_in_threadpool(lock.claim)
+    try:
+        rec, created = await run_in_threadpool(jobs.submit, principal, prepared.spec, inputs, cost, idempotency_key)
+    except BaseException:
+        with jobs.guard():
+            lock.release()
+        raise
+    with jobs.guard():
+        lock.bind(rec["id"], int(rec.get("timeout_s") or 3600) + 3600)
+    return accepted(rec, created)
