@@ -3,6 +3,7 @@
     .venv/bin/python bench/make_examples.py             # writes docs/examples/*.png
     .venv/bin/python bench/make_examples.py fast_style  # only the fast style example (~12 min on 2 cores)
     .venv/bin/python bench/make_examples.py triplet     # only the triplet head's embedding maps
+    .venv/bin/python bench/make_examples.py methods     # only the method comparison (API defaults)
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cnnviz.attribution import ClassTargets, get_method  # noqa: E402
 from cnnviz.models import Catalog  # noqa: E402
-from cnnviz.render import apply_colormap, encode_png, make_grid, normalize_map, overlay, resize_map  # noqa: E402
+from cnnviz.render import encode_png, make_grid  # noqa: E402
 from cnnviz.synthesis import DeepDreamConfig, deep_dream  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "examples"
@@ -30,17 +30,47 @@ def tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float() / 255
 
 
+# The README's method comparison, drawn by the service's own code path (core.explaining.run_explanation)
+# with the API's default parameters and default rendering, except what is named here (and in the README).
+METHODS_SHOWN = ("gradcam", "gradcampp", "layercam", "ablationcam", "guided_backprop", "integrated_gradients",
+                 "smoothgrad", "occlusion")
+METHOD_PARAMS: dict[str, dict[str, object]] = {}  # none: every method at its defaults (IG 32 steps, SmoothGrad
+# 25 samples, occlusion window 32 / stride 16)
+# Output options that choose what comes back, not how it is drawn: PNG for the README, no heatmap.
+METHOD_OUTPUT: dict[str, object] = {"format": "png", "heatmap": False}
+
+
+def method_params(name: str):  # -> ExplainParams
+    from core.schemas.explain import params_model
+
+    return params_model(name).model_validate({**METHOD_PARAMS.get(name, {}), "output": METHOD_OUTPUT})
+
+
 def methods_grid(model, img: np.ndarray) -> torch.Tensor:
-    x = model.preprocessing.batch([tensor(img)], device=model.device)
-    base = torch.from_numpy(np.array(img, copy=True))
-    tiles = []
-    for name, params in [("gradcam", {}), ("gradcampp", {}), ("layercam", {}), ("ablationcam", {}),
-                         ("guided_backprop", {}), ("integrated_gradients", {"steps": 32}),
-                         ("smoothgrad", {"samples": 16}), ("occlusion", {"window": 32, "stride": 16})]:
-        m = get_method(name).attribute(model, x, ClassTargets(top_k=1), **params).maps[0][0]
-        heat = apply_colormap(resize_map(normalize_map(m, "max"), img.shape[:2]), "jet")
-        tiles.append(overlay(base, heat, 0.5))
-    return make_grid(tiles, ncols=4, pad=4)
+    """Each method's default overlay on ``img`` for its top-1 class, captioned with method and rendering."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from cnnviz.attribution import get_method
+    from cnnviz.render import labelled_grid
+    from core.explaining import run_explanation
+    from core.imaging import decode_image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    photo = decode_image(buf.getvalue())
+    tiles, captions = [], []
+    for name in METHODS_SHOWN:
+        e = run_explanation(model, name, [photo], method_params(name)).images[0].explanations[0]
+        tiles.append(torch.from_numpy(np.asarray(Image.open(io.BytesIO(base64.b64decode(e.overlay_png or ""))))))
+        extra = ", ".join(f"{k} {v}" for k, v in METHOD_PARAMS.get(name, {}).items())
+        r = e.rendering
+        how = f"{r.kind} · {r.colormap}" if r and r.colormap else (r.kind if r else "")
+        captions.append(f"{get_method(name).title or name}{f' ({extra})' if extra else ''}\n{how}")
+        log.info("%s: %s p=%.2f, rendering %s", name, e.target.label, e.target.probability or 0, how)
+    return labelled_grid(tiles, captions, ncols=4, pad=6, font_px=13)
 
 
 def _u8(x: torch.Tensor) -> torch.Tensor:
@@ -146,12 +176,14 @@ def triplet_example(model) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     OUT.mkdir(parents=True, exist_ok=True)
-    only = {"fast_style": fast_style_example, "triplet": triplet_example}
+    only = {"fast_style": fast_style_example, "triplet": triplet_example,
+            "methods": lambda m: (OUT / "methods_chelsea.png").write_bytes(
+                encode_png(methods_grid(m, skimage.data.chelsea()[::2, ::2])))}
     if sys.argv[1:] and sys.argv[1] in only:
         only[sys.argv[1]](Catalog.from_environment(device="cpu").get("efficientnet-lite0"))
         return
     model = Catalog.from_environment(device="cpu").get("efficientnet-lite0")
-    chelsea = skimage.data.chelsea()[::3, ::3]
+    chelsea = skimage.data.chelsea()[::2, ::2]
     (OUT / "methods_chelsea.png").write_bytes(encode_png(methods_grid(model, chelsea)))
     cfg = DeepDreamConfig(layer="_blocks.10", octaves=4, octave_scale=1.4, steps=12, step_size=0.02, jitter=8,
                           size=256, seed=0)

@@ -11,6 +11,7 @@ import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import torch
 
@@ -18,16 +19,38 @@ from cnnviz.attribution import ClassTargets, EngineError, Explanation, Targets, 
 from cnnviz.localization import dense_crf_refine, mask_to_regions, scale_regions, threshold_mask
 from cnnviz.metrics import deletion_insertion, pointing_game
 from cnnviz.models import LoadedModel
-from cnnviz.render import apply_colormap, draw_boxes, encode_png, normalize_map, overlay, resize_map
+from cnnviz.render import (
+    IMAGE_FORMATS,
+    OFFERED_KINDS,
+    MapKind,
+    MapScale,
+    apply_colormap,
+    blend,
+    compose_figure,
+    default_kind,
+    draw_boxes,
+    encode_image,
+    encode_png,
+    figure_title,
+    labelled_grid,
+    normalize_map,
+    outline,
+    overlay,
+    render_map,
+    resize_map,
+)
+from cnnviz.render.kinds import format_value
 from core.errors import Invalid, from_engine
 from core.imaging import DecodedImage, image_to_tensor
 from core.schemas.explain import (
+    Completeness,
     ExplainParams,
     ExplainResponse,
     Faithfulness,
     ImageExplanation,
     RawMap,
     Region,
+    Rendering,
     TargetExplanation,
     TargetInfo,
     Timings,
@@ -77,29 +100,103 @@ def estimate_cost(model: LoadedModel, method: str, params: ExplainParams, n_imag
     return float(cost)
 
 
+Sink = Callable[[str, bytes, str], str]
+"""Stores one picture (artifact name, bytes, media type) and returns the link a client follows."""
+
+
+def offered_kinds(method: str, reduce: str | None = None) -> tuple[MapKind, ...]:
+    """The renderings ``output.kind`` accepts for ``method``, its default (given ``reduce``) first."""
+    default = default_kind(method, reduce)
+    return (default, *[k for k in OFFERED_KINDS.get(method, ()) if k != default])
+
+
+def map_kind(method: str, params: ExplainParams) -> MapKind:
+    """The kind the map is rendered as: ``output.kind`` if the method offers it, else the method's default."""
+    offered = offered_kinds(method, getattr(params, "reduce", None))
+    asked = params.output.kind
+    if asked is None:
+        return offered[0]
+    if asked not in offered:
+        raise Invalid("unsupported-kind", f"{method} maps cannot be rendered as {asked!r}",
+                      f"offered kinds: {', '.join(offered)}", choices=list(offered))
+    return asked
+
+
 @dataclass
-class _Rendered:
+class _Pictures:
     heatmap: torch.Tensor | None
     overlay: torch.Tensor | None
+    figure: torch.Tensor | None
+    rendering: Rendering
 
 
-def _render(raw: torch.Tensor, image_u8: torch.Tensor, params: ExplainParams,
-            regions: list[Region] | None) -> _Rendered:
+_LEGACY_SCALE_KIND: dict[str, MapKind] = {"minmax": "positive", "max": "positive", "signed": "signed",
+                                          "none": "positive"}
+
+
+def _legacy(raw: torch.Tensor, mode: str, colormap: str, size: tuple[int, int]) -> tuple[torch.Tensor, MapScale]:
+    """``output.normalize`` given: the rendering of before per-kind rendering (one scaling for all)."""
+    x = torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(x.min()), float(x.max())
+    if mode == "max":
+        lo, hi = 0.0, max(hi, 0.0)
+    elif mode == "signed":
+        m = float(x.abs().max())
+        lo, hi = -m, m
+    elif mode == "none":
+        lo, hi = 0.0, 1.0
+    heat = apply_colormap(resize_map(normalize_map(raw, mode), size), colormap)  # type: ignore[arg-type]
+    return heat, MapScale(_LEGACY_SCALE_KIND[mode], lo, hi)
+
+
+def _render(raw: torch.Tensor, gradient: torch.Tensor | None, image_u8: torch.Tensor, params: ExplainParams,
+            kind: MapKind, regions: list[Region] | None, title: str) -> _Pictures:
     out = params.output
     h, w = image_u8.shape[:2]
     size = output_hw(out.size, h, w)
-    norm = normalize_map(raw, out.normalize)
-    heat = apply_colormap(resize_map(norm, size), out.colormap)
-    ov = None
-    if out.overlay:
-        base = image_u8 if (h, w) == size else _resize_image(image_u8, size)
-        ov = overlay(base, heat, out.alpha)
-        if regions:
-            sx, sy = size[1] / w, size[0] / h
-            boxes = [(round(r.box[0] * sx), round(r.box[1] * sy), round(r.box[2] * sx), round(r.box[3] * sy))
-                     for r in regions]
-            ov = draw_boxes(ov, boxes)
-    return _Rendered(heat if out.heatmap else None, ov)
+    base = image_u8 if (h, w) == size else _resize_image(image_u8, size)
+    want_overlay = out.overlay or out.figure
+    if out.normalize is not None:
+        cmap = out.colormap or "jet"
+        heat, scale = _legacy(raw, out.normalize, cmap, size)
+        ov = None
+        if want_overlay:
+            if out.mode == "outline":
+                ov = outline(base, normalize_map(raw, out.normalize), top_fraction=out.outline_fraction)
+            else:
+                ov = overlay(base, heat, 0.5 if out.alpha is None else out.alpha)
+        rendering = Rendering(kind=None, normalize=out.normalize, colormap=cmap, mode=out.mode, lo=scale.lo,
+                              hi=scale.hi, center=scale.center)
+        subtitle = f"normalize {out.normalize}: {format_value(scale.lo)} .. {format_value(scale.hi)}"
+    else:
+        src = gradient if kind == "gradient_rgb" else raw
+        if src is None:  # pragma: no cover - map_kind only offers gradient_rgb where the engine keeps it
+            raise Invalid("unsupported-kind", "this method's answer has no RGB gradient to render")
+        r = render_map(src, kind, clip_percentile=out.clip_percentile, colormap=out.colormap, size=size)
+        heat, scale, cmap = r.rgb, r.scale, r.colormap
+        ov = None
+        if want_overlay:
+            ov = (outline(base, r, top_fraction=out.outline_fraction) if out.mode == "outline"
+                  else blend(base, r, alpha=out.alpha))
+        rendering = Rendering(kind=kind, colormap=cmap, mode=out.mode, lo=scale.lo, hi=scale.hi,
+                              center=scale.center, clip_percentile=scale.percentile, saturated=scale.saturated)
+        subtitle = scale.describe()
+    if ov is not None and regions:
+        sx, sy = size[1] / w, size[0] / h
+        boxes = [(round(r.box[0] * sx), round(r.box[1] * sy), round(r.box[2] * sx), round(r.box[3] * sy))
+                 for r in regions]
+        ov = draw_boxes(ov, boxes)
+    fig = None
+    if out.figure and ov is not None:
+        if out.mode == "outline":
+            subtitle = f"outline of the top {out.outline_fraction:.0%} of the map; {subtitle}"
+        if kind == "gradient_rgb" and out.normalize is None and out.mode == "blend":
+            # The gradient is itself the picture (Springenberg et al.): shown beside the photo, not blended.
+            fig = compose_figure([base, heat], scale=scale, colormap=cmap, title=title, subtitle=subtitle,
+                                 panel_titles=["photo", "input gradient"]).image
+        else:
+            fig = compose_figure([ov], scale=scale, colormap=cmap, title=title, subtitle=subtitle).image
+    return _Pictures(heat if out.heatmap else None, ov if out.overlay else None, fig, rendering)
 
 
 def _resize_image(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -143,22 +240,42 @@ def _faithfulness(model: LoadedModel, x_pix: torch.Tensor, raw: torch.Tensor, ta
 
 
 def _probability(model: LoadedModel, target: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Deletion/insertion score: the target's softmax probability, as in RISE (Petsiuk et al.)."""
+    """Deletion/insertion score: the target's probability (softmax, or sigmoid for a sigmoid head), as in RISE."""
     prep = model.preprocessing
 
     def score_fn(batch: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return model.module(prep.normalize(batch)).float().softmax(1)[:, target]
+            return model.probabilities(model.module(prep.normalize(batch)))[:, target]
 
     return score_fn
 
 
+def _completeness(result: Explanation, i: int, t: int) -> Completeness | None:
+    """The engine's completeness check of image ``i``, target ``t`` (integrated gradients only)."""
+    rows = result.extras.get("completeness")
+    return Completeness(**rows[i][t]) if rows else None
+
+
 def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage], params: ExplainParams,
-                    decode_ms: float = 0.0) -> ExplainResponse:
-    """Compute, render and shape one explanation answer."""
+                    decode_ms: float = 0.0, sink: Sink | None = None,
+                    keep: list[tuple[int, TargetExplanation, torch.Tensor]] | None = None) -> ExplainResponse:
+    """Compute, render and shape one explanation answer.
+
+    ``output.inline: false`` needs ``sink``, which stores each picture and returns its link. ``keep``
+    (for :func:`png_answer`) collects (image index, explanation, overlay tensor) instead of encoding.
+    """
+    out = params.output
+    if not out.inline and sink is None:
+        raise Invalid("inline-needs-store", "output.inline false needs the job store (Redis), which this "
+                      "deployment does not have", "ask for inline pictures (the default)")
     t0 = time.perf_counter()
     for d in images:
-        output_hw(params.output.size, d.height, d.width)  # refuse an oversized output before computing
+        output_hw(out.size, d.height, d.width)  # refuse an oversized output before computing
+    try:
+        m = get_method(method)
+    except EngineError as exc:
+        raise from_engine(exc) from exc
+    kind = map_kind(method, params)
     prep = model.preprocessing
     size = params.resolution or prep.input_size
     tensors = [image_to_tensor(d.image) for d in images]
@@ -166,7 +283,6 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     x = prep.normalize(x_pix)
     t1 = time.perf_counter()
     try:
-        m = get_method(method)
         result: Explanation = m.attribute(model, x, targets_from(params, len(images)), params.layer,
                                           params.engine_params(m))
     except EngineError as exc:
@@ -174,7 +290,21 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
     t2 = time.perf_counter()
+    spent = {"localization": 0.0, "faithfulness": 0.0, "render": 0.0, "encode": 0.0}
+    media = IMAGE_FORMATS[out.format]
+    ext = "jpg" if out.format == "jpeg" else out.format
+
+    def encode(img: torch.Tensor | None, name: str) -> tuple[str | None, str | None]:
+        if img is None or keep is not None:
+            return None, None
+        t = time.perf_counter()
+        data = encode_image(img.cpu(), out.format, out.quality)
+        res = (base64.b64encode(data).decode("ascii"), None) if out.inline else (None, sink(name, data, media))
+        spent["encode"] += time.perf_counter() - t
+        return res
+
     unit = params.unit is not None
+    grads = result.extras.get("gradient")
     out_images = []
     for i, d in enumerate(images):
         img_u8 = (tensors[i].permute(1, 2, 0) * 255).round().to(torch.uint8)
@@ -187,35 +317,82 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                 label=(f"{params.unit.layer}[{idx}]" if unit else
                        model.labels[idx] if idx < len(model.labels) else None),
                 score=result.scores[i][t], probability=result.probabilities[i][t])
+            ta = time.perf_counter()
             regions = _localize(raw, tensors[i], params) if params.localization else None
-            rendered = _render(raw, img_u8, params, regions)
-            vals = normalize_map(raw, "minmax") if params.output.raw_normalized else raw
-            rawmap = RawMap(shape=tuple(raw.shape), min=float(raw.min()), max=float(raw.max()),
-                            values=[[round(float(v), 6) for v in row] for row in vals.tolist()]
-                            if params.output.raw else None)
+            tb = time.perf_counter()
             faith = (_faithfulness(model, x_pix[i], raw, idx, unit, params, (d.height, d.width))
                      if params.faithfulness else None)
-            exps.append(TargetExplanation(
-                target=info, map=rawmap,
-                heatmap_png=_b64(rendered.heatmap), overlay_png=_b64(rendered.overlay),
-                regions=regions, faithfulness=faith))
+            tc = time.perf_counter()
+            title = figure_title(m.title or method, info.label, info.probability, result.layer)
+            pics = _render(raw, grads[i][t] if grads else None, img_u8, params, kind, regions, title)
+            td = time.perf_counter()
+            spent["localization"] += tb - ta
+            spent["faithfulness"] += tc - tb
+            spent["render"] += td - tc
+            vals = normalize_map(raw, "minmax") if out.raw_normalized else raw
+            rawmap = RawMap(shape=tuple(raw.shape), min=float(raw.min()), max=float(raw.max()),
+                            values=[[round(float(v), 6) for v in row] for row in vals.tolist()]
+                            if out.raw else None)
+            heat_b64, heat_url = encode(pics.heatmap, f"heatmap-{i}-{t}.{ext}")
+            ov_b64, ov_url = encode(pics.overlay, f"overlay-{i}-{t}.{ext}")
+            fig_b64, fig_url = encode(pics.figure, f"figure-{i}-{t}.{ext}")
+            exp = TargetExplanation(
+                target=info, map=rawmap, rendering=pics.rendering,
+                media_type=media if (pics.heatmap is not None or pics.overlay is not None or pics.figure is not None)
+                else None,
+                heatmap_png=heat_b64, overlay_png=ov_b64, figure_png=fig_b64,
+                heatmap_url=heat_url, overlay_url=ov_url, figure_url=fig_url,
+                regions=regions, faithfulness=faith, completeness=_completeness(result, i, t))
+            if keep is not None and pics.overlay is not None:
+                keep.append((i, exp, pics.overlay))
+            exps.append(exp)
         out_images.append(ImageExplanation(index=i, width=d.width, height=d.height, explanations=exps))
     t3 = time.perf_counter()
+    ms = {k: v * 1000 for k, v in spent.items()}
     return ExplainResponse(
         model=model.name, method=method, layer=result.layer, input_size=(size, size), images=out_images,
         warnings=result.warnings,
         timings=Timings(decode_ms=decode_ms, preprocess_ms=(t1 - t0) * 1000, compute_ms=(t2 - t1) * 1000,
-                        render_ms=(t3 - t2) * 1000, total_ms=decode_ms + (t3 - t0) * 1000))
+                        localization_ms=ms["localization"], faithfulness_ms=ms["faithfulness"],
+                        render_ms=ms["render"] + (t3 - t2) * 1000 - sum(ms.values()), encode_ms=ms["encode"],
+                        total_ms=decode_ms + (t3 - t0) * 1000))
 
 
-def _b64(img: torch.Tensor | None) -> str | None:
-    return None if img is None else base64.b64encode(encode_png(img.cpu())).decode("ascii")
+GRID_TILE_SIDE = 512  # a multi-map PNG draws each overlay at most this long side
 
 
-def first_overlay_png(model: LoadedModel, method: str, images: list[DecodedImage], params: ExplainParams) -> bytes:
-    """For ``Accept: image/png``: the overlay of the first image's first target, as PNG bytes."""
-    # Only the overlay is sent: skip the heatmap PNG and the raw values the JSON answer would carry.
-    output = params.output.model_copy(update={"overlay": True, "heatmap": False, "raw": False})
-    params = params.model_copy(update={"output": output})
-    resp = run_explanation(model, method, images[:1], params)
-    return base64.b64decode(resp.images[0].explanations[0].overlay_png or "")
+def png_answer(model: LoadedModel, method: str, images: list[DecodedImage],
+               params: ExplainParams) -> tuple[bytes, dict[str, str]]:
+    """For ``Accept: image/png``: PNG bytes and headers naming model, method, layer and each tile's target.
+
+    One map: its overlay at the original size. More (several images, ``top_k`` > 1, ``targets``):
+    a captioned grid of every overlay, one row per image, each tile at most 512 px long.
+    """
+    # Only overlays are drawn: no heatmap, figure or raw values, nothing encoded but the PNG.
+    output = params.output.model_copy(update={"overlay": True, "heatmap": False, "raw": False, "figure": False,
+                                              "inline": True, "format": "png"})
+    kept: list[tuple[int, TargetExplanation, torch.Tensor]] = []
+    resp = run_explanation(model, method, images, params.model_copy(update={"output": output}), keep=kept)
+    title = get_method(method).title or method
+    tiles = [f"{i}:{e.target.index}:{_header_text(e.target.label or '')}" for i, e, _ in kept]
+    headers = {"X-Cnnviz-Model": resp.model, "X-Cnnviz-Method": method, "X-Cnnviz-Layer": resp.layer or "",
+               "X-Cnnviz-Tiles": ",".join(tiles)}
+    if len(kept) == 1:
+        return encode_png(kept[0][2].cpu()), headers
+    pics, captions = [], []
+    for i, e, ov in kept:
+        h, w = int(ov.shape[0]), int(ov.shape[1])
+        s = min(1.0, GRID_TILE_SIDE / max(h, w))
+        pics.append(ov if s == 1.0 else _resize_image(ov, (max(1, round(h * s)), max(1, round(w * s)))))
+        p = f" · p = {e.target.probability:.2f}" if e.target.probability is not None else ""
+        captions.append(f"image {i} · {e.target.label or e.target.index} ({e.target.index}){p}")
+    per_image = [len(img.explanations) for img in resp.images]
+    ncols = per_image[0] if len(set(per_image)) == 1 else None
+    layer = f" · layer {resp.layer}" if resp.layer else ""
+    grid = labelled_grid(pics, captions, ncols=ncols, title=f"{title} · {resp.model}{layer}")
+    return encode_png(grid), headers
+
+
+def _header_text(s: str) -> str:
+    """A label safe in a header list: percent-encoded except letters, digits, space and ``-_.'()``."""
+    return quote(s, safe=" -_.'()")

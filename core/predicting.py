@@ -14,7 +14,7 @@ def predict_images(model: LoadedModel, tensors: list[torch.Tensor], params: Pred
     x = model.preprocessing.batch(tensors, size, params.resize, model.device)
     with torch.inference_mode():
         logits = model.module(x).float()
-    probs = logits.softmax(1)
+    probs = model.probabilities(logits)  # softmax, or sigmoid(logit) per class for a sigmoid head
     k = min(params.top_k, probs.shape[1])
     top = probs.topk(k, dim=1)
     return [[Prediction(index=int(j), label=model.labels[int(j)], probability=float(p), logit=float(logits[i, j]))

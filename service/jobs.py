@@ -15,6 +15,7 @@ working while it is down.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ from redis import Redis
 from rq import Queue, worker_registration
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from starlette.concurrency import run_in_threadpool
 
 from core.errors import Conflict, DomainError, Gone, Invalid, NotFound, TooMany, Unavailable, jobs_unavailable
 from core.jobtypes import JOB_TYPES
@@ -45,9 +47,18 @@ log = logging.getLogger(__name__)
 SERIALIZER = JSONSerializer  # as the workers use: jobs carry ids and small JSON, never pickles
 
 MAX_WAIT_S = 30.0
+WAIT_POLL_S = 0.2  # a long-poll checks the job this often
 SSE_MAX_S = 300.0  # one SSE response lasts at most this long; clients resume with Last-Event-ID
 SSE_KEEPALIVE_S = 10.0
 ABANDON_GRACE_S = 1.0
+IDEM_PENDING = "pending"
+IDEM_PENDING_TTL_S = 30  # a claim whose request died frees the key after this long
+IDEM_WAIT_S = 10.0  # how long a concurrent duplicate waits for the first request's job record
+
+# Compare-and-set and compare-and-delete of one key (atomic in Redis).
+_CAS = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) "
+        "return 1 end return 0")
+_CAD = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -133,28 +144,22 @@ class JobClient:
         ttl_active = s.artifact_ttl_s + timeout + 3600  # the record outlives queueing and running
         entry = JOB_TYPES[spec["type"]]
         queue = self.queue(entry.queue)
-        idem_key = None
+        idem_key = claim = None
         if idempotency_key:
             body = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
             for blob in inputs:
                 body.update(hashlib.sha256(blob).digest())
             digest = body.hexdigest()[:32]
             idem_key = store.idem_key(owner, hashlib.sha256(idempotency_key.encode()).hexdigest()[:32])
-            if not r.set(idem_key, f"{job_id}:{digest}", nx=True, ex=s.result_ttl_s):
-                old = (r.get(idem_key) or b"").decode()
-                old_id, _, old_digest = old.partition(":")
-                if old_digest != digest:
-                    raise Invalid("idempotency-key-reused", "Idempotency-Key reused with another request",
-                                       "This key was already used for a different job request.")
-                rec = store.get(old_id)
-                if rec is not None:
-                    return rec, False
-                r.set(idem_key, f"{job_id}:{digest}", ex=s.result_ttl_s)  # the old job expired: start anew
+            claim = f"{job_id}:{digest}:{IDEM_PENDING}"
+            earlier = self._claim_idempotency(idem_key, claim, digest)
+            if earlier is not None:
+                return earlier, False
         try:
             self._admit(owner, job_id, queue.name)
         except DomainError:
             if idem_key:
-                r.delete(idem_key)
+                self._release_idempotency(idem_key, claim)
             raise
         now = time.time()
         record = {
@@ -173,12 +178,51 @@ class JobClient:
             store.release(job_id, record)
             store.delete(job_id)
             if idem_key:
-                r.delete(idem_key)
+                self._release_idempotency(idem_key, claim)
             raise
+        if idem_key:  # the record exists: the claim becomes the key's answer for result_ttl_s
+            r.register_script(_CAS)(keys=[idem_key], args=[claim, f"{job_id}:{digest}", s.result_ttl_s])
         log.info("job %s (%s) queued, cost %.1f, timeout %ds", job_id, spec["type"], cost, timeout)
         rec = store.get(job_id) or record
         rec["queue_position"] = r.lpos(queue.key, job_id)
         return rec, True
+
+    def _claim_idempotency(self, idem_key: str, claim: str, digest: str) -> dict[str, Any] | None:
+        """Claim an Idempotency-Key for a new job, or return the job that already holds it.
+
+        The key's value is ``job_id:digest`` plus ``:pending`` until that job's record is written.
+        Claims are atomic (``SET NX``, and a compare-and-set to take over the key of an expired
+        job), so concurrent submits with one key create one job: the losers wait for the winner's
+        record (a claim lives at most IDEM_PENDING_TTL_S) and return it.
+        """
+        r, store = self.redis, self.store
+        deadline = time.monotonic() + IDEM_WAIT_S
+        while True:
+            if r.set(idem_key, claim, nx=True, ex=IDEM_PENDING_TTL_S):
+                return None
+            raw = r.get(idem_key)
+            if raw is None:
+                continue  # released or expired between the two calls: claim again
+            old_id, old_digest, state = (raw.decode().split(":") + ["", ""])[:3]
+            if old_digest != digest:
+                raise Invalid("idempotency-key-reused", "Idempotency-Key reused with another request",
+                              "This key was already used for a different job request.")
+            rec = store.get(old_id)
+            if rec is not None:
+                return rec
+            if state != IDEM_PENDING:  # its job expired: start anew, unless another submit just did
+                if r.register_script(_CAS)(keys=[idem_key], args=[raw, claim, IDEM_PENDING_TTL_S]):
+                    return None
+                continue
+            if time.monotonic() > deadline:
+                raise Conflict("idempotency-key-in-use", "A request with this Idempotency-Key is being processed",
+                               "Retry shortly to get its job.", retry_after=1)
+            time.sleep(0.05)
+
+    def _release_idempotency(self, idem_key: str, claim: str | None) -> None:
+        """Drop our claim (the job was not created), never another request's."""
+        if claim is not None:
+            self.redis.register_script(_CAD)(keys=[idem_key], args=[claim])
 
     def _admit(self, owner: str, job_id: str, queue: str) -> None:
         """Per-key concurrency (429) and the queue bound (503), race-safe by add-then-count."""
@@ -249,13 +293,18 @@ class JobClient:
             rec["queue_position"] = self.redis.lpos(self.queue_of(rec).key, rec["id"])
         return rec
 
-    def wait(self, principal: Principal, job_id: str, wait_s: float) -> dict[str, Any]:
-        """Long-poll: return when the job is finished or after ``wait_s`` (at most 30 s)."""
+    async def wait(self, principal: Principal, job_id: str, wait_s: float) -> dict[str, Any]:
+        """Long-poll: return when the job is finished or after ``wait_s`` (at most 30 s).
+
+        Awaited on the event loop: each check is one short Redis read in the thread pool, and the
+        time between checks holds no thread, so any number of long-polls leave the pool (and
+        ``/healthz``, inline routes) free.
+        """
         deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_WAIT_S)
-        rec = self.get(principal, job_id)
+        rec = await run_in_threadpool(self.get, principal, job_id)
         while rec["status"] not in TERMINAL and time.monotonic() < deadline:
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-            rec = self.get(principal, job_id)
+            await asyncio.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
+            rec = await run_in_threadpool(self.get, principal, job_id)
         return rec
 
     def list(self, principal: Principal, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

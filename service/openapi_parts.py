@@ -49,13 +49,16 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": text, "content": {"application/problem+json": {"schema": {"type": "object"}}}}
     for code, text in [(400, "Broken input"), (404, "Unknown model, method or resource"),
                        (413, "Body, image or count over a limit"), (415, "Unsupported media or image format"),
-                       (422, "Invalid parameters")]
+                       (422, "Invalid parameters, or params / a JSON body that does not parse (at most 32 "
+                               "levels deep, numbers at most 64 characters)")]
 }
 
 
 JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
     **PROBLEM_RESPONSES,
     **{code: {"description": text, "content": {"application/problem+json": {"schema": {"type": "object"}}}}
-       for code, text in [(401, "Missing or wrong API key"), (409, "Job not finished"), (410, "Result expired"),
+       for code, text in [(401, "Missing or wrong API key"),
+                          (409, "Job not finished, or its Idempotency-Key still being processed"),
+                          (410, "Result expired"),
                           (429, "Too many jobs for this key"), (503, "Queue full or Redis unreachable")]},
 }

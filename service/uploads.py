@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import zipfile
 from dataclasses import dataclass
@@ -30,13 +31,80 @@ class Upload:
     decode_ms: float = 0.0
 
 
+# Limits of any JSON the service parses (a params field or a JSON body), checked before or while
+# parsing, so hostile nesting or numbers are a 422, never a RecursionError or ValueError (500).
+MAX_JSON_DEPTH = 32  # nested arrays/objects; the deepest request (an explain job's output.size) uses 6
+MAX_NUMBER_CHARS = 64  # characters of one number literal (Python refuses ints over 4300 digits)
+MAX_PARAMS_CHARS = 1024 * 1024  # the params text (a multipart field): 1000 labels of 200 characters fit
+_STRUCTURE = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
+
+
+class JSONLimitError(ValueError):
+    """A JSON document over one of the limits above."""
+
+
+def _check_depth(text: str, max_depth: int) -> None:
+    """Refuse nesting deeper than ``max_depth``: brackets outside strings, in one pass at C speed.
+
+    Base64 images have no brackets, quotes or backslashes, so a JSON body with images costs little.
+    """
+    if text.count("[") + text.count("{") <= max_depth:
+        return
+    depth, in_string = 0, False
+    for m in _STRUCTURE.finditer(text):
+        tok = m.group()
+        if tok[0] == "\\":
+            continue
+        if tok == '"':
+            in_string = not in_string
+        elif in_string:
+            continue
+        elif tok in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise JSONLimitError(f"nested deeper than {max_depth} levels")
+        else:
+            depth -= 1
+
+
+def _number(convert: type) -> Any:
+    def parse(literal: str) -> Any:
+        if len(literal) > MAX_NUMBER_CHARS:
+            raise JSONLimitError(f"a number of {len(literal)} characters (at most {MAX_NUMBER_CHARS})")
+        return convert(literal)
+    return parse
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` with depth and number-size limits; every failure is a ``ValueError``.
+
+    Standard JSON's ``1e999`` parses as infinity: the parameter models refuse non-finite numbers,
+    naming the field.
+    """
+    _check_depth(text, MAX_JSON_DEPTH)
+    try:
+        return json.loads(text, parse_int=_number(int), parse_float=_number(float))
+    except RecursionError as exc:  # defence in depth: the depth check should make this unreachable
+        raise JSONLimitError(f"nested too deeply ({exc})") from exc
+
+
+def _json_problem(slug: str, what: str, exc: ValueError) -> Invalid:
+    if isinstance(exc, JSONLimitError):
+        return Invalid(slug, f"{what} is over a JSON limit", str(exc), max_depth=MAX_JSON_DEPTH,
+                       max_number_chars=MAX_NUMBER_CHARS)
+    return Invalid(slug, f"{what} is not valid JSON", str(exc))
+
+
 def _params_from_text(text: str | None) -> dict[str, Any]:
     if text is None or not text.strip():
         return {}
+    if len(text) > MAX_PARAMS_CHARS:
+        raise Invalid("invalid-params-json", "The params field is too long",
+                      f"{len(text)} characters, at most {MAX_PARAMS_CHARS}", limit=MAX_PARAMS_CHARS)
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise Invalid("invalid-params-json", "The params field is not valid JSON", str(exc)) from exc
+        value = parse_json(text)
+    except ValueError as exc:
+        raise _json_problem("invalid-params-json", "The params field", exc) from exc
     if not isinstance(value, dict):
         raise Invalid("invalid-params-json", "The params field must be a JSON object")
     return value
@@ -75,10 +143,14 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
         params_field = form.get("params")
         params = _params_from_text(params_field if isinstance(params_field, str) else None)
     elif ctype.startswith("application/json") or (not ctype and min_images == 0):
+        raw_body = await request.body()
         try:
-            body = await request.json() if await request.body() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadInput("invalid-json", "The request body is not valid JSON", str(exc)) from exc
+            text = raw_body.decode("utf-8")
+            # A large body (base64 images) parses off the event loop.
+            body = (await run_in_threadpool(parse_json, text) if len(text) > 256 * 1024 else parse_json(text)) \
+                if text.strip() else {}
+        except ValueError as exc:  # UnicodeDecodeError, JSONDecodeError and JSONLimitError are ValueErrors
+            raise _json_problem("invalid-json", "The request body", exc) from exc
         if not isinstance(body, dict):
             raise Invalid("invalid-json", "The JSON body must be an object with images and params")
         unknown = set(body) - {"images", "params"}

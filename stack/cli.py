@@ -1,14 +1,17 @@
-"""The ``cnnviz`` command: ``serve`` runs the API (and, with no REDIS_URL, an embedded Redis and a
-worker beside it); ``worker`` runs job workers against a shared Redis."""
+"""The ``cnnviz`` command: ``serve`` runs the API (and, with no REDIS_URL, a durable embedded Redis
+and supervised workers beside it); ``worker`` runs job workers against a shared Redis."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from types import FrameType
 
 from core.store.config import QUEUES
@@ -16,25 +19,29 @@ from core.store.config import QUEUES
 log = logging.getLogger("cnnviz")
 
 
-def _spawn_worker(redis_url: str, log_level: str, kind: str) -> subprocess.Popen[bytes]:
+def _spawn_worker(redis_url: str, log_level: str, kind: str, preload: bool = True) -> subprocess.Popen[bytes]:
     """An embedded worker for one kind of work: a separate process, so jobs never slow the API's event loop."""
     from stack.embedded import die_with_parent
 
     env = {**os.environ, "REDIS_URL": redis_url}
     cmd = [sys.executable, "-m", "stack.cli", "--log-level", log_level, "worker", "--queues", kind]
-    return subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+    if not preload:
+        cmd.append("--no-preload")
+    # Its own session: a Ctrl-C in the terminal reaches serve alone, which then stops its workers in order
+    # (rather than each worker exiting at once and the supervisor starting it again).
+    return subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent, start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen[bytes], name: str, grace_s: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        log.warning("%s did not stop in %.0fs; killing it", name, grace_s)
-        proc.kill()
-        proc.wait(5)
+def _shown_url(url: str) -> str:
+    """A Redis URL with its password replaced, for logs."""
+    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:<password>@", url)
+
+
+def _attach_command(redis_url: str) -> str:
+    """The command line that attaches one more worker (both queues) to this deployment."""
+    env = [f"REDIS_URL={_shown_url(redis_url)}"]
+    env += [f"{k}={shlex.quote(os.environ[k])}" for k in ("CNNVIZ_QUEUE", "CNNVIZ_KEY_PREFIX") if os.environ.get(k)]
+    return " ".join(env) + " cnnviz worker --queues " + ",".join(QUEUES)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -42,30 +49,50 @@ def _serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
     from service.settings import Settings
+    from stack.supervise import Supervisor
 
+    if args.workers is not None and args.workers < 0:
+        log.error("--workers must be 0 or more")
+        return 2
     settings = Settings()
     host = args.host or settings.host
     port = args.port or settings.port
     redis = None
-    workers: list[subprocess.Popen[bytes]] = []
+    supervisor: Supervisor | None = None
     # SIGTERM must unwind through the finally below (uvicorn handles it while serving; this covers start-up).
     previous = signal.signal(signal.SIGTERM, _raise_exit)
     try:
+        per_queue = args.workers
         if not settings.redis_url and not args.no_jobs:
-            from stack.embedded import EmbeddedRedis
+            from stack.embedded import EmbeddedRedis, default_data_dir
 
-            redis = EmbeddedRedis().start()
+            data_dir = None if args.ephemeral else Path(args.data_dir or default_data_dir())
+            redis = EmbeddedRedis(data_dir=data_dir).start()
             settings = settings.model_copy(update={"redis_url": redis.url})
-            log.info("no REDIS_URL: embedded Redis at %s and one worker per queue (%s)", redis.url,
+            where = f"data in {redis.dir}, append-only" if data_dir else "ephemeral: nothing is kept"
+            log.info("no REDIS_URL: embedded Redis at %s (%s)", redis.url, where)
+            per_queue = 1 if per_queue is None else per_queue
+        elif settings.redis_url:
+            log.info("Redis at %s", _shown_url(settings.redis_url))
+        if settings.redis_url and per_queue:
+            url = settings.redis_url
+            supervisor = Supervisor(lambda kind: _spawn_worker(url, args.log_level, kind, settings.preload_models),
+                                    QUEUES, per_queue)
+            supervisor.start()
+            supervisor.started_event.wait(30)
+            log.info("%d supervised worker(s) per queue (%s), restarted when they exit", per_queue,
                      ", ".join(QUEUES))
-            workers = [_spawn_worker(redis.url, args.log_level, kind) for kind in QUEUES]
         app = create_app(settings)
         signal.signal(signal.SIGTERM, previous)
-        log.info("serving on http://%s:%d", host, port)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        log.info("explorer: http://%s:%d/ui/  (API docs: http://%s:%d/docs)", shown, port, shown, port)
+        if settings.redis_url:
+            log.info("Redis: %s", _shown_url(settings.redis_url))
+            log.info("attach another worker: %s", _attach_command(settings.redis_url))
         uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower(), timeout_keep_alive=5)
     finally:
-        for w in workers:
-            _stop(w, "worker")
+        if supervisor is not None:
+            supervisor.stop()
         if redis is not None:
             redis.close()
     return 0
@@ -110,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--no-jobs", action="store_true", help="without REDIS_URL: run no job system at all")
+    serve.add_argument("--data-dir", default=None, help="without REDIS_URL: where the embedded Redis keeps its "
+                       "data (env CNNVIZ_DATA_DIR; default $XDG_DATA_HOME/cnnviz or ~/.local/share/cnnviz)")
+    serve.add_argument("--ephemeral", action="store_true", help="without REDIS_URL: keep nothing (a temporary "
+                       "embedded Redis, gone when serve stops)")
+    serve.add_argument("--workers", type=int, default=None, metavar="N", help="supervised workers per queue "
+                       "(default 1 with the embedded Redis, 0 with REDIS_URL)")
     serve.set_defaults(func=_serve)
     worker = sub.add_parser("worker", help="run a job worker against REDIS_URL")
     worker.add_argument("--queues", default=None, help="comma-separated kinds of work to serve: short, long "

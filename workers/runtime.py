@@ -148,13 +148,19 @@ class JobContext:
         self.put(name, json.dumps(value, separators=(",", ":")).encode(), "application/json")
 
     def preview(self, step: int, image: torch.Tensor) -> None:
-        """Store a preview PNG; keep only the newest few so storage stays bounded."""
+        """Store a preview PNG and announce it; past ``max_previews`` the oldest is deleted and a
+        ``preview-dropped`` event says so, so an announced preview answers until it is announced gone."""
         name = f"preview-{step:05d}.png"
         self.put(name, encode_png(to_uint8_image(image)), "image/png")
         self._previews.append(name)
+        dropped = []
         while len(self._previews) > self.cfg.max_previews:
-            self.store.delete_artifact(self.id, self._previews.pop(0))
+            dropped.append(self._previews.pop(0))
+            self.store.delete_artifact(self.id, dropped[-1])
         self.store.update(self.id, previews=self._previews)
+        for old in dropped:
+            self.store.add_event(self.id, "preview-dropped", {"name": old, "step": int(old[8:-4]),
+                                                              "kept": self.cfg.max_previews}, self.result_ttl_s)
         self.store.add_event(self.id, "preview", {"step": step, "name": name}, self.result_ttl_s)
 
     def succeed(self, result: str, **fields: Any) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 
 import redis
@@ -21,24 +22,58 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from core.store.config import QUEUES, JobConfig
+from core.store.config import QUEUES, WORKER_BEAT_S, WORKER_LIVENESS_S, JobConfig
 from workers.runtime import get_model
 
 log = logging.getLogger(__name__)
 
 SERIALIZER = JSONSerializer  # as the API enqueues: jobs carry ids and small JSON, never pickles
 
-WORKER_TTL_S = 30  # how long a dead worker still counts in /readyz
+WORKER_TTL_S = 30  # rq's idle poll (dequeue timeout = this - 15 s); liveness is WORKER_LIVENESS_S
 _stop = [False]
 
 
+class _LivenessBeat(threading.Thread):
+    """Refreshes the worker's rq key every WORKER_BEAT_S, during jobs too (SimpleWorker sends no
+    heartbeat while a job runs); dies with the process, so a dead worker's key expires quickly."""
+
+    def __init__(self, worker: CnnvizWorker) -> None:
+        super().__init__(name="worker-liveness", daemon=True)
+        self.worker = worker
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(WORKER_BEAT_S):
+            try:
+                self.worker.heartbeat(WORKER_LIVENESS_S)
+            except Exception:  # noqa: BLE001 - a Redis blip: the next beat retries
+                log.debug("worker liveness beat failed", exc_info=True)
+
+
 class CnnvizWorker(SimpleWorker):
-    """SimpleWorker that re-registers after a Redis restart and frees memory between jobs."""
+    """SimpleWorker that stays visible only while alive (a short-TTL key, refreshed from a thread),
+    re-registers after a Redis restart and frees memory between jobs."""
 
     max_connection_wait_time = 5.0  # reconnect quickly after a Redis restart
+    _beat: _LivenessBeat | None = None
+
+    def register_birth(self) -> None:
+        super().register_birth()
+        self.connection.expire(self.key, WORKER_LIVENESS_S)
+        self._beat = _LivenessBeat(self)
+        self._beat.start()
+
+    def register_death(self) -> None:
+        if self._beat is not None:  # first, so the beat cannot register this worker again
+            self._beat.stop_event.set()
+            self._beat.join(WORKER_BEAT_S + 5)
+            self._beat = None
+        super().register_death()
 
     def heartbeat(self, timeout: int | None = None, pipeline: redis.client.Pipeline | None = None) -> None:
-        super().heartbeat(timeout, pipeline)
+        # rq asks for its key to live worker_ttl + 60 s, or a job's whole timeout while it runs; the
+        # liveness beat keeps it alive instead, so a dead worker is gone within WORKER_LIVENESS_S.
+        super().heartbeat(min(timeout or WORKER_LIVENESS_S, WORKER_LIVENESS_S), pipeline)
         if pipeline is None:
             # A restarted Redis (no persistence) forgot this worker; register again so /readyz sees it.
             try:

@@ -1,10 +1,10 @@
-"""Per-image explanations: the CAM family, the gradient family and perturbation methods.
+"""Per-image explanations: the CAM family, the gradient family, perturbation methods, attention rollout.
 
 Importing the package registers every method in :data:`METHODS`.
 """
 
 # Importing a family's module registers its methods.
-from . import cam, gradient, perturbation  # noqa: F401
+from . import attention, cam, gradient, perturbation  # noqa: F401
 from .base import (
     METHODS,
     ClassTargets,

@@ -23,6 +23,7 @@ import torch
 
 from ..errors import EngineError, closest
 from ..models import LoadedModel
+from ..models.catalog import require_gradients
 from ..params import NoParams, Params
 
 
@@ -100,9 +101,11 @@ def target_scores(logits: torch.Tensor, rows: list[list[int]], t: int) -> torch.
     return (picked * mask).sum()
 
 
-def class_scores(logits: torch.Tensor, rows: list[list[int]]) -> tuple[list[list[float]], list[list[float | None]]]:
-    probs = logits.detach().float().softmax(1)
+def class_scores(logits: torch.Tensor, rows: list[list[int]], head: str = "softmax",
+                 ) -> tuple[list[list[float]], list[list[float | None]]]:
+    """Each target's logit and probability: softmax over classes, or sigmoid(logit) for a sigmoid head."""
     lg = logits.detach().float()
+    probs = lg.sigmoid() if head == "sigmoid" else lg.softmax(1)
     scores = [[float(lg[i, c]) for c in row] for i, row in enumerate(rows)]
     prob = [[float(probs[i, c]) for c in row] for i, row in enumerate(rows)]
     return scores, prob
@@ -116,12 +119,24 @@ class Method:
     title: ClassVar[str] = ""
     supports_units: ClassVar[bool] = False
     uses_layer: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = False  # takes a backward pass: refused on models without one
     Params: ClassVar[type[Params]] = NoParams
 
     def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
                   params: Params | None = None, **kwargs: Any) -> Explanation:
         """The one verb: checked parameters in, raw maps out."""
-        return self.run(model, x, targets, layer, self.Params.build(params, **kwargs))
+        typed = self.Params.build(params, **kwargs)
+        if self.needs_gradients:
+            require_gradients(model, self.name)
+        return self.run(model, x, targets, layer, typed)
+
+    def unavailable(self, model: LoadedModel) -> str | None:
+        """Why this method cannot answer for ``model`` at all (None: it can)."""
+        if self.needs_gradients and not model.gradients:
+            return "needs gradients"
+        if self.uses_layer and model.default_layer is None:
+            return "needs a layer output; the model exposes none"
+        return None
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Any) -> Explanation:

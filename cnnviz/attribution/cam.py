@@ -6,6 +6,12 @@ logits, and takes one gradient ``dY/dA`` per target. A variant only says how cha
 weighted (:meth:`CamMethod.weights`) or, where the map is not a weighted channel sum, how a map
 is formed (:meth:`CamMethod.combine`). Maps stay at layer resolution; positive part only, as in
 the papers.
+
+Transformers work the same way: a layer whose output is a token sequence ``[N,P+h*w,C]`` (ViT,
+DeiT; ``P`` class/register tokens) or channels-last ``[N,h,w,C]`` (Swin) is seen through its grid
+``[N,C,h,w]`` (:func:`cnnviz.models.layers.to_grid`). The captured output stays the gradient
+leaf; its gradient is mapped onto the grid the same way, so every variant, Score-CAM and
+Eigen-CAM included, reads ordinary ``[N,C,h,w]`` activations and gradients.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from ..hooks import LayerCapture, capture
-from ..models import LoadedModel, validate_layer
+from ..models import LayerInfo, LoadedModel, validate_layer
+from ..models.layers import from_grid, to_grid
 from ..params import Params, param
 from .base import (
     ClassTargets,
@@ -42,10 +49,18 @@ class CamContext:
     model: LoadedModel
     x: torch.Tensor
     layer: str
-    acts: torch.Tensor
+    acts: torch.Tensor  # [N,C,h,w], the layer's grid
     logits: torch.Tensor
     params: Any
     state: dict[str, Any] = field(default_factory=dict)
+    info: LayerInfo | None = None
+    output: torch.Tensor | None = None  # the layer's output in its own layout (tokens, channels last)
+
+    def to_layer(self, grid: torch.Tensor, image: int) -> torch.Tensor:
+        """Grid variants ``[B,C,h,w]`` of image ``image`` back in the layer's own layout."""
+        if self.info is None or self.output is None:
+            return grid
+        return from_grid(grid, self.output[image:image + 1], self.info)
 
 
 class CamMethod(Method):
@@ -59,28 +74,37 @@ class CamMethod(Method):
             params: Params) -> Explanation:
         if not isinstance(targets, ClassTargets):
             raise EngineError("unsupported-target", f"{self.name} explains class scores, not units")
-        layer = validate_layer(model, layer)
+        layer = validate_layer(model, layer, family="cam")
+        info = model.layer(layer)
         cap = LayerCapture(grad=self.needs_gradients)
         with capture(model.module, {layer: cap}), torch.set_grad_enabled(self.needs_gradients):
             logits = model.module(x)
-        acts = cap.output
-        assert acts is not None
+        leaf = cap.output
+        if leaf is None or leaf.shape[0] != x.shape[0]:
+            raise EngineError("layer-unusable", f"layer {layer!r} did not produce one output per image in the"
+                              " forward pass (a fixed-batch archive takes one image at a time)", model=model.name)
         rows = targets.resolve(logits)
         n_t = max(len(r) for r in rows)
-        ctx = CamContext(model, x, layer, acts.detach(), logits.detach(), params)
+        ctx = CamContext(model, x, layer, to_grid(leaf.detach(), info), logits.detach(), params, info=info,
+                         output=leaf.detach())
+        warnings = []
+        if self.needs_gradients and info.feeds_head is False:
+            warnings.append(f"layer {layer!r} does not reach the logits (its gradient is zero); choose an earlier"
+                            f" layer such as {model.default_layer!r}")
         with torch.no_grad():
             self.prepare(ctx)
         per_t: list[torch.Tensor] = []
         for t in range(n_t):
             grads = None
             if self.needs_gradients:
-                (grads,) = torch.autograd.grad(target_scores(logits, rows, t), acts, retain_graph=t < n_t - 1)
+                (g,) = torch.autograd.grad(target_scores(logits, rows, t), leaf, retain_graph=t < n_t - 1)
+                grads = to_grid(g, info)
             idx = torch.tensor([r[t] if len(r) > t else r[0] for r in rows], device=x.device)
             with torch.no_grad():
                 per_t.append(self.combine(ctx, ctx.acts, grads, idx))
-        scores, probs = class_scores(logits, rows)
+        scores, probs = class_scores(logits, rows, model.head)
         maps = [[per_t[t][i].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
-        return Explanation(self.name, maps, rows, scores, probs, layer=layer)
+        return Explanation(self.name, maps, rows, scores, probs, layer=layer, warnings=warnings)
 
     def prepare(self, ctx: CamContext) -> None:
         """Work shared by all targets (a sweep of masked or ablated inputs); nothing by default."""
@@ -102,8 +126,10 @@ class CamMethod(Method):
 
 
 def _channels(model: LoadedModel, layer: str | None) -> int:
-    shape = model.layer(layer or model.default_layer).output_shape
-    return int(shape[0]) if shape else 1
+    name = layer or model.default_layer
+    if name is None or not model.has_layer(name):
+        return 1
+    return int(model.layer(name).channels or 1)
 
 
 @register
@@ -262,9 +288,9 @@ class ScoreCAM(CamMethod):
             live_idx = live.nonzero()[:, 0]
             for s in range(0, live_idx.numel(), batch):
                 sel = live_idx[s:s + batch]
-                probs[sel] = model.module(x[i:i + 1] * masks[sel, None]).float().softmax(1)
+                probs[sel] = model.probabilities(model.module(x[i:i + 1] * masks[sel, None]))
             if (~live).any():
-                probs[~live] = model.module(torch.zeros_like(x[i:i + 1])).float().softmax(1)
+                probs[~live] = model.probabilities(model.module(torch.zeros_like(x[i:i + 1])))
             sweeps.append(probs)
         ctx.state["probs"] = torch.stack(sweeps)  # [N,K,C]
 
@@ -302,7 +328,7 @@ class AblationCAM(CamMethod):
             for s in range(0, k, batch):
                 e = min(k, s + batch)
                 variants = acts[i:i + 1].expand(e - s, *acts.shape[1:]) * keep[s:e, :, None, None]
-                rows.append(runner.run(values, i, variants).float())
+                rows.append(runner.run(values, i, ctx.to_layer(variants, i)).float())
             sweeps.append(torch.cat(rows))
         ctx.state["ablated"] = torch.stack(sweeps)  # [N,K,C]
 

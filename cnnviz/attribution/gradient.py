@@ -19,6 +19,7 @@ other class's score. Reductions (param ``reduce``):
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from contextlib import nullcontext
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from ..hooks import LayerCapture, thread_hooks
 from ..models import LoadedModel, validate_layer
+from ..models.layers import to_grid
 from ..params import Params, param
 from .base import (
     METHODS,
@@ -69,6 +71,23 @@ class IntegratedGradientsParams(GradientParams):
     integration: Integration = param("gauss-legendre", description="quadrature rule along the path")
     batch_size: int | None = param(None, ge=1, le=512, description="path points per forward batch; default 4 on "
                                    "CPU, 64 on CUDA")
+    adaptive: bool = param(True, description="adaptive Gauss-Kronrod quadrature: split the path where the "
+                           "gradient varies most until the attributions sum to score(x) - score(baseline) within "
+                           "tolerance, evaluating at most max_steps points; false: steps points of `integration`")
+    tolerance: float = param(0.02, ge=0.001, le=0.5, description="adaptive: the relative completeness error "
+                             "to reach")
+    max_steps: int = param(120, ge=15, le=2040, description="adaptive: path points evaluated in all, at most "
+                           "(15 per path segment)")
+
+
+KRONROD_POINTS = 15  # points of one Gauss-Kronrod (G7, K15) segment
+
+
+def adaptive_points(steps: int, max_steps: int) -> tuple[int, int]:
+    """(initial segments, most points in all) of an adaptive run: ``steps`` points rounded to whole segments."""
+    first = max(1, round(steps / KRONROD_POINTS))
+    most = max(first, max_steps // KRONROD_POINTS)
+    return first, most * KRONROD_POINTS
 
 
 @dataclass(frozen=True)
@@ -162,7 +181,8 @@ class Objective:
             pass
         if cap.output is None:
             raise EngineError("layer-not-run", f"layer {unit.layer!r} did not run in the forward pass")
-        return unit.score(cap.output)[:, None]
+        # A unit of a token layer (ViT) or a channels-last one (Swin) is a channel of its grid.
+        return unit.score(to_grid(cap.output, self.model.layer(unit.layer)))[:, None]
 
     def resolve(self, out: torch.Tensor) -> list[list[int]]:
         """Targets per image from the outputs of the original images (top-k needs no new forward)."""
@@ -202,7 +222,7 @@ class Objective:
         assert self.rows is not None
         if self.is_unit:
             return [[float(v)] for v in out[:, 0].detach().float()], [[None] for _ in self.rows]
-        return class_scores(out, self.rows)
+        return class_scores(out, self.rows, self.model.head)
 
 
 def input_gradients(objective: Objective, x: torch.Tensor, img: torch.Tensor,
@@ -268,9 +288,13 @@ class GradientMethod(Method):
 
     family: ClassVar[str] = "gradient"
     supports_units: ClassVar[bool] = True
+    needs_gradients: ClassVar[bool] = True
     default_reduce: ClassVar[str] = "abs-max"
     rule: ClassVar[str | None] = None  # rectifier rule for the backward pass
     batchable: ClassVar[bool] = True  # signed() accepts any batch of inputs (SmoothGrad relies on it)
+    # Keep the signed [3,H,W] input gradient in ``extras["gradient"]`` ([image][target], CPU): the
+    # methods whose gradient is itself a picture (rendered as ``gradient_rgb``).
+    keeps_gradient: ClassVar[bool] = False
     Params = GradientParams
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
@@ -291,6 +315,8 @@ class GradientMethod(Method):
         assert rows is not None
         scores, probs = objective.scores(out)
         result = [[maps[i, t].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
+        if self.keeps_gradient:
+            ctx.extras["gradient"] = [[signed[i, t].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
         return Explanation(self.name, result, rows, scores, probs, layer=ctx.layer,
                            warnings=ctx.warnings, extras=ctx.extras)
 
@@ -334,6 +360,7 @@ class GuidedBackprop(GradientMethod):
     name = "guided_backprop"
     title = "Guided backpropagation"
     rule = "guided"
+    keeps_gradient = True
 
 
 @register
@@ -343,6 +370,7 @@ class Deconvnet(GradientMethod):
     name = "deconvnet"
     title = "Deconvnet"
     rule = "deconvnet"
+    keeps_gradient = True
 
 
 @register
@@ -359,6 +387,24 @@ class InputXGradient(GradientMethod):
 
     def signed(self, ctx, x, img, out_sink=None):
         return super().signed(ctx, x, img, out_sink) * x[:, None]
+
+
+def _kronrod_nodes() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gauss-Kronrod G7/K15 on [-1, 1] (QUADPACK's qk15): nodes, Kronrod weights, Gauss weights (0 off-node)."""
+    half = [0.991455371120813, 0.949107912342759, 0.864864423359769, 0.741531185599394, 0.586087235467691,
+            0.405845151377397, 0.207784955007898]
+    wk_half = [0.022935322010529, 0.063092092629979, 0.104790010322250, 0.140653259715525, 0.169004726639267,
+               0.190350578064785, 0.204432940075298]
+    wg_half = [0.0, 0.129484966168870, 0.0, 0.279705391489277, 0.0, 0.381830050505119, 0.0]
+    nodes = torch.tensor([-v for v in half] + [0.0] + half[::-1], dtype=torch.float64)
+    wk = torch.tensor(wk_half + [0.209482141084728] + wk_half[::-1], dtype=torch.float64)
+    wg = torch.tensor(wg_half + [0.417959183673469] + wg_half[::-1], dtype=torch.float64)
+    return nodes, wk, wg
+
+
+def _relative_error(attr: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+    """``|sum(attr) - diff| / |diff|`` per image and target: how far IG is from completeness."""
+    return (attr.flatten(2).sum(-1).double() - diff).abs() / diff.abs().clamp_min(1e-12)
 
 
 def _nodes(steps: int, kind: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,17 +440,81 @@ class IntegratedGradients(GradientMethod):
 
     def signed(self, ctx, x, img, out_sink=None):
         p: IntegratedGradientsParams = ctx.params
-        steps, kind, sigma, integration = p.steps, p.baseline, p.sigma, p.integration
-        batch = p.batch_size or default_batch(x)
         obj = ctx.objective
-        base = reference_input(ctx.model, x, kind, sigma)
+        base = reference_input(ctx.model, x, p.baseline, p.sigma)
         n = x.shape[0]
         with torch.no_grad():
             ends = obj.outputs(torch.cat([x, base]))  # score(x) and score(baseline), one forward
         if obj.rows is None:
             obj.resolve(ends[:n])
-        if out_sink is not None:
+        top = out_sink is not None  # inside SmoothGrad the noisy copies' numbers mean little
+        if top:
             out_sink.append(ends[:n])
+        diff = (obj.pick(ends[:n], img) - obj.pick(ends[n:], img)).double()
+        batch = p.batch_size or default_batch(x)
+        if p.adaptive:
+            attr, steps = self._adaptive(obj, x, base, img, diff, p, batch)
+        else:
+            attr, steps = self._path_integral(obj, x, base, img, p.steps, p.integration, batch), p.steps
+        if top:
+            self._completeness(ctx, attr, diff, _relative_error(attr, diff), p, steps)
+        return attr
+
+    def _adaptive(self, obj: Objective, x: torch.Tensor, base: torch.Tensor, img: torch.Tensor, diff: torch.Tensor,
+                  p: IntegratedGradientsParams, batch: int) -> tuple[torch.Tensor, int]:
+        """Adaptive Gauss-Kronrod quadrature of the path integral (QUADPACK's QAG, on the path of images).
+
+        Each segment gets a 15-point Kronrod estimate and, from 7 of the same points, a Gauss
+        estimate; their difference says where the gradient changes fastest along the path (a
+        rectifier switching, a saturating unit). The worst segment is halved until the sum of
+        the attributions is within ``tolerance`` of ``score(x) - score(baseline)`` (which IG
+        must equal) or ``max_steps`` points are spent. Returns the attributions and the points
+        of the final estimate.
+        """
+        first, most = adaptive_points(p.steps, p.max_steps)
+        edges = torch.linspace(0, 1, first + 1, dtype=torch.float64).tolist()
+        segments = [(a, b, *self._kronrod(obj, x, base, img, a, b, batch)) for a, b in itertools.pairwise(edges)]
+        while True:
+            attr = sum(seg[2] for seg in segments)
+            spent = len(segments) * KRONROD_POINTS
+            if float(_relative_error(attr, diff).max()) <= p.tolerance or spent + KRONROD_POINTS > most:
+                return attr, spent
+            worst = max(range(len(segments)), key=lambda k: float(segments[k][3].sum()))
+            a, b, _, _ = segments.pop(worst)
+            mid = (a + b) / 2
+            segments += [(a, mid, *self._kronrod(obj, x, base, img, a, mid, batch)),
+                         (mid, b, *self._kronrod(obj, x, base, img, mid, b, batch))]
+
+    def _kronrod(self, obj: Objective, x: torch.Tensor, base: torch.Tensor, img: torch.Tensor, a: float, b: float,
+                 batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One segment ``[a, b]`` of the path: its K15 attributions ``[N,T,3,H,W]`` and error estimate ``[N,T]``."""
+        nodes, wk, wg = _kronrod_nodes()
+        alphas = ((a + b) / 2 + (b - a) / 2 * nodes).to(x.device, x.dtype)
+        grads = self._gradients_at(obj, x, base, img, alphas, batch)  # [15,N,T,3,H,W]
+        delta = (x - base)[:, None]
+        scale = (b - a) / 2
+        k_attr = torch.einsum("k,knt...->nt...", (scale * wk).to(x.device, x.dtype), grads) * delta
+        g_attr = torch.einsum("k,knt...->nt...", (scale * wg).to(x.device, x.dtype), grads) * delta
+        return k_attr, (k_attr.flatten(2).sum(-1) - g_attr.flatten(2).sum(-1)).abs().double()
+
+    def _gradients_at(self, obj: Objective, x: torch.Tensor, base: torch.Tensor, img: torch.Tensor,
+                      alphas: torch.Tensor, batch: int) -> torch.Tensor:
+        """Input gradients at every path point ``[K,N,T,3,H,W]``, in chunks of ``batch`` rows."""
+        n, steps = x.shape[0], len(alphas)
+        delta = x - base
+        out = torch.empty(steps, n, obj.n_targets, *x.shape[1:], device=x.device, dtype=x.dtype)
+        total = n * steps
+        for s in range(0, total, batch):
+            r = torch.arange(s, min(total, s + batch), device=x.device)
+            i, k = r // steps, r % steps
+            xb = base[i] + alphas[k].view(-1, 1, 1, 1) * delta[i]
+            out[k, i] = input_gradients(obj, xb, img[i], self.rule)
+        return out
+
+    def _path_integral(self, obj: Objective, x: torch.Tensor, base: torch.Tensor, img: torch.Tensor, steps: int,
+                       integration: str, batch: int) -> torch.Tensor:
+        """Signed attributions ``[N,T,3,H,W]`` from ``steps`` quadrature points, in chunks of ``batch`` rows."""
+        n = x.shape[0]
         alphas, weights = _nodes(steps, integration, x.device, x.dtype)
         delta = x - base
         acc = torch.zeros(n, obj.n_targets, *x.shape[1:], device=x.device, dtype=x.dtype)
@@ -415,29 +525,28 @@ class IntegratedGradients(GradientMethod):
             xb = base[i] + alphas[k].view(-1, 1, 1, 1) * delta[i]
             g = input_gradients(obj, xb, img[i], self.rule)
             acc.index_add_(0, i, g * weights[k].view(-1, 1, 1, 1, 1))
-        attr = acc * delta[:, None]
-        self._completeness(ctx, attr, obj.pick(ends[:n], img) - obj.pick(ends[n:], img), out_sink is not None)
-        return attr
+        return acc * delta[:, None]
 
-    def _completeness(self, ctx: GradContext, attr: torch.Tensor, diff: torch.Tensor, top: bool) -> None:
-        if not top:  # inside SmoothGrad: the noisy copies' numbers mean little
-            return
+    def _completeness(self, ctx: GradContext, attr: torch.Tensor, diff: torch.Tensor, rel: torch.Tensor,
+                      p: IntegratedGradientsParams, steps: int) -> None:
         sums = attr.flatten(2).sum(-1).double()
-        diff = diff.double()
-        rel = (sums - diff).abs() / diff.abs().clamp_min(1e-12)
         rows = ctx.objective.rows or []
         ctx.extras["completeness"] = [
             [{"attribution_sum": float(sums[i, t]), "score_difference": float(diff[i, t]),
-              "relative_error": float(rel[i, t])} for t in range(len(r))]
+              "relative_error": float(rel[i, t]), "steps": steps, "adaptive": p.adaptive}
+             for t in range(len(r))]
             for i, r in enumerate(rows)
         ]
         worst = max((float(rel[i, t]) for i, r in enumerate(rows) for t in range(len(r))), default=0.0)
-        if worst > 0.05:
+        if worst > p.tolerance:
+            advice = "raise max_steps" if p.adaptive else "set adaptive: true or raise steps"
             ctx.warnings.append(f"integrated gradients: attributions miss score(x) - score(baseline) by up to "
-                                f"{worst:.0%}; increase steps")
+                                f"{worst:.1%} after {steps} steps (tolerance {p.tolerance:.1%}); {advice}")
 
     def cost(self, model, n_images, n_targets, params, layer):
-        return float(n_images * (2 + params.steps * (1 + 2 * n_targets)))
+        # Adaptive: the worst case, every point it may spend.
+        points = adaptive_points(params.steps, params.max_steps)[1] if params.adaptive else params.steps
+        return float(n_images * (2 + points * (1 + 2 * n_targets)))
 
 
 @register
@@ -531,7 +640,7 @@ class GuidedGradCAM(GradientMethod):
         return reduce_channels(signed * up[:, :, None], reduce)
 
     def layer_used(self, objective, layer):
-        return validate_layer(objective.model, layer)
+        return validate_layer(objective.model, layer, family="cam")
 
     def cost(self, model, n_images, n_targets, params, layer):
         return float(n_images * (1 + 2 * n_targets) + get_method("gradcam").estimate_cost(model, n_images, n_targets,

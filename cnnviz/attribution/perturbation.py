@@ -210,7 +210,7 @@ class RISE(PerturbationMethod):
             masked = fill[ii] + mm * (x[ii] - fill[ii])
             scores = objective.outputs(masked).float()
             if probs:
-                scores = scores.softmax(1)
+                scores = model.probabilities(scores)
             picked = objective.pick(scores, ii).view(k, n, -1)  # [M,N,T]
             sal += torch.einsum("mnt,mhw->nthw", picked, m.float())
         extras.update(masks=count, cell=cell, p=p, score="probability" if probs else kind)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 ResizeMode = Literal["stretch", "center-crop"]
+RESIZE_MODES = ("stretch", "center-crop")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,8 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     crop_fraction: float = 0.875  # only used by center-crop: resize shorter side to size/fraction
+    interpolation: str = "bilinear"  # one of INTERPOLATIONS (antialiased where torch allows)
+    resize: ResizeMode = "stretch"  # the model's default way to fit an image
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -35,23 +39,33 @@ class Preprocessing:
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return x * std + mean
 
-    def fit(self, image: torch.Tensor, size: int | None = None, mode: ResizeMode = "stretch") -> torch.Tensor:
-        """Resize one ``[3,H,W]`` image in [0,1] to ``[3,size,size]`` (antialiased bilinear)."""
+    def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        mode = self.interpolation
+        if mode in ("bilinear", "bicubic"):
+            return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
+        return F.interpolate(x, size=size, mode=mode)
+
+    def fit(self, image: torch.Tensor, size: int | None = None, mode: ResizeMode | None = None) -> torch.Tensor:
+        """Resize one ``[3,H,W]`` image in [0,1] to ``[3,size,size]`` (antialiased, the model's interpolation).
+
+        ``mode`` None: the model's own default (``stretch`` unless its models-file entry says otherwise).
+        """
         size = size or self.input_size
+        mode = mode or self.resize
         x = image.unsqueeze(0)
         if mode == "center-crop":
             h, w = x.shape[-2:]
             short = round(size / self.crop_fraction)
             scale = short / min(h, w)
             nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+            x = self._resize(x, (nh, nw))
             top, left = (nh - size) // 2, (nw - size) // 2
             x = x[..., top:top + size, left:left + size]
         else:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            x = self._resize(x, (size, size))
         return x[0].clamp_(0.0, 1.0)
 
-    def batch(self, images: list[torch.Tensor], size: int | None = None, mode: ResizeMode = "stretch",
+    def batch(self, images: list[torch.Tensor], size: int | None = None, mode: ResizeMode | None = None,
               device: torch.device | str = "cpu") -> torch.Tensor:
         """Fit and normalize several images into one ``[N,3,S,S]`` batch on ``device``."""
         x = torch.stack([self.fit(img, size, mode) for img in images]).to(device)

@@ -39,7 +39,7 @@ from cnnviz.render.kinds import (
     scale_map,
 )
 from cnnviz.render.overlay import NormalizeMode, draw_boxes, normalize_map, overlay, resize_map
-from cnnviz.render.png import encode_jpeg, encode_png, png_base64, to_uint8_image
+from cnnviz.render.png import IMAGE_FORMATS, encode_image, encode_jpeg, encode_png, png_base64, to_uint8_image
 
 __all__ = [
     "COLORMAPS",
@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_KIND",
     "DEFAULT_WEIGHTING",
     "DIVERGING",
+    "IMAGE_FORMATS",
     "MAP_KINDS",
     "OFFERED_KINDS",
     "SEQUENTIAL",
@@ -68,6 +69,7 @@ __all__ = [
     "default_colormap",
     "default_kind",
     "draw_boxes",
+    "encode_image",
     "encode_jpeg",
     "encode_png",
     "explain_figure",

@@ -60,6 +60,7 @@ DEFAULT_KIND: dict[str, MapKind] = {
     "ablationcam": "positive",
     "eigencam": "positive",
     "rise": "positive",
+    "attention_rollout": "positive",
     # Gradient maps reduced with |.| (their default ``reduce`` is abs-max).
     "saliency": "unsigned",
     "smoothgrad": "unsigned",

@@ -19,6 +19,7 @@ Randomness comes from a seeded :class:`torch.Generator`, so a run is reproducibl
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -26,6 +27,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
+from cnnviz.errors import EngineError
 from cnnviz.hooks import LayerCapture, thread_hooks
 from cnnviz.models import LoadedModel
 
@@ -230,10 +232,16 @@ def optimize(
             acts = forward_layers(model, x, layers)
             obj = objective(acts)
             grads = torch.autograd.grad(obj, tensors)
+        value = float(obj.detach())
+        if not math.isfinite(value) or not all(bool(torch.isfinite(g).all()) for g in grads):
+            raise EngineError("non-finite", f"the optimization diverged at step {counter.done + 1} of "
+                              f"{counter.total}: the objective or its gradient is not finite ({value!r})")
         step_rule(tensors, grads)
         param.project_()
+        if not all(bool(torch.isfinite(t).all()) for t in param.tensors()):
+            raise EngineError("non-finite", f"the optimization diverged at step {counter.done + 1} of "
+                              f"{counter.total}: the image is no longer finite")
         counter.done += 1
-        value = float(obj.detach())
         result.objective.append(value)
         if cb.progress is not None:
             cb.progress(counter.done, counter.total, stage, value)

@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from cnnviz.errors import EngineError
+
 from .loop import Jitter, Transform
 
 
@@ -48,8 +50,10 @@ class RandomAffine:
 
     def __init__(self, scale: tuple[float, float] = (1.0, 1.0), degrees: float = 0.0) -> None:
         lo, hi = float(scale[0]), float(scale[1])
-        if lo <= 0 or hi < lo:
-            raise ValueError(f"scale range must satisfy 0 < lo <= hi, got {scale}")
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or hi < lo:
+            raise EngineError("bad-parameter", f"scale range must be finite with 0 < lo <= hi, got {scale}")
+        if not math.isfinite(float(degrees)):
+            raise EngineError("bad-parameter", f"degrees must be finite, got {degrees}")
         self.scale = (lo, hi)
         self.degrees = float(degrees)
 

@@ -27,11 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz.errors import EngineError
-from cnnviz.inspection.embedding_map import make_thumbnail, pca_2d, thumbnail_map
+from cnnviz.inspection.embedding_map import make_thumbnail, map_panels, pca_2d
 from cnnviz.inspection.features import CancelFn, ProgressFn, check_cancel, extract_features
 from cnnviz.inspection.verification import calibrate_threshold, pair_accuracy
 from cnnviz.models import LoadedModel, validate_layer
-from cnnviz.render import make_grid
 
 from .augment import random_view, to_float
 from .checkpoint import load_module
@@ -273,9 +272,11 @@ class TripletTrainer(Trainer):
         views of a class drawing together on the right is what the training is for."""
         if not self.data.heldout_thumbs:
             return None
-        maps = [thumbnail_map(pca_2d(e), self.data.heldout_thumbs, size=MAP_SIZE, thumb=THUMB)
-                for e in (F.normalize(self.data.heldout, dim=1), self.net(self.data.heldout))]
-        return make_grid(maps, ncols=2, pad=6, pad_value=180).permute(2, 0, 1).float() / 255
+        coords = [pca_2d(e) for e in (F.normalize(self.data.heldout, dim=1), self.net(self.data.heldout))]
+        labels = [str(self.data.classes[int(i)]) for i in self.data.heldout_labels]
+        titles = [f"frozen features of {self.data.layer} (PCA)", f"trained head, step {self.step} (PCA)"]
+        picture = map_panels(coords, self.data.heldout_thumbs, titles, labels=labels, size=MAP_SIZE, thumb=THUMB)
+        return picture.permute(2, 0, 1).float() / 255
 
     def evaluate(self) -> dict[str, float]:
         threshold, acc = verification_accuracy(self.net(self.data.train), self.data.train_labels,

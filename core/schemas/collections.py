@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from core.schemas.bounds import STRICT, Channel
 from core.schemas.training import NAME_PATTERN
+
+Label = Annotated[str, Field(max_length=200)]
 
 
 class CollectionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    labels: list[str] | None = Field(None, max_length=1000, description="one label per image (for calibration)")
+    labels: list[Label] | None = Field(None, max_length=1000, description="one label per image (for calibration), "
+                                       "each at most 200 characters")
 
 
 class CollectionInfo(BaseModel):
@@ -28,7 +32,7 @@ class CollectionInfo(BaseModel):
 class IdentifyParams(BaseModel):
     """1:K identification of a query image against a labelled collection (the gallery)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     layer: str | None = Field(None, max_length=200)
     size: int | None = Field(None, ge=32, le=512)
@@ -64,13 +68,13 @@ class IdentifyResponse(BaseModel):
 class CollectionViewParams(BaseModel):
     """A view of a stored collection, run as a job with progress (type ``collection``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     collection: str = Field(..., min_length=1, max_length=64, pattern=r"^[a-f0-9]+$")
     view: Literal["top_patches", "neighbours", "embedding_map", "calibrate", "enroll"]
     layer: str | None = Field(None, max_length=200)
     size: int | None = Field(None, ge=32, le=512, description="network input side in px")
-    channels: list[int] | None = Field(None, max_length=64, description="top_patches: these channels")
+    channels: list[Channel] | None = Field(None, max_length=64, description="top_patches: these channels")
     top_channels: int = Field(8, ge=1, le=64, description="top_patches: else the strongest ones")
     k: int = Field(9, ge=1, le=64, description="patches per channel, or neighbours")
     projection: Literal["deconvnet", "guided", "gradient", "none"] = "deconvnet"

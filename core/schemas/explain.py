@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from cnnviz.attribution import METHODS, Method
 from cnnviz.params import NoParams, Params, field_specs
-from cnnviz.render import COLORMAPS
+from cnnviz.render import COLORMAPS, DEFAULT_CLIP_PERCENTILE, MAP_KINDS
+from core.schemas.bounds import Box
 
 Colormap = Literal[COLORMAPS]  # type: ignore[valid-type]
 
@@ -24,13 +25,44 @@ class Strict(BaseModel):
 
 
 class OutputOptions(Strict):
-    """How maps come back."""
+    """How maps come back: pictures rendered per kind of map, and (only when asked) the raw values.
 
-    colormap: Colormap = "jet"  # type: ignore[valid-type]
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="overlay opacity of the heatmap")
-    normalize: Literal["minmax", "max", "signed", "none"] = Field(
-        "minmax", description="how the raw map is scaled to [0,1] before colouring")
-    raw: bool = Field(True, description="include the raw map values at native resolution")
+    By default each method's map is drawn the way its kind reads best (:data:`cnnviz.render.DEFAULT_KIND`):
+    ``positive`` maps (CAM family, Score-CAM, RISE) min-max scaled on ``jet`` and blended at 0.5;
+    ``unsigned`` pixel maps (saliency, SmoothGrad, guided maps) as ``|value|`` clipped at the
+    ``clip_percentile`` on ``hot``, laid over the photo in proportion to their magnitude; ``signed``
+    maps (integrated gradients, input x gradient, occlusion) on the diverging ``seismic``, centred
+    at zero. ``normalize`` brings back the old rendering (one scaling for every method, ``jet``,
+    uniform blend) and is applied only when given. The raw values are never changed by any of this.
+    """
+
+    kind: Literal[MAP_KINDS] | None = Field(  # type: ignore[valid-type]
+        None, description="how the map is rendered: positive | unsigned | signed | gradient_rgb (guided backprop, "
+        "deconvnet); default: the method's kind (GET /v1/methods lists the kinds each method offers)")
+    colormap: Colormap | None = Field(  # type: ignore[valid-type]
+        None, description="default: the kind's (positive: jet, unsigned: hot, signed: seismic)")
+    clip_percentile: float = Field(DEFAULT_CLIP_PERCENTILE, gt=0.0, le=100.0, allow_inf_nan=False,
+                                   description="unsigned, signed and gradient_rgb maps are scaled by this "
+                                   "percentile of |value| and clipped (100 = the maximum)")
+    mode: Literal["blend", "outline"] = Field(
+        "blend", description="overlay: the map blended over the photo, or the contour of its top region")
+    outline_fraction: float = Field(0.25, gt=0.0, lt=1.0, allow_inf_nan=False,
+                                    description="outline mode: the fraction of pixels the contour encloses")
+    alpha: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                description="overlay opacity; default 0.5 for positive maps (uniform blend), 0.85 "
+                                "at the strongest pixels of the others (opacity follows |value|)")
+    normalize: Literal["minmax", "max", "signed", "none"] | None = Field(
+        None, description="legacy rendering, only when given: the raw map scaled to [0,1] this way, coloured "
+        "with colormap (default jet) and blended uniformly; overrides kind and clip_percentile")
+    format: Literal["jpeg", "png", "webp"] = Field(
+        "jpeg", description="encoding of heatmap, overlay and figure (media_type says which); png is lossless "
+        "and about 5x larger")
+    quality: int = Field(85, ge=1, le=100, description="jpeg / webp quality")
+    figure: bool = Field(False, description="also a figure: the overlay under a title (method, class, "
+                         "probability, layer) with a colour bar of raw values")
+    inline: bool = Field(True, description="pictures as base64 in the answer; false: stored (needs the job "
+                         "store) and linked by *_url, with the TTL and ownership of job artifacts")
+    raw: bool = Field(False, description="include the raw map values at native resolution")
     raw_normalized: bool = Field(False, description="send the raw values normalized to [0,1] instead")
     heatmap: bool = True
     overlay: bool = True
@@ -69,7 +101,8 @@ class FaithfulnessParams(Strict):
 
     deletion_insertion: bool = True
     steps: int = Field(16, ge=2, le=128)
-    box: tuple[int, int, int, int] | None = Field(None, description="(x0, y0, x1, y1) in original pixels")
+    box: Box | None = Field(None, description="(x0, y0, x1, y1) in original pixels, each 0..100000, x0 < x1, "
+                            "y0 < y1 (x1, y1 exclusive)")
     tolerance: int = Field(15, ge=0, le=1000)
 
 
@@ -83,7 +116,8 @@ class ExplainParams(Strict):
     unit: UnitTargetParams | None = None
     layer: str | None = Field(None, max_length=200, description="target layer; default: last spatial layer")
     resolution: int | None = Field(None, ge=32, le=1024, description="network input side in px")
-    resize: Literal["stretch", "center-crop"] = "stretch"
+    resize: Literal["stretch", "center-crop"] | None = Field(None, description="default: the model's own "
+                                                             "(stretch unless its models-file entry says otherwise)")
     output: OutputOptions = Field(default_factory=OutputOptions)
     localization: LocalizationParams | None = None
     faithfulness: FaithfulnessParams | None = None
@@ -172,13 +206,46 @@ class Faithfulness(BaseModel):
     pointing_hit: bool | None = None
 
 
+class Rendering(BaseModel):
+    """How the pictures were drawn: display 0 is raw ``lo``, display 1 raw ``hi`` (``center`` is 0 for
+    signed maps: the colormap's middle colour)."""
+
+    kind: str | None = Field(None, description="positive | unsigned | signed | gradient_rgb; null with normalize")
+    normalize: str | None = None
+    colormap: str | None = None
+    mode: str = "blend"
+    lo: float
+    hi: float
+    center: float | None = None
+    clip_percentile: float | None = None
+    saturated: float = Field(0.0, description="fraction of values at or beyond the clipped ends")
+
+
+class Completeness(BaseModel):
+    """Integrated gradients' axiom, checked: the attributions sum to the score difference along the path."""
+
+    attribution_sum: float
+    score_difference: float
+    relative_error: float
+    steps: int = Field(..., description="path points of the final estimate")
+    adaptive: bool = Field(..., description="whether adaptive quadrature chose the points")
+
+
 class TargetExplanation(BaseModel):
     target: TargetInfo
     map: RawMap
-    heatmap_png: str | None = None
-    overlay_png: str | None = None
+    rendering: Rendering | None = None
+    media_type: str | None = Field(None, description="of heatmap, overlay and figure (output.format)")
+    heatmap_png: str | None = Field(None, description="base64 heatmap, in media_type (the name predates formats)")
+    overlay_png: str | None = Field(None, description="base64 overlay, in media_type")
+    figure_png: str | None = Field(None, description="base64 figure (output.figure), in media_type")
+    heatmap_url: str | None = Field(None, description="output.inline false: where the heatmap is stored")
+    overlay_url: str | None = None
+    figure_url: str | None = None
     regions: list[Region] | None = None
     faithfulness: Faithfulness | None = None
+    completeness: Completeness | None = Field(None, description="integrated gradients: how close the map's sum "
+                                              "is to score(x) - score(baseline)")
 
 
 class ImageExplanation(BaseModel):
@@ -189,10 +256,15 @@ class ImageExplanation(BaseModel):
 
 
 class Timings(BaseModel):
+    """Where the time went; the parts add up to about ``total_ms``."""
+
     decode_ms: float
     preprocess_ms: float
-    compute_ms: float
-    render_ms: float
+    compute_ms: float = Field(..., description="the method itself")
+    localization_ms: float = 0.0
+    faithfulness_ms: float = 0.0
+    render_ms: float = Field(..., description="drawing heatmaps, overlays and figures")
+    encode_ms: float = Field(0.0, description="image encoding and base64 (or storing)")
     total_ms: float
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from core.schemas.bounds import STRICT, Channel, num
 from core.schemas.explain import Colormap
 from core.schemas.training import NAME_PATTERN
 
+Shift = Annotated[int, Field(ge=-512, le=512)]
+Scale = num(0.1, 4.0)
+Rotation = num(-360.0, 360.0)
+
 
 class FiltersParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     layer: str | None = Field(None, max_length=200, description="a Conv2d; default the first one")
     scale: int = Field(8, ge=1, le=32, description="pixels per filter weight in the picture")
@@ -20,11 +25,11 @@ class FiltersParams(BaseModel):
 
 
 class ActivationsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     layer: str | None = Field(None, max_length=200)
     top: int = Field(16, ge=1, le=256, description="the strongest channels to show")
-    channels: list[int] | None = Field(None, max_length=256, description="these channels instead of the top ones")
+    channels: list[Channel] | None = Field(None, max_length=256, description="these channels instead of the top ones")
     rank_by: Literal["mean", "max"] = "mean"
     colormap: Colormap = "viridis"  # type: ignore[valid-type]
     tile: int = Field(96, ge=8, le=512, description="side of each channel's tile, px")
@@ -56,7 +61,7 @@ class ActivationsResponse(BaseModel):
 
 
 class EmbedParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     layer: str | None = Field(None, max_length=200, description="default: the model's default layer")
     pool: Literal["avg", "max"] = "avg"
@@ -78,21 +83,15 @@ class VerifyParams(EmbedParams):
 
 
 class InvarianceParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     layer: str | None = Field(None, max_length=200)
-    shifts: list[int] = Field([0, 4, 8, 16, 32, 48, 64], max_length=32)
-    scales: list[float] = Field([0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 1.7], max_length=32)
-    rotations: list[float] = Field([0, 5, 10, 20, 45, 90, 180], max_length=32)
+    shifts: list[Shift] = Field([0, 4, 8, 16, 32, 48, 64], max_length=32, description="px, each -512..512")
+    scales: list[Scale] = Field([0.5, 0.7, 0.85, 1.0, 1.2, 1.4, 1.7], max_length=32, description="each 0.1..4")
+    rotations: list[Rotation] = Field([0, 5, 10, 20, 45, 90, 180], max_length=32,
+                                      description="degrees, each -360..360")
     shift_axis: Literal["x", "y"] = "y"
     resolution: int | None = Field(None, ge=32, le=512)
-
-    @model_validator(mode="after")
-    def _bounded(self) -> InvarianceParams:
-        if any(not -512 <= s <= 512 for s in self.shifts) or any(not 0.1 <= s <= 4 for s in self.scales) \
-                or any(not -360 <= r <= 360 for r in self.rotations):
-            raise ValueError("shifts in -512..512 px, scales in 0.1..4, rotations in -360..360 degrees")
-        return self
 
 
 class EmbedResponse(BaseModel):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from core.schemas.bounds import STRICT
 
 
 class LayerOut(BaseModel):
@@ -12,6 +14,12 @@ class LayerOut(BaseModel):
     kind: str
     output_shape: list[int] | None
     spatial: bool
+    grid: Literal["chw", "nhwc", "tokens"] | None = Field(
+        None, description="how the output is a spatial grid: a [C,h,w] map, channels last [h,w,C] (Swin), or "
+        "patch tokens [P+h*w,C] after P prefix tokens (ViT); the CAM family uses any of them")
+    usable_by: list[Literal["cam", "gradient", "perturbation"]] = Field(
+        default_factory=list, description="method families that can use this layer: cam (as the target layer), "
+        "gradient and perturbation (for unit targets)")
 
 
 class ModelSummary(BaseModel):
@@ -27,9 +35,13 @@ class ModelSummary(BaseModel):
 class ModelDetail(ModelSummary):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    default_layer: str
+    default_layer: str | None = Field(description="the CAM family's default target layer; null where the model "
+                                      "exposes no layer outputs (a TorchScript archive)")
     layers: list[LayerOut]
     labels: list[str]
+    head: Literal["softmax", "sigmoid"] = "softmax"
+    gradients: bool = Field(True, description="false: only gradient-free methods answer")
+    methods: list[str] = Field(default_factory=list, description="explanation methods available for this model")
 
 
 class ModelList(BaseModel):
@@ -38,11 +50,12 @@ class ModelList(BaseModel):
 
 
 class PredictParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     top_k: int = Field(5, ge=1, le=100)
     resolution: int | None = Field(None, ge=32, le=1024)
-    resize: Literal["stretch", "center-crop"] = "stretch"
+    resize: Literal["stretch", "center-crop"] | None = Field(None, description="default: the model's own "
+                                                             "(stretch unless its models-file entry says otherwise)")
 
 
 class Prediction(BaseModel):

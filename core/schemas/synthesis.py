@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+
+from core.schemas.bounds import STRICT, LayerItem, Weight, check_weights, ordered_range
 
 Size = Field(None, ge=16, le=1024, description="output side in px; default the model's input size")
 Steps = Field(100, ge=1, le=5000)
@@ -16,10 +18,11 @@ Seed = Field(0, ge=0, le=2**31 - 1)
 Preview = Field(10, ge=0, le=5000, description="store a preview image every N steps (0: none)")
 Optimizer = Literal["adam", "lbfgs"]
 LayerName = Field(None, max_length=200)
+ZoomRange = ordered_range(0.25, 4.0)
 
 
 class StrictParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     def layer_names(self) -> list[str]:
         """Layer names this request refers to, checked against the model before queueing."""
@@ -50,7 +53,7 @@ class ClassVizParams(StrictParams):
     clip_norm_pct: float = Field(0.0, ge=0, le=99, description="zero pixels under this norm percentile")
     clip_contrib_pct: float = Field(0.0, ge=0, le=99, description="zero pixels under this contribution percentile")
     jitter: int = Field(0, ge=0, le=64)
-    scale: tuple[float, float] = (1.0, 1.0)
+    scale: ZoomRange = Field((1.0, 1.0), description="random zoom range (lo, hi), each 0.25..4, lo <= hi")
     rotate: float = Field(0.0, ge=0, le=45)
     pad: int = Field(0, ge=0, le=64)
     seed: int = Seed
@@ -90,8 +93,8 @@ class InversionParams(StrictParams):
 class TextureParams(StrictParams):
     """Gram-matrix texture synthesis (Gatys et al. 2015)."""
 
-    layers: list[str] | None = Field(None, max_length=16)
-    weights: list[float] | None = Field(None, max_length=16)
+    layers: list[LayerItem] | None = Field(None, max_length=16)
+    weights: list[Weight] | None = Field(None, max_length=16, description="one per layer, each 0..1e6")
     size: int | None = Size
     source_size: int | None = Field(None, ge=16, le=1024)
     steps: int = Steps
@@ -99,6 +102,11 @@ class TextureParams(StrictParams):
     lr: float | None = Field(None, gt=0, le=10)
     seed: int = Seed
     preview_every: int = Preview
+
+    @field_validator("weights")
+    @classmethod
+    def _one_per_layer(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        return check_weights(v, info.data.get("layers"), "layers")
 
 
 class TextureNNParams(StrictParams):
@@ -118,9 +126,10 @@ class StyleParams(StrictParams):
 
     size: int | None = Size
     style_size: int | None = Field(None, ge=16, le=1024)
-    content_layers: list[str] | None = Field(None, max_length=8)
-    style_layers: list[str] | None = Field(None, max_length=16)
-    style_layer_weights: list[float] | None = Field(None, max_length=16)
+    content_layers: list[LayerItem] | None = Field(None, max_length=8)
+    style_layers: list[LayerItem] | None = Field(None, max_length=16)
+    style_layer_weights: list[Weight] | None = Field(None, max_length=16, description="one per style layer, "
+                                                     "each 0..1e6")
     content_weight: float = Field(1.0, ge=0, le=1e6)
     style_weight: float = Field(10.0, ge=0, le=1e9)
     tv_weight: float = Field(1.0, ge=0, le=1e6)
@@ -131,6 +140,11 @@ class StyleParams(StrictParams):
     preserve_color: bool = False
     seed: int = Seed
     preview_every: int = Preview
+
+    @field_validator("style_layer_weights")
+    @classmethod
+    def _one_per_layer(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        return check_weights(v, info.data.get("style_layers"), "style layers")
 
 
 class DeepDreamParams(StrictParams):

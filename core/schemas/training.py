@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
+from core.schemas.bounds import STRICT, LayerItem, Weight, check_weights, ordered_range
 from core.schemas.synthesis import StrictParams
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -21,6 +22,7 @@ CollectionId = Field(None, min_length=1, max_length=64, pattern=r"^[a-f0-9]+$",
 LayerName = Field(None, max_length=200)
 Seed = Field(0, ge=0, le=2**31 - 1)
 # What a resumed run may change; everything else is the checkpoint's.
+CropScale = ordered_range(0.05, 1.0)
 RESUMABLE = frozenset({"name", "resume", "steps", "preview_every", "checkpoint_every", "eval_every"})
 
 
@@ -53,27 +55,25 @@ class FastStyleParams(_Training):
     batch_size: int = Field(4, ge=1, le=16)
     size: int = Field(256, ge=32, le=512, description="side of the square training crops, px")
     style_size: int | None = Field(None, ge=32, le=1024, description="long side of the style image; default size")
-    crop_scale: tuple[float, float] = Field((0.3, 1.0), description="area range of the random content crops")
+    crop_scale: CropScale = Field((0.3, 1.0), description="area range (lo, hi) of the random content crops, "
+                                  "each 0.05..1, lo <= hi")
     width: int = Field(16, ge=4, le=64, description="channels of the first stage (the paper's 32)")
     blocks: int = Field(5, ge=1, le=10, description="residual blocks")
     lr: float = Field(1e-3, gt=0, le=0.1)
     content_weight: float = Field(1.0, ge=0, le=1e4)
     style_weight: float = Field(20.0, ge=0, le=1e6)
     tv_weight: float = Field(1.0, ge=0, le=1e4)
-    content_layers: list[str] | None = Field(None, max_length=8)
-    style_layers: list[str] | None = Field(None, max_length=16)
-    style_layer_weights: list[float] | None = Field(None, max_length=16)
+    content_layers: list[LayerItem] | None = Field(None, max_length=8)
+    style_layers: list[LayerItem] | None = Field(None, max_length=16)
+    style_layer_weights: list[Weight] | None = Field(None, max_length=16, description="one per style layer, "
+                                                     "each 0..1e6")
     preview_every: int = Field(50, ge=0, le=100_000, description="store a stylized preview every N steps")
     preview_size: int | None = Field(None, ge=32, le=1024, description="long side of the previews; default size")
 
-    @model_validator(mode="after")
-    def _bounds(self) -> FastStyleParams:
-        lo, hi = self.crop_scale
-        if not 0.05 <= lo <= hi <= 1.0:
-            raise ValueError("crop_scale must satisfy 0.05 <= lo <= hi <= 1")
-        if self.style_layer_weights is not None and any(not 0 <= w <= 1e6 for w in self.style_layer_weights):
-            raise ValueError("style_layer_weights must be in 0..1e6")
-        return self
+    @field_validator("style_layer_weights")
+    @classmethod
+    def _one_per_layer(cls, v: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        return check_weights(v, info.data.get("style_layers"), "style layers")
 
 
 class TripletHeadParams(_Training):
@@ -109,7 +109,7 @@ class TripletHeadParams(_Training):
 class StyleApplyParams(BaseModel):
     """Test-time controls of a trained style."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     size: int | None = Field(None, ge=32, le=2048, description="long side of the output; default the input's "
                              "(capped at 1024)")
@@ -136,6 +136,10 @@ class TrainedInfo(BaseModel):
     updated_at: float
     summary: dict = Field(default_factory=dict, description="config, steps, final metrics (and, for an "
                           "embedder, its calibrated threshold and held-out accuracy)")
+    status: Literal["ready", "partial"] = Field("ready", description="ready: a run finished; partial: only a "
+                                                "checkpoint (a run cancelled, failed or still going), usable "
+                                                "as it is and resumable with resume: true")
+    step: int = Field(0, description="the training steps in the weights that are used")
     checkpoint_step: int | None = Field(None, description="the step of the kept checkpoint, if any")
     training_job: str | None = Field(None, description="a job training this name now")
     links: dict[str, str]

@@ -11,6 +11,10 @@ import os
 from dataclasses import dataclass
 
 QUEUES = ("short", "long")  # kinds of work; each job type names its kind in core.jobtypes
+# A worker refreshes its rq key every WORKER_BEAT_S with this TTL, busy or idle; a worker killed
+# with -9 (or a machine gone) drops out of /readyz's count when its key expires, within this.
+WORKER_LIVENESS_S = 10
+WORKER_BEAT_S = 2.0
 
 
 def _float_env(name: str, default: float) -> float:
@@ -29,7 +33,9 @@ class JobConfig:
     seconds_per_cost: float = 0.25  # job_timeout = base + cost * this, bounded below
     min_timeout_s: int = 120
     max_timeout_s: int = 6 * 3600
-    max_previews: int = 8  # older previews are deleted so a long job's storage stays bounded
+    # A job keeps its newest previews, at most this many, for its artifact TTL; an older one is deleted
+    # and a "preview-dropped" event says so, so every announced preview answers until it is dropped.
+    max_previews: int = 64
 
     @classmethod
     def from_environment(cls) -> JobConfig:

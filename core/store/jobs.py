@@ -280,6 +280,29 @@ class JobStore:
             p.expire(self.arts_key(job_id), ttl_s)
             p.execute()
 
+    def put_answer_artifacts(self, answer_id: str, owner: str, job_type: str, model: str,
+                             artifacts: list[tuple[str, bytes, str]], artifact_ttl_s: int, record_ttl_s: int) -> None:
+        """Pictures of an inline answer (``output.inline: false``), stored as a finished job's artifacts.
+
+        A minimal succeeded record under ``answer_id`` carries the owner and the artifact names, so
+        ``GET /v1/jobs/{id}/artifacts/{name}`` applies the same ownership (404 to anyone else) and
+        expiry (410 once a blob's TTL is over) as for job artifacts. The record is not added to the
+        owner's job listing: it is not a job anyone submitted.
+        """
+        now = time.time()
+        record = {"id": answer_id, "type": job_type, "model": model, "owner": owner, "status": SUCCEEDED,
+                  "created_at": now, "started_at": now, "ended_at": now, "artifact_ttl_s": artifact_ttl_s,
+                  "artifact_names": sorted(n for n, _, _ in artifacts), "spec": {"type": job_type, "inline": False}}
+        with self.redis.pipeline(transaction=True) as p:
+            p.hset(self.job_key(answer_id), mapping={k: _encode(v) for k, v in record.items()})
+            p.expire(self.job_key(answer_id), max(record_ttl_s, artifact_ttl_s))
+            for name, data, media_type in artifacts:
+                p.set(self.art_key(answer_id, name), data, ex=artifact_ttl_s)
+                p.hset(self.arts_key(answer_id), name, media_type)
+            if artifacts:
+                p.expire(self.arts_key(answer_id), artifact_ttl_s)
+            p.execute()
+
     def get_artifact(self, job_id: str, name: str) -> tuple[bytes, str] | None:
         with self.redis.pipeline(transaction=False) as p:
             p.get(self.art_key(job_id, name))

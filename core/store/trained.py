@@ -16,6 +16,11 @@ config that rebuilds them in the blob's own metadata.
 have a style called ``mosaic``. A checkpoint outlives a cancelled or failed run, so the run can
 be resumed; it is kept until the name is deleted or its TTL runs out.
 
+A name with a checkpoint but no finished network (its run was cancelled, failed, its worker died,
+or it is still training) is ``status: partial``: it is listed, and :meth:`TrainedStore.load`
+builds it from the checkpoint's weights, so ``apply`` (or an embedder's use) works on what the run
+made so far. A finished network is ``status: ready`` and wins over a later checkpoint of its name.
+
 API processes keep the networks they built in a small LRU keyed by the record's ``version``, so an
 ``apply`` costs one ``HGET`` and a forward pass; retraining a name changes its version and the
 next request rebuilds it.
@@ -36,6 +41,7 @@ from redis import Redis
 from torch import nn
 
 from cnnviz.training import load_head, load_transform_net, unpack
+from cnnviz.training.checkpoint import read_meta
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +79,7 @@ class TrainedStore:
         created = self.redis.hget(key, "created_at")
         rec = {"name": name, "kind": kind, "version": uuid.uuid4().hex, "model": model, "job": job,
                "bytes": len(weights), "created_at": float(created) if created else now, "updated_at": now,
-               "summary": summary}
+               "summary": summary, "status": "ready", "step": int(summary.get("steps") or 0)}
         with self.redis.pipeline(transaction=True) as p:
             p.set(key + ":weights", weights)
             p.delete(key)
@@ -87,10 +93,30 @@ class TrainedStore:
         return rec
 
     def get(self, kind: str, owner: str, name: str) -> dict[str, Any] | None:
+        """The finished network's record (``status: ready``), else the record of its checkpoint
+        (``status: partial``), else None."""
         raw = self.redis.hgetall(self.key(kind, owner, name))
         if not raw:
+            return self._partial(kind, owner, name)
+        rec = {k.decode(): json.loads(v) for k, v in raw.items()}
+        rec.setdefault("status", "ready")
+        rec.setdefault("step", int((rec.get("summary") or {}).get("steps") or 0))
+        return rec
+
+    def _partial(self, kind: str, owner: str, name: str) -> dict[str, Any] | None:
+        """A record for a name that has only a checkpoint: what its run made so far."""
+        key = self.key(kind, owner, name) + ":ckpt"
+        step, job, updated, created, config, size = self.redis.hmget(
+            key, ["step", "job", "updated_at", "created_at", "config", "bytes"])
+        if step is None:
             return None
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        cfg = json.loads(config) if config else {}
+        updated_at = float(updated or 0)
+        return {"name": name, "kind": kind, "version": f"ckpt-{job.decode()}-{int(step)}-{updated_at:.6f}",
+                "model": cfg.get("backbone") or "", "job": job.decode(), "bytes": int(size or 0),
+                "created_at": float(created or updated_at), "updated_at": updated_at,
+                "summary": {"config": cfg, "steps": int(step)} if cfg else {"steps": int(step)},
+                "status": "partial", "step": int(step)}
 
     def list(self, kind: str, owner: str) -> list[dict[str, Any]]:
         """The owner's networks of ``kind``, newest first; names whose record expired are dropped."""
@@ -126,7 +152,7 @@ class TrainedStore:
         key = self.key(kind, owner, name)
         raw_version = self.redis.hget(key, "version")
         if raw_version is None:
-            return None
+            return self._load_partial(kind, owner, name, device)
         version = json.loads(raw_version)
         ck = (self.prefix, kind, owner, name, str(device))
         with _cache_lock:
@@ -137,6 +163,27 @@ class TrainedStore:
         blob, rec = self.weights(kind, owner, name), self.get(kind, owner, name)
         if blob is None or rec is None:
             return None
+        return self._build(ck, kind, blob, rec, device)
+
+    def _load_partial(self, kind: str, owner: str, name: str, device: str) -> tuple[nn.Module, dict[str, Any]] | None:
+        """The network of a name's checkpoint (its ``net.`` tensors; the optimizer state is left out)."""
+        rec = self._partial(kind, owner, name)
+        if rec is None:
+            return None
+        ck = (self.prefix, kind, owner, name, str(device))
+        with _cache_lock:
+            hit = _cache.get(ck)
+            if hit is not None and hit[0] == rec["version"]:
+                _cache.move_to_end(ck)
+                return hit[1], hit[2]
+        blob = self.redis.hget(self.key(kind, owner, name) + ":ckpt", "blob")
+        if blob is None:
+            return None
+        return self._build(ck, kind, blob, rec, device)
+
+    @staticmethod
+    def _build(ck: tuple[str, ...], kind: str, blob: bytes, rec: dict[str, Any],
+               device: str) -> tuple[nn.Module, dict[str, Any]]:
         tensors, meta = unpack(blob)
         net = BUILDERS[kind](tensors, meta, str(device))
         rec["meta"] = meta
@@ -152,12 +199,16 @@ class TrainedStore:
                        model: str, job: str, ttl_s: int, images: dict[str, bytes] | None = None) -> None:
         """Keep the training state of ``name``; ``images`` (style, preview PNGs) are what a resume re-reads."""
         key = self.key(kind, owner, name) + ":ckpt"
+        now = time.time()
         fields: dict[str, Any] = {"blob": blob, "step": step, "params": json.dumps(params), "model": model,
-                                  "job": job, "updated_at": time.time()}
+                                  "job": job, "updated_at": now, "bytes": len(blob),
+                                  "config": json.dumps(read_meta(blob).get("config") or {})}
         fields.update({f"image:{k}": v for k, v in (images or {}).items()})
         with self.redis.pipeline(transaction=True) as p:
             p.hset(key, mapping=fields)
+            p.hsetnx(key, "created_at", now)
             p.expire(key, ttl_s)
+            p.sadd(self.names_key(kind, owner), name)  # listed (as partial) before its run finishes
             p.execute()
 
     def checkpoint(self, kind: str, owner: str, name: str) -> dict[str, Any] | None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 from fastapi import APIRouter, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from cnnviz.attribution import METHODS
 from cnnviz.errors import closest
 from core.errors import Invalid, NotFound
-from core.explaining import estimate_cost, first_overlay_png, run_explanation
+from core.explaining import estimate_cost, offered_kinds, png_answer, run_explanation
 from core.jobtypes import JOB_TYPES, SubmitContext, parse_job_request
 from core.schemas.explain import ExplainResponse, params_model
 from core.validation import validate_params
@@ -30,7 +32,8 @@ def list_methods(catalog: CatalogDep, settings: SettingsDep) -> MethodList:
         cost = m.estimate_cost(model, 1, 1)
         out.append(MethodInfo(name=name, title=m.title or name, family=m.family, kind="explain",
                               inline=cost <= settings.inline_budget, cost_hint=cost, uses_layer=m.uses_layer,
-                              supports_units=m.supports_units, params_schema=params_model(name).model_json_schema()))
+                              supports_units=m.supports_units, map_kinds=list(offered_kinds(name)),
+                              params_schema=params_model(name).model_json_schema()))
     for name, entry in sorted(JOB_TYPES.items()):
         if entry.family in ("synthesis", "training"):
             out.append(MethodInfo(name=name, title=entry.title, family=entry.family, kind="job", inline=False,
@@ -41,7 +44,14 @@ def list_methods(catalog: CatalogDep, settings: SettingsDep) -> MethodList:
 
 
 @router.post("/v1/models/{model}/explain/{method}", response_model=ExplainResponse,
-             responses={**PROBLEM_RESPONSES, 200: {"content": {"image/png": {}}}},
+             responses={**PROBLEM_RESPONSES, 200: {
+                 "content": {"image/png": {}},
+                 "description": "JSON, or with `Accept: image/png` the overlay (one map) or a captioned grid of "
+                                "every overlay (several images or targets: one row per image); headers "
+                                "`X-Cnnviz-Model`, `X-Cnnviz-Method`, `X-Cnnviz-Layer` and `X-Cnnviz-Tiles` "
+                                "(`image:class:label` per tile, comma-separated, labels percent-encoded)",
+                 "headers": {h: {"schema": {"type": "string"}} for h in
+                             ("X-Cnnviz-Model", "X-Cnnviz-Method", "X-Cnnviz-Layer", "X-Cnnviz-Tiles")}}},
              openapi_extra=upload_body("#/components/schemas/ExplainParams"),
              summary="Explanation maps per image and target")
 async def explain(request: Request, model: ModelDep, settings: SettingsDep, catalog: CatalogDep,
@@ -65,7 +75,24 @@ async def explain(request: Request, model: ModelDep, settings: SettingsDep, cata
                       f"estimated {cost:.0f} forward passes, inline budget {settings.inline_budget:.0f}",
                       estimate=cost, budget=settings.inline_budget)
     if "image/png" in request.headers.get("accept", ""):
-        png = await run_in_threadpool(first_overlay_png, model, method, upload.images, params)
-        return Response(png, media_type="image/png")
-    answer = await run_in_threadpool(run_explanation, model, method, upload.images, params, upload.decode_ms)
+        png, headers = await run_in_threadpool(png_answer, model, method, upload.images, params)
+        return Response(png, media_type="image/png", headers=headers)
+    if params.output.inline:
+        answer = await run_in_threadpool(run_explanation, model, method, upload.images, params, upload.decode_ms)
+        return Response(answer.model_dump_json(), media_type="application/json")
+    if jobs is None:
+        raise Invalid("inline-needs-store", "output.inline false needs the job store (Redis), which this "
+                      "deployment does not have", "ask for inline pictures (the default output.inline true)")
+    # Pictures stored as artifacts of a synthetic finished job of the caller's: same TTL, same owner check.
+    answer_id = uuid.uuid4().hex
+    stored: list[tuple[str, bytes, str]] = []
+
+    def sink(name: str, data: bytes, media_type: str) -> str:
+        stored.append((name, data, media_type))
+        return f"/v1/jobs/{answer_id}/artifacts/{name}"
+
+    answer = await run_in_threadpool(run_explanation, model, method, upload.images, params, upload.decode_ms, sink)
+    with jobs.guard():
+        await run_in_threadpool(jobs.store.put_answer_artifacts, answer_id, principal.owner, "explain", model.name,
+                                stored, settings.artifact_ttl_s, settings.result_ttl_s)
     return Response(answer.model_dump_json(), media_type="application/json")

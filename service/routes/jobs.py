@@ -68,14 +68,15 @@ def list_jobs(jobs: JobsDep, principal: PrincipalDep, status: str | None = Query
 
 @router.get("/{job_id}", response_model=JobStatus, responses=JOB_RESPONSES,
             summary="Status, progress, queue position, previews; ?wait=N long-polls until done")
-def get_job(jobs: JobsDep, principal: PrincipalDep, job_id: str = JOB_ID,
-            wait: float = Query(0, ge=0, le=30, description="Seconds to wait for the job to finish")) -> Response:
-    rec = jobs.wait(principal, job_id, wait) if wait else jobs.get(principal, job_id)
+async def get_job(jobs: JobsDep, principal: PrincipalDep, job_id: str = JOB_ID,
+                  wait: float = Query(0, ge=0, le=30, description="Seconds to wait for the job to finish")) -> Response:
+    # Async: a long-poll awaits between its checks instead of holding a thread-pool thread.
+    rec = await jobs.wait(principal, job_id, wait) if wait else await run_in_threadpool(jobs.get, principal, job_id)
     headers = {"Retry-After": "1"} if rec["status"] in (JobState.QUEUED, JobState.RUNNING) else {}
     # Serialized once here: returning the model would make FastAPI validate it a second time,
     # a measurable share of a poll's cost when many clients poll.
-    return Response(status_model(rec, jobs.artifact_links(rec)).model_dump_json(), media_type="application/json",
-                    headers=headers)
+    links = await run_in_threadpool(jobs.artifact_links, rec)
+    return Response(status_model(rec, links).model_dump_json(), media_type="application/json", headers=headers)
 
 
 @router.get("/{job_id}/events", responses={**JOB_RESPONSES, 200: {"content": {"text/event-stream": {}}}},

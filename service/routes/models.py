@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from cnnviz.attribution import METHODS
 from cnnviz.models import Catalog
 from core.imaging import image_to_tensor
 from core.predicting import predict_images
@@ -45,8 +46,10 @@ def model_detail(model: ModelDep, catalog: CatalogDep) -> ModelDetail:
     return ModelDetail(
         **s.model_dump(), mean=model.spec.mean, std=model.spec.std, default_layer=model.default_layer,
         layers=[LayerOut(name=li.name, kind=li.kind, output_shape=list(li.output_shape) if li.output_shape else None,
-                         spatial=li.spatial) for li in model.layers],
-        labels=list(model.labels))
+                         spatial=li.spatial, grid=li.grid, usable_by=li.usable_by(model.gradients))
+                for li in model.layers],
+        labels=list(model.labels), head=model.head, gradients=model.gradients,
+        methods=sorted(name for name, m in METHODS.items() if m.unavailable(model) is None))
 
 
 @router.post("/{model}/predict", response_model=PredictResponse, responses=PROBLEM_RESPONSES,

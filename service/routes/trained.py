@@ -50,7 +50,8 @@ def _info(store: TrainedStore, jobs: JobClient, principal: Principal, kind: str,
         links["apply"] = base + "/apply"
     return TrainedInfo(name=rec["name"], kind=kind, model=rec["model"], version=rec["version"], job=rec["job"],
                        bytes=rec["bytes"], created_at=rec["created_at"], updated_at=rec["updated_at"],
-                       summary=rec.get("summary") or {}, checkpoint_step=ckpt["step"] if ckpt else None,
+                       summary=rec.get("summary") or {}, status=rec.get("status") or "ready",
+                       step=int(rec.get("step") or 0), checkpoint_step=ckpt["step"] if ckpt else None,
                        training_job=holder if running is not None and running["status"] in ACTIVE else None,
                        links=links)
 

@@ -18,6 +18,8 @@ class MethodInfo(BaseModel):
     supports_units: bool
     queue: Literal["short", "long"] | None = Field(None, description="job types: the queue (kind of work) it runs on")
     images: str | None = Field(None, description="job types: what the uploaded images are, in order")
+    map_kinds: list[str] | None = Field(None, description="explain methods: the renderings output.kind accepts, "
+                                        "the default first")
     params_schema: dict[str, Any]
 
 

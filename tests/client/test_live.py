@@ -49,7 +49,8 @@ def test_predict_every_image_kind(viz: Client, cat_png: bytes, cat_file: Path) -
 
 
 def test_explain_inline(viz: Client, cat_png: bytes, tmp_path: Path) -> None:
-    res = viz.explain(cat_png, "gradcam", top_k=2, resolution=64, localization={"method": "otsu"})
+    res = viz.explain(cat_png, "gradcam", top_k=2, resolution=64, localization={"method": "otsu"},
+                      output={"raw": True, "format": "png"})
     assert isinstance(res, ExplainResult) and res.job_id is None  # answered inline: under the budget
     assert res.method == "gradcam" and res.layer and res.input_size == (64, 64)
     exps = res.images[0].explanations

@@ -55,7 +55,8 @@ def test_predict_chelsea(client, chelsea_jpeg):
 
 
 def test_gradcam_answer_shape(client, chelsea_jpeg):
-    r = post(client, f"{URL}/explain/gradcam", [chelsea_jpeg], {"top_k": 2, "localization": {}})
+    r = post(client, f"{URL}/explain/gradcam", [chelsea_jpeg],
+             {"top_k": 2, "localization": {}, "output": {"raw": True}})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == "efficientnet-lite0" and body["method"] == "gradcam"
@@ -218,7 +219,7 @@ def test_openapi_is_in_sync(app):
     assert committed.read_text() == render(app), "openapi/openapi.json drifted: run `make openapi`"
 
 
-CHEAP = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 2}, "rise": {"masks": 16},
+CHEAP = {"integrated_gradients": {"steps": 4, "adaptive": False}, "smoothgrad": {"samples": 2}, "rise": {"masks": 16},
          "occlusion": {"window": 112, "stride": 112}, "scorecam": {"layer": "_blocks.15", "resolution": 64}}
 
 
@@ -228,6 +229,9 @@ def test_every_method_answers_over_http(client, chelsea_jpeg):
     for method in sorted(METHODS):
         params = {**CHEAP.get(method, {}), "output": {"raw": False, "heatmap": False}}
         r = post(client, f"{URL}/explain/{method}", [chelsea_jpeg], params)
+        if method == "attention_rollout":  # transformers only (tests/http/test_own_models.py)
+            problem(r, 422, "attention-unavailable")
+            continue
         assert r.status_code == 200, (method, r.text)
         e = r.json()["images"][0]["explanations"][0]
         assert e["map"]["max"] >= e["map"]["min"] and e["overlay_png"], method

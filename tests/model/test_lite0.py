@@ -110,7 +110,7 @@ def _smoothed_peak(m: torch.Tensor, hw: tuple[int, int], k: int = 9) -> tuple[in
 
 PIXEL_METHODS = {
     "guided_backprop": {}, "input_x_gradient": {}, "guided_gradcam": {},
-    "integrated_gradients": {"steps": 16}, "smoothgrad": {"samples": 8},
+    "integrated_gradients": {"steps": 16, "adaptive": False}, "smoothgrad": {"samples": 8},
     "occlusion": {"window": 48, "stride": 24}, "rise": {"masks": 500, "batch_size": 16},
 }
 
@@ -139,3 +139,16 @@ def test_saliency_concentrates_on_the_cat(lite0, cat_on_canvas):
     inside[box[1]:box[3], box[0]:box[2]] = True
     assert up[inside].mean() > 2 * up[~inside].mean()
     assert pointing_game(sal, box, canvas.shape[:2], tolerance=15)
+
+
+def test_integrated_gradients_meets_completeness_by_default(lite0, chelsea):
+    """The default (adaptive) IG sums to score(x) - score(black) within 2 %; the fixed 32-point rule did not."""
+    img = torch.from_numpy(chelsea).permute(2, 0, 1).float() / 255
+    x = lite0.preprocessing.normalize(lite0.preprocessing.fit(img, 224, "stretch")[None])
+    ig = get_method("integrated_gradients")
+    e = ig.attribute(lite0, x, ClassTargets(top_k=1), batch_size=16)
+    rep = e.extras["completeness"][0][0]
+    assert rep["adaptive"] and rep["relative_error"] <= 0.02 and rep["steps"] <= 120
+    assert float(e.maps[0][0].sum()) == pytest.approx(rep["score_difference"], rel=0.025)
+    fixed = ig.attribute(lite0, x, ClassTargets(top_k=1), steps=32, adaptive=False, batch_size=16)
+    assert fixed.extras["completeness"][0][0]["relative_error"] > 0.02

@@ -229,7 +229,8 @@ def test_unit_target_gradient_equals_direct_autograd(model, x, pos):
     assert e.layer == layer and e.targets == [[channel]] * 3
     torch.testing.assert_close(torch.tensor([s[0] for s in e.scores]), score.detach())
     # Other gradient methods take unit targets too (a single neuron's path has sharp kinks: more steps).
-    ig = get_method("integrated_gradients").attribute(model, x, target, steps=512, integration="trapezoid")
+    ig = get_method("integrated_gradients").attribute(model, x, target, steps=512, integration="trapezoid",
+                                                      adaptive=False)
     assert all(c["relative_error"] < 0.02 for row in ig.extras["completeness"] for c in row)
 
 
@@ -248,7 +249,7 @@ def test_unit_target_errors(model, x):
 @pytest.mark.parametrize("integration", ["gauss-legendre", "trapezoid"])
 @pytest.mark.parametrize("baseline", ["black", "mean", "blurred"])
 def test_integrated_gradients_completeness(model, x, baseline, integration):
-    e = get_method("integrated_gradients").attribute(model, x, ClassTargets(top_k=2), steps=256,
+    e = get_method("integrated_gradients").attribute(model, x, ClassTargets(top_k=2), steps=256, adaptive=False,
                                                      baseline=baseline, integration=integration, batch_size=100)
     if baseline == "mean":
         ref = torch.zeros_like(x)
@@ -269,7 +270,7 @@ def test_integrated_gradients_completeness(model, x, baseline, integration):
 
 def test_integrated_gradients_equals_captum(model, x):
     cls = model.module(x).argmax(1).tolist()
-    ours = one("integrated_gradients", model, x, steps=20, baseline="mean", batch_size=7)
+    ours = one("integrated_gradients", model, x, steps=20, baseline="mean", batch_size=7, adaptive=False)
     theirs = IntegratedGradients(model.module).attribute(x, baselines=torch.zeros_like(x), target=cls,
                                                          n_steps=20, method="gausslegendre")
     torch.testing.assert_close(ours, theirs.sum(1), rtol=1e-4, atol=1e-6)
@@ -282,7 +283,7 @@ def test_input_x_gradient(model, x):
 
 @pytest.mark.parametrize("base", ["saliency", "guided_backprop", "input_x_gradient", "integrated_gradients"])
 def test_smoothgrad_without_noise_is_the_base(model, x, base):
-    params = {"steps": 8} if base == "integrated_gradients" else {}
+    params = {"steps": 8, "adaptive": False} if base == "integrated_gradients" else {}
     expected = one(base, model, x, **params)
     got = one("smoothgrad", model, x, base=base, samples=4, noise=0.0, batch_size=5, **params)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
@@ -320,9 +321,10 @@ def test_guided_gradcam_is_guided_times_upsampled_gradcam(model, x):
 def test_costs(model):
     gm = get_method
     assert gm("saliency").estimate_cost(model, 2, 1, {}) == 6
-    ig = gm("integrated_gradients").estimate_cost(model, 1, 1, {"steps": 50})
+    ig = gm("integrated_gradients").estimate_cost(model, 1, 1, {"steps": 50, "adaptive": False})
     assert 150 <= ig <= 155
-    sg = gm("smoothgrad").estimate_cost(model, 1, 1, {"samples": 10, "base": "integrated_gradients", "steps": 50})
+    sg = gm("smoothgrad").estimate_cost(model, 1, 1, {"samples": 10, "base": "integrated_gradients", "steps": 50,
+                                                    "adaptive": False})
     assert 10 * ig <= sg <= 10 * ig + 5
 
 
@@ -358,3 +360,45 @@ def test_concurrent_guided_and_plain_gradients_stay_separate(model, x):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_kronrod_rule_is_exact_for_polynomials():
+    """G7/K15: Kronrod exact through degree 22, Gauss through 13 (the error estimate is their difference)."""
+    from cnnviz.attribution.gradient import _kronrod_nodes
+
+    nodes, wk, wg = _kronrod_nodes()
+    for k in range(23):
+        exact = 0.0 if k % 2 else 2.0 / (k + 1)
+        assert float((wk * nodes**k).sum()) == pytest.approx(exact, abs=1e-12)
+        if k <= 13:
+            assert float((wg * nodes**k).sum()) == pytest.approx(exact, abs=1e-12)
+    assert float((wg * nodes**14).sum()) != pytest.approx(2 / 15, abs=1e-6)  # G7 is not exact past 13
+
+
+def test_adaptive_integrated_gradients_reaches_the_tolerance_and_reports_it(model, x):
+    ig = get_method("integrated_gradients")
+    fixed = ig.attribute(model, x, ClassTargets(top_k=1), steps=4, adaptive=False)
+    coarse = max(c["relative_error"] for row in fixed.extras["completeness"] for c in row)
+    e = ig.attribute(model, x, ClassTargets(top_k=1), steps=15, tolerance=0.002, max_steps=600, batch_size=64)
+    reps = [c for row in e.extras["completeness"] for c in row]
+    assert all(c["relative_error"] <= 0.002 for c in reps)
+    assert all(c["adaptive"] and c["steps"] % 15 == 0 and 15 <= c["steps"] <= 600 for c in reps)
+    assert coarse > 0.002  # the tolerance was not met by luck at a few fixed points
+    # The maps still sum to the score difference they report.
+    for i, row in enumerate(e.extras["completeness"]):
+        assert float(e.maps[i][0].sum()) == pytest.approx(row[0]["score_difference"], rel=0.003, abs=1e-4)
+
+
+def test_adaptive_integrated_gradients_stops_at_max_steps_and_warns(model, x):
+    e = get_method("integrated_gradients").attribute(model, x, ClassTargets(top_k=1), steps=15, tolerance=0.001,
+                                                     max_steps=15)
+    assert all(c["steps"] == 15 for row in e.extras["completeness"] for c in row)
+    worst = max(c["relative_error"] for row in e.extras["completeness"] for c in row)
+    assert (worst > 0.001) == any("raise max_steps" in w for w in e.warnings)
+
+
+def test_adaptive_cost_is_the_worst_case():
+    from cnnviz.attribution.gradient import adaptive_points
+
+    assert adaptive_points(32, 120) == (2, 120)
+    assert adaptive_points(4, 15) == (1, 15)

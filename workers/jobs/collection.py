@@ -23,7 +23,9 @@ from cnnviz.inspection import (
     thumbnail_map,
     top_activating_patches,
 )
-from cnnviz.render import encode_png, make_grid
+from cnnviz.inspection.embedding_map import thumb_size_for
+from cnnviz.inspection.neighbours import neighbour_strip
+from cnnviz.render import encode_png
 from cnnviz.training import head_embed
 from core.imaging import decode_rgb
 from core.schemas.collections import CollectionViewParams
@@ -32,10 +34,6 @@ from core.store.trained import TrainedStore
 from workers.runtime import JobContext, execute
 
 log = logging.getLogger(__name__)
-
-
-def _thumbs(images: list[torch.Tensor], idx: list[int], size: int = 96) -> torch.Tensor:
-    return make_grid([make_thumbnail(images[i], size) for i in idx], ncols=len(idx) or 1, pad=2)
 
 
 def _embeddings(ctx: JobContext, model: Any, images: list[torch.Tensor], params: CollectionViewParams,
@@ -75,13 +73,21 @@ def run_view(ctx: JobContext) -> None:
 
     common = {"progress": progress, "cancel": ctx.cancelled}
     summary: dict[str, Any] = {"model": model.name, "view": view, "collection": cid, "count": len(images)}
+    warnings: list[str] = []
     main = "result.json"
     if view == "top_patches":
         channels = top_activating_patches(model, images, params.layer, params.channels,
                                           top_channels=params.top_channels, k=params.k,
                                           projection=params.projection, size=params.size,
                                           **common)
-        ctx.put("patches.png", encode_png(patch_grid(channels)), "image/png")
+        layer = params.layer or model.default_layer
+        ctx.put("patches.png", encode_png(patch_grid(channels, layer=layer, projection=params.projection)),
+                "image/png")
+        short = [c.channel for c in channels if len(c.patches) < params.k]
+        if short:
+            got = min(len(c.patches) for c in channels)
+            warnings.append(f"top_patches asked k={params.k} but got {got} patches per channel for {len(short)} "
+                            f"channel(s): the collection has {len(images)} images and each image counts once")
         summary["channels"] = [{"channel": c.channel, "score": c.score,
                                 "patches": [{"image": p.image, "y": p.y, "x": p.x, "activation": p.activation,
                                              "box": list(p.box)} for p in c.patches]} for c in channels]
@@ -90,16 +96,23 @@ def run_view(ctx: JobContext) -> None:
         query = decode_rgb(ctx.inputs()[0])
         nl = neighbour_lists(model, query, images, params.layer, k=min(params.k, len(images)),
                              metric=params.metric, size=params.size, **common)
+        if params.k > len(images):
+            warnings.append(f"neighbours asked k={params.k} but the collection has {len(images)} images: "
+                            f"{len(images)} neighbours per row")
         summary.update(layer=nl.layer, metric=nl.metric, feature_indices=nl.feature_indices,
                        feature_distances=nl.feature_distances, pixel_indices=nl.pixel_indices,
                        pixel_distances=nl.pixel_distances)
-        rows = [_thumbs([query], [0]), _thumbs(images, nl.feature_indices), _thumbs(images, nl.pixel_indices)]
-        ctx.put("neighbours.png", encode_png(make_grid(rows, ncols=1, pad=6)), "image/png")
+        ctx.put("neighbours.png", encode_png(neighbour_strip(query, images, nl)), "image/png")
         main = "neighbours.png"
     elif view == "embedding_map":
         feats = extract_features(model, images, params.layer, size=params.size, **common)
         coords = reduce_2d(feats, params.method, seed=params.seed)
-        picture = thumbnail_map(coords, [make_thumbnail(im, 48) for im in images], size=params.map_size)
+        thumb = thumb_size_for(len(images), params.map_size)
+        labels = rec.get("labels") or None
+        picture = thumbnail_map(coords, [make_thumbnail(im, thumb) for im in images], size=params.map_size,
+                                thumb=thumb, labels=labels,
+                                title=f"{params.method} of layer {params.layer or model.default_layer}, "
+                                      f"{len(images)} images")
         ctx.put("map.png", encode_png(picture), "image/png")
         summary.update(method=params.method, coords=[[round(float(v), 5) for v in c] for c in coords])
         main = "map.png"
@@ -117,6 +130,8 @@ def run_view(ctx: JobContext) -> None:
                        different_pairs=cal.n_diff_pairs)
     else:
         raise ValueError(f"unknown collection view {view!r}")
+    if warnings:
+        summary["warnings"] = warnings
     ctx.put_json("result.json", summary)
     ctx.succeed(main)
 

@@ -60,6 +60,9 @@ def _explain(ctx: JobContext) -> None:
     params = ctx.spec.get("params") or {}
     method = params["method"]
     explain_params = params_model(method).model_validate(params.get("explain") or {})
+    if "format" not in explain_params.output.model_fields_set:
+        # Job pictures are files a client downloads one by one: lossless unless asked otherwise.
+        explain_params.output.format = "png"
     model = ctx.model()
     images = [decode_image(b) for b in ctx.inputs()]
     # Progress in forward passes: the cost estimate counts a backward as ~2 forwards, so the
@@ -69,14 +72,19 @@ def _explain(ctx: JobContext) -> None:
     if ctx.cancelled():
         raise Cancelled("canceled before the explanation started")
     native = model.preprocessing.input_size ** 2
+
+    def sink(name: str, data: bytes, media_type: str) -> str:  # output.inline false: the job's own artifacts
+        ctx.put(name, data, media_type)
+        return f"/v1/jobs/{ctx.id}/artifacts/{name}"
+
     with forward_watch(ctx, model.module, total, "explaining", native):
-        answer = run_explanation(model, method, images, explain_params)
+        answer = run_explanation(model, method, images, explain_params, sink=sink)
+    ext = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
     for img in answer.images:
         for t, exp in enumerate(img.explanations):
-            if exp.overlay_png:
-                ctx.put(f"overlay-{img.index}-{t}.png", base64.b64decode(exp.overlay_png), "image/png")
-            if exp.heatmap_png:
-                ctx.put(f"heatmap-{img.index}-{t}.png", base64.b64decode(exp.heatmap_png), "image/png")
+            for kind, b64 in (("overlay", exp.overlay_png), ("heatmap", exp.heatmap_png), ("figure", exp.figure_png)):
+                if b64 and exp.media_type:
+                    ctx.put(f"{kind}-{img.index}-{t}.{ext[exp.media_type]}", base64.b64decode(b64), exp.media_type)
     ctx.put("result.json", answer.model_dump_json().encode(), "application/json")
     ctx.progress(total, total, "done")
     ctx.succeed("result.json")

@@ -167,6 +167,10 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
         value = getattr(a, key)
         if value is not None:
             params[key] = value
+    if a.out:  # the overlay files are written as .png: ask for PNG (the service's default is JPEG)
+        output = params.setdefault("output", {})
+        if isinstance(output, dict):
+            output.setdefault("format", "png")
     res = c.explain([_image(p) for p in a.images], a.method, a.model, respond_async=a.respond_async, params=params)
     saved = _save_explanations(res, Path(a.out)) if a.out else []
     if a.json:

@@ -82,15 +82,20 @@ class Layer:
     kind: str = ""
     output_shape: list[int] | None = None
     spatial: bool = False
+    grid: str | None = None  # "chw", "nhwc" (Swin) or "tokens" (ViT): what the CAM family can use
+    usable_by: list[str] = field(default_factory=list)  # method families: cam, gradient, perturbation
 
 
 @dataclass
 class ModelDetail(ModelSummary):
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
-    default_layer: str = ""
+    default_layer: str | None = ""  # None: the model exposes no layer outputs (a TorchScript archive)
     layers: list[Layer] = field(default_factory=list, repr=False)
     labels: list[str] = field(default_factory=list, repr=False)
+    head: str = "softmax"  # or "sigmoid" (binary and multi-label heads)
+    gradients: bool = True  # False: only gradient-free methods answer
+    methods: list[str] = field(default_factory=list)  # explanation methods available for this model
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelDetail:
@@ -231,7 +236,8 @@ class RawMap:
 
 @dataclass
 class Explanation:
-    """One image and target: the map, PNG heatmap/overlay bytes, boxes and faithfulness when asked."""
+    """One image and target: the map, heatmap/overlay/figure bytes (in ``media_type``: JPEG unless
+    ``output.format`` said otherwise), boxes and faithfulness when asked; ``*_url`` with ``output.inline: false``."""
 
     target: Target
     map: RawMap
@@ -239,6 +245,12 @@ class Explanation:
     overlay: bytes | None = field(default=None, repr=False)
     regions: list[dict[str, Any]] | None = None
     faithfulness: dict[str, Any] | None = None
+    figure: bytes | None = field(default=None, repr=False)
+    media_type: str | None = None
+    rendering: dict[str, Any] | None = None
+    overlay_url: str | None = None
+    heatmap_url: str | None = None
+    figure_url: str | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Explanation:
@@ -247,11 +259,14 @@ class Explanation:
                    map=RawMap(shape=tuple(m.get("shape") or (0, 0)), min=m.get("min", 0.0), max=m.get("max", 0.0),
                               values=m.get("values")),
                    heatmap=_b64(data.get("heatmap_png")), overlay=_b64(data.get("overlay_png")),
-                   regions=data.get("regions"), faithfulness=data.get("faithfulness"))
+                   regions=data.get("regions"), faithfulness=data.get("faithfulness"),
+                   figure=_b64(data.get("figure_png")), media_type=data.get("media_type"),
+                   rendering=data.get("rendering"), overlay_url=data.get("overlay_url"),
+                   heatmap_url=data.get("heatmap_url"), figure_url=data.get("figure_url"))
 
     def save(self, path: str | os.PathLike[str], which: str = "overlay") -> str:
-        """Write the overlay (or ``which="heatmap"``) PNG; returns the path."""
-        data = self.overlay if which == "overlay" else self.heatmap
+        """Write the overlay (or ``which="heatmap"`` / ``"figure"``) bytes as received; returns the path."""
+        data = {"overlay": self.overlay, "heatmap": self.heatmap, "figure": self.figure}.get(which)
         if data is None:
             raise ValueError(f"this explanation has no {which} (output.{which} was false)")
         return _write(path, data)

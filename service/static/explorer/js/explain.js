@@ -220,7 +220,7 @@ function searchClasses() {
 function explainParams(method, { withLayer = true } = {}) {
   const m = state.methods.find((x) => x.name === method);
   const params = { output: { colormap: s.colormap, alpha: s.alpha, normalize: s.normalize, raw: false, overlay: false,
-    heatmap: true } };
+    heatmap: true, format: 'png' } };
   if (s.target !== null) params.target = s.target;
   if (withLayer && m?.uses_layer && s.layer) params.layer = s.layer;
   if (s.boxes) params.localization = s.boxMethod === 'fraction' ? { method: 'fraction', fraction: s.fraction }
