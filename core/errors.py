@@ -42,6 +42,10 @@ class Conflict(DomainError):
     """The thing exists but is not in a state that allows this (job not finished, training running)."""
 
 
+class TimedOut(DomainError):
+    """The client took too long (a stalled request body)."""
+
+
 class Gone(DomainError):
     """It existed and has expired or was deleted."""
 

@@ -100,6 +100,20 @@ def estimate_cost(model: LoadedModel, method: str, params: ExplainParams, n_imag
     return float(cost)
 
 
+def compute(model: LoadedModel, method: str, x: torch.Tensor, params: ExplainParams,
+            targets: Targets | None = None) -> Explanation:
+    """The engine step alone: a normalized batch ``x`` in, raw maps out (targets from ``params`` by default)."""
+    try:
+        m = get_method(method)
+        return m.attribute(model, x, targets if targets is not None else targets_from(params, x.shape[0]),
+                           params.layer, params.engine_params(m))
+    except EngineError as exc:
+        raise from_engine(exc) from exc
+
+
+Engine = Callable[[LoadedModel, str, torch.Tensor, ExplainParams], Explanation]
+"""Runs the engine step for one request: :func:`compute`, or a batcher's (``core.batching``)."""
+
 Sink = Callable[[str, bytes, str], str]
 """Stores one picture (artifact name, bytes, media type) and returns the link a client follows."""
 
@@ -150,9 +164,11 @@ def _legacy(raw: torch.Tensor, mode: str, colormap: str, size: tuple[int, int]) 
 
 
 def _render(raw: torch.Tensor, gradient: torch.Tensor | None, image_u8: torch.Tensor, params: ExplainParams,
-            kind: MapKind, regions: list[Region] | None, title: str) -> _Pictures:
+            kind: MapKind, regions: list[Region] | None, title: str,
+            orig_hw: tuple[int, int] | None = None) -> _Pictures:
     out = params.output
     h, w = image_u8.shape[:2]
+    orig_hw = orig_hw or (h, w)
     size = output_hw(out.size, h, w)
     base = image_u8 if (h, w) == size else _resize_image(image_u8, size)
     want_overlay = out.overlay or out.figure
@@ -182,7 +198,7 @@ def _render(raw: torch.Tensor, gradient: torch.Tensor | None, image_u8: torch.Te
                               center=scale.center, clip_percentile=scale.percentile, saturated=scale.saturated)
         subtitle = scale.describe()
     if ov is not None and regions:
-        sx, sy = size[1] / w, size[0] / h
+        sx, sy = size[1] / orig_hw[1], size[0] / orig_hw[0]  # regions are in original pixels
         boxes = [(round(r.box[0] * sx), round(r.box[1] * sy), round(r.box[2] * sx), round(r.box[3] * sy))
                  for r in regions]
         ov = draw_boxes(ov, boxes)
@@ -205,7 +221,9 @@ def _resize_image(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
 
 
-def _localize(raw: torch.Tensor, image: torch.Tensor, params: ExplainParams) -> list[Region]:
+def _localize(raw: torch.Tensor, image: torch.Tensor, params: ExplainParams,
+              orig_hw: tuple[int, int]) -> list[Region]:
+    """Boxes and contours in the original image's pixels (uploads may have been decoded smaller)."""
     loc = params.localization
     assert loc is not None
     h, w = image.shape[-2:]
@@ -221,7 +239,7 @@ def _localize(raw: torch.Tensor, image: torch.Tensor, params: ExplainParams) -> 
         mask = threshold_mask(m, loc.method, loc.fraction)
     regions = mask_to_regions(mask, m, min_area=max(1, int(loc.min_area_fraction * lh * lw)),
                               max_regions=loc.max_regions)
-    regions = scale_regions(regions, w / lw, h / lh)
+    regions = scale_regions(regions, orig_hw[1] / lw, orig_hw[0] / lh)
     return [Region(box=r.box, area=r.area, score=r.score, peak=r.peak, contour=r.contour) for r in regions]
 
 
@@ -258,11 +276,13 @@ def _completeness(result: Explanation, i: int, t: int) -> Completeness | None:
 
 def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage], params: ExplainParams,
                     decode_ms: float = 0.0, sink: Sink | None = None,
-                    keep: list[tuple[int, TargetExplanation, torch.Tensor]] | None = None) -> ExplainResponse:
+                    keep: list[tuple[int, TargetExplanation, torch.Tensor]] | None = None,
+                    engine: Engine = compute) -> ExplainResponse:
     """Compute, render and shape one explanation answer.
 
     ``output.inline: false`` needs ``sink``, which stores each picture and returns its link. ``keep``
     (for :func:`png_answer`) collects (image index, explanation, overlay tensor) instead of encoding.
+    ``engine`` runs the engine step (a batcher gathers concurrent requests into one call).
     """
     out = params.output
     if not out.inline and sink is None:
@@ -282,11 +302,7 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     x_pix = torch.stack([prep.fit(t, size, params.resize) for t in tensors]).to(model.device)
     x = prep.normalize(x_pix)
     t1 = time.perf_counter()
-    try:
-        result: Explanation = m.attribute(model, x, targets_from(params, len(images)), params.layer,
-                                          params.engine_params(m))
-    except EngineError as exc:
-        raise from_engine(exc) from exc
+    result = engine(model, method, x, params)
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
     t2 = time.perf_counter()
@@ -318,13 +334,14 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                        model.labels[idx] if idx < len(model.labels) else None),
                 score=result.scores[i][t], probability=result.probabilities[i][t])
             ta = time.perf_counter()
-            regions = _localize(raw, tensors[i], params) if params.localization else None
+            regions = _localize(raw, tensors[i], params, (d.height, d.width)) if params.localization else None
             tb = time.perf_counter()
             faith = (_faithfulness(model, x_pix[i], raw, idx, unit, params, (d.height, d.width))
                      if params.faithfulness else None)
             tc = time.perf_counter()
             title = figure_title(m.title or method, info.label, info.probability, result.layer)
-            pics = _render(raw, grads[i][t] if grads else None, img_u8, params, kind, regions, title)
+            pics = _render(raw, grads[i][t] if grads else None, img_u8, params, kind, regions, title,
+                           (d.height, d.width))
             td = time.perf_counter()
             spent["localization"] += tb - ta
             spent["faithfulness"] += tc - tb
@@ -362,7 +379,7 @@ GRID_TILE_SIDE = 512  # a multi-map PNG draws each overlay at most this long sid
 
 
 def png_answer(model: LoadedModel, method: str, images: list[DecodedImage],
-               params: ExplainParams) -> tuple[bytes, dict[str, str]]:
+               params: ExplainParams, engine: Engine = compute) -> tuple[bytes, dict[str, str]]:
     """For ``Accept: image/png``: PNG bytes and headers naming model, method, layer and each tile's target.
 
     One map: its overlay at the original size. More (several images, ``top_k`` > 1, ``targets``):
@@ -372,7 +389,8 @@ def png_answer(model: LoadedModel, method: str, images: list[DecodedImage],
     output = params.output.model_copy(update={"overlay": True, "heatmap": False, "raw": False, "figure": False,
                                               "inline": True, "format": "png"})
     kept: list[tuple[int, TargetExplanation, torch.Tensor]] = []
-    resp = run_explanation(model, method, images, params.model_copy(update={"output": output}), keep=kept)
+    resp = run_explanation(model, method, images, params.model_copy(update={"output": output}), keep=kept,
+                           engine=engine)
     title = get_method(method).title or method
     tiles = [f"{i}:{e.target.index}:{_header_text(e.target.label or '')}" for i, e, _ in kept]
     headers = {"X-Cnnviz-Model": resp.model, "X-Cnnviz-Method": method, "X-Cnnviz-Layer": resp.layer or "",

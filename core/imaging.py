@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +36,34 @@ _WHITE = (255, 255, 255, 255)
 
 @dataclass
 class DecodedImage:
-    """An uploaded image ready for the models: RGB, EXIF-oriented, first frame only."""
+    """An uploaded image ready for the models: RGB, EXIF-oriented, first frame only.
+
+    ``width`` and ``height`` are the original's (EXIF-oriented) size, which answers report and
+    pictures are drawn at; ``image`` may be smaller when decoding was asked to downscale it.
+    """
 
     image: Image.Image
     format: str
     original_mode: str
     width: int
     height: int
+
+
+# Modes Pillow resizes directly (so a large image is downscaled before any RGB conversion copies it).
+_RESIZABLE = frozenset({"L", "RGB", "RGBA", "I", "F"})
+_SWAPS_SIDES = frozenset({5, 6, 7, 8})  # EXIF orientations that transpose the image
+
+# Called with (original width, original height, decoded width, decoded height) once the header is
+# read and before any pixel is decoded; it may raise to refuse the image (a per-request budget).
+HeaderCheck = Callable[[int, int, int, int], None]
+
+
+def scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """The size an image of ``width`` x ``height`` is decoded at with ``max_side`` (None: as is)."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    s = max_side / max(width, height)
+    return max(1, round(width * s)), max(1, round(height * s))
 
 
 def _invalid(detail: str) -> DomainError:
@@ -110,12 +132,19 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 8) -> DecodedImage:
+def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 8, max_side: int | None = None,
+                 check: HeaderCheck | None = None) -> DecodedImage:
     """Decode untrusted bytes into an RGB image, or raise a :class:`DomainError`.
 
     Steps: identify the format from the bytes (415 if not allowed), check the header size
     against ``max_pixels`` and PIL's own bomb limit (413) and ``min_side`` (400) before decoding,
-    decode the first frame (400 if truncated or corrupt), apply the EXIF orientation, convert to RGB.
+    call ``check`` (still before decoding), decode the first frame (400 if truncated or corrupt),
+    downscale to ``max_side`` on the long side, apply the EXIF orientation, convert to RGB.
+
+    Downscaling happens as early as the format allows: a JPEG is decoded at a reduced size by the
+    decoder itself (DCT scaling, ``Image.draft``), anything else is reduced (``Image.reduce`` by an
+    integer factor, then an antialiased resize) right after decoding, before the EXIF transpose and
+    the RGB conversion copy it. ``width``/``height`` of the answer stay the original's.
     """
     if not data:
         raise _invalid("The image is empty.")
@@ -157,11 +186,16 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 8
                 min_side=min_side,
             )
         original_mode = im.mode
+        target = scaled_size(width, height, max_side)
+        if check is not None:
+            check(width, height, *target)
         try:
             # Image.open leaves the first frame current; n_frames is not asked for because
             # counting a GIF's frames walks the whole file.
             if im.tell() != 0:
                 im.seek(0)
+            if target != (width, height) and fmt == "JPEG":
+                im.draft(None, target)  # the decoder scales by 1/2, 1/4 or 1/8, never below target
             im.load()
         except Image.DecompressionBombError as e:
             raise _too_large(width, height, max_pixels) from e
@@ -170,7 +204,19 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 8
             raise _invalid("The image data is truncated or corrupt.") from e
 
         try:
+            orientation = int(im.getexif().get(0x0112, 1) or 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block is ignored below as well
+            orientation = 1
+        if target != im.size:
+            try:
+                im = _downscale(im, target)
+            except Exception as e:  # noqa: BLE001
+                log.info("could not downscale mode %s: %r", im.mode, e)
+                raise _invalid(f"Images of mode {im.mode} cannot be converted to RGB.") from e
+        swapped = False
+        try:
             oriented = ImageOps.exif_transpose(im)
+            swapped = orientation in _SWAPS_SIDES
         except Exception as e:  # noqa: BLE001 - a broken EXIF block should not reject the pixels
             log.warning("ignoring unreadable EXIF orientation: %r", e)
             oriented = im
@@ -184,8 +230,20 @@ def decode_image(data: bytes, *, max_pixels: int = 40_000_000, min_side: int = 8
         if rgb is im:
             rgb = im.copy()  # detach from the file object closed by the with-block
 
-    return DecodedImage(image=rgb, format=fmt, original_mode=original_mode,
-                        width=rgb.width, height=rgb.height)
+    ow, oh = (height, width) if swapped else (width, height)
+    return DecodedImage(image=rgb, format=fmt, original_mode=original_mode, width=ow, height=oh)
+
+
+def _downscale(im: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """``im`` (decoded) at ``target`` size: an integer ``reduce`` first (cheap, box filter), then Lanczos."""
+    if im.mode not in _RESIZABLE:
+        im = _to_rgb(im)
+    factor = min(im.width // target[0], im.height // target[1])
+    if factor >= 2:
+        im = im.reduce(factor)
+    if im.size != target:
+        im = im.resize(target, Image.Resampling.LANCZOS)
+    return im
 
 
 def decode_base64_image(s: str, **kw: Any) -> DecodedImage:

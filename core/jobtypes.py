@@ -152,6 +152,10 @@ class JobType:
     engine: Callable[..., Any] | None = None  # optimization jobs: the engine function the generic runner calls
     image_args: tuple[str, ...] = ()  # its keyword arguments the uploaded images fill, in order
     steps_param: str = "steps"  # the parameter that counts steps (progress totals); "" when none
+    # A running job whose worker died (heartbeat gone) is queued again up to this many times, then
+    # failed with "abandoned"; with ``resumes`` a retry continues from the job's last checkpoint.
+    retries: int = 1
+    resumes: bool = False
 
     def default_cost(self, model: LoadedModel) -> float:
         """The cost of the default parameters (0 when the type has no default or is priced per request)."""
@@ -376,9 +380,9 @@ register(JobType("style", "synthesis", StyleParams, (2, 2), "two images (content
                  f"{_W}.synthesis.run", _prepare_synthesis, style_cost, style_transfer, ("content", "style")))
 register(JobType("fast_style", "training", FastStyleParams, (1, 2),
                  "a style image (and optionally a preview content image)", "long", f"{_W}.training.run",
-                 _prepare_training, fast_style_cost))
+                 _prepare_training, fast_style_cost, retries=3, resumes=True))
 register(JobType("triplet_head", "training", TripletHeadParams, (0, 0), "no image (the collection is the data)",
-                 "long", f"{_W}.training.run", _prepare_training, triplet_cost))
+                 "long", f"{_W}.training.run", _prepare_training, triplet_cost, retries=3, resumes=True))
 
 
 # ---- the request envelope, derived -------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from cnnviz.models import Catalog
+from core.batching import ExplainBatcher, configure_threads
 from core.jobtypes import JOB_REQUEST, JOB_REQUESTS
 from core.schemas.collections import CollectionParams, IdentifyParams
 from core.schemas.explain import METHOD_PARAMS, ExplainParams
@@ -37,15 +40,24 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
         jobs = getattr(app.state, "jobs", None)
+        reaper = asyncio.create_task(jobs.reaper()) if jobs is not None else None  # dead workers' jobs
+        yield
+        if reaper is not None:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
         if jobs is not None:
-            jobs.close()
+            await jobs.aclose()
 
     app = FastAPI(title="cnnviz", version=API_VERSION, lifespan=lifespan,
                   description="What a convolutional network sees: explanations, internals and synthesis.")
     app.state.settings = settings
     app.state.catalog = catalog
+    configure_threads(settings.torch_threads)  # the cores, not the machine's count; slots bound the teams
+    app.state.batcher = ExplainBatcher(settings.batch_wait_ms / 1000, settings.batch_max_images,
+                                       settings.inline_slots, settings.inline_max_requests,
+                                       settings.inline_retry_after_s, on_batch=explain.observe_batch)
     install_handlers(app)
     if settings.redis_url:
         from service.jobs import JobClient
@@ -62,6 +74,6 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     install_explorer(app)  # /ui/ explorer, / redirect, offline /docs and /redoc (service/explorer.py)
     install_openapi(app, [ExplainParams, PredictParams, CollectionParams, IdentifyParams, StyleApplyParams,
                           *METHOD_PARAMS.values(), *JOB_REQUESTS.values()], {"JobRequest": JOB_REQUEST})
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, body_timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware)
     return app

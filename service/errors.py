@@ -28,6 +28,7 @@ from core.errors import (
     Invalid,
     NotAcceptable,
     NotFound,
+    TimedOut,
     TooLarge,
     TooMany,
     Unauthorized,
@@ -43,7 +44,7 @@ PROBLEM_BASE = "https://cnnviz.dev/problems/"
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 STATUS: dict[type[DomainError], int] = {
-    BadInput: 400, Unauthorized: 401, NotFound: 404, NotAcceptable: 406, Conflict: 409, Gone: 410,
+    BadInput: 400, Unauthorized: 401, NotFound: 404, NotAcceptable: 406, TimedOut: 408, Conflict: 409, Gone: 410,
     TooLarge: 413, Unsupported: 415, Invalid: 422, TooMany: 429, Unavailable: 503,
 }
 # Where a client looks next for each kind of "unknown name" problem; {model} from the error's extras.

@@ -6,8 +6,12 @@ rq through a :class:`rq.Queue` with the JSON serializer. Admission control happe
 - the queue bound (503 + Retry-After) and the per-key bound on queued + running jobs (429) are
   both *add, then count, then roll back if over*: concurrent submits can be refused a little too
   eagerly but never admitted past the bound;
-- a running job whose heartbeat key has expired is settled as failed/``abandoned`` by whoever
-  reads it first, so a dead worker's job never shows "running" forever.
+- a running job whose heartbeat key has expired is settled by whoever reads it first: queued
+  again on its queue (same id, inputs kept, ``attempts`` counted by the worker) while its job
+  type's ``retries`` allow, a training job from its last checkpoint; else failed/``abandoned``.
+  Either way atomically (a compare-and-set on the attempt), so a dead worker's job never shows
+  "running" forever and two replicas never retry it twice;
+- inside a queue, jobs are ordered fairly across API keys (:class:`FairQueue`).
 
 Every Redis failure becomes a 503 ``jobs-unavailable``: inline routes do not touch Redis and keep
 working while it is down.
@@ -22,12 +26,13 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 from redis import Redis
 from rq import Queue, worker_registration
 from rq.job import Job
@@ -47,10 +52,12 @@ log = logging.getLogger(__name__)
 SERIALIZER = JSONSerializer  # as the workers use: jobs carry ids and small JSON, never pickles
 
 MAX_WAIT_S = 30.0
-WAIT_POLL_S = 0.2  # a long-poll checks the job this often
+WAIT_BLOCK_S = 1.0  # a long-poll re-reads the job's status at least this often (events wake it sooner)
 SSE_MAX_S = 300.0  # one SSE response lasts at most this long; clients resume with Last-Event-ID
 SSE_KEEPALIVE_S = 10.0
+SSE_BLOCK_MS = 1000  # one awaited XREAD waits this long for new events
 ABANDON_GRACE_S = 1.0
+REAP_INTERVAL_S = 2.0  # each API process settles dead workers' jobs this often
 IDEM_PENDING = "pending"
 IDEM_PENDING_TTL_S = 30  # a claim whose request died frees the key after this long
 IDEM_WAIT_S = 10.0  # how long a concurrent duplicate waits for the first request's job record
@@ -59,6 +66,23 @@ IDEM_WAIT_S = 10.0  # how long a concurrent duplicate waits for the first reques
 _CAS = ("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) "
         "return 1 end return 0")
 _CAD = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+class FairQueue(Queue):
+    """An rq queue whose new jobs are inserted in fair order across owners, not appended.
+
+    rq pushes a job id on the queue's list in :meth:`push_job_id` (inside its enqueue pipeline);
+    here that push is :meth:`JobStore.fair_push`, a Lua script that interleaves owners
+    round-robin. Workers are plain rq workers: they pop the list's head as always.
+    """
+
+    fair_store: JobStore | None = None
+
+    def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
+        if at_front or self.fair_store is None:
+            super().push_job_id(job_id, pipeline=pipeline, at_front=at_front)
+            return
+        self.fair_store.fair_push(self.key, self.name, job_id, client=pipeline)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -74,6 +98,7 @@ class JobClient:
         self.settings = settings
         self.config = config or JobConfig.from_environment()
         self._redis: Redis | None = None
+        self._aredis: dict[int, aioredis.Redis] = {}  # SSE reads: one asyncio client per event loop
         self._lock = threading.Lock()
 
     # --- plumbing -------------------------------------------------------------------------
@@ -91,13 +116,17 @@ class JobClient:
         return JobStore(self.redis, self.config.prefix)
 
     def queue(self, kind: str) -> Queue:
-        """The rq queue of a kind of work (``short`` or ``long``)."""
-        return Queue(self.config.queue_name(kind), connection=self.redis, serializer=SERIALIZER)
+        """The rq queue of a kind of work (``short`` or ``long``), fair across owners."""
+        q = FairQueue(self.config.queue_name(kind), connection=self.redis, serializer=SERIALIZER)
+        q.fair_store = self.store
+        return q
 
     def queue_of(self, rec: dict[str, Any]) -> Queue:
         """The rq queue a job was put on (its record names it)."""
-        name = rec.get("queue") or self.config.queue_name("short")
-        return Queue(name, connection=self.redis, serializer=SERIALIZER)
+        q = FairQueue(rec.get("queue") or self.config.queue_name("short"), connection=self.redis,
+                      serializer=SERIALIZER)
+        q.fair_store = self.store
+        return q
 
     @contextmanager
     def guard(self) -> Iterator[None]:
@@ -111,6 +140,13 @@ class JobClient:
     def close(self) -> None:
         if self._redis is not None:
             self._redis.close()
+
+    async def aclose(self) -> None:
+        """Close the SSE client of the running loop, then the sync pool."""
+        client = self._aredis.pop(id(asyncio.get_running_loop()), None)
+        if client is not None:
+            await client.aclose()
+        self.close()
 
     def health(self) -> dict[str, Any]:
         """For /readyz: Redis reachable, and how many live workers listen on each queue."""
@@ -283,29 +319,122 @@ class JobClient:
         store = self.store
         if rec["status"] == RUNNING and not store.alive(rec["id"]) \
                 and time.time() - float(rec.get("started_at") or 0) > ABANDON_GRACE_S:
-            if store.finish(rec["id"], FAILED, self.settings.result_ttl_s, self.settings.artifact_ttl_s,
-                            allowed=(RUNNING,), error_type="abandoned",
-                            error_detail="the worker running this job stopped sending heartbeats (it died or "
-                                         "lost Redis); the job was abandoned"):
+            # Both are compare-and-sets on this attempt: a replica that lost the race changes nothing.
+            if self._retry_allowed(rec):
+                self._retry(rec)
+            elif store.finish(
+                    rec["id"], FAILED, self.settings.result_ttl_s, self.settings.artifact_ttl_s,
+                    allowed=(RUNNING,), expect={"started_at": rec.get("started_at")},
+                    unless_key=store.hb_key(rec["id"]), error_type="abandoned",
+                    error_detail="the worker running this job stopped sending heartbeats (it died or lost "
+                                 f"Redis); the job was abandoned after {int(rec.get('attempts') or 1)} attempt(s)"):
                 log.warning("job %s abandoned by its worker (pid %s)", rec["id"], rec.get("worker_pid"))
             rec = store.get(rec["id"]) or rec
         if rec["status"] == QUEUED:
             rec["queue_position"] = self.redis.lpos(self.queue_of(rec).key, rec["id"])
         return rec
 
+    @staticmethod
+    def _retry_allowed(rec: dict[str, Any]) -> bool:
+        """Whether a dead worker's job may run again: its type's ``retries`` not spent, no cancel asked."""
+        entry = JOB_TYPES.get(rec.get("type", ""))
+        return entry is not None and int(rec.get("attempts") or 1) <= entry.retries \
+            and not rec.get("cancel_requested")
+
+    def _retry(self, rec: dict[str, Any]) -> bool:
+        """Queue a dead worker's job again under its type's retry policy; True if this call did.
+
+        The record goes running -> queued only if it is still the attempt that died (a CAS on
+        ``started_at`` with the heartbeat key absent), then the same id is pushed at the front of its
+        queue (it waited its turn once). rq's record of the dead execution is dropped first, so
+        rq's own registry cleanup cannot later fail the new attempt.
+        """
+        entry = JOB_TYPES[rec["type"]]
+        attempts = int(rec.get("attempts") or 1)
+        s, store = self.settings, self.store
+        fields: dict[str, Any] = {"message": f"retry {attempts} of {entry.retries}: the worker running attempt "
+                                             f"{attempts} died"}
+        spec = dict(rec.get("spec") or {})
+        if entry.resumes and int(rec.get("checkpoint_step") or 0) > 0:
+            spec["params"] = {**(spec.get("params") or {}), "resume": True}  # from this job's checkpoint
+            fields["spec"] = spec
+            fields["message"] += f"; resuming from step {rec['checkpoint_step']}"
+        if not store.requeue(rec["id"], rec, s.result_ttl_s, **fields):
+            return False
+        queue = self.queue_of(rec)
+        try:
+            wip = queue.started_job_registry.key
+            stale = [m for m in self.redis.zrange(wip, 0, -1) if m.decode().split(":")[0] == rec["id"]]
+            if stale:
+                self.redis.zrem(wip, *stale)
+            queue.enqueue_call(JOB_TYPES[rec["type"]].runner, args=(rec["id"], self.config.prefix),
+                               timeout=int(rec.get("timeout_s") or self.config.min_timeout_s),
+                               result_ttl=s.result_ttl_s, failure_ttl=s.result_ttl_s, job_id=rec["id"],
+                               description=f"{rec['type']} {rec['id']} (retry {attempts})", at_front=True)
+        except redis.exceptions.RedisError:
+            log.exception("job %s: requeued but could not be pushed on %s", rec["id"], queue.name)
+            raise
+        log.warning("job %s: its worker (pid %s) died; retry %d of %d queued", rec["id"], rec.get("worker_pid"),
+                    attempts, entry.retries)
+        return True
+
+    def reap(self) -> int:
+        """Settle every running job whose worker died (retry or abandon), read or not; how many.
+
+        Called every REAP_INTERVAL_S by each API process (cheap: one ZRANGE and a HGET and EXISTS
+        per running job), so a dead worker's job is retried even if no client is polling it.
+        """
+        with self.guard():
+            store = self.store
+            settled = 0
+            for raw in self.redis.zrange(store.running_key(), 0, 999):
+                job_id = raw.decode()
+                rec = store.get(job_id)
+                if rec is None or rec["status"] != RUNNING:
+                    self.redis.zrem(store.running_key(), job_id)  # expired, or finished by an older worker
+                    continue
+                if self._settle(rec)["status"] != RUNNING:
+                    settled += 1
+            return settled
+
+    async def reaper(self) -> None:
+        """The background loop of :meth:`reap`; Redis outages are waited out, never raised."""
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            try:
+                await run_in_threadpool(self.reap)
+            except (DomainError, redis.exceptions.RedisError):
+                pass
+            except Exception:  # noqa: BLE001 - the loop must outlive any one bad record
+                log.exception("job reaper failed; retrying")
+
     async def wait(self, principal: Principal, job_id: str, wait_s: float) -> dict[str, Any]:
         """Long-poll: return when the job is finished or after ``wait_s`` (at most 30 s).
 
-        Awaited on the event loop: each check is one short Redis read in the thread pool, and the
-        time between checks holds no thread, so any number of long-polls leave the pool (and
-        ``/healthz``, inline routes) free.
+        Two short reads in the thread pool (the first and the last); in between it awaits the
+        job's event stream on the event loop, so any number of long-polls leave the pool (and
+        ``/healthz``, inline routes) free, and a finished job answers as soon as its done event.
         """
         deadline = time.monotonic() + min(max(wait_s, 0.0), MAX_WAIT_S)
-        rec = await run_in_threadpool(self.get, principal, job_id)
-        while rec["status"] not in TERMINAL and time.monotonic() < deadline:
-            await asyncio.sleep(min(WAIT_POLL_S, max(0.0, deadline - time.monotonic())))
-            rec = await run_in_threadpool(self.get, principal, job_id)
-        return rec
+        rec = await run_in_threadpool(self.get, principal, job_id)  # ownership, settling, the shape
+        if rec["status"] in TERMINAL or time.monotonic() >= deadline:
+            return rec
+        # Between the first and the last read no thread is held: a blocking XREAD on the job's
+        # event stream (woken by every status, progress and done event) and an HGET of its status
+        # are awaited on the event loop, at most WAIT_BLOCK_S apart.
+        aredis, events, key = self._async_redis(), self.store.events_key(job_id), self.store.job_key(job_id)
+        last = "$"
+        try:
+            while time.monotonic() < deadline:
+                block_ms = max(10, int(min(WAIT_BLOCK_S, deadline - time.monotonic()) * 1000))
+                for _stream, entries in await aredis.xread({events: last}, count=100, block=block_ms) or []:
+                    last = entries[-1][0]
+                status = await aredis.hget(key, "status")
+                if status is None or status.decode() in TERMINAL:
+                    break
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise jobs_unavailable() from exc
+        return await run_in_threadpool(self.get, principal, job_id)
 
     def list(self, principal: Principal, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         with self.guard():
@@ -373,19 +502,39 @@ class JobClient:
         return self.artifact(principal, job_id, rec["result"])
 
     # --- events ---------------------------------------------------------------------------
-    def events(self, principal: Principal, job_id: str, last_event_id: str | None) -> Iterator[str]:
-        """Server-sent events from the job's stream, resuming after ``last_event_id``."""
-        self.get(principal, job_id)  # 404 before the stream starts
+    async def events(self, principal: Principal, job_id: str, last_event_id: str | None) -> AsyncIterator[str]:
+        """Server-sent events from the job's stream, resuming after ``last_event_id``.
+
+        The tenant check runs before the response starts (404). The stream is then read with
+        redis.asyncio (a blocking XREAD awaited on the event loop), so an open stream holds a
+        Redis connection but no thread-pool thread.
+        """
+        await run_in_threadpool(self.get, principal, job_id)  # 404 before the stream starts
         after = last_event_id if last_event_id and _valid_stream_id(last_event_id) else "0-0"
         return self._event_lines(principal, job_id, after)
 
-    def _event_lines(self, principal: Principal, job_id: str, after: str) -> Iterator[str]:
+    def _async_redis(self) -> aioredis.Redis:
+        """A redis.asyncio client of the running event loop (one pool per loop, made on first use)."""
+        loop = asyncio.get_running_loop()
+        client = self._aredis.get(id(loop))
+        if client is None:
+            client = aioredis.Redis.from_url(self.settings.redis_url or "", socket_connect_timeout=1,
+                                             socket_timeout=10, health_check_interval=15)
+            self._aredis[id(loop)] = client
+        return client
+
+    async def _read_events(self, job_id: str, after: str, block_ms: int | None) -> list[tuple[str, str, str]]:
+        res = await self._async_redis().xread({self.store.events_key(job_id): after}, count=200, block=block_ms)
+        return [(eid.decode(), f[b"event"].decode(), f[b"data"].decode()) for _k, entries in res or []
+                for eid, f in entries]
+
+    async def _event_lines(self, principal: Principal, job_id: str, after: str) -> AsyncIterator[str]:
         started = time.monotonic()
         last_sent = started
         yield "retry: 2000\n\n"
         while time.monotonic() - started < SSE_MAX_S:
             try:
-                entries = self.store.read_events(job_id, after, block_ms=1000)
+                entries = await self._read_events(job_id, after, SSE_BLOCK_MS)
             except redis.exceptions.RedisError:
                 yield "event: error\ndata: {\"type\": \"jobs-unavailable\"}\n\n"
                 return
@@ -396,13 +545,16 @@ class JobClient:
                 if event == "done":
                     return
             if not entries:
-                try:
-                    rec = self.get(principal, job_id)  # settles an abandoned job, which adds "done"
+                try:  # one short read in the pool; it settles an abandoned job, which adds "done"
+                    rec = await run_in_threadpool(self.get, principal, job_id)
+                    if rec["status"] in TERMINAL and not await self._read_events(job_id, after, None):
+                        # the stream expired before the record: synthesize the final event
+                        yield f"event: done\ndata: {json.dumps({'status': rec['status']})}\n\n"
+                        return
                 except DomainError:
                     return
-                if rec["status"] in TERMINAL and not self.store.read_events(job_id, after):
-                    # the stream expired before the record: synthesize the final event
-                    yield f"event: done\ndata: {json.dumps({'status': rec['status']})}\n\n"
+                except redis.exceptions.RedisError:
+                    yield "event: error\ndata: {\"type\": \"jobs-unavailable\"}\n\n"
                     return
                 if time.monotonic() - last_sent > SSE_KEEPALIVE_S:
                     last_sent = time.monotonic()

@@ -6,12 +6,13 @@ once, and a chunked body is counted as it streams and cut off the moment it pass
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.errors import BadInput, TooLarge
+from core.errors import BadInput, TimedOut, TooLarge
 from service.errors import problem_response
 
 REQUESTS = Counter("cnnviz_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -32,10 +33,21 @@ class _TooLarge(TooLarge):
         super().__init__(err.slug, err.title, err.detail, **err.extra)
 
 
+class _SlowBody(TimedOut):
+    """Raised from ``receive`` when a client stalls mid-body; answered 408."""
+
+
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    """The body bound (bytes, before parsing) and a bound on how long a client may stall sending it.
+
+    A slow client holds no thread (the app is async), but it holds a connection and a parse
+    buffer; a body chunk that does not arrive within ``body_timeout_s`` ends the request with 408.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,7 +70,11 @@ class BodyLimitMiddleware:
 
         async def limited_receive() -> Message:
             nonlocal seen
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                raise _SlowBody("request-timeout", "The request body arrived too slowly",
+                                f"No body data for {self.body_timeout_s:g} s.", limit_s=self.body_timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
@@ -76,6 +92,9 @@ class BodyLimitMiddleware:
         except _TooLarge:
             if not started:
                 await problem_response(_too_large(self.max_bytes), scope.get("path"))(scope, receive, send)
+        except _SlowBody as err:
+            if not started:
+                await problem_response(err, scope.get("path"))(scope, receive, send)
 
 
 class MetricsMiddleware:

@@ -29,10 +29,23 @@ def install_openapi(app: FastAPI, extra_models: list[type[BaseModel]],
             for sub_name, sub in js.pop("$defs", {}).items():
                 schemas.setdefault(sub_name, sub)
             schemas.setdefault(name, js)
+        _document_unauthorized(doc)
         app.openapi_schema = doc
         return doc
 
     app.openapi = build  # type: ignore[method-assign]
+
+
+_UNAUTHORIZED = {"description": "Missing or wrong API key (when the service has keys configured)",
+                 "content": {"application/problem+json": {"schema": {"type": "object"}}}}
+
+
+def _document_unauthorized(doc: dict[str, Any]) -> None:
+    """Every operation behind the API key may answer 401 (schemathesis found it undocumented on most)."""
+    for item in doc.get("paths", {}).values():
+        for op in item.values():
+            if isinstance(op, dict) and op.get("security"):
+                op.setdefault("responses", {}).setdefault("401", _UNAUTHORIZED)
 
 
 def render(app: FastAPI) -> str:

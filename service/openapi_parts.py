@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 
-def upload_body(params_schema_ref: str | None = None, description: str = "") -> dict[str, Any]:
+def upload_body(params_schema_ref: str | None = None, description: str = "", min_images: int = 1,
+                max_images: int | None = None) -> dict[str, Any]:
+    """The request body of an image route: multipart (image, params) or JSON (images, params).
+
+    Unknown fields are refused (``additionalProperties: false``) and the image count is bounded,
+    as the route checks them (schemathesis' positive mode found both unstated).
+    """
+    count: dict[str, Any] = {"minItems": min_images, **({"maxItems": max_images} if max_images else {})}
     params: dict[str, Any] = {"type": "string", "description": "JSON object with the parameters"}
     json_params: dict[str, Any] = {"type": "object"}
     if params_schema_ref:
@@ -24,20 +31,24 @@ def upload_body(params_schema_ref: str | None = None, description: str = "") -> 
                     "schema": {
                         "type": "object",
                         "properties": {
-                            "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                            "params": params,
+                            "image": {"type": "array", "items": {"type": "string", "format": "binary"}, **count},
+                            "params": {**json_params, "description": params["description"]},
                         },
-                        "required": ["image"],
-                    }
+                        "required": ["image"] if min_images else [],
+                        "additionalProperties": False,
+                    },
+                    # The params field is JSON text: the same object as in the JSON body.
+                    "encoding": {"params": {"contentType": "application/json"}},
                 },
                 "application/json": {
                     "schema": {
                         "type": "object",
                         "properties": {
-                            "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
+                            "images": {"type": "array", "items": {"type": "string", "format": "byte"}, **count},
                             "params": json_params,
                         },
-                        "required": ["images"],
+                        "required": ["images"] if min_images else [],
+                        "additionalProperties": False,
                     }
                 },
             },

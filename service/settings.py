@@ -24,13 +24,31 @@ class Settings(BaseSettings):
 
     # Request limits: enforced before the body is parsed (bytes) or before pixels are decoded.
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    body_timeout_s: float = Field(30.0, gt=0, le=600, description="a request body that stalls this long is a 408")
     max_images: int = Field(16, ge=1, le=256)
     max_collection_images: int = Field(500, ge=1, le=5000)
     max_image_pixels: int = Field(40_000_000, ge=64)
+    # Memory: the pixels one request may have decoded, summed over its images and counted from the
+    # headers (after the downscaling below) before any pixel is decoded; images are decoded at most
+    # this long side (JPEG by the decoder's DCT scaling), what any inline method needs at most.
+    max_request_pixels: int = Field(64_000_000, ge=64, description="decoded pixels per request, all images")
+    max_decode_side: int = Field(2048, ge=64, le=8192, description="longest side an upload is decoded at")
+    max_collection_pixels: int = Field(128_000_000, ge=64, description="decoded pixels per collection upload")
+    collection_decode_side: int = Field(1024, ge=64, le=8192, description="longest side a collection image is kept at")
 
     # Work limits, in forward-pass equivalents at the model's input size.
     inline_budget: float = Field(400.0, ge=1)
     max_job_cost: float = Field(2_000_000.0, ge=1)
+
+    # Inline compute (core/batching.py): concurrent explanations of the same computation share one
+    # engine call; at most inline_slots engine calls at once, at most inline_max_requests requests
+    # waiting or computing (past it: 503 inline-busy with Retry-After).
+    batch_wait_ms: float = Field(5.0, ge=0, le=100, description="longest wait for requests to batch with")
+    batch_max_images: int = Field(8, ge=1, le=64, description="images per batched engine call (1: no batching)")
+    inline_slots: int = Field(2, ge=1, le=64, description="inline engine calls at once per process")
+    inline_max_requests: int = Field(16, ge=1, le=1024, description="inline requests in compute per process")
+    inline_retry_after_s: int = Field(1, ge=1, le=60)
+    torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads; default: the cores")
 
     # Jobs and access.
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "CNNVIZ_REDIS_URL", "redis_url"))

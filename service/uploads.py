@@ -110,13 +110,45 @@ def _params_from_text(text: str | None) -> dict[str, Any]:
     return value
 
 
+class PixelBudget:
+    """Decoded pixels of one request, summed image by image from the headers, before decoding.
+
+    Passed to :func:`core.imaging.decode_image` as its header check: the image that would take the
+    request over ``limit`` is refused with a 413 ``request-too-many-pixels`` naming the budget, the
+    request's total so far and every image's size.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self.sizes: list[dict[str, int]] = []
+
+    def __call__(self, width: int, height: int, dec_w: int, dec_h: int) -> None:
+        self.sizes.append({"width": width, "height": height, "decoded_width": dec_w, "decoded_height": dec_h})
+        self.total += dec_w * dec_h
+        if self.total > self.limit:
+            shown = ", ".join(f"{s['width']}x{s['height']}" + (
+                f" (decoded at {s['decoded_width']}x{s['decoded_height']})"
+                if (s["width"], s["height"]) != (s["decoded_width"], s["decoded_height"]) else "")
+                for s in self.sizes)
+            raise TooLarge("request-too-many-pixels", "Too many pixels in one request",
+                           f"The images of this request would decode to {self.total} pixels (counted up to "
+                           f"image {len(self.sizes)}: {shown}); the budget is {self.limit} pixels per request.",
+                           budget=self.limit, total=self.total, images=list(self.sizes))
+
+
 async def read_upload(request: Request, settings: Settings, *, min_images: int = 1,
-                      max_images: int | None = None, allow_zip: bool = False) -> Upload:
+                      max_images: int | None = None, allow_zip: bool = False, max_side: int | None = None,
+                      max_pixels: int | None = None) -> Upload:
     """Parse images and params from multipart form data or a JSON body; decode the images.
 
-    With ``allow_zip`` a multipart ``zip`` field may carry the images as a ZIP archive.
+    With ``allow_zip`` a multipart ``zip`` field may carry the images as a ZIP archive. Images are
+    decoded at most ``max_side`` on the long side (default ``settings.max_decode_side``), and all
+    of them together at most ``max_pixels`` decoded pixels (default ``settings.max_request_pixels``).
     """
     max_images = max_images or settings.max_images
+    side = max_side or settings.max_decode_side
+    budget = PixelBudget(max_pixels or settings.max_request_pixels)
     ctype = request.headers.get("content-type", "")
     raw: list[bytes | str] = []
     if ctype.startswith("multipart/form-data"):
@@ -174,11 +206,10 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
 
     def decode_all() -> list[DecodedImage]:
         out = []
-        for item in raw:
-            if isinstance(item, bytes):
-                out.append(decode_image(item, max_pixels=settings.max_image_pixels))
-            else:
-                out.append(decode_base64_image(item, max_pixels=settings.max_image_pixels))
+        kw: dict[str, Any] = {"max_pixels": settings.max_image_pixels, "max_side": side, "check": budget}
+        for i in range(len(raw)):
+            item, raw[i] = raw[i], b""  # each upload's bytes are let go once decoded
+            out.append(decode_image(item, **kw) if isinstance(item, bytes) else decode_base64_image(item, **kw))
         return out
 
     t0 = time.perf_counter()

@@ -186,14 +186,20 @@ def execute(job_id: str, prefix: str, body: Callable[[JobContext], None]) -> dic
     if record is None:
         log.warning("job %s has no record (expired or deleted); skipping", job_id)
         return {"skipped": "missing"}
+    store.fair_started(record.get("queue", ""), job_id)  # off the queue: its round is the queue's now
     store.beat(job_id, cfg.heartbeat_ttl_s)  # before the claim, so the API never sees running without a beat
+    attempt = int(record.get("attempts") or 0) + 1  # a retry after a dead worker is attempt 2, ...
     claimed = store.transition(job_id, (QUEUED,), status=RUNNING, started_at=time.time(), worker_pid=os.getpid(),
-                               worker_host=socket.gethostname(), model_loads=model_loads())
+                               worker_host=socket.gethostname(), model_loads=model_loads(), attempts=attempt)
     if not claimed:
         log.info("job %s is %s, not queued; skipping", job_id, record.get("status"))
         return {"skipped": record.get("status")}
-    store.redis.zrem(store.admitted_key(record.get("queue", "")), job_id)
-    store.add_event(job_id, "status", {"status": RUNNING}, int(record.get("result_ttl_s") or 86400))
+    with store.redis.pipeline(transaction=False) as p:
+        p.zrem(store.admitted_key(record.get("queue", "")), job_id)
+        p.zadd(store.running_key(), {job_id: time.time()})  # watched by the API's reaper
+        p.execute()
+    store.add_event(job_id, "status", {"status": RUNNING, "attempt": attempt},
+                    int(record.get("result_ttl_s") or 86400))
     record["status"] = RUNNING
     ctx = JobContext(store, record, cfg)
     hb = _Heartbeat(store, job_id, cfg)

@@ -130,6 +130,15 @@ class Method:
             require_gradients(model, self.name)
         return self.run(model, x, targets, layer, typed)
 
+    def independent_images(self, params: Any) -> bool:
+        """Whether each image's answer is the one it would get alone in any batch (checked ``params``).
+
+        True for methods whose per-image work never looks at the other images (eval-mode batch norm);
+        a method that draws random numbers for the whole batch or stops on a batch-wide criterion
+        says False, and requests for it are never batched together (``core.batching``).
+        """
+        return True
+
     def unavailable(self, model: LoadedModel) -> str | None:
         """Why this method cannot answer for ``model`` at all (None: it can)."""
         if self.needs_gradients and not model.gradients:

@@ -438,6 +438,9 @@ class IntegratedGradients(GradientMethod):
     default_reduce = "sum"
     Params = IntegratedGradientsParams
 
+    def independent_images(self, params: IntegratedGradientsParams) -> bool:
+        return not params.adaptive  # the adaptive rule refines until the worst image of the batch converges
+
     def signed(self, ctx, x, img, out_sink=None):
         p: IntegratedGradientsParams = ctx.params
         obj = ctx.objective
@@ -562,6 +565,9 @@ class SmoothGrad(GradientMethod):
     name = "smoothgrad"
     title = "SmoothGrad"
     Params = SmoothGradParams
+
+    def independent_images(self, params: SmoothGradParams) -> bool:
+        return False  # one noise stream is drawn for the whole batch of noisy copies
 
     def _base(self, params: SmoothGradParams) -> GradientMethod:
         method = METHODS[params.base]

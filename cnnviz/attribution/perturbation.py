@@ -192,6 +192,9 @@ class RISE(PerturbationMethod):
     title = "RISE"
     Params = RiseParams
 
+    def independent_images(self, params: RiseParams) -> bool:
+        return False  # masks are drawn per chunk of batch_size // N, so the stream depends on N
+
     def sweep(self, model, objective, x, out, params, warnings, extras):
         n, _, h, w = x.shape
         count, cell, p, seed, kind = params.masks, params.cell, params.p, params.seed, params.score

@@ -14,10 +14,20 @@ rq moves a job through its queue; everything a client sees lives here, under one
 ``{p}:owner:{o}:active``           set of an owner's queued/running ids (per-key concurrency)
 ``{p}:idem:{o}:{h}``               idempotency key -> job id
 ``{p}:admitted:{queue}``           zset of queued ids (the queue bound, checked atomically)
+``{p}:running``                    zset of running ids by start time (the API's reaper checks them)
+``{p}:fair:{queue}``               zset of queued ids by (round, arrival): the fair order
+``{p}:fair:{queue}:rounds``        hash: owner -> round of its last queued job
+``{p}:fair:{queue}:v``             the round of the last job a worker started (and ``:seq``)
 =================================  ==========================================================
 
 Status changes go through :meth:`JobStore.transition`, a Lua compare-and-set, so a cancel, a
 worker start and an abandonment check can race without a job ending twice.
+
+Fair share inside a queue (:meth:`JobStore.fair_push`): a job is not appended to rq's list but
+inserted by start-time fair queueing. Its owner's next round is ``max(v, owner's last round) + 1``
+(``v``: the round of the job a worker started last), and it goes before the first queued job of a
+later round, so the list interleaves owners round-robin: one key's hundred queued jobs hold back
+another key's one by at most one job per owner.
 """
 
 from __future__ import annotations
@@ -97,10 +107,16 @@ FLOAT_FIELDS = tuple(k for k, t in _HINTS.items() if t is float)
 INT_FIELDS = tuple(k for k, t in _HINTS.items() if t is int)
 EVENTS_MAXLEN = 2000
 
-# KEYS[1]=job hash; ARGV[1]=json list of allowed current states; ARGV[2]=json object of fields to set.
+# KEYS[1]=job hash, KEYS[2] (optional)=a key that must not exist; ARGV[1]=json list of allowed
+# current states; ARGV[2]=json object of fields to set; ARGV[3]=json object of fields that must hold
+# these values (a missing field reads as "").
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return 0 end
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+for k, v in pairs(cjson.decode(ARGV[3] or '{}')) do
+  if (redis.call('HGET', KEYS[1], k) or '') ~= v then return 0 end
+end
 for _, s in ipairs(cjson.decode(ARGV[1])) do
   if s == cur then
     local fields = cjson.decode(ARGV[2])
@@ -110,6 +126,37 @@ for _, s in ipairs(cjson.decode(ARGV[1])) do
 end
 return 0
 """
+
+FAIR_SCALE = 1_000_000  # a fair score is round * FAIR_SCALE + arrival (mod FAIR_SCALE)
+
+# KEYS: 1 rq list, 2 fair zset, 3 rounds hash, 4 v, 5 seq, 6 job hash; ARGV[1]=job id, ARGV[2]=ttl.
+_FAIR_PUSH = """
+local owner = redis.call('HGET', KEYS[6], 'owner') or ''
+local v = tonumber(redis.call('GET', KEYS[4]) or '0')
+local r = math.max(v, tonumber(redis.call('HGET', KEYS[3], owner) or '0')) + 1
+redis.call('HSET', KEYS[3], owner, r)
+local seq = redis.call('INCR', KEYS[5]) % 1000000
+local score = string.format('%.0f', r * 1000000 + seq)
+redis.call('ZADD', KEYS[2], score, ARGV[1])
+for _, k in ipairs({KEYS[2], KEYS[3], KEYS[5]}) do redis.call('EXPIRE', k, ARGV[2]) end
+for _, pivot in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. score, '+inf', 'LIMIT', 0, 50)) do
+  if redis.call('LINSERT', KEYS[1], 'BEFORE', pivot, ARGV[1]) > 0 then return r end
+  redis.call('ZREM', KEYS[2], pivot)  -- started or canceled meanwhile
+end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return r
+"""
+
+# KEYS: 1 fair zset, 2 v; ARGV[1]=job id, ARGV[2]=ttl. The job left the queue: v moves to its round.
+_FAIR_STARTED = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local r = math.floor(tonumber(score) / 1000000)
+if r > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], r, 'EX', ARGV[2]) end
+return r
+"""
+FAIR_TTL_S = 7 * 24 * 3600
 
 
 def _encode(value: Any) -> str:
@@ -127,6 +174,8 @@ class JobStore:
         self.redis = redis
         self.prefix = prefix
         self._transition = redis.register_script(_TRANSITION)
+        self._fair_push = redis.register_script(_FAIR_PUSH)
+        self._fair_started = redis.register_script(_FAIR_STARTED)
 
     # --- keys -----------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -161,6 +210,12 @@ class JobStore:
 
     def admitted_key(self, queue: str) -> str:
         return f"{self.prefix}:admitted:{queue}"
+
+    def running_key(self) -> str:
+        return f"{self.prefix}:running"
+
+    def fair_key(self, queue: str) -> str:
+        return f"{self.prefix}:fair:{queue}"
 
     # --- the record -----------------------------------------------------------------------
     def create(self, record: JobRecord, inputs: list[bytes], ttl_s: int) -> None:
@@ -198,27 +253,46 @@ class JobStore:
     def update(self, job_id: str, **fields: Any) -> None:
         self.redis.hset(self.job_key(job_id), mapping={k: _encode(v) for k, v in fields.items() if v is not None})
 
-    def transition(self, job_id: str, allowed: tuple[str, ...], **fields: Any) -> bool:
-        """Set ``fields`` only if the job's status is one of ``allowed``; True if it was."""
+    def transition(self, job_id: str, allowed: tuple[str, ...], *, expect: dict[str, Any] | None = None,
+                   unless_key: str | None = None, **fields: Any) -> bool:
+        """Set ``fields`` only if the job's status is one of ``allowed`` (and every ``expect`` field
+        holds its value, and ``unless_key`` does not exist), atomically; True if it did."""
         payload = {k: _encode(v) for k, v in fields.items() if v is not None}
-        return bool(self._transition(keys=[self.job_key(job_id)], args=[json.dumps(list(allowed)),
-                                                                          json.dumps(payload)]))
+        expected = {k: "" if v is None else _encode(v) for k, v in (expect or {}).items()}
+        keys = [self.job_key(job_id)] + ([unless_key] if unless_key else [])
+        return bool(self._transition(keys=keys, args=[json.dumps(list(allowed)), json.dumps(payload),
+                                                      json.dumps(expected)]))
+
+    # --- fair order inside a queue ---------------------------------------------------------
+    def fair_push(self, list_key: str, queue: str, job_id: str, client: Any = None) -> None:
+        """Insert a queued job into rq's list ``list_key`` in fair order (see the module docstring);
+        ``client`` may be a pipeline (rq's enqueue pipeline)."""
+        fk = self.fair_key(queue)
+        self._fair_push(keys=[list_key, fk, f"{fk}:rounds", f"{fk}:v", f"{fk}:seq", self.job_key(job_id)],
+                        args=[job_id, FAIR_TTL_S], client=client)
+
+    def fair_started(self, queue: str, job_id: str) -> None:
+        """A worker took the job off the queue: forget it, and advance the queue's round to its own."""
+        fk = self.fair_key(queue)
+        self._fair_started(keys=[fk, f"{fk}:v"], args=[job_id, FAIR_TTL_S])
 
     def finish(self, job_id: str, status: str, ttl_s: int, artifact_ttl_s: int, allowed: tuple[str, ...] = ACTIVE,
-               **fields: Any) -> bool:
+               *, expect: dict[str, Any] | None = None, unless_key: str | None = None, **fields: Any) -> bool:
         """Move an active job to a terminal status, emit ``done``, and start its TTL clock.
 
         The artifact names are copied into the record, so a later request for an artifact whose
         blob has expired can be told 410 (it existed) rather than 404 (it never did).
         """
         names = sorted(self.artifact_names(job_id)) if status == SUCCEEDED else []
-        ok = self.transition(job_id, allowed, status=status, ended_at=time.time(), artifact_names=names, **fields)
+        ok = self.transition(job_id, allowed, expect=expect, unless_key=unless_key, status=status,
+                             ended_at=time.time(), artifact_names=names, **fields)
         if not ok:
             return False
         rec = self.get(job_id) or {}
         self.release(job_id, rec)
         with self.redis.pipeline(transaction=False) as p:
             p.expire(self.job_key(job_id), ttl_s)
+            p.zrem(self.running_key(), job_id)
             p.delete(self.hb_key(job_id), self.cancel_key(job_id))
             for i in range(int(rec.get("n_inputs") or 0)):
                 p.delete(self.input_key(job_id, i))
@@ -231,6 +305,23 @@ class JobStore:
             done["result"] = rec["result"]
         self.add_event(job_id, "done", done, ttl_s)
         return True
+
+    def requeue(self, job_id: str, rec: JobRecord, ttl_s: int, **fields: Any) -> bool:
+        """Put a running job whose worker died back to queued (inputs kept), atomically.
+
+        Only if it is still the same attempt (``started_at``) and its heartbeat key is still gone,
+        so two API replicas settling the same dead job requeue it once, and a job that a new worker
+        already restarted is left alone. The caller then pushes the id on its rq queue.
+        """
+        ok = self.transition(job_id, (RUNNING,), expect={"started_at": rec.get("started_at")},
+                             unless_key=self.hb_key(job_id), status=QUEUED, stage="queued", **fields)
+        if ok:
+            self.redis.zrem(self.running_key(), job_id)
+            if rec.get("queue"):
+                self.redis.zadd(self.admitted_key(rec["queue"]), {job_id: time.time()})
+            self.add_event(job_id, "status", {"status": QUEUED, "retry": int(rec.get("attempts") or 1),
+                                              "message": fields.get("message", "")}, ttl_s)
+        return ok
 
     def release(self, job_id: str, rec: JobRecord) -> None:
         """Drop a job from the admission and per-owner concurrency sets."""

@@ -38,12 +38,14 @@ def _info(rec: dict[str, Any]) -> CollectionInfo:
 @router.post("", status_code=201, response_model=CollectionInfo, responses=PROBLEM_RESPONSES,
              openapi_extra=upload_body("#/components/schemas/CollectionParams",
                                        "Many images (field image, repeated, and/or a ZIP archive in field "
-                                       "zip) and params {labels}, labels in image order."),
+                                       "zip) and params {labels}, labels in image order.", min_images=2,
+                                       max_images=500),
              summary="Upload a collection of images for collection-level views")
 async def create_collection(request: Request, settings: SettingsDep, collections: CollectionsDep,
                             principal: PrincipalDep, jobs: JobsDep) -> Response:
     upload = await read_upload(request, settings, min_images=2, max_images=settings.max_collection_images,
-                               allow_zip=True)
+                               allow_zip=True, max_side=settings.collection_decode_side,
+                               max_pixels=settings.max_collection_pixels)
     params = validate_params(CollectionParams, upload.params)
     if params.labels is not None and len(params.labels) != len(upload.images):
         raise Invalid("bad-labels", f"{len(params.labels)} labels for {len(upload.images)} images")
@@ -61,7 +63,8 @@ def get_collection(rec: OwnedCollectionDep) -> CollectionInfo:
 
 
 @router.post("/{cid}/identify", response_model=IdentifyResponse, responses=PROBLEM_RESPONSES,
-             openapi_extra=upload_body("#/components/schemas/IdentifyParams", "One query image and params."),
+             openapi_extra=upload_body("#/components/schemas/IdentifyParams", "One query image and params.",
+                                       max_images=1),
              summary="1:K identification against a labelled collection; 'unknown' when nothing is close")
 async def identify(request: Request, rec: OwnedCollectionDep, settings: SettingsDep, catalog: CatalogDep,
                    principal: PrincipalDep, collections: CollectionsDep, trained: TrainedDep, jobs: JobsDep,
@@ -74,9 +77,9 @@ async def identify(request: Request, rec: OwnedCollectionDep, settings: Settings
     with jobs.guard():
         how = await run_in_threadpool(resolve_embedding, loaded, params.layer, params.size, params.head, trained,
                                       principal.owner)
-        query = image_to_tensor(upload.images[0].image)
-        return await run_in_threadpool(identify_query, loaded, collections, rec, query, how, params,
-                                       settings.inline_budget)
+        return await run_in_threadpool(lambda: identify_query(loaded, collections, rec,
+                                                              image_to_tensor(upload.images[0].image), how,
+                                                              params, settings.inline_budget))
 
 
 @router.delete("/{cid}", status_code=204, responses=PROBLEM_RESPONSES, summary="Delete a collection")

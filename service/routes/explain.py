@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Path, Request, Response
+from prometheus_client import Counter, Histogram
 from starlette.concurrency import run_in_threadpool
 
 from cnnviz.attribution import METHODS
 from cnnviz.errors import closest
+from core.batching import ExplainBatcher
 from core.errors import Invalid, NotFound
 from core.explaining import estimate_cost, offered_kinds, png_answer, run_explanation
 from core.jobtypes import JOB_TYPES, SubmitContext, parse_job_request
@@ -21,6 +23,15 @@ from service.submission import submit_prepared
 from service.uploads import read_upload
 
 router = APIRouter(tags=["explain"])
+
+BATCH_REQUESTS = Histogram("cnnviz_inline_batch_requests", "Inline explain requests per engine call",
+                           buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64))
+BATCHED_IMAGES = Counter("cnnviz_inline_batch_images_total", "Images computed by inline engine calls")
+
+
+def observe_batch(requests: int, images: int) -> None:
+    BATCH_REQUESTS.observe(requests)
+    BATCHED_IMAGES.inc(images)
 
 
 @router.get("/v1/methods", response_model=MethodList, summary="Every method and job type with its parameter "
@@ -44,7 +55,11 @@ def list_methods(catalog: CatalogDep, settings: SettingsDep) -> MethodList:
 
 
 @router.post("/v1/models/{model}/explain/{method}", response_model=ExplainResponse,
-             responses={**PROBLEM_RESPONSES, 200: {
+             responses={**PROBLEM_RESPONSES, 503: {
+                 "description": "`inline-busy`: too many inline computations in this process; retry after "
+                                "`Retry-After` seconds",
+                 "content": {"application/problem+json": {"schema": {"type": "object"}}}},
+                 200: {
                  "content": {"image/png": {}},
                  "description": "JSON, or with `Accept: image/png` the overlay (one map) or a captioned grid of "
                                 "every overlay (several images or targets: one row per image); headers "
@@ -74,11 +89,15 @@ async def explain(request: Request, model: ModelDep, settings: SettingsDep, cata
         raise Invalid("over-inline-budget", "This request is too expensive to answer inline",
                       f"estimated {cost:.0f} forward passes, inline budget {settings.inline_budget:.0f}",
                       estimate=cost, budget=settings.inline_budget)
+    batcher: ExplainBatcher = request.app.state.batcher
     if "image/png" in request.headers.get("accept", ""):
-        png, headers = await run_in_threadpool(png_answer, model, method, upload.images, params)
+        with batcher.admit() as ticket:  # 503 inline-busy past the bound; batched with concurrent requests
+            png, headers = await run_in_threadpool(png_answer, model, method, upload.images, params, ticket.engine)
         return Response(png, media_type="image/png", headers=headers)
     if params.output.inline:
-        answer = await run_in_threadpool(run_explanation, model, method, upload.images, params, upload.decode_ms)
+        with batcher.admit() as ticket:
+            answer = await run_in_threadpool(run_explanation, model, method, upload.images, params,
+                                             upload.decode_ms, engine=ticket.engine)
         return Response(answer.model_dump_json(), media_type="application/json")
     if jobs is None:
         raise Invalid("inline-needs-store", "output.inline false needs the job store (Redis), which this "
@@ -91,7 +110,9 @@ async def explain(request: Request, model: ModelDep, settings: SettingsDep, cata
         stored.append((name, data, media_type))
         return f"/v1/jobs/{answer_id}/artifacts/{name}"
 
-    answer = await run_in_threadpool(run_explanation, model, method, upload.images, params, upload.decode_ms, sink)
+    with batcher.admit() as ticket:
+        answer = await run_in_threadpool(run_explanation, model, method, upload.images, params, upload.decode_ms,
+                                         sink, engine=ticket.engine)
     with jobs.guard():
         await run_in_threadpool(jobs.store.put_answer_artifacts, answer_id, principal.owner, "explain", model.name,
                                 stored, settings.artifact_ttl_s, settings.result_ttl_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from service.deps import CatalogDep, OptionalJobsDep
 
@@ -18,11 +19,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", summary="Readiness: models loaded, Redis reachable, a live worker on every queue")
-def readyz(catalog: CatalogDep, jobs: OptionalJobsDep) -> JSONResponse:
+async def readyz(catalog: CatalogDep, jobs: OptionalJobsDep) -> JSONResponse:
     checks: dict[str, object] = {"models": {n: catalog.is_loaded(n) for n in catalog.names()}}
     missing = [] if catalog.is_loaded(catalog.default) else [f"model {catalog.default} not loaded"]
     if jobs is not None:
-        health = jobs.health()
+        health = await run_in_threadpool(jobs.health)  # a few short Redis reads, off the event loop
         checks.update(health)
         if not health["redis"]:
             missing.append("redis unreachable")

@@ -29,18 +29,19 @@ router = APIRouter(tags=["inspect"])
 @router.post("/v1/models/{model}/inspect/{view}", responses=PROBLEM_RESPONSES,
              response_model=FiltersResponse | ActivationsResponse | EmbedResponse | VerifyResponse | InvarianceResponse,
              openapi_extra=upload_body(description="filters: no image; activations, invariance: one image; "
-                                                   "embed: 1-64 images; verify: two images"),
+                                                   "embed: 1-64 images; verify: two images",
+                                       min_images=0, max_images=64),
              summary="Model internals: filters, activations, embeddings, verification, feature invariance")
 async def inspect(request: Request, model: ModelDep, settings: SettingsDep, principal: PrincipalDep,
                   jobs: OptionalJobsDep, view: str = Path(..., max_length=32)) -> Response:
     params_model, min_images, max_images = check_view(view)
     upload = await read_upload(request, settings, min_images=min_images, max_images=max_images)
     params = validate_params(params_model, upload.params)
-    images = [image_to_tensor(d.image) for d in upload.images]
     trained = TrainedStore(jobs.redis, jobs.config.prefix) if jobs is not None else None
     embedding = partial(resolve_embedding, model, getattr(params, "layer", None), getattr(params, "resolution", None),
                         getattr(params, "head", None), trained, principal.owner, getattr(params, "pool", "avg"))
-    out = await run_in_threadpool(inspect_view, view, model, images, params, embedding)
+    out = await run_in_threadpool(
+        lambda: inspect_view(view, model, [image_to_tensor(d.image) for d in upload.images], params, embedding))
     png = getattr(out, "grid_png", None) or getattr(out, "plot_png", None)
     if png and "image/png" in request.headers.get("accept", ""):
         return Response(base64.b64decode(png), media_type="image/png")

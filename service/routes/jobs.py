@@ -37,13 +37,13 @@ def _job_request_body() -> dict[str, object]:
     return {"requestBody": {"required": True, "description": f"Images per type — {images}.", "content": {
         "multipart/form-data": {
             "schema": {"type": "object", "required": ["params"], "properties": {
-                "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                "params": ref}},
+                "image": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": 256},
+                "params": ref}, "additionalProperties": False},
             "encoding": {"params": {"contentType": "application/json"}}},
         "application/json": {
             "schema": {"type": "object", "required": ["params"], "properties": {
-                "images": {"type": "array", "items": {"type": "string", "format": "byte"}},
-                "params": ref}}},
+                "images": {"type": "array", "items": {"type": "string", "format": "byte"}, "maxItems": 256},
+                "params": ref}, "additionalProperties": False}},
     }}}
 
 
@@ -81,9 +81,10 @@ async def get_job(jobs: JobsDep, principal: PrincipalDep, job_id: str = JOB_ID,
 
 @router.get("/{job_id}/events", responses={**JOB_RESPONSES, 200: {"content": {"text/event-stream": {}}}},
             summary="Server-sent events: status, progress, preview, done (resumable with Last-Event-ID)")
-def job_events(jobs: JobsDep, principal: PrincipalDep, job_id: str = JOB_ID,
-               last_event_id: str | None = Header(None, max_length=40)) -> StreamingResponse:
-    lines = jobs.events(principal, job_id, last_event_id)
+async def job_events(jobs: JobsDep, principal: PrincipalDep, job_id: str = JOB_ID,
+                     last_event_id: str | None = Header(None, max_length=40)) -> StreamingResponse:
+    # Async end to end: an open stream awaits Redis on the event loop and holds no pool thread.
+    lines = await jobs.events(principal, job_id, last_event_id)
     return StreamingResponse(lines, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

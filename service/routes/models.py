@@ -17,6 +17,7 @@ from core.schemas.models import (
     ModelDetail,
     ModelList,
     ModelSummary,
+    Prediction,
     PredictParams,
     PredictResponse,
 )
@@ -24,6 +25,8 @@ from core.validation import validate_params
 from service.deps import CatalogDep, ModelDep, SettingsDep
 from service.openapi_parts import PROBLEM_RESPONSES, upload_body
 from service.uploads import read_upload
+
+PREDICT_DECODE_SIDE = 1024  # the largest network input PredictParams.resolution allows
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -53,14 +56,23 @@ def model_detail(model: ModelDep, catalog: CatalogDep) -> ModelDetail:
 
 
 @router.post("/{model}/predict", response_model=PredictResponse, responses=PROBLEM_RESPONSES,
-             openapi_extra=upload_body("#/components/schemas/PredictParams"), summary="Top-k classes per image")
+             openapi_extra=upload_body("#/components/schemas/PredictParams", max_images=16),
+             summary="Top-k classes per image")
 async def predict(request: Request, model: ModelDep, settings: SettingsDep) -> PredictResponse:
-    upload = await read_upload(request, settings)
+    # Classification needs the network input only (resolution <= 1024): decode at most that large.
+    upload = await read_upload(request, settings, max_side=min(settings.max_decode_side, PREDICT_DECODE_SIDE))
     params = validate_params(PredictParams, upload.params)
     t0 = time.perf_counter()
-    tensors = [image_to_tensor(d.image) for d in upload.images]
-    preds = await run_in_threadpool(predict_images, model, tensors, params)
     size = params.resolution or model.preprocessing.input_size
+
+    def compute() -> list[list[Prediction]]:
+        # Off the event loop; each image is fitted to the network input at once, so only one
+        # full-size float tensor exists at a time (fitting again in predict_images is the identity).
+        prep = model.preprocessing
+        tensors = [prep.fit(image_to_tensor(d.image), size, params.resize) for d in upload.images]
+        return predict_images(model, tensors, params)
+
+    preds = await run_in_threadpool(compute)
     return PredictResponse(
         model=model.name, input_size=(size, size),
         images=[ImagePredictions(index=i, width=d.width, height=d.height, predictions=p)

@@ -114,12 +114,13 @@ def delete_embedder(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, e
 
 @router.post("/v1/styles/{style}/apply", response_model=StyleApplyResponse,
              responses={**PROBLEM_RESPONSES, 200: {"content": {"image/png": {}, "image/jpeg": {}}}},
-             openapi_extra=upload_body("#/components/schemas/StyleApplyParams", "One content image and params."),
+             openapi_extra=upload_body("#/components/schemas/StyleApplyParams", "One content image and params.",
+                                       max_images=1),
              summary="Stylize an image with a trained style (inline); Accept: image/png or image/jpeg for the "
                      "picture alone")
 async def apply_style(request: Request, settings: SettingsDep, catalog: CatalogDep, store: TrainedDep,
                       jobs: JobsDep, principal: PrincipalDep, style: str = _name()) -> Response:
-    upload = await read_upload(request, settings, min_images=1, max_images=1)
+    upload = await read_upload(request, settings, min_images=1, max_images=1, max_side=settings.max_apply_side)
     params = validate_params(StyleApplyParams, upload.params)
     if params.size is not None and params.size > settings.max_apply_side:
         raise Invalid("size-too-large", f"size {params.size} is over max_apply_side={settings.max_apply_side}",
@@ -141,8 +142,8 @@ async def apply_style(request: Request, settings: SettingsDep, catalog: CatalogD
                       f"over the inline budget of {settings.inline_budget:.0f}; ask for a smaller size",
                       estimate=round(cost, 1), limit=settings.inline_budget)
     t0 = time.perf_counter()
-    out = await run_in_threadpool(stylize, net, image_to_tensor(d.image), size=size, strength=params.strength,
-                                  preserve_color=params.preserve_color)
+    out = await run_in_threadpool(lambda: stylize(net, image_to_tensor(d.image), size=size, strength=params.strength,
+                                                  preserve_color=params.preserve_color))
     compute_ms = (time.perf_counter() - t0) * 1000
     headers = {"Server-Timing": f"compute;dur={compute_ms:.1f}"}
     accept = request.headers.get("accept", "")

@@ -358,7 +358,7 @@ def _known_env_names() -> set[str]:
         names.add(f"CNNVIZ_{field.upper()}")
         alias = info.validation_alias
         names.update(a.upper() for a in getattr(alias, "choices", [alias] if isinstance(alias, str) else []))
-    for src in ("service", "workers", "core", "cnnviz"):
+    for src in ("service", "workers", "core", "cnnviz", "stack"):
         for path in (ROOT / src).rglob("*.py") if (ROOT / src).is_dir() else ():
             names.update(re.findall(r"CNNVIZ_[A-Z0-9_]+", path.read_text()))
     return names

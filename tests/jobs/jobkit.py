@@ -87,6 +87,7 @@ class Stack:
         self.env.update(extra_env or {})
         self.api: Proc | None = None
         self.workers: list[Proc] = []
+        self.replicas: list[tuple[Proc, str]] = []  # more API processes on the same Redis: (proc, base URL)
 
     def start(self, workers: int = 1) -> Stack:
         self.api = Proc("api", ["serve", "--host", "127.0.0.1", "--port", str(self.port)], self.env)
@@ -99,6 +100,23 @@ class Stack:
         w = Proc("worker", ["worker", "--queues", "short,long", "--device", "cpu"], self.env)
         self.workers.append(w)
         return w
+
+    def start_replica(self, timeout_s: float = 60) -> str:
+        """One more API process (uvicorn, same env and Redis) on its own port; its base URL."""
+        port = free_port()
+        proc = Proc("api-replica", ["serve", "--host", "127.0.0.1", "--port", str(port)], self.env)
+        base = f"http://127.0.0.1:{port}"
+        self.replicas.append((proc, base))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert proc.alive(), f"API replica died:\n{proc.tail()}"
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    return base
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("API replica did not come up")
 
     def wait_http(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
@@ -126,11 +144,14 @@ class Stack:
         return httpx.Client(base_url=self.base, headers=headers, timeout=30)
 
     def logs(self) -> str:
-        parts = [f"--- {p.name} {p.pid}\n{p.tail()}" for p in [*([self.api] if self.api else []), *self.workers]]
+        procs = [*([self.api] if self.api else []), *(p for p, _ in self.replicas), *self.workers]
+        parts = [f"--- {p.name} {p.pid}\n{p.tail()}" for p in procs]
         return "\n".join(parts)
 
     def stop(self) -> None:
         for p in self.workers:
+            p.stop()
+        for p, _ in self.replicas:
             p.stop()
         if self.api:
             self.api.stop()

@@ -11,7 +11,8 @@ import {
   progressBar, setAlpha, showError, toast,
 } from './ui.js';
 
-const COLORMAPS = ['jet', 'turbo', 'viridis', 'inferno', 'magma', 'hot', 'gray', 'coolwarm'];
+// 'auto': the colormap of the method's kind of map (positive: jet, unsigned: hot, signed: seismic).
+const COLORMAPS = ['auto', 'jet', 'turbo', 'viridis', 'inferno', 'magma', 'hot', 'gray', 'coolwarm', 'seismic', 'rdbu', 'bwr'];
 const SHARED = ['target', 'targets', 'top_k', 'unit', 'layer', 'output', 'localization', 'faithfulness'];
 const COMPARE_DEFAULT = ['gradcam', 'gradcampp', 'layercam', 'eigencam', 'saliency'];
 const FAMILY = { cam: 'Class activation maps', gradient: 'Gradients', perturbation: 'Perturbation' };
@@ -19,7 +20,7 @@ const FAMILY = { cam: 'Class activation maps', gradient: 'Gradients', perturbati
 const s = {
   file: null, baseUrl: null, width: 0, height: 0,
   predictions: [], custom: [], target: null,
-  method: 'gradcam', layer: '', alpha: 0.5, colormap: 'jet', normalize: 'minmax', asJob: false,
+  method: 'gradcam', layer: '', alpha: 0.5, colormap: 'auto', normalize: 'auto', asJob: false,
   boxes: false, boxMethod: 'otsu', fraction: 0.5, faith: false, faithSteps: 16,
   methodForm: null, abort: null, compareAbort: null, last: null,
 };
@@ -42,9 +43,9 @@ export function mountExplain(root) {
       setAlpha(root, s.alpha); } } });
   ui.alphaOut = el('output', s.alpha.toFixed(2));
   ui.colormap = el('select#colormap', { on: { change: () => { s.colormap = ui.colormap.value; run(); markStale(); } } },
-    COLORMAPS.map((c) => option(c, c, c === s.colormap)));
+    COLORMAPS.map((c) => option(c, c === 'auto' ? 'auto (by kind of map)' : c, c === s.colormap)));
   ui.normalize = el('select#normalize', { on: { change: () => { s.normalize = ui.normalize.value; run(); markStale(); } } },
-    option('minmax', 'min–max', true), option('max', 'divide by the max'), option('signed', 'signed (around 0)'),
+    option('auto', 'by kind of map', true), option('minmax', 'min–max'), option('max', 'divide by the max'), option('signed', 'signed (around 0)'),
     option('none', 'none (raw values)'));
   ui.boxes = el('input#boxes', { type: 'checkbox', on: { change: () => { s.boxes = ui.boxes.checked; syncToggles(); run(); } } });
   ui.boxMethod = el('select', { on: { change: () => { s.boxMethod = ui.boxMethod.value; syncToggles(); run(); } } },
@@ -219,8 +220,10 @@ function searchClasses() {
 
 function explainParams(method, { withLayer = true } = {}) {
   const m = state.methods.find((x) => x.name === method);
-  const params = { output: { colormap: s.colormap, alpha: s.alpha, normalize: s.normalize, raw: false, overlay: false,
-    heatmap: true, format: 'png' } };
+  const output = { raw: false, overlay: false, heatmap: true, format: 'png' };
+  if (s.colormap !== 'auto') output.colormap = s.colormap;  // else the service picks the kind's own
+  if (s.normalize !== 'auto') output.normalize = s.normalize;
+  const params = { output };
   if (s.target !== null) params.target = s.target;
   if (withLayer && m?.uses_layer && s.layer) params.layer = s.layer;
   if (s.boxes) params.localization = s.boxMethod === 'fraction' ? { method: 'fraction', fraction: s.fraction }
