@@ -34,6 +34,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from redis import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from rq import Queue, worker_registration
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -432,8 +434,10 @@ class JobClient:
                 status = await aredis.hget(key, "status")
                 if status is None or status.decode() in TERMINAL:
                     break
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise jobs_unavailable() from exc
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            # A restarted Redis leaves the asyncio pool's connections dead; the sync read below
+            # answers (or raises the 503) and the pool reconnects on its next use.
+            log.info("long-poll of job %s: async Redis read failed; answering from a fresh read", job_id)
         return await run_in_threadpool(self.get, principal, job_id)
 
     def list(self, principal: Principal, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -519,7 +523,9 @@ class JobClient:
         client = self._aredis.get(id(loop))
         if client is None:
             client = aioredis.Redis.from_url(self.settings.redis_url or "", socket_connect_timeout=1,
-                                             socket_timeout=10, health_check_interval=15)
+                                             socket_timeout=10, health_check_interval=15,
+                                             retry=Retry(NoBackoff(), 1),
+                                             retry_on_error=[redis.exceptions.ConnectionError])
             self._aredis[id(loop)] = client
         return client
 

@@ -87,7 +87,8 @@ def test_concurrent_submits_with_one_idempotency_key_make_one_job(stack: Stack, 
 
 
 def test_long_polls_leave_healthz_fast(stack: Stack, api: httpx.Client) -> None:
-    long = submit(api, {"type": "deepdream", "params": {"octaves": 1, "steps": 500, "size": 64, "jitter": 2,
+    # Long enough to outlast every 5 s long-poll on a fast, idle machine too (cancelled at the end).
+    long = submit(api, {"type": "deepdream", "params": {"octaves": 8, "steps": 500, "size": 64, "jitter": 2,
                                                          "preview_every": 0}})
     assert long.status_code == 202, long.text
     job_id = long.json()["id"]
