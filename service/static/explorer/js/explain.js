@@ -43,7 +43,7 @@ export function mountExplain(root) {
       setAlpha(root, s.alpha); } } });
   ui.alphaOut = el('output', s.alpha.toFixed(2));
   ui.colormap = el('select#colormap', { on: { change: () => { s.colormap = ui.colormap.value; run(); markStale(); } } },
-    COLORMAPS.map((c) => option(c, c === 'auto' ? 'auto (by kind of map)' : c, c === s.colormap)));
+    COLORMAPS.map((c) => option(c, c === 'auto' ? 'by kind' : c, c === s.colormap)));
   ui.normalize = el('select#normalize', { on: { change: () => { s.normalize = ui.normalize.value; run(); markStale(); } } },
     option('auto', 'by kind of map', true), option('minmax', 'min–max'), option('max', 'divide by the max'), option('signed', 'signed (around 0)'),
     option('none', 'none (raw values)'));
