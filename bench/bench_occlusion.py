@@ -1,0 +1,119 @@
+"""Occlusion speed: full forwards, incremental (Krypton-style) patches and captum, one run.
+
+Same model (EfficientNet-Lite0 at 224 px), image (chelsea), target (top-1), window, stride and
+fill (``mean``: zeros after normalization, captum's baseline 0) for all; every callable returns the
+finished ``[H,W]`` map and all of them run round-robin after a warm-up (bench/harness.py). Ratios
+are peer time / incremental time: above 1 means the incremental path is faster.
+
+    .venv/bin/python bench/bench_occlusion.py [--repeats 3] [--geometry 32x16,16x8] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import correlation, interleaved, table  # noqa: E402
+from cnnviz.attribution import ClassTargets, get_method  # noqa: E402
+from cnnviz.attribution.incremental import CHUNK, occlusion_drops, occlusion_plan  # noqa: E402
+from cnnviz.attribution.perturbation import window_starts  # noqa: E402
+from cnnviz.models import Catalog  # noqa: E402
+
+log = logging.getLogger("bench")
+
+
+def spread(drops: torch.Tensor, ny: int, nx: int, window: int, stride: int, h: int, w: int) -> torch.Tensor:
+    """Mean drop of the windows covering each pixel, ``[N,T,H,W]`` (as Occlusion's own last step)."""
+    n, _, t = drops.shape
+    grid = drops.permute(0, 2, 1).reshape(n * t, 1, ny, nx)
+    ones = torch.ones(1, 1, window, window, dtype=drops.dtype)
+    total = F.conv_transpose2d(grid, ones, stride=stride)[..., :h, :w]
+    count = F.conv_transpose2d(torch.ones_like(grid[:1]), ones, stride=stride)[..., :h, :w]
+    return (total / count).reshape(n, t, h, w)
+
+
+def callables(model, x: torch.Tensor, target: int, window: int, stride: int) -> dict[str, Callable[[], torch.Tensor]]:
+    import captum.attr as ca
+
+    h, w = x.shape[-2:]
+    ny, nx = len(window_starts(h, window, stride)), len(window_starts(w, window, stride))
+    cols = torch.tensor([[target]])
+    method = get_method("occlusion")
+
+    def full() -> torch.Tensor:
+        return method.attribute(model, x, ClassTargets(indices=((target,),)), None, window=window, stride=stride,
+                                fill="mean").maps[0][0]
+
+    def incremental() -> torch.Tensor:
+        with torch.no_grad():
+            base = model.module(x).gather(1, cols)
+        drops = occlusion_drops(model.module, x, torch.zeros_like(x), window, stride,
+                                lambda out, img: out.gather(1, cols[img]), base, CHUNK)
+        assert drops is not None
+        return spread(drops, ny, nx, window, stride, h, w)[0, 0]
+
+    # captum gets the same weights in an ordinary module, as its users pass one.
+    net = copy.deepcopy(model.module).requires_grad_(True)
+    occ = {"sliding_window_shapes": (3, window, window), "strides": (3, stride, stride),
+           "baselines": torch.zeros_like(x), "target": target}
+    return {
+        "ours full forwards": full,
+        "ours incremental": incremental,
+        "captum (1 per eval)": lambda: ca.Occlusion(net).attribute(x, **occ)[0].sum(0),
+        "captum (4 per eval)": lambda: ca.Occlusion(net).attribute(x, perturbations_per_eval=4, **occ)[0].sum(0),
+    }
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--geometry", default="32x16,16x8", help="window x stride pairs, comma-separated")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import skimage.data
+
+    model = Catalog.from_environment(device="cpu").get("efficientnet-lite0")
+    img = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1).float() / 255
+    x = model.preprocessing.batch([img], device=model.device)
+    with torch.no_grad():
+        target = int(model.module(x).argmax())
+    rows = []
+    for geo in args.geometry.split(","):
+        window, stride = (int(v) for v in geo.split("x"))
+        fns = callables(model, x, target, window, stride)
+        log.info("window %d stride %d: %d windows", window, stride,
+                 len(window_starts(224, window, stride)) ** 2)
+        times = interleaved(fns, repeats=args.repeats)
+        plan = occlusion_plan(model.module, (224, 224), window, stride)
+        assert plan is not None
+        log.info("  %s", plan.describe())
+        maps = {k: fn() for k, fn in fns.items()}
+        mine = maps["ours incremental"]
+        err = float((mine - maps["ours full forwards"]).abs().max() / maps["ours full forwards"].abs().max())
+        ms = {k: f"{v * 1000:.0f}" for k, v in times.items()}
+        inc = times["ours incremental"]
+        rows.append([f"{window}/{stride}", str(plan.n_windows), ms["ours full forwards"], ms["ours incremental"],
+                     ms["captum (1 per eval)"], ms["captum (4 per eval)"],
+                     f"{times['ours full forwards'] / inc:.2f}x", f"{times['captum (1 per eval)'] / inc:.2f}x",
+                     f"{times['captum (4 per eval)'] / inc:.2f}x", f"{err:.1e}",
+                     f"{correlation(mine, maps['captum (1 per eval)']):.4f}"])
+    header = ["window/stride", "windows", "full ms", "incremental ms", "captum@1 ms", "captum@4 ms",
+              "full/incr", "captum@1/incr", "captum@4/incr", "max |incr-full| / max |full|", "corr captum"]
+    out = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 @224, chelsea, "
+           f"fill=mean, median of {args.repeats} interleaved runs", "", table(rows, header)]
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
