@@ -23,10 +23,12 @@ that cannot be traced, or whose first operation is already unknown, gets ``None`
 keeps its full-forward sweep. A new plan is also checked once against the module itself on its
 first and last windows; any disagreement disables it.
 
-Where the time goes (Lite0, 224 px, 2-core CPU): the full stage. From 14x14 on, every window
-changes every position, and those 1x1 convolutions are about 60 % of Lite0's multiply-adds, run
-at close to the cores' peak; the patch stage (the 112/56/28 px layers, memory-bound in a full
-forward) costs a small fraction of that. Per window the sweep pays roughly one fifth of a forward.
+Where the time goes (Lite0, 224 px, 2-core CPU, 32 and 16 px windows): about 80 % in the full
+stage. From 14x14 on every window changes every position; the 1x1 convolutions there are about
+60 % of Lite0's multiply-adds and run close to the cores' peak in a full forward already, so they
+cost the same per window here (~2.5-2.8 ms). The patch stage replaces the 112/56/28 px layers,
+memory-bound and most of a full forward's time, with ~0.6-0.8 ms. A window costs about a fifth
+of a batched full forward.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..models.efficientnet_lite import SameConv2d
+from .windows import window_starts
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +60,12 @@ __all__ = ["CHUNK", "FULL_AT", "OcclusionPlan", "default_chunk", "occlusion_drop
 # gives the same plan (the switch at block 7's depthwise convolution, 14x14) for 32 and 16 px
 # windows; 0.3 (a block earlier) and 0.9 (later, more stitching) measured 5-10 % slower.
 FULL_AT = 0.45
-# Windows whose patches run as one batch. Patches are small, so a chunk is many windows; the full
-# maps after the switch are small too (14x14 on Lite0 at 224 px).
-CHUNK = 16
+# Windows per chunk (patch stage and full stage alike). Measured on Lite0 at 224 px, 2 threads:
+# 12-14 is fastest; 8 leaves the 1x1 convolutions of the full stage short of work, and from 16 on
+# glibc's malloc hands the chunk's larger buffers back to the OS and faults them in again
+# (~300k page faults per 16/8 sweep at 16, none at 12; MALLOC_TRIM_THRESHOLD_ or another
+# allocator at deployment avoids that for every path, full forwards included).
+CHUNK = 12
 # Index tensors kept per plan for reuse by later sweeps (int64 elements: 64 MB).
 _CACHE_ELEMENTS = 8 << 20
 # Plans kept per model (one per input size, window and stride asked for); the oldest goes first.
@@ -188,7 +194,17 @@ class _Conv:
         t, b, left, r = self.pads
         if t == b and left == r:
             return F.conv2d(x, self.weight, self.bias, self.stride, (t, left), self.dilation, self.groups)
-        return F.conv2d(F.pad(x, [left, r, t, b]), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        # Asymmetric (TF SAME at stride 2): F.pad would zero the whole new buffer first; only the
+        # border needs it, and the buffer stays channels_last.
+        n, c, h, w = x.shape
+        p = torch.empty((n, c, h + t + b, w + left + r), device=x.device, dtype=x.dtype,
+                        memory_format=torch.channels_last)
+        p[:, :, :t].zero_()
+        p[:, :, t + h:].zero_()
+        p[:, :, t:t + h, :left].zero_()
+        p[:, :, t:t + h, left + w:].zero_()
+        p[:, :, t:t + h, left:left + w].copy_(x)
+        return F.conv2d(p, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def valid(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
@@ -243,6 +259,11 @@ class OcclusionPlan:
     names: list[str]  # of the traced nodes, for describe()
     fractions: dict[int, float] = field(default_factory=dict)
     relative_cost: float = 1.0  # convolution multiply-adds per window, as a fraction of a full forward's
+    # Values dropped right after the patch op / full op that reads them last: a chunk then holds a
+    # forward's working set, not every activation of every window in it (which the C allocator
+    # would hand back to the OS at the chunk's end and fault in again for the next chunk).
+    free_patch: list[list[int]] = field(default_factory=list)
+    free_full: list[list[int]] = field(default_factory=list)
     verified: bool = False
     broken: bool = False
     _chunks: dict[tuple[int, int, int], _Indices] = field(default_factory=dict)
@@ -367,7 +388,6 @@ class _Unsupported(Exception):
 
 def _build(gm: fx.GraphModule, size: tuple[int, int], window: int, stride: int, channels: int,
            device: torch.device, dtype: torch.dtype, full_at: float) -> OcclusionPlan:
-    from .perturbation import window_starts  # the sweep's own window placement, imported late (no cycle)
 
     h, w = size
     nodes = list(gm.graph.nodes)
@@ -569,6 +589,25 @@ def _build(gm: fx.GraphModule, size: tuple[int, int], window: int, stride: int, 
         hi = max(0, int(r.y_off.max()) + r.y_len - sy.size, int(r.x_off.max()) + r.x_len - sx.size)
         margins[r.src] = max(margins.get(r.src, 0), lo, hi)
     keep = {r.src for r in requests} | cut_nodes | {0}
+    last_patch: dict[int, int] = {}
+    for p, op in enumerate(patch_ops):
+        for a in op.args:
+            if isinstance(a, tuple) and a and a[0] == "patch":
+                last_patch[a[1]] = p
+            elif isinstance(a, tuple) and a and a[0] == "region":
+                last_patch[a[1].src] = p
+    free_patch: list[list[int]] = [[] for _ in patch_ops]
+    for j, p in last_patch.items():
+        if j not in cut_nodes:
+            free_patch[p].append(j)
+    last_full: dict[int, int] = {}
+    for q, (_, _, args, kwargs) in enumerate(full_ops):
+        for j in _refs((args, kwargs)):
+            last_full[j] = q
+    free_full: list[list[int]] = [[] for _ in full_ops]
+    for j, q in last_full.items():
+        if j not in _refs(output):
+            free_full[q].append(j)
     full_macs = incremental_macs = 0.0
     for i, c in convs.items():
         per_cell = c.weight[0].numel() * c.weight.shape[0]
@@ -579,7 +618,7 @@ def _build(gm: fx.GraphModule, size: tuple[int, int], window: int, stride: int, 
               type(gm).__name__, h, w, window, stride, len(patch_ops), nodes[full_from].name)
     return OcclusionPlan((h, w), window, stride, ys, xs, spans, patch_ops, sorted(cut_nodes), full_ops, len(nodes),
                          output, requests, margins, full_from, keep, [n.name for n in nodes], fractions,
-                         incremental_macs / max(full_macs, 1.0))
+                         incremental_macs / max(full_macs, 1.0), free_patch, free_full)
 
 
 def _inplace_of(m: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -605,6 +644,17 @@ def _has_node(obj: Any) -> bool:
     found = []
     fx.node.map_arg(obj, lambda n: found.append(n))
     return bool(found)
+
+
+def _refs(obj: Any) -> set[int]:
+    """Nodes a full-stage argument structure reads."""
+    if isinstance(obj, _Ref):
+        return {obj.i}
+    if isinstance(obj, (tuple, list)):
+        return set().union(*(_refs(o) for o in obj)) if obj else set()
+    if isinstance(obj, dict):
+        return _refs(list(obj.values()))
+    return set()
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -754,7 +804,7 @@ def _run_chunk(plan: OcclusionPlan, orig: _Originals, img: torch.Tensor, idx: _I
     c0 = orig.fill.shape[1]
     patch0 = torch.where(inside, orig.fill.index_select(0, f_rows), orig.padded[0].index_select(0, x_rows))
     patches[0] = patch0.view(b, sy.length, sx.length, c0).permute(0, 3, 1, 2)
-    for op in plan.patch_ops:
+    for op, dead in zip(plan.patch_ops, plan.free_patch, strict=True):
         args = []
         for a in op.args:
             if isinstance(a, tuple) and a and a[0] == "patch":
@@ -766,6 +816,9 @@ def _run_chunk(plan: OcclusionPlan, orig: _Originals, img: torch.Tensor, idx: _I
             else:
                 args.append(a)
         patches[op.node] = op.fn(*args, **op.kwargs)
+        del args
+        for j in dead:
+            del patches[j]
     env: list[Any] = [None] * plan.n_nodes
     for cnode in plan.cut_nodes:
         sy, sx = plan.spans[cnode]
@@ -776,8 +829,11 @@ def _run_chunk(plan: OcclusionPlan, orig: _Originals, img: torch.Tensor, idx: _I
         rows = patches[cnode].permute(0, 2, 3, 1).reshape(-1, c)
         out.index_copy_(0, dst, rows if sel is None else rows.index_select(0, sel))
         env[cnode] = out.view(b, sy.size, sx.size, c).permute(0, 3, 1, 2)
-    for i, fn, args, kwargs in plan.full_ops:
+    patches.clear()
+    for (i, fn, args, kwargs), dead in zip(plan.full_ops, plan.free_full, strict=True):
         env[i] = fn(*_resolve(args, env), **_resolve(kwargs, env))
+        for j in dead:
+            env[j] = None
     return _resolve(plan.output, env)
 
 

@@ -21,10 +21,16 @@ from ..models import LoadedModel
 from ..params import Params, param
 from .base import EngineError, Explanation, Method, Targets, UnitTarget, default_batch, register
 from .gradient import Objective, reference_input
+from .incremental import default_chunk, occlusion_drops, supports_incremental
+from .windows import window_starts
 
 log = logging.getLogger(__name__)
 
 Fill = Literal["mean", "zero", "blur"]
+
+# A window on the incremental engine, in batched full forwards (bench/bench_occlusion.py on Lite0 at
+# 224 px: 0.21-0.23; rounded up, since a unit target or an unplannable size falls back to 1).
+INCREMENTAL_COST = 0.3
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,10 @@ class OcclusionParams(Params):
     fill: Fill = param("mean", description="what covers the window: the dataset mean, black, or a blurred copy")
     sigma: float = param(10.0, ge=0.1, le=200.0, description="blur of the blurred fill, px")
     batch_size: int | None = param(None, ge=1, le=512, description="occluded inputs per forward batch; default 4 "
-                                   "on CPU, 64 on CUDA")
+                                   "on CPU, 64 on CUDA (12 and 64 windows per chunk on the incremental engine)")
+    engine: Literal["auto", "full"] = param("auto", description="auto: recompute only each window's cone of "
+                                            "influence in the early layers where the model allows it (exact, "
+                                            "several times faster); full: one whole forward per window")
 
 
 @dataclass(frozen=True)
@@ -81,16 +90,6 @@ def _fill(model: LoadedModel, x: torch.Tensor, params: OcclusionParams | RisePar
     return reference_input(model, x, params.fill, params.sigma)
 
 
-def window_starts(size: int, window: int, stride: int) -> torch.Tensor:
-    """Window offsets along one axis, as captum's Occlusion places them.
-
-    ``ceil((size - window) / stride) + 1`` windows at multiples of ``stride``; the last one may
-    run past the edge and is clipped there, so every pixel is covered.
-    """
-    count = math.ceil((size - window) / stride) + 1
-    return torch.arange(count) * stride
-
-
 @register
 class Occlusion(PerturbationMethod):
     """Zeiler & Fergus 2014: the score drop when a square window of the input is covered.
@@ -100,8 +99,12 @@ class Occlusion(PerturbationMethod):
     (black pixels) | blur (a Gaussian-blurred copy, ``sigma`` px), ``batch_size`` (64). A pixel's
     value is the mean, over the windows covering it, of ``score(x) - score(occluded)``: the same
     numbers as captum's ``Occlusion(sliding_window_shapes=(3,w,w), strides=(3,s,s))`` on one channel.
-    Every (image, window) pair is one row of a batched forward; the windows' drops are spread back
-    onto pixels with one transposed convolution.
+    By default (``engine`` auto) the sweep runs on the incremental engine
+    (:mod:`.incremental`, Krypton-style): only each window's cone of influence is recomputed in the
+    early layers, exactly, and the answer's ``extras.engine`` says ``incremental``. Where the
+    model cannot take it (unit targets, untraceable or gradient-free models, unknown first layers)
+    or ``engine`` is ``full``, every (image, window) pair is one row of a batched full forward. The
+    windows' drops are spread back onto pixels with one transposed convolution.
     """
 
     name = "occlusion"
@@ -119,12 +122,21 @@ class Occlusion(PerturbationMethod):
     def sweep(self, model, objective, x, out, params, warnings, extras):
         n, _, h, w = x.shape
         window, stride = self._geometry(params, h, w)
-        batch = params.batch_size or default_batch(x)
         fill = _fill(model, x, params)
         ys, xs = window_starts(h, window, stride).to(x.device), window_starts(w, window, stride).to(x.device)
         n_win = len(ys) * len(xs)
         img_all = torch.arange(n, device=x.device)
         base = objective.pick(out, img_all)  # [N,T]
+        extras.update(window=window, stride=stride, windows=n_win)
+        if params.engine == "auto" and not objective.is_unit:
+            # Unit targets stop the forward at a layer; the patch engine only follows whole-network outputs.
+            drops = occlusion_drops(model.module, x, fill, window, stride, objective.pick, base,
+                                    params.batch_size or default_chunk(x))
+            if drops is not None:
+                extras["engine"] = "incremental"
+                return self._spread(drops, len(ys), len(xs), window, stride, h, w)
+        extras["engine"] = "full"
+        batch = params.batch_size or default_batch(x)
         drops = torch.empty(n, n_win, base.shape[1], device=x.device, dtype=torch.float32)
         rr, cc = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         total = n * n_win
@@ -137,7 +149,6 @@ class Occlusion(PerturbationMethod):
             mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]  # [B,1,H,W]
             occluded = torch.where(mask, fill[i], x[i])
             drops[i, k] = (base[i] - objective.pick(objective.outputs(occluded), i)).float()
-        extras.update(window=window, stride=stride, windows=n_win)
         return self._spread(drops, len(ys), len(xs), window, stride, h, w)
 
     @staticmethod
@@ -155,7 +166,10 @@ class Occlusion(PerturbationMethod):
         window = min(params.window, size)
         stride = params.stride
         per_axis = math.ceil(max(0, size - window) / stride) + 1
-        return float(n_images * (1 + per_axis * per_axis))
+        per_window = 1.0
+        if params.engine == "auto" and supports_incremental(model.module):
+            per_window = INCREMENTAL_COST
+        return float(n_images * (1 + per_axis * per_axis * per_window))
 
 
 def rise_masks(count: int, cell: int, p: float, h: int, w: int, gen: torch.Generator,

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import to_tensor
 
+from cnnviz.attribution import ClassTargets, UnitTarget, get_method
 from cnnviz.attribution.incremental import occlusion_drops, occlusion_plan
 from cnnviz.attribution.perturbation import window_starts
 
@@ -31,7 +32,7 @@ def brute_force(module, x, fill, window, stride, cols, windows):
 def incremental(module, x, fill, window, stride, cols):
     with torch.no_grad():
         base = module(x).gather(1, cols)
-    drops = occlusion_drops(module, x, fill, window, stride, lambda out, img: out.gather(1, cols[img]), base, 16)
+    drops = occlusion_drops(module, x, fill, window, stride, lambda out, img: out.gather(1, cols[img]), base)
     assert drops is not None, "the default model must take the incremental path"
     return drops
 
@@ -79,3 +80,17 @@ def test_non_square_image_and_clipped_edge_windows(lite0, cat):
     assert got.shape == (1, 70, 3)
     some = [0, 9, 33, 59, 60, 61, 68, 69]
     close(got[:, some], brute_force(lite0.module, x, fill, 30, 28, cols, some))
+
+
+def test_the_occlusion_method_takes_the_patch_engine_and_agrees_with_full_forwards(lite0, cat):
+    x, _ = cat
+    occlusion = get_method("occlusion")
+    auto = occlusion.attribute(lite0, x, ClassTargets(top_k=2), window=48, stride=48, fill="blur")
+    full = occlusion.attribute(lite0, x, ClassTargets(top_k=2), window=48, stride=48, fill="blur", engine="full")
+    assert auto.extras["engine"] == "incremental" and full.extras["engine"] == "full"
+    assert auto.targets == full.targets
+    for a, b in zip(auto.maps[0], full.maps[0], strict=True):
+        close(a, b)
+    # A unit target stops the forward at a layer, which the patch engine does not follow.
+    unit = occlusion.attribute(lite0, x, UnitTarget("_blocks.10", 5), window=112, stride=112)
+    assert unit.extras["engine"] == "full"

@@ -12,7 +12,7 @@ from torch import nn
 
 from cnnviz.attribution import ClassTargets, EngineError, UnitTarget, get_method
 from cnnviz.attribution.gradient import gaussian_blur
-from cnnviz.attribution.perturbation import rise_masks
+from cnnviz.attribution.perturbation import INCREMENTAL_COST, rise_masks
 
 
 @pytest.fixture(scope="module")
@@ -59,39 +59,56 @@ def brute_force_occlusion(model, x, cls, window, stride, fill):
     return total / count
 
 
+@pytest.mark.parametrize("engine", ["auto", "full"])
 @pytest.mark.parametrize("fill", ["mean", "zero", "blur"])
 @pytest.mark.parametrize("window,stride", [(8, 4), (7, 5), (5, 5), (32, 1), (1, 1)])
-def test_occlusion_equals_brute_force(model, x, window, stride, fill):
+def test_occlusion_equals_brute_force(model, x, window, stride, fill, engine):
     cls = model.module(x).argmax(1).tolist()
     e = get_method("occlusion").attribute(model, x, ClassTargets(indices=tuple((c,) for c in cls)),
-                                          window=window, stride=stride, fill=fill, batch_size=13)
+                                          window=window, stride=stride, fill=fill, batch_size=13, engine=engine)
+    # The tiny net is a plain conv stack: auto takes the patch engine wherever a patch is smaller than its map.
+    assert e.extras["engine"] == ("full" if engine == "full" or window == 32 else "incremental")
     got = torch.stack([m[0] for m in e.maps])
     torch.testing.assert_close(got, brute_force_occlusion(model, x, cls, window, stride, fill),
                                rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("engine", ["auto", "full"])
 @pytest.mark.parametrize("window,stride", [(8, 4), (7, 5), (6, 3)])
-def test_occlusion_equals_captum(model, x, window, stride):
+def test_occlusion_equals_captum(model, x, window, stride, engine):
     cls = model.module(x).argmax(1).tolist()
     theirs = Occlusion(model.module).attribute(x, sliding_window_shapes=(3, window, window),
                                                strides=(3, stride, stride), target=cls, baselines=0.0,
                                                perturbations_per_eval=16)
     # The window spans all three channels: captum's channels are identical copies of our map.
     torch.testing.assert_close(theirs[:, 0], theirs[:, 2])
-    got = get_method("occlusion").attribute(model, x, ClassTargets(top_k=1), window=window, stride=stride)
+    got = get_method("occlusion").attribute(model, x, ClassTargets(top_k=1), window=window, stride=stride,
+                                            engine=engine)
+    assert got.extras["engine"] == ("incremental" if engine == "auto" else "full")
     torch.testing.assert_close(torch.stack([m[0] for m in got.maps]), theirs[:, 0], rtol=1e-4, atol=1e-6)
 
 
-def test_occlusion_serves_all_targets_from_one_sweep(model, x):
+@pytest.mark.parametrize("engine", ["auto", "full"])
+def test_occlusion_serves_all_targets_from_one_sweep(engine, x):
+    model = tiny_model()  # its own: the patch engine checks a new plan against the module once
     calls = []
     handle = model.module.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     try:
-        e = get_method("occlusion").attribute(model, x, ClassTargets(top_k=4), window=8, stride=4, batch_size=40)
+        e = get_method("occlusion").attribute(model, x, ClassTargets(top_k=4), window=8, stride=4, batch_size=40,
+                                              engine=engine)
+        first = list(calls)
+        calls.clear()
+        get_method("occlusion").attribute(model, x, ClassTargets(top_k=4), window=8, stride=4, batch_size=40,
+                                          engine=engine)
     finally:
         handle.remove()
     windows = 7 * 7
-    assert e.extras["windows"] == windows
-    assert calls == [2] + [40] * (2 * windows // 40) + [2 * windows % 40]  # originals, then the sweep
+    assert e.extras["windows"] == windows and e.extras["engine"] == ("incremental" if engine == "auto" else "full")
+    if engine == "full":
+        assert first == calls == [2] + [40] * (2 * windows // 40) + [2 * windows % 40]  # originals, then the sweep
+    else:
+        # Originals, then (first time only) the plan's check on its first and last window; no full forward.
+        assert first == [2, 1, 1] and calls == [2]
     for t in range(4):
         cls = [e.targets[i][t] for i in range(2)]
         ref = brute_force_occlusion(model, x, cls, 8, 4, "mean")
@@ -117,7 +134,10 @@ def test_occlusion_unit_target_and_errors(model, x):
 def test_occlusion_cost():
     model = tiny_model()
     per_axis = math.ceil((32 - 8) / 4) + 1
-    assert get_method("occlusion").estimate_cost(model, 2, 3, {"window": 8, "stride": 4}) == 2 * (1 + per_axis ** 2)
+    full = get_method("occlusion").estimate_cost(model, 2, 3, {"window": 8, "stride": 4, "engine": "full"})
+    assert full == 2 * (1 + per_axis ** 2)
+    auto = get_method("occlusion").estimate_cost(model, 2, 3, {"window": 8, "stride": 4})
+    assert auto == pytest.approx(2 * (1 + per_axis ** 2 * INCREMENTAL_COST))
 
 
 # ---------------------------------------------------------------------------- RISE
