@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-test install-bench serve test lint bench openapi clean
+.PHONY: install install-test install-bench serve test lint bench bench-all openapi clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -44,8 +44,14 @@ lint: install-test
 test: install-test lint
 	$(BIN)/python -m pytest -q
 
+# The speed targets, then every table of the README's Speed section, each rewritten from its run.
 bench: install-bench
-	$(BIN)/python bench/bench_attribution.py
+	$(BIN)/python bench/bench_speed.py --readme
+
+bench-all: bench
+	$(BIN)/python bench/bench_attribution.py --readme
+	$(BIN)/python bench/bench_occlusion.py --readme
+	$(BIN)/python bench/bench_batching.py --readme
 
 openapi: install
 	$(BIN)/python -m service.openapi_export > openapi/openapi.json

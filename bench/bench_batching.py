@@ -1,13 +1,14 @@
 """Batching across requests over real HTTP: throughput and p50/p99 at 1, 4 and 8 concurrent clients.
 
 Three API processes under uvicorn on 127.0.0.1 (no Redis): ``on``, batching with the defaults
-(``batch_max_images`` 8, ``batch_wait_ms`` 5, two inline slots, torch threads = cores); ``off``, the
-same without batching (``batch_max_images`` 1); ``unbounded``, the service before this change (no
-batching, every request computing at once with torch threads = cores). Each client is a thread with its own keep-alive
-connection posting a 224 px JPEG of ``chelsea`` to Grad-CAM with ``Accept: image/png`` in a loop.
-Rounds interleave the two servers and the client counts, so a noisy neighbour hits both alike.
+(``batch_max_images`` 8, ``batch_wait_ms`` 5, compute lanes of core/compute.py: one lane of 2 torch
+threads on 2 cores); ``off``, the same without batching (``batch_max_images`` 1); ``unbounded``,
+the service before batching and lanes (no batching, 64 lanes, torch threads = cores each). Each
+client is a thread with its own keep-alive connection posting a 224 px JPEG of ``chelsea`` to
+Grad-CAM with ``Accept: image/png`` in a loop. Rounds interleave the servers and the client counts,
+so a noisy neighbour hits them alike.
 
-    .venv/bin/python bench/bench_batching.py [--seconds 8] [--rounds 2]
+    .venv/bin/python bench/bench_batching.py [--seconds 8] [--rounds 2] [--readme]
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.readme import write_block  # noqa: E402
 
 URL = "/v1/models/efficientnet-lite0/explain/gradcam"
 
@@ -104,6 +110,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--clients", default="1,4,8")
     ap.add_argument("--modes", default="on,off,unbounded", help="of on, off, unbounded, on-1-slot")
+    ap.add_argument("--readme", action="store_true", help="rewrite the README's batching block")
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     jpeg = _jpeg()
@@ -153,6 +160,8 @@ def main() -> None:
             out.append(f"{c} clients vs 1 (each mode's own): " + ", ".join(
                 f"{m} {rate[(m, c)] / rate[(m, counts[0])]:.2f}x" for m in modes))
         sys.stdout.write("\n".join(out) + "\n")
+        if args.readme:
+            write_block("batching", "\n".join(out))
     finally:
         for s in servers:
             s.terminate()

@@ -6,6 +6,7 @@ finished ``[H,W]`` map and all of them run round-robin after a warm-up (bench/ha
 are peer time / incremental time: above 1 means the incremental path is faster.
 
     .venv/bin/python bench/bench_occlusion.py [--repeats 3] [--geometry 32x16,16x8] [--threads 2] [--clock cpu]
+        [--readme]
 
 ``--clock cpu`` times with the process's CPU time instead of the wall clock: on a machine other
 jobs share, with ``--threads 1``, that still measures the work each path does (with more threads
@@ -28,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import correlation, interleaved, table  # noqa: E402
+from bench.readme import write_block  # noqa: E402
 from cnnviz.attribution import ClassTargets, get_method  # noqa: E402
 from cnnviz.attribution.incremental import occlusion_plan  # noqa: E402
 from cnnviz.attribution.perturbation import window_starts  # noqa: E402
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--geometry", default="32x16,16x8", help="window x stride pairs, comma-separated")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's occlusion block")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import skimage.data
@@ -120,6 +123,8 @@ def main() -> None:
     out = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 @224, chelsea, "
            f"fill=mean, median of {args.repeats} interleaved runs ({args.clock} clock)", "", table(rows, header)]
     sys.stdout.write("\n".join(out) + "\n")
+    if args.readme:
+        write_block("occlusion", "\n".join(out))
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ mask stream, adaptive integrated gradients' batch-wide stopping rule) say so
 (:meth:`Method.independent_images`) and are never batched. If a batched call fails, each member
 is run alone, so a bad request never fails its neighbours and each gets its own error.
 
-Threads, not asyncio: requests compute on the server's thread pool. The first request of a key
+Threads, not asyncio: requests gather in the server's thread pool. The first request of a key
 leads: it waits up to ``max_wait_s`` for others (only while some other admitted request has not
 computed yet, so a lone request never waits), or until ``max_batch`` images are gathered, then for
-one of ``slots`` compute slots. While it waits for a slot its batch stays open, so under load
-requests queue in the batcher and coalesce instead of oversubscribing the cores. Rendering stays
-per request, in the request's own thread.
+one of ``slots`` compute slots, and runs the engine call on a compute lane (``run``, see
+core/compute.py: torch work never runs in the pool's threads). While it waits for a slot its
+batch stays open, so under load requests queue in the batcher and coalesce instead of
+oversubscribing the cores. Rendering stays per request.
 
 :meth:`ExplainBatcher.admit` bounds the inline requests in compute per process (waiting in the
 batcher or computing): past ``max_inflight`` it raises ``Unavailable("inline-busy")`` at once,
@@ -30,7 +31,6 @@ with ``Retry-After``.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -42,29 +42,13 @@ import torch
 
 from cnnviz.attribution import ClassTargets, EngineError, Explanation, UnitTarget, get_method
 from cnnviz.models import LoadedModel
+from core.compute import DIRECT
 from core.errors import Unavailable, from_engine
 from core.explaining import compute, targets_from
 from core.schemas.explain import ExplainParams
 
 BatchHook = Callable[[int, int], None]
 """Called after each engine call with (requests, images) it served."""
-
-
-def cpu_threads() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def configure_threads(threads: int | None = None) -> int:
-    """Torch intra-op threads for a serving process: ``threads``, else the cores it may run on
-    (not the machine's count). With ``slots`` engine calls at once, at most ``slots x threads``
-    compute threads run, however many requests arrive. Returns the count set."""
-    n = threads or cpu_threads()
-    torch.set_num_threads(n)
-    return n
 
 
 @dataclass
@@ -128,7 +112,9 @@ class ExplainBatcher:
     """
 
     def __init__(self, max_wait_s: float = 0.005, max_batch: int = 8, slots: int = 1, max_inflight: int = 16,
-                 retry_after_s: float = 1.0, on_batch: BatchHook | None = None) -> None:
+                 retry_after_s: float = 1.0, on_batch: BatchHook | None = None,
+                 run: Callable[..., Any] = DIRECT) -> None:
+        self._lane = run  # where an engine call runs: a compute lane in a server (ComputeLanes.run)
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_batch = max(1, max_batch)
         self.max_inflight = max(1, max_inflight)
@@ -188,7 +174,8 @@ class ExplainBatcher:
                 mode: Hashable = UnitTarget(u.layer, u.channel, u.y, u.x)
             else:
                 mode = "classes" if params.targets is not None or params.target is not None else "top_k"
-            k = (id(model), method, params.layer, tuple(x.shape[1:]), x.dtype, str(x.device), typed, mode)
+            k = (id(model), method, params.layer, tuple(x.shape[1:]), x.dtype, str(x.device), typed, mode,
+                 params.precision)
             hash(k)
         except (EngineError, TypeError, ValueError):
             return None  # an invalid request fails alone, with its own error
@@ -199,7 +186,7 @@ class ExplainBatcher:
         key = self.key(model, method, x, params) if self.max_batch > 1 else None
         if key is None:
             with self._slots:
-                res = compute(model, method, x, params)
+                res = self._lane(compute, model, method, x, params)
             self._count(1, x.shape[0])
             return res
         member = _member(x, params)  # a bad targets list fails here, alone
@@ -242,7 +229,7 @@ class ExplainBatcher:
                 if self._open.get(group.key) is group:
                     del self._open[group.key]
                 members = list(group.members)
-            self._run(model, method, members)
+            self._lane(self._run, model, method, members)
         finally:
             self._slots.release()
             for mb in group.members:
@@ -305,7 +292,7 @@ class ExplainBatcher:
         x = torch.cat([mb.x for mb in members])
         m = get_method(method)
         try:
-            res = m.attribute(model, x, targets, first.layer, first.engine_params(m))
+            res = m.attribute(model, x, targets, first.layer, first.engine_params(m), precision=first.precision)
         except EngineError as exc:
             raise from_engine(exc) from exc
         return split(res, [(mb.x.shape[0], mb.k) for mb in members])

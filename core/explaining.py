@@ -11,6 +11,7 @@ import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
 
 import torch
@@ -40,6 +41,7 @@ from cnnviz.render import (
     resize_map,
 )
 from cnnviz.render.kinds import format_value
+from core.compute import DIRECT
 from core.errors import Invalid, from_engine
 from core.imaging import DecodedImage, image_to_tensor
 from core.schemas.explain import (
@@ -102,11 +104,15 @@ def estimate_cost(model: LoadedModel, method: str, params: ExplainParams, n_imag
 
 def compute(model: LoadedModel, method: str, x: torch.Tensor, params: ExplainParams,
             targets: Targets | None = None) -> Explanation:
-    """The engine step alone: a normalized batch ``x`` in, raw maps out (targets from ``params`` by default)."""
+    """The engine step alone: a normalized batch ``x`` in, raw maps out (targets from ``params`` by default).
+
+    ``params.precision`` goes to the engine, which runs the forwards under autocast where the method
+    allows it and records what ran in ``extras["precision"]`` (docs/precision.md).
+    """
     try:
         m = get_method(method)
         return m.attribute(model, x, targets if targets is not None else targets_from(params, x.shape[0]),
-                           params.layer, params.engine_params(m))
+                           params.layer, params.engine_params(m), precision=params.precision)
     except EngineError as exc:
         raise from_engine(exc) from exc
 
@@ -277,12 +283,14 @@ def _completeness(result: Explanation, i: int, t: int) -> Completeness | None:
 def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage], params: ExplainParams,
                     decode_ms: float = 0.0, sink: Sink | None = None,
                     keep: list[tuple[int, TargetExplanation, torch.Tensor]] | None = None,
-                    engine: Engine = compute) -> ExplainResponse:
+                    engine: Engine = compute, lane: Callable[..., Any] = DIRECT) -> ExplainResponse:
     """Compute, render and shape one explanation answer.
 
     ``output.inline: false`` needs ``sink``, which stores each picture and returns its link. ``keep``
     (for :func:`png_answer`) collects (image index, explanation, overlay tensor) instead of encoding.
-    ``engine`` runs the engine step (a batcher gathers concurrent requests into one call).
+    ``engine`` runs the engine step (a batcher gathers concurrent requests into one call); ``lane``
+    runs the torch work around it, preprocessing and rendering (a compute lane in a server,
+    core/compute.py), so the request's own thread only waits.
     """
     out = params.output
     if not out.inline and sink is None:
@@ -298,9 +306,13 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     kind = map_kind(method, params)
     prep = model.preprocessing
     size = params.resolution or prep.input_size
-    tensors = [image_to_tensor(d.image) for d in images]
-    x_pix = torch.stack([prep.fit(t, size, params.resize) for t in tensors]).to(model.device)
-    x = prep.normalize(x_pix)
+
+    def prepare() -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        tensors = [image_to_tensor(d.image) for d in images]
+        x_pix = torch.stack([prep.fit(t, size, params.resize) for t in tensors]).to(model.device)
+        return tensors, x_pix, prep.normalize(x_pix)
+
+    tensors, x_pix, x = lane(prepare)
     t1 = time.perf_counter()
     result = engine(model, method, x, params)
     if model.device.type == "cuda":
@@ -321,54 +333,59 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
 
     unit = params.unit is not None
     grads = result.extras.get("gradient")
-    out_images = []
-    for i, d in enumerate(images):
-        img_u8 = (tensors[i].permute(1, 2, 0) * 255).round().to(torch.uint8)
-        exps = []
-        for t, raw in enumerate(result.maps[i]):
-            idx = result.targets[i][t]
-            info = TargetInfo(
-                kind=("neuron" if params.unit.y is not None else "channel") if unit else "class",
-                index=idx,
-                label=(f"{params.unit.layer}[{idx}]" if unit else
-                       model.labels[idx] if idx < len(model.labels) else None),
-                score=result.scores[i][t], probability=result.probabilities[i][t])
-            ta = time.perf_counter()
-            regions = _localize(raw, tensors[i], params, (d.height, d.width)) if params.localization else None
-            tb = time.perf_counter()
-            faith = (_faithfulness(model, x_pix[i], raw, idx, unit, params, (d.height, d.width))
-                     if params.faithfulness else None)
-            tc = time.perf_counter()
-            title = figure_title(m.title or method, info.label, info.probability, result.layer)
-            pics = _render(raw, grads[i][t] if grads else None, img_u8, params, kind, regions, title,
-                           (d.height, d.width))
-            td = time.perf_counter()
-            spent["localization"] += tb - ta
-            spent["faithfulness"] += tc - tb
-            spent["render"] += td - tc
-            vals = normalize_map(raw, "minmax") if out.raw_normalized else raw
-            rawmap = RawMap(shape=tuple(raw.shape), min=float(raw.min()), max=float(raw.max()),
-                            values=[[round(float(v), 6) for v in row] for row in vals.tolist()]
-                            if out.raw else None)
-            heat_b64, heat_url = encode(pics.heatmap, f"heatmap-{i}-{t}.{ext}")
-            ov_b64, ov_url = encode(pics.overlay, f"overlay-{i}-{t}.{ext}")
-            fig_b64, fig_url = encode(pics.figure, f"figure-{i}-{t}.{ext}")
-            exp = TargetExplanation(
-                target=info, map=rawmap, rendering=pics.rendering,
-                media_type=media if (pics.heatmap is not None or pics.overlay is not None or pics.figure is not None)
-                else None,
-                heatmap_png=heat_b64, overlay_png=ov_b64, figure_png=fig_b64,
-                heatmap_url=heat_url, overlay_url=ov_url, figure_url=fig_url,
-                regions=regions, faithfulness=faith, completeness=_completeness(result, i, t))
-            if keep is not None and pics.overlay is not None:
-                keep.append((i, exp, pics.overlay))
-            exps.append(exp)
-        out_images.append(ImageExplanation(index=i, width=d.width, height=d.height, explanations=exps))
+
+    def render_all() -> list[ImageExplanation]:
+        out_images = []
+        for i, d in enumerate(images):
+            img_u8 = (tensors[i].permute(1, 2, 0) * 255).round().to(torch.uint8)
+            exps = []
+            for t, raw in enumerate(result.maps[i]):
+                idx = result.targets[i][t]
+                info = TargetInfo(
+                    kind=("neuron" if params.unit.y is not None else "channel") if unit else "class",
+                    index=idx,
+                    label=(f"{params.unit.layer}[{idx}]" if unit else
+                           model.labels[idx] if idx < len(model.labels) else None),
+                    score=result.scores[i][t], probability=result.probabilities[i][t])
+                ta = time.perf_counter()
+                regions = _localize(raw, tensors[i], params, (d.height, d.width)) if params.localization else None
+                tb = time.perf_counter()
+                faith = (_faithfulness(model, x_pix[i], raw, idx, unit, params, (d.height, d.width))
+                         if params.faithfulness else None)
+                tc = time.perf_counter()
+                title = figure_title(m.title or method, info.label, info.probability, result.layer)
+                pics = _render(raw, grads[i][t] if grads else None, img_u8, params, kind, regions, title,
+                               (d.height, d.width))
+                td = time.perf_counter()
+                spent["localization"] += tb - ta
+                spent["faithfulness"] += tc - tb
+                spent["render"] += td - tc
+                vals = normalize_map(raw, "minmax") if out.raw_normalized else raw
+                rawmap = RawMap(shape=tuple(raw.shape), min=float(raw.min()), max=float(raw.max()),
+                                values=[[round(float(v), 6) for v in row] for row in vals.tolist()]
+                                if out.raw else None)
+                heat_b64, heat_url = encode(pics.heatmap, f"heatmap-{i}-{t}.{ext}")
+                ov_b64, ov_url = encode(pics.overlay, f"overlay-{i}-{t}.{ext}")
+                fig_b64, fig_url = encode(pics.figure, f"figure-{i}-{t}.{ext}")
+                exp = TargetExplanation(
+                    target=info, map=rawmap, rendering=pics.rendering,
+                    media_type=media if any(v is not None for v in (pics.heatmap, pics.overlay, pics.figure))
+                    else None,
+                    heatmap_png=heat_b64, overlay_png=ov_b64, figure_png=fig_b64,
+                    heatmap_url=heat_url, overlay_url=ov_url, figure_url=fig_url,
+                    regions=regions, faithfulness=faith, completeness=_completeness(result, i, t))
+                if keep is not None and pics.overlay is not None:
+                    keep.append((i, exp, pics.overlay))
+                exps.append(exp)
+            out_images.append(ImageExplanation(index=i, width=d.width, height=d.height, explanations=exps))
+        return out_images
+
+    out_images = lane(render_all)
     t3 = time.perf_counter()
     ms = {k: v * 1000 for k, v in spent.items()}
     return ExplainResponse(
         model=model.name, method=method, layer=result.layer, input_size=(size, size), images=out_images,
-        warnings=result.warnings,
+        warnings=result.warnings, precision=result.extras.get("precision", "fp32"),
         timings=Timings(decode_ms=decode_ms, preprocess_ms=(t1 - t0) * 1000, compute_ms=(t2 - t1) * 1000,
                         localization_ms=ms["localization"], faithfulness_ms=ms["faithfulness"],
                         render_ms=ms["render"] + (t3 - t2) * 1000 - sum(ms.values()), encode_ms=ms["encode"],
@@ -379,8 +396,9 @@ GRID_TILE_SIDE = 512  # a multi-map PNG draws each overlay at most this long sid
 
 
 def png_answer(model: LoadedModel, method: str, images: list[DecodedImage],
-               params: ExplainParams, engine: Engine = compute) -> tuple[bytes, dict[str, str]]:
-    """For ``Accept: image/png``: PNG bytes and headers naming model, method, layer and each tile's target.
+               params: ExplainParams, engine: Engine = compute,
+               lane: Callable[..., Any] = DIRECT) -> tuple[bytes, dict[str, str]]:
+    """For ``Accept: image/png``: PNG bytes and headers naming model, method, layer, precision and each tile's target.
 
     One map: its overlay at the original size. More (several images, ``top_k`` > 1, ``targets``):
     a captioned grid of every overlay, one row per image, each tile at most 512 px long.
@@ -390,13 +408,18 @@ def png_answer(model: LoadedModel, method: str, images: list[DecodedImage],
                                               "inline": True, "format": "png"})
     kept: list[tuple[int, TargetExplanation, torch.Tensor]] = []
     resp = run_explanation(model, method, images, params.model_copy(update={"output": output}), keep=kept,
-                           engine=engine)
+                           engine=engine, lane=lane)
     title = get_method(method).title or method
     tiles = [f"{i}:{e.target.index}:{_header_text(e.target.label or '')}" for i, e, _ in kept]
     headers = {"X-Cnnviz-Model": resp.model, "X-Cnnviz-Method": method, "X-Cnnviz-Layer": resp.layer or "",
-               "X-Cnnviz-Tiles": ",".join(tiles)}
+               "X-Cnnviz-Tiles": ",".join(tiles), "X-Cnnviz-Precision": resp.precision}
     if len(kept) == 1:
         return encode_png(kept[0][2].cpu()), headers
+    return lane(_grid_png, kept, resp, title), headers
+
+
+def _grid_png(kept: list[tuple[int, TargetExplanation, torch.Tensor]], resp: ExplainResponse, title: str) -> bytes:
+    """The captioned grid of several overlays, one row per image."""
     pics, captions = [], []
     for i, e, ov in kept:
         h, w = int(ov.shape[0]), int(ov.shape[1])
@@ -408,7 +431,7 @@ def png_answer(model: LoadedModel, method: str, images: list[DecodedImage],
     ncols = per_image[0] if len(set(per_image)) == 1 else None
     layer = f" · layer {resp.layer}" if resp.layer else ""
     grid = labelled_grid(pics, captions, ncols=ncols, title=f"{title} · {resp.model}{layer}")
-    return encode_png(grid), headers
+    return encode_png(grid)
 
 
 def _header_text(s: str) -> str:

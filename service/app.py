@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from cnnviz.models import Catalog
-from core.batching import ExplainBatcher, configure_threads
+from core.batching import ExplainBatcher
+from core.compute import shared_lanes
 from core.jobtypes import JOB_REQUEST, JOB_REQUESTS
 from core.schemas.collections import CollectionParams, IdentifyParams
 from core.schemas.explain import METHOD_PARAMS, ExplainParams
@@ -33,10 +34,12 @@ API_VERSION = "1.0.0"
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
     """Build the app. The catalog is loaded eagerly so a bad weights file fails start-up."""
     settings = settings or get_settings()
+    # Every torch call of this process runs on these lanes, loading included (core/compute.py says why).
+    lanes = shared_lanes(settings.inline_slots, settings.torch_threads)
     if catalog is None:
-        catalog = Catalog.from_environment(settings.models_file, settings.device, settings.default_model)
+        catalog = lanes.run(Catalog.from_environment, settings.models_file, settings.device, settings.default_model)
     if settings.preload_models:
-        catalog.load_all()
+        lanes.run(catalog.load_all)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,10 +57,10 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                   description="What a convolutional network sees: explanations, internals and synthesis.")
     app.state.settings = settings
     app.state.catalog = catalog
-    configure_threads(settings.torch_threads)  # the cores, not the machine's count; slots bound the teams
+    app.state.lanes = lanes
     app.state.batcher = ExplainBatcher(settings.batch_wait_ms / 1000, settings.batch_max_images,
-                                       settings.inline_slots, settings.inline_max_requests,
-                                       settings.inline_retry_after_s, on_batch=explain.observe_batch)
+                                       lanes.lanes, settings.inline_max_requests,
+                                       settings.inline_retry_after_s, on_batch=explain.observe_batch, run=lanes.run)
     install_handlers(app)
     if settings.redis_url:
         from service.jobs import JobClient

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request
 
 from cnnviz.models import Catalog, LoadedModel
+from core.compute import ComputeLanes
 from core.errors import NotFound, jobs_unavailable
 from core.jobtypes import SubmitContext, lookup_model
 from core.store.collections import CollectionStore
@@ -21,30 +22,38 @@ from service.jobs import JobClient
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_catalog(request: Request) -> Catalog:
+async def get_catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     return current_principal(request)
 
 
-def get_model(catalog: Annotated[Catalog, Depends(get_catalog)], model: str = Path(..., max_length=100)) -> LoadedModel:
-    return lookup_model(catalog, model)
+async def get_lanes(request: Request) -> ComputeLanes:
+    return request.app.state.lanes
 
 
-def get_jobs(request: Request) -> JobClient:
+async def get_model(catalog: Annotated[Catalog, Depends(get_catalog)],
+                    lanes: Annotated[ComputeLanes, Depends(get_lanes)],
+                    model: str = Path(..., max_length=100)) -> LoadedModel:
+    if model in catalog.specs and catalog.is_loaded(model):
+        return lookup_model(catalog, model)
+    return await lanes.arun(lookup_model, catalog, model)  # a first load runs forwards: on a lane (core/compute.py)
+
+
+async def get_jobs(request: Request) -> JobClient:
     jobs = getattr(request.app.state, "jobs", None)
     if jobs is None:
         raise jobs_unavailable("This service runs without a job system (no Redis configured).")
     return jobs
 
 
-def get_optional_jobs(request: Request) -> JobClient | None:
+async def get_optional_jobs(request: Request) -> JobClient | None:
     """The job client, or None when the service runs without Redis (inline routes still work)."""
     return getattr(request.app.state, "jobs", None)
 
@@ -54,14 +63,15 @@ OptionalJobsDep = Annotated[JobClient | None, Depends(get_optional_jobs)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
+LanesDep = Annotated[ComputeLanes, Depends(get_lanes)]
 JobsDep = Annotated[JobClient, Depends(get_jobs)]
 
 
-def get_collections(jobs: JobsDep) -> CollectionStore:
+async def get_collections(jobs: JobsDep) -> CollectionStore:
     return CollectionStore(jobs.redis, jobs.config.prefix)
 
 
-def get_trained(jobs: JobsDep) -> TrainedStore:
+async def get_trained(jobs: JobsDep) -> TrainedStore:
     return TrainedStore(jobs.redis, jobs.config.prefix)
 
 

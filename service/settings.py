@@ -45,10 +45,12 @@ class Settings(BaseSettings):
     # waiting or computing (past it: 503 inline-busy with Retry-After).
     batch_wait_ms: float = Field(5.0, ge=0, le=100, description="longest wait for requests to batch with")
     batch_max_images: int = Field(8, ge=1, le=64, description="images per batched engine call (1: no batching)")
-    inline_slots: int = Field(2, ge=1, le=64, description="inline engine calls at once per process")
+    inline_slots: int | None = Field(None, ge=1, le=64, description="compute lanes: inline engine calls at once "
+                                     "per process; default: as many as the cores hold at torch_threads each")
     inline_max_requests: int = Field(16, ge=1, le=1024, description="inline requests in compute per process")
     inline_retry_after_s: int = Field(1, ge=1, le=60)
-    torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads; default: the cores")
+    torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads per compute lane; "
+                                      "default: the cores per lane, at most 4 (core/compute.py)")
 
     # Jobs and access.
     redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "CNNVIZ_REDIS_URL", "redis_url"))

@@ -24,6 +24,7 @@ from torch import nn
 from ..hooks import thread_hooks
 from ..models import LoadedModel
 from ..params import Params, param
+from ..precision import forward_precision
 from .base import ClassTargets, EngineError, Explanation, Method, Targets, class_scores, register
 
 
@@ -125,7 +126,7 @@ class AttentionRollout(Method):
             else:
                 skipped.append(type(mod).__name__)
 
-        with torch.no_grad(), thread_hooks([(m, hook) for m in mods]):
+        with torch.no_grad(), thread_hooks([(m, hook) for m in mods]), forward_precision():
             logits = model.module(x)
         lengths = {w.shape[-1] for w in seen}
         if not seen or skipped or len(lengths) != 1:

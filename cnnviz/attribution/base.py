@@ -7,6 +7,8 @@ Like captum, every method is called the same way::
 
 ``params`` are checked into the method's typed parameter set (:attr:`Method.Params`, declared once
 with its bounds in the method's module); a typed instance may be passed as ``params=`` instead.
+``precision="bf16"`` (or ``"fp16"``) runs the network's forward passes under autocast
+(:mod:`cnnviz.precision`); ``extras["precision"]`` says what ran.
 
 ``x`` is a normalized ``[N,3,H,W]`` batch already on the model's device; the result holds one raw
 map per image and target, at the method's native resolution, on the CPU. Rendering, resizing to
@@ -25,6 +27,7 @@ from ..errors import EngineError, closest
 from ..models import LoadedModel
 from ..models.catalog import require_gradients
 from ..params import NoParams, Params
+from ..precision import run_precision
 
 
 @dataclass(frozen=True)
@@ -123,12 +126,34 @@ class Method:
     Params: ClassVar[type[Params]] = NoParams
 
     def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
-                  params: Params | None = None, **kwargs: Any) -> Explanation:
-        """The one verb: checked parameters in, raw maps out."""
+                  params: Params | None = None, *, precision: str | None = None, **kwargs: Any) -> Explanation:
+        """The one verb: checked parameters in, raw maps out.
+
+        ``precision`` (fp32 | bf16 | fp16; None: an enclosing call's, else fp32) is the precision of
+        the network's forward passes. One the device does not offer is an engine error
+        (``precision-unsupported``); one the method declines for these parameters
+        (:meth:`full_precision_reason`) runs fp32 with a warning. A top-level call records the
+        precision that really ran in ``extras["precision"]``; maps are float32 either way.
+        """
         typed = self.Params.build(params, **kwargs)
         if self.needs_gradients:
             require_gradients(model, self.name)
-        return self.run(model, x, targets, layer, typed)
+        reason = self.full_precision_reason(model, targets, typed) if precision not in (None, "fp32") else None
+        with run_precision(model.device, precision, reason) as run:
+            result = self.run(model, x, targets, layer, typed)
+        if precision is not None:
+            result.extras["precision"] = run.ran
+            if run.reason is not None:
+                result.warnings.append(f"{self.name} ran in fp32, not {run.asked}: {run.reason}")
+        return result
+
+    def full_precision_reason(self, model: LoadedModel, targets: Targets, params: Any) -> str | None:
+        """Why this method runs fp32 even when bf16/fp16 is asked, for checked ``params`` (None: it does not).
+
+        A method declines where reduced-precision forwards break what it computes or its maps stop
+        agreeing with fp32 (docs/precision.md has the per-method decisions and measurements).
+        """
+        return None
 
     def independent_images(self, params: Any) -> bool:
         """Whether each image's answer is the one it would get alone in any batch (checked ``params``).

@@ -12,6 +12,10 @@ DeiT; ``P`` class/register tokens) or channels-last ``[N,h,w,C]`` (Swin) is seen
 ``[N,C,h,w]`` (:func:`cnnviz.models.layers.to_grid`). The captured output stays the gradient
 leaf; its gradient is mapped onto the grid the same way, so every variant, Score-CAM and
 Eigen-CAM included, reads ordinary ``[N,C,h,w]`` activations and gradients.
+
+At a reduced precision (:mod:`cnnviz.precision`) the forward passes run under autocast; the
+captured activations and their gradients are taken back to float32 before any variant combines
+them, so only the network's own arithmetic is lowered.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..hooks import LayerCapture, capture
 from ..models import LayerInfo, LoadedModel, validate_layer
 from ..models.layers import from_grid, to_grid
 from ..params import Params, param
+from ..precision import forward_precision
 from .base import (
     ClassTargets,
     EngineError,
@@ -77,7 +82,7 @@ class CamMethod(Method):
         layer = validate_layer(model, layer, family="cam")
         info = model.layer(layer)
         cap = LayerCapture(grad=self.needs_gradients)
-        with capture(model.module, {layer: cap}), torch.set_grad_enabled(self.needs_gradients):
+        with capture(model.module, {layer: cap}), torch.set_grad_enabled(self.needs_gradients), forward_precision():
             logits = model.module(x)
         leaf = cap.output
         if leaf is None or leaf.shape[0] != x.shape[0]:
@@ -85,8 +90,9 @@ class CamMethod(Method):
                               " forward pass (a fixed-batch archive takes one image at a time)", model=model.name)
         rows = targets.resolve(logits)
         n_t = max(len(r) for r in rows)
-        ctx = CamContext(model, x, layer, to_grid(leaf.detach(), info), logits.detach(), params, info=info,
-                         output=leaf.detach())
+        # float32 from here on: at bf16/fp16 the layer output and logits come out of autocast reduced.
+        ctx = CamContext(model, x, layer, to_grid(leaf.detach(), info).float(), logits.detach(), params, info=info,
+                         output=leaf.detach().float())
         warnings = []
         if self.needs_gradients and info.feeds_head is False:
             warnings.append(f"layer {layer!r} does not reach the logits (its gradient is zero); choose an earlier"
@@ -98,7 +104,7 @@ class CamMethod(Method):
             grads = None
             if self.needs_gradients:
                 (g,) = torch.autograd.grad(target_scores(logits, rows, t), leaf, retain_graph=t < n_t - 1)
-                grads = to_grid(g, info)
+                grads = to_grid(g, info).float()
             idx = torch.tensor([r[t] if len(r) > t else r[0] for r in rows], device=x.device)
             with torch.no_grad():
                 per_t.append(self.combine(ctx, ctx.acts, grads, idx))
@@ -214,13 +220,18 @@ class EigenCAM(CamMethod):
 
 
 def _gap_linear_head(model: LoadedModel, acts: torch.Tensor, logits: torch.Tensor) -> torch.nn.Linear:
-    """The final Linear layer, if and only if logits == Linear(GAP(acts)) numerically."""
+    """The final Linear layer, if and only if logits == Linear(GAP(acts)) numerically.
+
+    Logits from a bf16/fp16 forward carry that precision's rounding (bf16: 8 bits of mantissa), so
+    they are compared with a tolerance to match; a head that is not GAP + linear misses by far more.
+    """
     linears = [li.name for li in model.layers if li.kind == "Linear" and li.output_shape is not None]
     if linears:
         fc = model.submodule(linears[-1])
         if fc.in_features == acts.shape[1]:
             pred = fc(acts.mean(dim=(2, 3)))
-            if pred.shape == logits.shape and torch.allclose(pred, logits, rtol=1e-3, atol=1e-3):
+            tol = 1e-3 if logits.dtype == torch.float32 else 3e-2
+            if pred.shape == logits.shape and torch.allclose(pred, logits.float(), rtol=tol, atol=tol):
                 return fc
     raise EngineError("cam-undefined", "CAM needs the layer to feed global average pooling and a single"
                            " linear classifier directly; use gradcam for this layer or model")
@@ -288,9 +299,13 @@ class ScoreCAM(CamMethod):
             live_idx = live.nonzero()[:, 0]
             for s in range(0, live_idx.numel(), batch):
                 sel = live_idx[s:s + batch]
-                probs[sel] = model.probabilities(model.module(x[i:i + 1] * masks[sel, None]))
+                with forward_precision():
+                    logits = model.module(x[i:i + 1] * masks[sel, None])
+                probs[sel] = model.probabilities(logits)
             if (~live).any():
-                probs[~live] = model.probabilities(model.module(torch.zeros_like(x[i:i + 1])))
+                with forward_precision():
+                    logits = model.module(torch.zeros_like(x[i:i + 1]))
+                probs[~live] = model.probabilities(logits)
             sweeps.append(probs)
         ctx.state["probs"] = torch.stack(sweeps)  # [N,K,C]
 
@@ -319,7 +334,8 @@ class AblationCAM(CamMethod):
         batch = ctx.params.batch_size
         acts = ctx.acts
         runner = tail_runner(ctx.model.module, ctx.layer)
-        values = runner.head_values(ctx.x)
+        with forward_precision():
+            values = runner.head_values(ctx.x)
         n, k = acts.shape[:2]
         keep = 1 - torch.eye(k, device=acts.device, dtype=acts.dtype)
         sweeps = []
@@ -328,7 +344,8 @@ class AblationCAM(CamMethod):
             for s in range(0, k, batch):
                 e = min(k, s + batch)
                 variants = acts[i:i + 1].expand(e - s, *acts.shape[1:]) * keep[s:e, :, None, None]
-                rows.append(runner.run(values, i, ctx.to_layer(variants, i)).float())
+                with forward_precision():
+                    rows.append(runner.run(values, i, ctx.to_layer(variants, i)).float())
             sweeps.append(torch.cat(rows))
         ctx.state["ablated"] = torch.stack(sweeps)  # [N,K,C]
 

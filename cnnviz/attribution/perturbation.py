@@ -5,6 +5,13 @@ the original images once (targets and reference scores), and a variant sweeps ba
 perturbed copies. Each sweep evaluates *all* classes at once, so every target of an image is read
 from the same forwards. Targets may be class logits or a unit of a layer (the forward pass then
 stops at that layer).
+
+Precision: the sweeps' forwards run under autocast at bf16/fp16 (maps agree with fp32 at r > 0.99
+on Lite0), the unperturbed forward too, so a drop is a difference of two scores of one precision.
+Occlusion on the incremental engine stays fp32: the engine stitches patches into cached fp32
+activations and checks each new plan against the module at 1e-3, which a bf16 forward misses
+(and a plan that fails its check is disabled for every later request); ``engine: full`` runs
+its batched forwards at the precision asked.
 """
 
 from __future__ import annotations
@@ -110,6 +117,12 @@ class Occlusion(PerturbationMethod):
     name = "occlusion"
     title = "Occlusion sensitivity"
     Params = OcclusionParams
+
+    def full_precision_reason(self, model: LoadedModel, targets: Targets, params: OcclusionParams) -> str | None:
+        if params.engine == "auto" and not isinstance(targets, UnitTarget) and supports_incremental(model.module):
+            return ("the incremental engine (engine auto) computes in fp32, exactly; engine full runs its "
+                    "forwards at a reduced precision")
+        return None
 
     def _geometry(self, params: OcclusionParams, h: int, w: int) -> tuple[int, int]:
         stride = params.stride

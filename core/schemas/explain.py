@@ -14,10 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from cnnviz.attribution import METHODS, Method
 from cnnviz.params import NoParams, Params, field_specs
+from cnnviz.precision import PRECISIONS
 from cnnviz.render import COLORMAPS, DEFAULT_CLIP_PERCENTILE, MAP_KINDS
 from core.schemas.bounds import Box
 
 Colormap = Literal[COLORMAPS]  # type: ignore[valid-type]
+PrecisionName = Literal[PRECISIONS]  # type: ignore[valid-type]
 
 
 class Strict(BaseModel):
@@ -121,6 +123,13 @@ class ExplainParams(Strict):
     output: OutputOptions = Field(default_factory=OutputOptions)
     localization: LocalizationParams | None = None
     faithfulness: FaithfulnessParams | None = None
+    precision: PrecisionName = Field(  # type: ignore[valid-type]
+        "fp32", description="precision of the network's forward passes (torch.autocast): fp32 | bf16 | fp16. "
+        "Offered where the hardware computes it natively (CPU: bf16 with AVX512-BF16 or AMX, fp16 with "
+        "AVX512-FP16 or AMX-FP16; CUDA: fp16, and bf16 from compute capability 8.0); otherwise a 422 "
+        "precision-unsupported listing the choices. Methods whose maps would not agree with fp32 (the gradient "
+        "family except deconvnet, occlusion on the incremental engine) run fp32 and say so in warnings; the "
+        "answer's precision says what ran")
 
     @model_validator(mode="after")
     def _targets(self) -> ExplainParams:
@@ -275,4 +284,7 @@ class ExplainResponse(BaseModel):
     input_size: tuple[int, int]
     images: list[ImageExplanation]
     warnings: list[str]
+    precision: PrecisionName = Field(  # type: ignore[valid-type]
+        "fp32", description="the precision the forward passes ran in: the one asked, or fp32 where the method "
+        "declines it (warnings say why)")
     timings: Timings

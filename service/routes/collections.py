@@ -17,6 +17,7 @@ from service.deps import (
     CatalogDep,
     CollectionsDep,
     JobsDep,
+    LanesDep,
     OwnedCollectionDep,
     PrincipalDep,
     SettingsDep,
@@ -68,16 +69,16 @@ def get_collection(rec: OwnedCollectionDep) -> CollectionInfo:
              summary="1:K identification against a labelled collection; 'unknown' when nothing is close")
 async def identify(request: Request, rec: OwnedCollectionDep, settings: SettingsDep, catalog: CatalogDep,
                    principal: PrincipalDep, collections: CollectionsDep, trained: TrainedDep, jobs: JobsDep,
-                   model: str = Query(None, max_length=100)) -> IdentifyResponse:
+                   lanes: LanesDep, model: str = Query(None, max_length=100)) -> IdentifyResponse:
     if not rec.get("labels"):
         raise Invalid("missing-labels", "Identification needs a collection uploaded with labels")
     upload = await read_upload(request, settings, min_images=1, max_images=1)
     params = validate_params(IdentifyParams, upload.params)
     loaded = lookup_model(catalog, model or catalog.default)
     with jobs.guard():
-        how = await run_in_threadpool(resolve_embedding, loaded, params.layer, params.size, params.head, trained,
-                                      principal.owner)
-        return await run_in_threadpool(lambda: identify_query(loaded, collections, rec,
+        how = await lanes.arun(resolve_embedding, loaded, params.layer, params.size, params.head, trained,
+                               principal.owner)
+        return await lanes.arun(lambda: identify_query(loaded, collections, rec,
                                                               image_to_tensor(upload.images[0].image), how,
                                                               params, settings.inline_budget))
 

@@ -16,7 +16,7 @@ from core.explaining import estimate_cost, offered_kinds, png_answer, run_explan
 from core.jobtypes import JOB_TYPES, SubmitContext, parse_job_request
 from core.schemas.explain import ExplainResponse, params_model
 from core.validation import validate_params
-from service.deps import CatalogDep, ModelDep, OptionalJobsDep, PrincipalDep, SettingsDep
+from service.deps import CatalogDep, LanesDep, ModelDep, OptionalJobsDep, PrincipalDep, SettingsDep
 from service.openapi_parts import PROBLEM_RESPONSES, upload_body
 from service.schemas.methods import MethodInfo, MethodList
 from service.submission import submit_prepared
@@ -70,7 +70,8 @@ def list_methods(catalog: CatalogDep, settings: SettingsDep) -> MethodList:
              openapi_extra=upload_body("#/components/schemas/ExplainParams"),
              summary="Explanation maps per image and target")
 async def explain(request: Request, model: ModelDep, settings: SettingsDep, catalog: CatalogDep,
-                  principal: PrincipalDep, jobs: OptionalJobsDep, method: str = Path(..., max_length=64)) -> Response:
+                  principal: PrincipalDep, jobs: OptionalJobsDep, lanes: LanesDep,
+                  method: str = Path(..., max_length=64)) -> Response:
     if method not in METHODS:
         raise NotFound("unknown-method", f"No method named {method!r}", choices=closest(method, sorted(METHODS)))
     upload = await read_upload(request, settings)
@@ -92,12 +93,13 @@ async def explain(request: Request, model: ModelDep, settings: SettingsDep, cata
     batcher: ExplainBatcher = request.app.state.batcher
     if "image/png" in request.headers.get("accept", ""):
         with batcher.admit() as ticket:  # 503 inline-busy past the bound; batched with concurrent requests
-            png, headers = await run_in_threadpool(png_answer, model, method, upload.images, params, ticket.engine)
+            png, headers = await run_in_threadpool(png_answer, model, method, upload.images, params, ticket.engine,
+                                             lanes.run)
         return Response(png, media_type="image/png", headers=headers)
     if params.output.inline:
         with batcher.admit() as ticket:
             answer = await run_in_threadpool(run_explanation, model, method, upload.images, params,
-                                             upload.decode_ms, engine=ticket.engine)
+                                             upload.decode_ms, engine=ticket.engine, lane=lanes.run)
         return Response(answer.model_dump_json(), media_type="application/json")
     if jobs is None:
         raise Invalid("inline-needs-store", "output.inline false needs the job store (Redis), which this "
@@ -112,7 +114,7 @@ async def explain(request: Request, model: ModelDep, settings: SettingsDep, cata
 
     with batcher.admit() as ticket:
         answer = await run_in_threadpool(run_explanation, model, method, upload.images, params, upload.decode_ms,
-                                         sink, engine=ticket.engine)
+                                         sink, engine=ticket.engine, lane=lanes.run)
     with jobs.guard():
         await run_in_threadpool(jobs.store.put_answer_artifacts, answer_id, principal.owner, "explain", model.name,
                                 stored, settings.artifact_ttl_s, settings.result_ttl_s)

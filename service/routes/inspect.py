@@ -6,7 +6,6 @@ import base64
 from functools import partial
 
 from fastapi import APIRouter, Path, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from core.imaging import image_to_tensor
 from core.inspecting import check_view, inspect_view, resolve_embedding
@@ -19,7 +18,7 @@ from core.schemas.inspect import (
 )
 from core.store.trained import TrainedStore
 from core.validation import validate_params
-from service.deps import ModelDep, OptionalJobsDep, PrincipalDep, SettingsDep
+from service.deps import LanesDep, ModelDep, OptionalJobsDep, PrincipalDep, SettingsDep
 from service.openapi_parts import PROBLEM_RESPONSES, upload_body
 from service.uploads import read_upload
 
@@ -33,14 +32,14 @@ router = APIRouter(tags=["inspect"])
                                        min_images=0, max_images=64),
              summary="Model internals: filters, activations, embeddings, verification, feature invariance")
 async def inspect(request: Request, model: ModelDep, settings: SettingsDep, principal: PrincipalDep,
-                  jobs: OptionalJobsDep, view: str = Path(..., max_length=32)) -> Response:
+                  jobs: OptionalJobsDep, lanes: LanesDep, view: str = Path(..., max_length=32)) -> Response:
     params_model, min_images, max_images = check_view(view)
     upload = await read_upload(request, settings, min_images=min_images, max_images=max_images)
     params = validate_params(params_model, upload.params)
     trained = TrainedStore(jobs.redis, jobs.config.prefix) if jobs is not None else None
     embedding = partial(resolve_embedding, model, getattr(params, "layer", None), getattr(params, "resolution", None),
                         getattr(params, "head", None), trained, principal.owner, getattr(params, "pool", "avg"))
-    out = await run_in_threadpool(
+    out = await lanes.arun(
         lambda: inspect_view(view, model, [image_to_tensor(d.image) for d in upload.images], params, embedding))
     png = getattr(out, "grid_png", None) or getattr(out, "plot_png", None)
     if png and "image/png" in request.headers.get("accept", ""):

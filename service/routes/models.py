@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request, Response
 
 from cnnviz.attribution import METHODS
 from cnnviz.models import Catalog
@@ -22,7 +21,7 @@ from core.schemas.models import (
     PredictResponse,
 )
 from core.validation import validate_params
-from service.deps import CatalogDep, ModelDep, SettingsDep
+from service.deps import CatalogDep, LanesDep, ModelDep, SettingsDep
 from service.openapi_parts import PROBLEM_RESPONSES, upload_body
 from service.uploads import read_upload
 
@@ -58,7 +57,7 @@ def model_detail(model: ModelDep, catalog: CatalogDep) -> ModelDetail:
 @router.post("/{model}/predict", response_model=PredictResponse, responses=PROBLEM_RESPONSES,
              openapi_extra=upload_body("#/components/schemas/PredictParams", max_images=16),
              summary="Top-k classes per image")
-async def predict(request: Request, model: ModelDep, settings: SettingsDep) -> PredictResponse:
+async def predict(request: Request, model: ModelDep, settings: SettingsDep, lanes: LanesDep) -> Response:
     # Classification needs the network input only (resolution <= 1024): decode at most that large.
     upload = await read_upload(request, settings, max_side=min(settings.max_decode_side, PREDICT_DECODE_SIDE))
     params = validate_params(PredictParams, upload.params)
@@ -66,15 +65,17 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep) -> P
     size = params.resolution or model.preprocessing.input_size
 
     def compute() -> list[list[Prediction]]:
-        # Off the event loop; each image is fitted to the network input at once, so only one
+        # On a compute lane (core/compute.py); each image is fitted to the network input at once, so only one
         # full-size float tensor exists at a time (fitting again in predict_images is the identity).
         prep = model.preprocessing
         tensors = [prep.fit(image_to_tensor(d.image), size, params.resize) for d in upload.images]
         return predict_images(model, tensors, params)
 
-    preds = await run_in_threadpool(compute)
-    return PredictResponse(
+    preds = await lanes.arun(compute)
+    answer = PredictResponse(
         model=model.name, input_size=(size, size),
         images=[ImagePredictions(index=i, width=d.width, height=d.height, predictions=p)
                 for i, (d, p) in enumerate(zip(upload.images, preds, strict=True))],
         timings={"decode_ms": upload.decode_ms, "compute_ms": (time.perf_counter() - t0) * 1000})
+    # Built and checked once here; returned as bytes so FastAPI does not validate and encode it again.
+    return Response(answer.model_dump_json(), media_type="application/json")

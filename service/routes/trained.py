@@ -26,7 +26,7 @@ from core.store.jobs import ACTIVE
 from core.store.trained import TrainedStore
 from core.validation import validate_params
 from service.auth import Principal
-from service.deps import CatalogDep, JobsDep, PrincipalDep, SettingsDep, TrainedDep
+from service.deps import CatalogDep, JobsDep, LanesDep, PrincipalDep, SettingsDep, TrainedDep
 from service.jobs import JobClient
 from service.openapi_parts import JOB_RESPONSES, PROBLEM_RESPONSES, upload_body
 from service.uploads import read_upload
@@ -119,7 +119,7 @@ def delete_embedder(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, e
              summary="Stylize an image with a trained style (inline); Accept: image/png or image/jpeg for the "
                      "picture alone")
 async def apply_style(request: Request, settings: SettingsDep, catalog: CatalogDep, store: TrainedDep,
-                      jobs: JobsDep, principal: PrincipalDep, style: str = _name()) -> Response:
+                      jobs: JobsDep, principal: PrincipalDep, lanes: LanesDep, style: str = _name()) -> Response:
     upload = await read_upload(request, settings, min_images=1, max_images=1, max_side=settings.max_apply_side)
     params = validate_params(StyleApplyParams, upload.params)
     if params.size is not None and params.size > settings.max_apply_side:
@@ -142,14 +142,14 @@ async def apply_style(request: Request, settings: SettingsDep, catalog: CatalogD
                       f"over the inline budget of {settings.inline_budget:.0f}; ask for a smaller size",
                       estimate=round(cost, 1), limit=settings.inline_budget)
     t0 = time.perf_counter()
-    out = await run_in_threadpool(lambda: stylize(net, image_to_tensor(d.image), size=size, strength=params.strength,
+    out = await lanes.arun(lambda: stylize(net, image_to_tensor(d.image), size=size, strength=params.strength,
                                                   preserve_color=params.preserve_color))
     compute_ms = (time.perf_counter() - t0) * 1000
     headers = {"Server-Timing": f"compute;dur={compute_ms:.1f}"}
     accept = request.headers.get("accept", "")
     if "image/jpeg" in accept:  # smaller and faster to encode than PNG for a photo-like answer
-        return Response(await run_in_threadpool(encode_jpeg, out), media_type="image/jpeg", headers=headers)
-    png = await run_in_threadpool(lambda: encode_png(to_uint8_image(out)))
+        return Response(await lanes.arun(encode_jpeg, out), media_type="image/jpeg", headers=headers)
+    png = await lanes.arun(lambda: encode_png(to_uint8_image(out)))
     if "image/png" in accept:
         return Response(png, media_type="image/png", headers=headers)
     timings = {"decode_ms": round(upload.decode_ms, 3), "compute_ms": round(compute_ms, 3),
