@@ -54,6 +54,7 @@ from .base import (
     get_method,
     register,
 )
+from .fastconv import packed_convolutions
 from .rules import rectifier_rule
 
 log = logging.getLogger(__name__)
@@ -658,8 +659,9 @@ class GuidedGradCAM(GradientMethod):
         rows = ctx.objective.rows
         assert rows is not None
         layer = ctx.layer
-        cam = get_method("gradcam").attribute(ctx.model, x, ClassTargets(indices=tuple(tuple(r) for r in rows)),
-                                              layer=layer)
+        with packed_convolutions():  # frozen CPU convolutions prepacked, as in the guided pass (.fastconv)
+            cam = get_method("gradcam").attribute(ctx.model, x, ClassTargets(indices=tuple(tuple(r) for r in rows)),
+                                                  layer=layer)
         n, t = signed.shape[:2]
         grid = torch.zeros(n, t, *cam.maps[0][0].shape, device=x.device, dtype=x.dtype)
         for i, maps in enumerate(cam.maps):

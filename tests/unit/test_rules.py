@@ -161,35 +161,85 @@ def test_the_plan_keeps_warning_about_functional_silu():
     assert rules._PLANS[model.module].functional is False
 
 
+class _Layers(nn.Module):
+    """``x -> l1 -> act -> l2``: the rule's effect on one activation module, to check by hand."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.l1, self.act, self.l2 = nn.Linear(6, 32), act, nn.Linear(32, 4)
+        with torch.no_grad():
+            self.l1.weight.mul_(8)  # pre-activations past the upper bounds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(self.act(self.l1(x)))
+
+
+@pytest.mark.parametrize("act", ["relu6", "hardtanh-0-2", "leaky", "prelu-negative", "relu-inplace", "relu"])
 @pytest.mark.parametrize("rule", ["guided", "deconvnet"])
-def test_bool_mask_path_equals_float_mask_path(rule, monkeypatch):
-    """Off CPU the guided mask is a bool tensor; both forms must give the same gradient."""
-    torch.manual_seed(4)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1),
-                        nn.LeakyReLU(0.1), nn.Conv2d(8, 8, 3, padding=1), nn.PReLU(8, init=-0.3),
-                        nn.Conv2d(8, 8, 3, padding=1), nn.Hardtanh(0.0, 2.0), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(8, 4)).eval().requires_grad_(False)
-    with torch.no_grad():
-        net[0].weight.mul_(6)  # pre-activations past 6, so the upper bounds matter
-    x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(0))
-    cls = net(x).argmax(1).tolist()
-    floats, _ = _grad(net, x, rule, cls)
-    monkeypatch.setattr(rules, "_float_mask", lambda t: False)
-    bools, _ = _grad(net, x, rule, cls)
-    torch.testing.assert_close(floats, bools, rtol=0, atol=0)
+def test_module_rules_by_hand_on_both_paths(act: str, rule: str):
+    """grad_in = W1^T [ rule(W2^T g) ], the guided mask from the pre-activation, for each module form;
+    on the first pass (the mode) and on later ones (hooks alone where the plan allows)."""
+    module = {"relu6": nn.ReLU6(), "hardtanh-0-2": nn.Hardtanh(0.0, 2.0), "leaky": nn.LeakyReLU(0.2),
+              "prelu-negative": nn.PReLU(32, init=-0.5), "relu-inplace": nn.ReLU(inplace=True),
+              "relu": nn.ReLU()}[act]
+    net = _Layers(module).eval().requires_grad_(False)
+    forget_plan(net)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    w = torch.randn(5, 4, generator=torch.Generator().manual_seed(2))
+    h = net.l1(x)
+    upper = {"relu6": 6.0, "hardtanh-0-2": 2.0}.get(act)
+    if upper is not None:
+        assert (h > upper).any()
+    passed = (h > 0) & (h < upper) if upper is not None else h > 0
+    upstream = (w @ net.l2.weight).clamp(min=0)
+    expected = ((upstream * passed) if rule == "guided" else upstream) @ net.l1.weight
+    for _ in range(3):
+        xg = x.clone().requires_grad_(True)
+        with rectifier_rule(net, rule) as warnings:
+            out = net(xg)
+        (g,) = torch.autograd.grad((out * w).sum(), xg)
+        torch.testing.assert_close(g, expected)
+        assert warnings == []
 
 
-@pytest.mark.parametrize("upper", [None, 6.0, 0.5])
-@pytest.mark.parametrize("nonneg", [True, False])
-def test_guided_mask_float_equals_bool(upper, nonneg, monkeypatch):
-    src = torch.tensor([-2.0, -0.0, 0.0, 1e-42, 0.3, 0.5, 5.9999995, 6.0, 7.0])
-    if nonneg:
-        src = src.clamp(min=0, max=upper) if upper is not None else src.clamp(min=0)
-    got = rules.guided_mask(src, upper, nonneg)
-    monkeypatch.setattr(rules, "_float_mask", lambda t: False)
-    expected = rules.guided_mask(src, upper, nonneg)
-    assert expected.dtype == torch.bool
-    assert torch.equal(got, expected.to(got.dtype))
+@pytest.mark.parametrize("act", [nn.ReLU, nn.ReLU6, nn.LeakyReLU])
+def test_guided_saves_what_the_plain_backward_saves(act):
+    """A later in-place change of a rectifier's output breaks the guided backward exactly where it
+    breaks the plain one (ReLU saves its output; ReLU6 and LeakyReLU their input)."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.act = nn.Linear(4, 4), act()
+
+        def forward(self, x):
+            y = self.act(self.lin(x))
+            y.mul_(2)  # in place, after the rectifier
+            return y.sum()
+
+    net = Scaled().requires_grad_(False)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+
+    def backward_fails(rule: str | None) -> bool:
+        xg = x.clone().requires_grad_(True)
+        try:
+            if rule is None:
+                out = net(xg)
+            else:
+                with rectifier_rule(net, rule):
+                    out = net(xg)
+            torch.autograd.grad(out, xg)
+        except RuntimeError as exc:
+            assert "inplace operation" in str(exc)
+            return True
+        return False
+
+    plain = backward_fails(None)
+    assert plain == (act is nn.ReLU)
+    for _ in range(2):  # the probing pass and the hook path
+        assert backward_fails("guided") == plain
+        assert not backward_fails("deconvnet")  # nothing saved
 
 
 # ---------------------------------------------------------------------------- prepacked convolutions
@@ -239,6 +289,7 @@ def test_prepacked_convolution_equals_conv2d(geometry):
     if cl:
         cl_ = torch.channels_last
         weight, x = weight.contiguous(memory_format=cl_), x.contiguous(memory_format=cl_)
+    weight = nn.Parameter(weight, requires_grad=False)  # only a model's own weights are packed
     xr = x.clone().requires_grad_(True)
     ref = F.conv2d(xr, weight, b, s, p, d, g)
     upstream = torch.randn(ref.shape, generator=gen)
@@ -258,13 +309,48 @@ def test_prepacked_convolution_equals_conv2d(geometry):
 def test_prepacked_convolution_declines_and_repacks():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(1, 4, 8, 8, generator=gen)
-    weight = torch.randn(4, 4, 3, 3, generator=gen)
-    assert fastconv.conv2d((x, weight.requires_grad_(True)), {}) is None  # trainable weights: not ours
+    assert fastconv.conv2d((x, torch.randn(4, 4, 3, 3)), {}) is None  # not a parameter: computed per call
+    weight = nn.Parameter(torch.randn(4, 4, 3, 3, generator=gen))
+    assert fastconv.conv2d((x, weight), {}) is None  # trainable weights: not ours
     weight.requires_grad_(False)
     assert fastconv.conv2d((x, weight, None, 1, "same"), {}) is None  # string padding
-    assert fastconv.conv2d((x.double(), weight.double()), {}) is None
+    assert fastconv.conv2d((x.double(), nn.Parameter(weight.double(), requires_grad=False)), {}) is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert fastconv.conv2d((x, weight), {}) is None  # autocast lowers the conv itself
     torch.testing.assert_close(fastconv.conv2d((x, weight, None, 1, 1), {}), F.conv2d(x, weight, None, 1, 1))
     weight.mul_(2)  # in place: the packed copy is stale and must be rebuilt
     torch.testing.assert_close(fastconv.conv2d((x, weight, None, 1, 1), {}), F.conv2d(x, weight, None, 1, 1))
+    weight.data = torch.randn(4, 4, 3, 3, generator=gen)  # swapped storage, same version (as module.to() does)
+    torch.testing.assert_close(fastconv.conv2d((x, weight, None, 1, 1), {}), F.conv2d(x, weight, None, 1, 1))
+
+
+def test_packed_convolutions_context_gives_the_same_gradcam():
+    model = tiny_model()
+    x = tiny_batch(2, model=model)
+    plain = get_method("gradcam").attribute(model, x, ClassTargets(top_k=2))
+    with fastconv.packed_convolutions():
+        packed = get_method("gradcam").attribute(model, x, ClassTargets(top_k=2))
+    assert not torch._C._is_torch_function_mode_enabled()
+    assert packed.targets == plain.targets
+    for a, b in zip(packed.maps, plain.maps, strict=True):
+        for ma, mb in zip(a, b, strict=True):
+            torch.testing.assert_close(ma, mb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not fastconv.available(), reason="no oneDNN in this torch build")
+def test_prepacked_backward_falls_back_to_aten(monkeypatch):
+    """Should oneDNN refuse a backward packing, the input gradient comes from aten's own backward."""
+    gen = torch.Generator().manual_seed(0)
+    weight = nn.Parameter(torch.randn(8, 4, 3, 3, generator=gen), requires_grad=False)
+    x = torch.randn(2, 4, 9, 9, generator=gen)
+
+    def refuse(self, grad, in_shape):
+        raise RuntimeError("no packing for this geometry")
+
+    monkeypatch.setattr(fastconv._Packed, "input_grad", refuse)
+    xr, xp = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref = F.conv2d(xr, weight, None, 2, 1)
+    with _ConvMode():
+        out = F.conv2d(xp, weight, None, 2, 1)
+    upstream = torch.randn(ref.shape, generator=gen)
+    torch.testing.assert_close(torch.autograd.grad(out, xp, upstream)[0], torch.autograd.grad(ref, xr, upstream)[0])
