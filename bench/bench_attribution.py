@@ -3,7 +3,7 @@
 Prints a markdown table of medians and ratios (peer time / our time: above 1 means we are
 faster) and the correlation of our map with the peer's where both compute the same quantity.
 
-    .venv/bin/python bench/bench_attribution.py [--repeats 5] [--only gradcam,saliency] [--http]
+    .venv/bin/python bench/bench_attribution.py [--repeats 5] [--only gradcam,saliency] [--http] [--readme]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import as_map, correlation, interleaved, table  # noqa: E402
+from bench.readme import write_block  # noqa: E402
 from cnnviz.attribution import METHODS, ClassTargets, get_method  # noqa: E402
 from cnnviz.models import Catalog  # noqa: E402
 
@@ -115,7 +116,8 @@ OURS: dict[str, tuple[str, str | None, dict[str, object]]] = {
     "deconvnet": ("deconvnet", None, {"reduce": "sum"}),
     "input_x_gradient": ("input_x_gradient", None, {"reduce": "sum"}),
     "guided_gradcam": ("guided_gradcam", None, {"reduce": "sum"}),
-    "integrated_gradients": ("integrated_gradients", None, {"steps": 32, "baseline": "black", "reduce": "sum"}),
+    "integrated_gradients": ("integrated_gradients", None, {"steps": 32, "baseline": "black", "reduce": "sum",
+                                                            "adaptive": False}),  # equal work: 32 points each
     "occlusion": ("occlusion", None, {"window": 32, "stride": 16, "fill": "mean"}),
 }
 # captum's GuidedBackprop/Deconvolution/GuidedGradCam override only nn.ReLU modules; EfficientNet-Lite
@@ -252,6 +254,7 @@ def main() -> None:
     parser.add_argument("--only", type=lambda s: set(s.split(",")), default=None)
     parser.add_argument("--http", action="store_true", help="also time the HTTP round trip")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--readme", action="store_true", help="rewrite the README's attribution block")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 @224, chelsea", "",
@@ -260,6 +263,8 @@ def main() -> None:
     if args.http:
         out += ["", bench_http(args)]
     sys.stdout.write("\n".join(out) + "\n")
+    if args.readme:
+        write_block("attribution", "\n".join(out))
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def http_rows(base: str, jpeg: bytes, model: LoadedModel, x: torch.Tensor, targe
 
         fns = {"predict": predict, "forward": forward, "gradcam": gradcam_png, "captum": captum_gradcam,
                "ours gradcam": _ours(model, x, target, "gradcam")}
-        t = interleaved(fns, repeats=repeats * 3, warmup=5, gap_s=0.05)
+        t = interleaved(fns, repeats=repeats * 3, warmup=5)
     p, g = t["predict"] / t["forward"], t["gradcam"] / t["captum"]
     return [
         Row("predict over HTTP vs one in-process forward", _ms(t["predict"]), _ms(t["forward"]), p, "<= 1.2x",

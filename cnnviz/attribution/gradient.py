@@ -29,7 +29,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
@@ -246,7 +247,8 @@ def input_gradients(objective: Objective, x: torch.Tensor, img: torch.Tensor,
     ``arange(N)``), and its outputs are appended to ``out_sink`` for reporting scores.
     """
     xg = x.detach().requires_grad_(True)
-    ctx = rectifier_rule(objective.model.module, rule) if rule else nullcontext([])
+    # Without a rule, frozen CPU convolutions still run prepacked (.fastconv; the rule context does it itself).
+    ctx = rectifier_rule(objective.model.module, rule) if rule else _packed_plain()
     with torch.enable_grad():
         with ctx as rule_warnings:
             out = objective.outputs(xg)
@@ -263,6 +265,12 @@ def input_gradients(objective: Objective, x: torch.Tensor, img: torch.Tensor,
             (g,) = torch.autograd.grad(picked[:, t].sum(), xg, retain_graph=t < n_t - 1)
             grads.append(g)
     return torch.stack(grads, 1)
+
+
+@contextmanager
+def _packed_plain() -> Iterator[list[str]]:
+    with packed_convolutions():
+        yield []
 
 
 def reduce_channels(a: torch.Tensor, how: str) -> torch.Tensor:
