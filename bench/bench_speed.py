@@ -288,7 +288,8 @@ def main() -> None:
     servers, bases = [], {}
     try:
         if only & {"http", "concurrency"}:
-            for mode, env in {"on": {}, "off": {"CNNVIZ_BATCH_MAX_IMAGES": "1"}}.items():
+            modes = {"on": {}, "off": {"CNNVIZ_BATCH_MAX_IMAGES": "1"}} if "concurrency" in only else {"on": {}}
+            for mode, env in modes.items():
                 port = _port()
                 servers.append(_serve(port, env))
                 bases[mode] = f"http://127.0.0.1:{port}"

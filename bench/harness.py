@@ -34,22 +34,14 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, min
     return Timing(getattr(fn, "__name__", "fn"), statistics.median(times), len(times))
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
-                gap_s: float = 0.0) -> dict[str, float]:
-    """Median seconds per function, running them round-robin so machine noise hits all alike.
-
-    ``gap_s`` idles (untimed) before each call: where the callables run in different processes
-    (an API server and in-process peers), the previous call's OpenMP threads spin for a while
-    after it returns, and without a gap they steal cores from the next call in the other process.
-    """
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per function, running them round-robin so machine noise hits all alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            if gap_s:
-                time.sleep(gap_s)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
