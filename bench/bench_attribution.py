@@ -159,22 +159,11 @@ def bench_methods(args: argparse.Namespace) -> str:
 def bench_relu_net(args: argparse.Namespace) -> str:
     """Rectifier rules where captum applies them too: a ResNet-18 (nn.ReLU modules), seeded weights."""
     import captum.attr as ca
-    import torchvision
 
-    from cnnviz.models import LoadedModel, ModelSpec, Preprocessing, default_target_layer, layer_table
+    from bench.bench_speed import relu_resnet18
 
-    torch.manual_seed(0)
-    net = torchvision.models.resnet18()
-    for m in net.modules():
-        if isinstance(m, torch.nn.ReLU):
-            m.inplace = False
-    net.eval()
-    peer = copy.deepcopy(net)
-    net.requires_grad_(False).to(memory_format=torch.channels_last)
-    table_ = layer_table(net, 224)
-    spec = ModelSpec(name="resnet18-seeded", arch="resnet18", weights="")
-    model = LoadedModel(spec, net, Preprocessing(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-                        tuple(str(i) for i in range(1000)), table_, default_target_layer(table_), torch.device("cpu"))
+    model, peer = relu_resnet18()
+    net = model.module
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         target = int(net(x).argmax())

@@ -71,6 +71,18 @@ def _wait_up(base: str, jpeg: bytes, timeout: float = 180) -> None:
     raise RuntimeError(f"{base} did not come up")
 
 
+def serve_modes(modes: dict[str, dict[str, str]], jpeg: bytes, servers: list[subprocess.Popen]) -> dict[str, str]:
+    """One API process per mode (its extra environment), warmed; appended to ``servers`` as they start."""
+    bases = {}
+    for name, env in modes.items():
+        port = _port()
+        servers.append(_serve(port, env))
+        bases[name] = f"http://127.0.0.1:{port}"
+    for base in bases.values():
+        _wait_up(base, jpeg)
+    return bases
+
+
 def _one(client: httpx.Client, jpeg: bytes) -> float:
     t = time.perf_counter()
     r = client.post(URL, files={"image": ("chelsea.jpg", jpeg, "image/jpeg")}, headers={"Accept": "image/png"})
@@ -120,14 +132,9 @@ def main() -> None:
                            "CNNVIZ_TORCH_THREADS": str(os.cpu_count() or 1)},
              "on-1-slot": {"CNNVIZ_BATCH_MAX_IMAGES": "8", "CNNVIZ_INLINE_SLOTS": "1"}}
     modes = {m: modes[m] for m in args.modes.split(",")}
-    servers, bases = [], {}
+    servers: list[subprocess.Popen] = []
     try:
-        for name, env in modes.items():
-            port = _port()
-            servers.append(_serve(port, env))
-            bases[name] = f"http://127.0.0.1:{port}"
-        for base in bases.values():
-            _wait_up(base, jpeg)
+        bases = serve_modes(modes, jpeg, servers)
         acc: dict[tuple[str, int], list] = {(m, c): [0, [], 0.0] for m in modes for c in counts}
         for _ in range(args.rounds):
             for c in counts:

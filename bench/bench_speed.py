@@ -30,6 +30,7 @@ import io
 import logging
 import os
 import statistics
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_batching import _load, _port, _serve, _wait_up  # noqa: E402
+from bench.bench_batching import _load, serve_modes  # noqa: E402
 from bench.bench_occlusion import callables as occlusion_callables  # noqa: E402
 from bench.harness import correlation, interleaved, table  # noqa: E402
 from bench.readme import write_block  # noqa: E402
@@ -285,16 +286,12 @@ def main() -> None:
     with torch.no_grad():
         target = int(model.module(x).argmax())
     rows: list[Row] = []
-    servers, bases = [], {}
+    servers: list[subprocess.Popen] = []
+    bases: dict[str, str] = {}
     try:
         if only & {"http", "concurrency"}:
             modes = {"on": {}, "off": {"CNNVIZ_BATCH_MAX_IMAGES": "1"}} if "concurrency" in only else {"on": {}}
-            for mode, env in modes.items():
-                port = _port()
-                servers.append(_serve(port, env))
-                bases[mode] = f"http://127.0.0.1:{port}"
-            for base in bases.values():
-                _wait_up(base, jpeg)
+            bases = serve_modes(modes, jpeg, servers)
         if "http" in only:
             rows += http_rows(bases["on"], jpeg, model, x, target, args.repeats)
         if "occlusion" in only:

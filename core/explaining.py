@@ -385,11 +385,17 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     ms = {k: v * 1000 for k, v in spent.items()}
     return ExplainResponse(
         model=model.name, method=method, layer=result.layer, input_size=(size, size), images=out_images,
-        warnings=result.warnings, precision=result.extras.get("precision", "fp32"),
+        warnings=result.warnings, precision=result.extras.get("precision", "fp32"), details=_details(result),
         timings=Timings(decode_ms=decode_ms, preprocess_ms=(t1 - t0) * 1000, compute_ms=(t2 - t1) * 1000,
                         localization_ms=ms["localization"], faithfulness_ms=ms["faithfulness"],
                         render_ms=ms["render"] + (t3 - t2) * 1000 - sum(ms.values()), encode_ms=ms["encode"],
                         total_ms=decode_ms + (t3 - t0) * 1000))
+
+
+def _details(result: Explanation) -> dict[str, str | int | float | bool]:
+    """The engine's scalar extras (per-image lists such as completeness have their own fields)."""
+    return {k: v for k, v in result.extras.items()
+            if k != "precision" and isinstance(v, (str, int, float, bool))}
 
 
 GRID_TILE_SIDE = 512  # a multi-map PNG draws each overlay at most this long side

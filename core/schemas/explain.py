@@ -287,4 +287,7 @@ class ExplainResponse(BaseModel):
     precision: PrecisionName = Field(  # type: ignore[valid-type]
         "fp32", description="the precision the forward passes ran in: the one asked, or fp32 where the method "
         "declines it (warnings say why)")
+    details: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="what the method reports about its run, for example occlusion's "
+        "window, stride, windows and engine (incremental or full)")
     timings: Timings

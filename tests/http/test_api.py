@@ -262,6 +262,16 @@ def test_stride_over_window_is_rejected(client, chelsea_jpeg):
     problem(post(client, f"{URL}/explain/occlusion", [chelsea_jpeg], {"window": 8, "stride": 16}), 422, "bad-parameter")
 
 
+@pytest.mark.parametrize("engine", ["auto", "full"])
+def test_occlusion_answer_says_which_engine_ran(client, chelsea_jpeg, engine):
+    r = post(client, f"{URL}/explain/occlusion", [chelsea_jpeg],
+             {"window": 112, "stride": 112, "resolution": 224, "engine": engine})
+    assert r.status_code == 200, r.text
+    d = r.json()["details"]
+    assert d["engine"] == ("incremental" if engine == "auto" else "full")
+    assert (d["window"], d["stride"], d["windows"]) == (112, 112, 4)
+
+
 def test_output_size_is_bounded(client, chelsea_jpeg):
     problem(post(client, f"{URL}/explain/gradcam", [chelsea_jpeg], {"output": {"size": [8192, 8192]}}), 422,
             "invalid-parameters")
