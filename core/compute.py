@@ -21,6 +21,12 @@ cores, 4 lanes of 4 on 16). Concurrent requests then queue for a lane and are ba
 
 The main thread must not compute either: models are loaded on a lane too (``run``), since the
 main thread lives as long as the process and its team would count for ever.
+
+A torch call that slips out of the lanes still must not build a team, so once its lanes run, a
+:class:`ComputeLanes` makes one intra-op thread the default of every thread started after it
+(:func:`single_threaded_default`). This was found the hard way: a contiguous copy before PNG
+encoding ran in the request's pool thread, its team of two joined the lane's, and every later
+forward in the process took 37 ms instead of 16.
 """
 
 from __future__ import annotations
@@ -83,11 +89,21 @@ class ComputeLanes:
         self.lanes, self.threads = (lanes, threads) if lanes and threads else lane_shape(lanes, threads)
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="cnnviz-compute", initializer=self._enter)
+        self._start_all()
         log.info("compute: %d lane(s) x %d torch thread(s)", self.lanes, self.threads)
 
     def _enter(self) -> None:
         self._local.lane = True
         torch.set_num_threads(self.threads)
+        torch.get_num_threads()  # torch reads its default into a thread lazily: fix this lane's count now
+
+    def _start_all(self) -> None:
+        """Start every lane now (the pool would add them one by one under load), then lower the default."""
+        torch.get_num_threads()  # the calling thread keeps the count it has
+        barrier = threading.Barrier(self.lanes)
+        for done in [self._pool.submit(barrier.wait, 60) for _ in range(self.lanes)]:
+            done.result()
+        single_threaded_default()
 
     @property
     def on_lane(self) -> bool:
@@ -104,6 +120,18 @@ class ComputeLanes:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def single_threaded_default() -> None:
+    """One torch intra-op thread for every thread that has not computed yet, lanes and caller kept.
+
+    ``torch.set_num_threads`` sets the calling thread's OpenMP count and the process default that
+    each new thread takes on its first torch call; called from a throwaway thread, it changes only
+    the default. A thread out of the lanes then computes alone instead of starting a team.
+    """
+    t = threading.Thread(target=torch.set_num_threads, args=(1,), name="cnnviz-thread-default")
+    t.start()
+    t.join()
 
 
 _SHARED: dict[tuple[int, int], ComputeLanes] = {}

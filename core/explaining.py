@@ -419,8 +419,8 @@ def png_answer(model: LoadedModel, method: str, images: list[DecodedImage],
     tiles = [f"{i}:{e.target.index}:{_header_text(e.target.label or '')}" for i, e, _ in kept]
     headers = {"X-Cnnviz-Model": resp.model, "X-Cnnviz-Method": method, "X-Cnnviz-Layer": resp.layer or "",
                "X-Cnnviz-Tiles": ",".join(tiles), "X-Cnnviz-Precision": resp.precision}
-    if len(kept) == 1:
-        return encode_png(kept[0][2].cpu()), headers
+    if len(kept) == 1:  # on the lane too: making the overlay contiguous is a parallel torch copy
+        return lane(lambda: encode_png(kept[0][2].cpu())), headers
     return lane(_grid_png, kept, resp, title), headers
 
 

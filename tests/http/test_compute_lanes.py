@@ -2,15 +2,21 @@
 
 The reason (core/compute.py): each thread that runs torch keeps its own OpenMP team, and once the
 teams outnumber the cores every kernel waits on a futex; a server that computed in its 40 pool
-threads ran a forward at half speed. A forward hook records the thread each forward runs in.
+threads ran a forward at half speed. A forward hook records the thread each forward runs in, and
+a count of the process's native threads catches any other parallel kernel (a contiguous copy
+before PNG encoding once made every later forward 2.3x slower): a new OpenMP team is new threads.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -28,7 +34,9 @@ def threads_seen(catalog):
 
 @pytest.fixture(scope="module")
 def client(catalog):
-    return TestClient(create_app(Settings(preload_models=False), catalog=catalog))
+    # Entered: one event loop and thread pool for the module, so no thread is starting or ending between counts.
+    with TestClient(create_app(Settings(preload_models=False), catalog=catalog)) as c:
+        yield c
 
 
 def _post(client, url, jpeg, params=None, accept=None):
@@ -48,3 +56,54 @@ def test_forwards_run_on_a_compute_lane(client, chelsea_jpeg, threads_seen, rout
     _post(client, f"/v1/{route}", chelsea_jpeg, params, accept)
     assert threads_seen, "the route ran no forward pass"
     assert all(name.startswith("cnnviz-compute") for name in threads_seen), threads_seen
+
+
+def _native_threads() -> set[str]:
+    """The process's threads that Python did not start (OpenMP's, BLAS's, torch's own)."""
+    python = {str(t.native_id) for t in threading.enumerate()}
+    return set(os.listdir("/proc/self/task")) - python
+
+
+def _default_threads(n: int) -> None:
+    """Set the torch thread count new threads take, leaving this thread's (see core/compute.py)."""
+    t = threading.Thread(target=torch.set_num_threads, args=(n,))
+    t.start()
+    t.join()
+
+
+@pytest.fixture
+def teams_allowed(catalog):
+    """A fresh app whose new threads would start OpenMP teams of two: without the lanes' single-thread
+    default, so that any torch kernel run out of a lane shows as new native threads."""
+    _default_threads(2)
+    try:
+        with TestClient(create_app(Settings(preload_models=False), catalog=catalog)) as c:
+            c.app.state.lanes.run(lambda: torch.ones(1 << 20).add_(1))  # the lane's own team, made before counting
+            yield c
+    finally:
+        _default_threads(1)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
+@pytest.mark.parametrize("route,params,accept", [
+    ("models/efficientnet-lite0/predict", {"top_k": 3}, None),
+    ("models/efficientnet-lite0/explain/gradcam", {"resolution": 96}, None),
+    ("models/efficientnet-lite0/explain/gradcam", {"resolution": 96}, "image/png"),
+    ("models/efficientnet-lite0/explain/saliency", {"resolution": 96, "top_k": 2}, "image/png"),
+    ("models/efficientnet-lite0/explain/occlusion", {"resolution": 64, "window": 32, "stride": 32}, "image/png"),
+    ("models/efficientnet-lite0/inspect/activations", {"layer": "_blocks.2"}, "image/png"),
+])
+def test_no_request_runs_a_parallel_kernel_outside_the_lanes(teams_allowed, chelsea_jpeg, route, params, accept):
+    before = _native_threads()
+    for _ in range(2):
+        _post(teams_allowed, f"/v1/{route}", chelsea_jpeg, params, accept)
+    assert _native_threads() <= before, "a request ran a parallel torch kernel outside the compute lanes"
+
+
+def test_threads_outside_the_lanes_compute_alone(client):
+    """The safety net: a torch call that slips out of the lanes runs on one thread and builds no team."""
+    lanes = client.app.state.lanes
+    assert lanes.run(torch.get_num_threads) == lanes.threads
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(torch.get_num_threads).result() == 1
+    assert client.portal.call(anyio.to_thread.run_sync, torch.get_num_threads) == 1  # the server's own pool
