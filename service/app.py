@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI
 
 from cnnviz.models import Catalog
 from core.batching import ExplainBatcher
+from core.compiled import CompiledForwards
 from core.compute import shared_lanes
 from core.jobtypes import JOB_REQUEST, JOB_REQUESTS
 from core.schemas.collections import CollectionParams, IdentifyParams
@@ -58,6 +59,9 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.state.settings = settings
     app.state.catalog = catalog
     app.state.lanes = lanes
+    app.state.compiled = CompiledForwards(settings.compile_predict, lanes.threads)
+    if settings.preload_models:
+        app.state.compiled.ensure(catalog.get(catalog.default))  # loaded above: starts its compile in the background
     app.state.batcher = ExplainBatcher(settings.batch_wait_ms / 1000, settings.batch_max_images,
                                        lanes.lanes, settings.inline_max_requests,
                                        settings.inline_retry_after_s, on_batch=explain.observe_batch, run=lanes.run)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request
 
 from cnnviz.models import Catalog, LoadedModel
+from core.compiled import CompiledForwards
 from core.compute import ComputeLanes
 from core.errors import NotFound, jobs_unavailable
 from core.jobtypes import SubmitContext, lookup_model
@@ -36,6 +37,10 @@ async def get_principal(request: Request) -> Principal:
 
 async def get_lanes(request: Request) -> ComputeLanes:
     return request.app.state.lanes
+
+
+async def get_compiled(request: Request) -> CompiledForwards:
+    return request.app.state.compiled
 
 
 async def get_model(catalog: Annotated[Catalog, Depends(get_catalog)],
@@ -64,6 +69,7 @@ CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 LanesDep = Annotated[ComputeLanes, Depends(get_lanes)]
+CompiledDep = Annotated[CompiledForwards, Depends(get_compiled)]
 JobsDep = Annotated[JobClient, Depends(get_jobs)]
 
 

@@ -6,12 +6,13 @@ entry has checked and priced the request (:meth:`core.jobtypes.JobType.check`).
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
+import numpy as np
 from fastapi import Response
 from starlette.concurrency import run_in_threadpool
 
+from cnnviz.render import png_from_array
 from core.errors import Invalid, TooLarge
 from core.imaging import DecodedImage
 from core.jobtypes import Prepared
@@ -22,9 +23,7 @@ from service.settings import Settings
 
 def stored_png(d: DecodedImage) -> bytes:
     """Inputs are stored as lossless PNG of the decoded, EXIF-oriented RGB image the API validated."""
-    buf = io.BytesIO()
-    d.image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return png_from_array(np.asarray(d.image))
 
 
 def accepted(rec: dict[str, Any], created: bool) -> Response:

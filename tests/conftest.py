@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from PIL import Image
 
 # Two cores: keep torch from oversubscribing when tests start threads of their own.
 torch.set_num_threads(2)
+# Apps built by tests do not compile predict forwards in the background (tests/unit/test_compiled.py does).
+os.environ.setdefault("CNNVIZ_COMPILE_PREDICT", "false")
 
 
 def encode(arr: np.ndarray, fmt: str = "JPEG") -> bytes:

@@ -40,6 +40,8 @@ class Preprocessing:
         return x * std + mean
 
     def _resize(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x  # every mode is the identity at the same size (bit for bit); skip the kernel
         mode = self.interpolation
         if mode in ("bilinear", "bicubic"):
             return F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
@@ -63,7 +65,10 @@ class Preprocessing:
             x = x[..., top:top + size, left:left + size]
         else:
             x = self._resize(x, (size, size))
-        return x[0].clamp_(0.0, 1.0)
+        out = x[0]
+        # In place only on a tensor of our own: an image already at the size comes back as a view of it.
+        shared = out.untyped_storage().data_ptr() == image.untyped_storage().data_ptr()
+        return out.clamp(0.0, 1.0) if shared else out.clamp_(0.0, 1.0)
 
     def batch(self, images: list[torch.Tensor], size: int | None = None, mode: ResizeMode | None = None,
               device: torch.device | str = "cpu") -> torch.Tensor:

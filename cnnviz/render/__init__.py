@@ -39,7 +39,15 @@ from cnnviz.render.kinds import (
     scale_map,
 )
 from cnnviz.render.overlay import NormalizeMode, draw_boxes, normalize_map, overlay, resize_map
-from cnnviz.render.png import IMAGE_FORMATS, encode_image, encode_jpeg, encode_png, png_base64, to_uint8_image
+from cnnviz.render.png import (
+    IMAGE_FORMATS,
+    encode_image,
+    encode_jpeg,
+    encode_png,
+    png_base64,
+    png_from_array,
+    to_uint8_image,
+)
 
 __all__ = [
     "COLORMAPS",
@@ -82,6 +90,7 @@ __all__ = [
     "outline",
     "overlay",
     "png_base64",
+    "png_from_array",
     "region_mask",
     "render_map",
     "resize_map",

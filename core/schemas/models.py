@@ -42,6 +42,10 @@ class ModelDetail(ModelSummary):
     head: Literal["softmax", "sigmoid"] = "softmax"
     gradients: bool = Field(True, description="false: only gradient-free methods answer")
     methods: list[str] = Field(default_factory=list, description="explanation methods available for this model")
+    compiled: Literal["off", "compiling", "ready", "failed"] = Field(
+        "off", description="predict's compiled forward (one image at the input size): off, compiling in the "
+                           "background, ready, or failed (predict stays eager)")
+    compiled_reason: str = Field("", description="why it is in that state")
 
 
 class ModelList(BaseModel):
@@ -76,4 +80,6 @@ class PredictResponse(BaseModel):
     model: str
     input_size: tuple[int, int]
     images: list[ImagePredictions]
+    forward: Literal["compiled", "eager"] = Field("eager", description="the forward pass that ran: the model's "
+                                                 "compiled one (see GET /v1/models/{model}) or the eager module")
     timings: dict[str, float]

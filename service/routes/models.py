@@ -21,7 +21,7 @@ from core.schemas.models import (
     PredictResponse,
 )
 from core.validation import validate_params
-from service.deps import CatalogDep, LanesDep, ModelDep, SettingsDep
+from service.deps import CatalogDep, CompiledDep, LanesDep, ModelDep, SettingsDep
 from service.openapi_parts import PROBLEM_RESPONSES, upload_body
 from service.uploads import read_upload
 
@@ -43,37 +43,42 @@ def list_models(catalog: CatalogDep) -> ModelList:
 
 @router.get("/{model}", response_model=ModelDetail, responses=PROBLEM_RESPONSES,
             summary="Input size, labels, layers with output shapes, default target layer")
-def model_detail(model: ModelDep, catalog: CatalogDep) -> ModelDetail:
+def model_detail(model: ModelDep, catalog: CatalogDep, compiled: CompiledDep) -> ModelDetail:
     s = _summary(catalog, model.name)
+    state, reason = compiled.state(model)
     return ModelDetail(
         **s.model_dump(), mean=model.spec.mean, std=model.spec.std, default_layer=model.default_layer,
         layers=[LayerOut(name=li.name, kind=li.kind, output_shape=list(li.output_shape) if li.output_shape else None,
                          spatial=li.spatial, grid=li.grid, usable_by=li.usable_by(model.gradients))
                 for li in model.layers],
         labels=list(model.labels), head=model.head, gradients=model.gradients,
-        methods=sorted(name for name, m in METHODS.items() if m.unavailable(model) is None))
+        methods=sorted(name for name, m in METHODS.items() if m.unavailable(model) is None),
+        compiled=state, compiled_reason=reason)
 
 
 @router.post("/{model}/predict", response_model=PredictResponse, responses=PROBLEM_RESPONSES,
              openapi_extra=upload_body("#/components/schemas/PredictParams", max_images=16),
              summary="Top-k classes per image")
-async def predict(request: Request, model: ModelDep, settings: SettingsDep, lanes: LanesDep) -> Response:
+async def predict(request: Request, model: ModelDep, settings: SettingsDep, lanes: LanesDep,
+                  compiled: CompiledDep) -> Response:
     # Classification needs the network input only (resolution <= 1024): decode at most that large.
     upload = await read_upload(request, settings, max_side=min(settings.max_decode_side, PREDICT_DECODE_SIDE))
     params = validate_params(PredictParams, upload.params)
     t0 = time.perf_counter()
     size = params.resolution or model.preprocessing.input_size
 
-    def compute() -> list[list[Prediction]]:
+    compiled.ensure(model)  # the first predict of a model starts its background compile (core/compiled.py)
+
+    def compute() -> tuple[list[list[Prediction]], str]:
         # On a compute lane (core/compute.py); each image is fitted to the network input at once, so only one
-        # full-size float tensor exists at a time (fitting again in predict_images is the identity).
+        # full-size float tensor exists at a time (fitting again in predict_images skips the resize).
         prep = model.preprocessing
         tensors = [prep.fit(image_to_tensor(d.image), size, params.resize) for d in upload.images]
-        return predict_images(model, tensors, params)
+        return predict_images(model, tensors, params, compiled.forward)
 
-    preds = await lanes.arun(compute)
+    preds, ran = await lanes.arun(compute)
     answer = PredictResponse(
-        model=model.name, input_size=(size, size),
+        model=model.name, input_size=(size, size), forward=ran,
         images=[ImagePredictions(index=i, width=d.width, height=d.height, predictions=p)
                 for i, (d, p) in enumerate(zip(upload.images, preds, strict=True))],
         timings={"decode_ms": upload.decode_ms, "compute_ms": (time.perf_counter() - t0) * 1000})

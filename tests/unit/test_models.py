@@ -118,3 +118,22 @@ def test_preprocessing_stretch_and_crop():
     assert prep.fit(img, 48, "center-crop").shape == (3, 48, 48)
     x = prep.batch([img, img], device="cpu")
     assert torch.allclose(prep.denormalize(x)[0], prep.fit(img), atol=1e-6)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
+def test_fit_at_the_same_size_is_the_resize_it_skips(interpolation):
+    """An image already at the network size skips the resize kernel: the answer is the kernel's, bit for
+    bit, and the caller's tensor (here with values out of [0, 1]) is not clamped in place."""
+    import torch.nn.functional as F
+
+    prep = Preprocessing(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), interpolation=interpolation)
+    img = torch.rand(3, 32, 32) * 1.4 - 0.2
+    kept = img.clone()
+    kw = {"antialias": True, "align_corners": False} if interpolation != "nearest" else {}
+    assert torch.equal(prep.fit(img), F.interpolate(img[None], size=(32, 32), mode=interpolation, **kw)[0].clamp(0, 1))
+    assert torch.equal(img, kept)
+    wide = torch.rand(3, 32, 40) * 1.4 - 0.2  # center-crop: the short side is already the crop's
+    kept = wide.clone()
+    prep_crop = Preprocessing(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), crop_fraction=1.0, interpolation=interpolation)
+    assert torch.equal(prep_crop.fit(wide, mode="center-crop"), wide[:, :, 4:36].clamp(0, 1))
+    assert torch.equal(wide, kept)
