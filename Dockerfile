@@ -19,7 +19,10 @@ RUN if ! command -v python3.11 >/dev/null 2>&1; then \
         apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3-pip \
         && ln -sf /usr/bin/python3.11 /usr/local/bin/python && rm -rf /var/lib/apt/lists/*; \
     fi \
+    && apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/* \
     && python -m venv /opt/venv
+# g++: predict's compiled forward (core/compiled.py) generates C++ kernels; keep Inductor's cache on a volume
+# (TORCHINDUCTOR_CACHE_DIR) so that a restart compiles in seconds.
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app

@@ -64,6 +64,10 @@ def _wait_up(base: str, jpeg: bytes, timeout: float = 180) -> None:
             if httpx.get(base + "/healthz", timeout=2).status_code == 200:
                 for _ in range(5):  # warm: first-call allocations, lazy imports
                     _one(httpx.Client(base_url=base, timeout=60), jpeg)
+                # predict's compiled forward builds in the background (core/compiled.py): measure it once ready
+                while time.time() - t0 < timeout and httpx.get(
+                        base + URL.rsplit("/explain", 1)[0], timeout=5).json().get("compiled") == "compiling":
+                    time.sleep(1)
                 return
         except httpx.TransportError:
             pass

@@ -142,7 +142,7 @@ def test_killed_worker_job_is_retried_on_another_worker(scale: Stack, logs_on_fa
     on the other worker within ~10 s of the kill, and succeeds."""
     _two_workers(scale)
     with _client(scale, KEYS[0]) as api:
-        r = submit(api, dream(steps=40, size=64))
+        r = submit(api, dream(steps=400, size=96))  # long enough to be caught running and killed mid-run
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         first = wait_status(api, job_id, lambda b: b["status"] == "running" and b["progress"]["step"] >= 1,
