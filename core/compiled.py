@@ -10,8 +10,9 @@ differentiate, which a frozen graph cannot.
 How, so that no request ever waits for a compiler:
 
 - a model's compile starts on its first predict (the default model's at start-up when models are
-  preloaded) in a background thread; it takes 25-40 s cold on 2 cores, 8 s with Inductor's cache
-  warm (``TORCHINDUCTOR_CACHE_DIR``; keep it on a volume to keep restarts warm);
+  preloaded) in a background thread; it took about 26 s cold on these 2 cores and 8-12 s with
+  Inductor's cache warm (``TORCHINDUCTOR_CACHE_DIR``; keep it on a volume to keep restarts warm),
+  and while it runs it shares the cores with the lanes, whose requests are slower meanwhile;
 - until it is ready, and for every input it was not compiled for, predict runs the eager forward;
   the compiled one serves exactly one image at the model's input size, float32, on the CPU, so
   nothing ever recompiles on a request;
@@ -32,18 +33,19 @@ import copy
 import logging
 import shutil
 import threading
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
 
 import torch
 
 from cnnviz.models import LoadedModel
 from core.compute import single_threaded_default
+from core.predicting import eager_forward
+from core.schemas.models import CompileState, ForwardKind
 
 log = logging.getLogger(__name__)
 
-CompileState = Literal["off", "compiling", "ready", "failed"]
 AGREEMENT_RTOL = 1e-3  # compiled logits within this fraction of the eager logits' largest magnitude
 
 
@@ -53,7 +55,7 @@ class _Compiled:
     reason: str = ""
     shape: tuple[int, ...] | None = None
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-    done: threading.Event | None = None
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 def compiler_missing() -> str | None:
@@ -74,10 +76,11 @@ class CompiledForwards:
         self.off_reason = missing or compiler_missing()
         self._lock = threading.Lock()
         self._one_compile = threading.Lock()  # Inductor's config is global: one compile at a time
-        self._models: dict[int, _Compiled] = {}
+        # Keyed by the module itself, weakly: an unloaded model takes its compiled copy with it.
+        self._models: weakref.WeakKeyDictionary[torch.nn.Module, _Compiled] = weakref.WeakKeyDictionary()
 
     def _entry(self, model: LoadedModel) -> _Compiled | None:
-        return self._models.get(id(model.module))
+        return self._models.get(model.module)
 
     def state(self, model: LoadedModel) -> tuple[CompileState, str]:
         """(state, reason): ``off`` until a compile starts, and for good where it cannot."""
@@ -103,19 +106,18 @@ class CompiledForwards:
         with self._lock:
             if self._entry(model) is not None:
                 return
-            entry = _Compiled("compiling", "compiling in the background; predict runs eager meanwhile",
-                              done=threading.Event())
-            self._models[id(model.module)] = entry
+            entry = _Compiled("compiling", "compiling in the background; predict runs eager meanwhile")
+            self._models[model.module] = entry
         threading.Thread(target=self._compile, args=(model, entry), name="cnnviz-compile", daemon=True).start()
 
     def wait(self, model: LoadedModel, timeout: float | None = None) -> CompileState:
         """Block until the model's compile has finished (tests, benchmarks); its state."""
         e = self._entry(model)
-        if e is not None and e.done is not None:
+        if e is not None:
             e.done.wait(timeout)
         return self.state(model)[0]
 
-    def forward(self, model: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+    def forward(self, model: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, ForwardKind]:
         """Logits for ``x`` and which forward ran (``compiled`` or ``eager``).
 
         The compiled one only where every guard it was compiled under holds (shape, dtype, device,
@@ -127,8 +129,7 @@ class CompiledForwards:
                 and not x.requires_grad):
             with torch.no_grad():
                 return e.fn(x), "compiled"
-        with torch.inference_mode():
-            return model.module(x), "eager"
+        return eager_forward(model, x)
 
     def _compile(self, model: LoadedModel, entry: _Compiled) -> None:
         # This thread's kernels run at the lanes' width (Inductor reads the count when it generates
@@ -145,7 +146,6 @@ class CompiledForwards:
             entry.state, entry.reason = "failed", f"{type(exc).__name__}: {str(exc)[:300]}"
             log.warning("compiling the predict forward of %s failed; it stays eager: %s", model.name, entry.reason)
         finally:
-            assert entry.done is not None
             entry.done.set()
 
     @staticmethod

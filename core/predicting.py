@@ -7,19 +7,19 @@ from collections.abc import Callable
 import torch
 
 from cnnviz.models import LoadedModel
-from core.schemas.models import Prediction, PredictParams
+from core.schemas.models import ForwardKind, Prediction, PredictParams
 
-Forward = Callable[[LoadedModel, torch.Tensor], tuple[torch.Tensor, str]]
+Forward = Callable[[LoadedModel, torch.Tensor], tuple[torch.Tensor, ForwardKind]]
 """(model, batch) -> (logits, which forward ran): :meth:`core.compiled.CompiledForwards.forward`."""
 
 
-def eager_forward(model: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+def eager_forward(model: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, ForwardKind]:
     with torch.inference_mode():
         return model.module(x), "eager"
 
 
 def predict_images(model: LoadedModel, tensors: list[torch.Tensor], params: PredictParams,
-                   forward: Forward = eager_forward) -> tuple[list[list[Prediction]], str]:
+                   forward: Forward = eager_forward) -> tuple[list[list[Prediction]], ForwardKind]:
     """Top-k classes per image from one batched forward pass, and which forward ran."""
     size = params.resolution or model.preprocessing.input_size
     x = model.preprocessing.batch(tensors, size, params.resize, model.device)

@@ -8,6 +8,11 @@ from pydantic import BaseModel, Field
 
 from core.schemas.bounds import STRICT
 
+CompileState = Literal["off", "compiling", "ready", "failed"]
+"""A model's compiled predict forward (core/compiled.py)."""
+ForwardKind = Literal["compiled", "eager"]
+"""Which forward a predict ran."""
+
 
 class LayerOut(BaseModel):
     name: str
@@ -42,7 +47,7 @@ class ModelDetail(ModelSummary):
     head: Literal["softmax", "sigmoid"] = "softmax"
     gradients: bool = Field(True, description="false: only gradient-free methods answer")
     methods: list[str] = Field(default_factory=list, description="explanation methods available for this model")
-    compiled: Literal["off", "compiling", "ready", "failed"] = Field(
+    compiled: CompileState = Field(
         "off", description="predict's compiled forward (one image at the input size): off, compiling in the "
                            "background, ready, or failed (predict stays eager)")
     compiled_reason: str = Field("", description="why it is in that state")
@@ -80,6 +85,6 @@ class PredictResponse(BaseModel):
     model: str
     input_size: tuple[int, int]
     images: list[ImagePredictions]
-    forward: Literal["compiled", "eager"] = Field("eager", description="the forward pass that ran: the model's "
+    forward: ForwardKind = Field("eager", description="the forward pass that ran: the model's "
                                                  "compiled one (see GET /v1/models/{model}) or the eager module")
     timings: dict[str, float]
