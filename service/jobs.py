@@ -102,6 +102,7 @@ class JobClient:
         self._redis: Redis | None = None
         self._aredis: dict[int, aioredis.Redis] = {}  # SSE reads: one asyncio client per event loop
         self._lock = threading.Lock()
+        self._orphans: dict[str, float] = {}  # queued job id -> when it was first seen on no rq list
 
     # --- plumbing -------------------------------------------------------------------------
     @property
@@ -363,7 +364,20 @@ class JobClient:
             fields["message"] += f"; resuming from step {rec['checkpoint_step']}"
         if not store.requeue(rec["id"], rec, s.result_ttl_s, **fields):
             return False
+        self._push_again(rec, f"retry {attempts}")
+        log.warning("job %s: its worker (pid %s) died; retry %d of %d queued", rec["id"], rec.get("worker_pid"),
+                    attempts, entry.retries)
+        return True
+
+    def _push_again(self, rec: dict[str, Any], why: str) -> None:
+        """Push a queued job's id at the front of its rq queue again (it waited its turn once).
+
+        rq's record of an earlier execution is dropped first, so rq's own registry cleanup cannot
+        later fail the new one. A second copy of an id in the list is harmless: a worker starts a job
+        only by its queued -> running compare-and-set, so the copy that loses is skipped.
+        """
         queue = self.queue_of(rec)
+        s = self.settings
         try:
             wip = queue.started_job_registry.key
             stale = [m for m in self.redis.zrange(wip, 0, -1) if m.decode().split(":")[0] == rec["id"]]
@@ -372,16 +386,54 @@ class JobClient:
             queue.enqueue_call(JOB_TYPES[rec["type"]].runner, args=(rec["id"], self.config.prefix),
                                timeout=int(rec.get("timeout_s") or self.config.min_timeout_s),
                                result_ttl=s.result_ttl_s, failure_ttl=s.result_ttl_s, job_id=rec["id"],
-                               description=f"{rec['type']} {rec['id']} (retry {attempts})", at_front=True)
+                               description=f"{rec['type']} {rec['id']} ({why})", at_front=True)
         except redis.exceptions.RedisError:
-            log.exception("job %s: requeued but could not be pushed on %s", rec["id"], queue.name)
+            log.exception("job %s: queued but could not be pushed on %s", rec["id"], queue.name)
             raise
-        log.warning("job %s: its worker (pid %s) died; retry %d of %d queued", rec["id"], rec.get("worker_pid"),
-                    attempts, entry.retries)
-        return True
+
+    def rescue_orphans(self) -> int:
+        """Push again every queued job that no rq list holds any more; how many.
+
+        A worker takes a job off the list (``LPOP``) before it starts it; if it dies in between
+        (kill -9, or Redis stops just then and the worker's loop restarts), the record says queued
+        and nothing will ever run it. The same happens when an API is stopped between requeueing a
+        dead worker's job and pushing it. A job is pushed once it has been seen missing for
+        ``orphan_grace_s`` (a worker between its pop and its start is never that slow), by one API
+        replica (a ``SET NX`` claim per job).
+        """
+        store, r, grace = self.store, self.redis, self.config.orphan_grace_s
+        now = time.monotonic()
+        seen: set[str] = set()
+        rescued = 0
+        for kind in QUEUES:
+            queue = self.queue(kind)
+            admitted = [m.decode() for m in r.zrange(store.admitted_key(queue.name), 0, -1)]
+            if not admitted:
+                continue
+            listed = {m.decode() for m in r.lrange(queue.key, 0, -1)}
+            for job_id in admitted:
+                if job_id in listed:
+                    continue
+                rec = store.get(job_id)
+                if rec is None or rec["status"] != QUEUED:
+                    continue  # settled, or just started: the worker's claim removes it from the set
+                seen.add(job_id)
+                first = self._orphans.setdefault(job_id, now)
+                if now - first < grace or not r.set(f"{store.prefix}:rescue:{job_id}", 1, nx=True,
+                                                    ex=max(1, int(grace * 3))):
+                    continue
+                self._push_again(rec, "pushed again")
+                store.add_event(job_id, "status", {"status": QUEUED, "message": "pushed on the queue again"},
+                                int(rec.get("result_ttl_s") or self.settings.result_ttl_s))
+                log.warning("job %s was queued but on no rq list (its worker stopped between taking and "
+                            "starting it); pushed on %s again", job_id, queue.name)
+                rescued += 1
+        self._orphans = {k: v for k, v in self._orphans.items() if k in seen}
+        return rescued
 
     def reap(self) -> int:
-        """Settle every running job whose worker died (retry or abandon), read or not; how many.
+        """Settle every running job whose worker died (retry or abandon), read or not, and push
+        orphaned queued jobs again (:meth:`rescue_orphans`); how many.
 
         Called every REAP_INTERVAL_S by each API process (cheap: one ZRANGE and a HGET and EXISTS
         per running job), so a dead worker's job is retried even if no client is polling it.
@@ -397,7 +449,7 @@ class JobClient:
                     continue
                 if self._settle(rec)["status"] != RUNNING:
                     settled += 1
-            return settled
+            return settled + self.rescue_orphans()
 
     async def reaper(self) -> None:
         """The background loop of :meth:`reap`; Redis outages are waited out, never raised."""

@@ -30,6 +30,9 @@ class JobConfig:
     prefix: str = "cnnviz"
     heartbeat_ttl_s: float = 15.0  # a running job whose heartbeat key is gone this long is abandoned
     heartbeat_interval_s: float = 2.0
+    # A queued job that is in no rq list this long was taken off it by a worker that stopped (kill -9,
+    # lost Redis) before it could start it: the API's reaper pushes it again (service/jobs.py).
+    orphan_grace_s: float = 10.0
     seconds_per_cost: float = 0.25  # job_timeout = base + cost * this, bounded below
     min_timeout_s: int = 120
     max_timeout_s: int = 6 * 3600
@@ -45,6 +48,7 @@ class JobConfig:
             prefix=os.environ.get("CNNVIZ_KEY_PREFIX", cls.prefix),
             heartbeat_ttl_s=ttl,
             heartbeat_interval_s=min(_float_env("CNNVIZ_JOB_HEARTBEAT_INTERVAL", cls.heartbeat_interval_s), ttl / 3),
+            orphan_grace_s=_float_env("CNNVIZ_JOB_ORPHAN_GRACE", cls.orphan_grace_s),
         )
 
     def queue_name(self, kind: str) -> str:

@@ -63,7 +63,7 @@ class Proc:
                 self.proc.wait(5)
         self._log.close()
 
-    def tail(self, n: int = 4000) -> str:
+    def tail(self, n: int = 40000) -> str:
         return self.log_path.read_bytes()[-n:].decode(errors="replace")
 
 
@@ -82,6 +82,7 @@ class Stack:
             "CNNVIZ_API_KEYS": json.dumps([KEY_A, KEY_B]), "CNNVIZ_PRELOAD_MODELS": "false",
             "CNNVIZ_MAX_QUEUED_JOBS": "20", "CNNVIZ_MAX_JOBS_PER_KEY": "1000", "CNNVIZ_MAX_JOB_COST": "20000",
             "CNNVIZ_JOB_HEARTBEAT_TTL": "3", "CNNVIZ_JOB_HEARTBEAT_INTERVAL": "0.5",
+            "CNNVIZ_JOB_ORPHAN_GRACE": "2",
             "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
         }
         self.env.update(extra_env or {})
@@ -188,6 +189,13 @@ def submit(client: httpx.Client, job: dict[str, Any], image: bytes | None = None
 
 def dream(**params: Any) -> dict[str, Any]:
     return {"type": "deepdream", "params": {**TINY, **params}}
+
+
+def busy_dream() -> dict[str, Any]:
+    """A job that runs far longer than any test window on one thread (tens of seconds at 224 px,
+    two octaves of 500 steps): for tests that need a job still running or still queued behind it.
+    Cancel it when done."""
+    return dream(steps=500, size=224, octaves=2, preview_every=0)
 
 
 def wait_status(client: httpx.Client, job_id: str, pred: Any, timeout_s: float = 30) -> dict[str, Any]:

@@ -58,3 +58,35 @@ def test_redis_restart_mid_run_loses_no_accepted_job(tmp_path: Path) -> None:
     finally:
         stack.stop()
         server.close()
+
+
+def test_job_taken_off_the_queue_by_a_worker_that_died_runs_again(redis_url: str) -> None:
+    """A worker pops a job id and stops before it starts the job (kill -9, or Redis going away
+    between the two, as in the restart above): the record says queued and no list holds it. The
+    API's reaper pushes it again after the orphan grace (2 s here), and it runs once."""
+    from redis import Redis
+
+    from core.store.jobs import JobStore
+
+    stack = Stack(redis_url).start(workers=0)
+    r = Redis.from_url(redis_url)
+    try:
+        with stack.client() as c:
+            orphan, kept = (submit(c, dream(seed=i)).json()["id"] for i in range(2))
+            lists = [f"rq:queue:{stack.queue}-{kind}" for kind in ("short", "long")]
+            popped = [key for key in lists if r.lrem(key, 1, orphan)]  # what a worker's pop does
+            assert popped, "the job was on no rq list"
+            time.sleep(2 * 2 + 2.5)  # the grace, seen on two reaps (every 2 s)
+            assert orphan.encode() in r.lrange(popped[0], 0, -1), "the orphan was not pushed again"
+            stack.start_worker()
+            states = {job_id: wait_done(c, job_id, timeout_s=60) for job_id in (orphan, kept)}
+        assert {s["status"] for s in states.values()} == {"succeeded"}, states
+        store = JobStore(r, stack.prefix)
+        assert [store.get(j)["attempts"] for j in (orphan, kept)] == [1, 1]  # type: ignore[index]
+        assert all(r.lpos(key, orphan) is None for key in lists)  # pushed once, taken once
+    except BaseException:
+        print(stack.logs())  # noqa: T201 - shown by pytest only on failure
+        raise
+    finally:
+        stack.stop()
+        stack.cleanup_redis()

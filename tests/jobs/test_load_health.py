@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.jobs.jobkit import KEY_A, Stack, dream, submit
+from tests.jobs.jobkit import KEY_A, Stack, busy_dream, dream, submit
 
 pytestmark = pytest.mark.jobs
 
@@ -95,7 +95,7 @@ async def _load(base: str, job_id: str, png: bytes) -> tuple[list[float], dict[s
 def test_healthz_p99_under_load(api: httpx.Client, stack: Stack) -> None:
     # One long job keeps the worker busy, so the second stays queued: its long-polls wait the full
     # 10 s and its event streams stay open for the whole window.
-    busy = submit(api, dream(steps=400, size=96, octaves=1, preview_every=0))
+    busy = submit(api, busy_dream())
     assert busy.status_code == 202, busy.text
     queued = submit(api, dream(steps=1))
     assert queued.status_code == 202, queued.text
@@ -106,6 +106,8 @@ def test_healthz_p99_under_load(api: httpx.Client, stack: Stack) -> None:
         t0 = time.monotonic()
         latencies, counts = asyncio.run(_load(stack.base, queued.json()["id"], _tiny_png()))
         took = time.monotonic() - t0
+        still = api.get(f"/v1/jobs/{queued.json()['id']}").json()["status"]
+        assert still == "queued", f"the busy job ended within the window ({still}): the long-polls did not wait"
     finally:
         for j in (queued, busy):
             api.delete(f"/v1/jobs/{j.json()['id']}")

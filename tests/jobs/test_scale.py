@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.jobs.jobkit import Proc, Stack, dream, submit, wait_done, wait_status
+from tests.jobs.jobkit import Proc, Stack, busy_dream, dream, submit, wait_done, wait_status
 
 pytestmark = pytest.mark.jobs
 
@@ -243,7 +243,7 @@ def test_fifty_sse_streams_hold_no_threads(scale: Stack, logs_on_failure: None) 
     route that uses the thread pool, and /healthz, still answer at once."""
     assert scale.api is not None
     with _client(scale, KEYS[4]) as api:
-        r = submit(api, dream(steps=400, size=96))
+        r = submit(api, busy_dream())
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         wait_status(api, job_id, lambda b: b["status"] == "running", timeout_s=60)
