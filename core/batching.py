@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from cnnviz.attribution import ClassTargets, EngineError, Explanation, UnitTarget, get_method
+from cnnviz.attribution.layer_forward import LayerForward
 from cnnviz.models import LoadedModel
 from core.compute import DIRECT
 from core.errors import Unavailable, from_engine
@@ -113,8 +114,9 @@ class ExplainBatcher:
 
     def __init__(self, max_wait_s: float = 0.005, max_batch: int = 8, slots: int = 1, max_inflight: int = 16,
                  retry_after_s: float = 1.0, on_batch: BatchHook | None = None,
-                 run: Callable[..., Any] = DIRECT) -> None:
+                 run: Callable[..., Any] = DIRECT, layer_forward: LayerForward | None = None) -> None:
         self._lane = run  # where an engine call runs: a compute lane in a server (ComputeLanes.run)
+        self._layer_forward = layer_forward  # a compiled road to the CAM layer (core/compiled.py), if any
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_batch = max(1, max_batch)
         self.max_inflight = max(1, max_inflight)
@@ -186,7 +188,7 @@ class ExplainBatcher:
         key = self.key(model, method, x, params) if self.max_batch > 1 else None
         if key is None:
             with self._slots:
-                res = self._lane(compute, model, method, x, params)
+                res = self._lane(compute, model, method, x, params, layer_forward=self._layer_forward)
             self._count(1, x.shape[0])
             return res
         member = _member(x, params)  # a bad targets list fails here, alone
@@ -240,7 +242,7 @@ class ExplainBatcher:
         if len(members) == 1:
             mb = members[0]
             try:
-                mb.result = compute(model, method, mb.x, mb.params)
+                mb.result = compute(model, method, mb.x, mb.params, layer_forward=self._layer_forward)
             except BaseException as exc:  # noqa: BLE001 - handed to the request's own thread
                 mb.error = exc
             self._count(1, images)
@@ -250,7 +252,7 @@ class ExplainBatcher:
         except Exception:  # noqa: BLE001 - one member's bad input: everyone runs alone, with its own answer
             for mb in members:
                 try:
-                    mb.result = compute(model, method, mb.x, mb.params)
+                    mb.result = compute(model, method, mb.x, mb.params, layer_forward=self._layer_forward)
                 except BaseException as exc:  # noqa: BLE001
                     mb.error = exc
             self._count(len(members), images, batched=False)

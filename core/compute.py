@@ -12,8 +12,10 @@ slowed the first lane's lone forward from 22 to 36 ms.
 
 So a process keeps ``lanes x threads <= cores``: ``lanes`` dedicated threads (a
 :class:`~concurrent.futures.ThreadPoolExecutor` that never lets them go), each with ``threads``
-torch intra-op threads, and every torch call of a request (preprocessing, the engine, rendering)
-goes to a lane; parsing and decoding stay in the request's thread. The defaults
+torch intra-op threads, and every forward or backward of a request goes to a lane; parsing and
+decoding stay in the request's thread, and so do the light tensor work of a small explanation
+(preprocessing, rendering, the PNG of a 224 px answer: ``core.explaining.light_work``). That work
+runs on one torch thread, which starts no team (below), beside the lane instead of queueing on it. The defaults
 (:func:`lane_shape`): 4 threads per lane, where a batch-of-one CNN forward stops scaling (or
 ``OMP_NUM_THREADS`` if lower), and as many lanes as the cores hold (one lane of 2 threads on 2
 cores, 4 lanes of 4 on 16). Concurrent requests then queue for a lane and are batched there

@@ -17,6 +17,7 @@ from urllib.parse import quote
 import torch
 
 from cnnviz.attribution import ClassTargets, EngineError, Explanation, Targets, UnitTarget, get_method
+from cnnviz.attribution.layer_forward import LayerForward, using_layer_forward
 from cnnviz.localization import dense_crf_refine, mask_to_regions, scale_regions, threshold_mask
 from cnnviz.metrics import deletion_insertion, pointing_game
 from cnnviz.models import LoadedModel
@@ -103,16 +104,18 @@ def estimate_cost(model: LoadedModel, method: str, params: ExplainParams, n_imag
 
 
 def compute(model: LoadedModel, method: str, x: torch.Tensor, params: ExplainParams,
-            targets: Targets | None = None) -> Explanation:
+            targets: Targets | None = None, layer_forward: LayerForward | None = None) -> Explanation:
     """The engine step alone: a normalized batch ``x`` in, raw maps out (targets from ``params`` by default).
 
     ``params.precision`` goes to the engine, which runs the forwards under autocast where the method
-    allows it and records what ran in ``extras["precision"]`` (docs/precision.md).
+    allows it and records what ran in ``extras["precision"]`` (docs/precision.md). ``layer_forward``
+    is offered to the CAM family (a compiled road to the layer, core/compiled.py).
     """
     try:
         m = get_method(method)
-        return m.attribute(model, x, targets if targets is not None else targets_from(params, x.shape[0]),
-                           params.layer, params.engine_params(m), precision=params.precision)
+        with using_layer_forward(layer_forward):
+            return m.attribute(model, x, targets if targets is not None else targets_from(params, x.shape[0]),
+                               params.layer, params.engine_params(m), precision=params.precision)
     except EngineError as exc:
         raise from_engine(exc) from exc
 
@@ -280,6 +283,27 @@ def _completeness(result: Explanation, i: int, t: int) -> Completeness | None:
     return Completeness(**rows[i][t]) if rows else None
 
 
+LIGHT_PIXELS = 1024 * 1024  # decoded plus rendered pixels of a request whose pre/post-processing stays in its thread
+
+
+def light_work(images: list[DecodedImage], params: ExplainParams) -> bool:
+    """Whether the torch work around the engine (preprocessing, rendering, PNG) stays in the request's thread.
+
+    In a server that thread computes on one torch thread and starts no OpenMP team (core/compute.py),
+    so it runs beside the lane instead of queueing on it: on a 224 px request the lane's hand-offs
+    cost more than its width gains, and the lane stays free for the engine calls that batch
+    concurrent requests. Forwards (faithfulness), the CRF and megapixel pictures go to the lane.
+    """
+    if params.faithfulness is not None or (params.localization is not None and params.localization.crf):
+        return False
+    out = params.output
+    pixels = 0
+    for d in images:
+        h, w = output_hw(out.size, d.height, d.width)
+        pixels += d.height * d.width + h * w * (1 + out.heatmap + out.overlay + out.figure)
+    return pixels <= LIGHT_PIXELS
+
+
 def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage], params: ExplainParams,
                     decode_ms: float = 0.0, sink: Sink | None = None,
                     keep: list[tuple[int, TargetExplanation, torch.Tensor]] | None = None,
@@ -290,7 +314,7 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     (for :func:`png_answer`) collects (image index, explanation, overlay tensor) instead of encoding.
     ``engine`` runs the engine step (a batcher gathers concurrent requests into one call); ``lane``
     runs the torch work around it, preprocessing and rendering (a compute lane in a server,
-    core/compute.py), so the request's own thread only waits.
+    core/compute.py), where it is heavy (:func:`light_work`); light work stays in the calling thread.
     """
     out = params.output
     if not out.inline and sink is None:
@@ -312,7 +336,8 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
         x_pix = torch.stack([prep.fit(t, size, params.resize) for t in tensors]).to(model.device)
         return tensors, x_pix, prep.normalize(x_pix)
 
-    tensors, x_pix, x = lane(prepare)
+    around = DIRECT if light_work(images, params) else lane
+    tensors, x_pix, x = around(prepare)
     t1 = time.perf_counter()
     result = engine(model, method, x, params)
     if model.device.type == "cuda":
@@ -380,7 +405,7 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
             out_images.append(ImageExplanation(index=i, width=d.width, height=d.height, explanations=exps))
         return out_images
 
-    out_images = lane(render_all)
+    out_images = around(render_all)
     t3 = time.perf_counter()
     ms = {k: v * 1000 for k, v in spent.items()}
     return ExplainResponse(
@@ -419,9 +444,10 @@ def png_answer(model: LoadedModel, method: str, images: list[DecodedImage],
     tiles = [f"{i}:{e.target.index}:{_header_text(e.target.label or '')}" for i, e, _ in kept]
     headers = {"X-Cnnviz-Model": resp.model, "X-Cnnviz-Method": method, "X-Cnnviz-Layer": resp.layer or "",
                "X-Cnnviz-Tiles": ",".join(tiles), "X-Cnnviz-Precision": resp.precision}
-    if len(kept) == 1:  # on the lane too: making the overlay contiguous is a parallel torch copy
-        return lane(lambda: encode_png(kept[0][2].cpu())), headers
-    return lane(_grid_png, kept, resp, title), headers
+    around = DIRECT if light_work(images, params) else lane
+    if len(kept) == 1:
+        return around(lambda: encode_png(kept[0][2].cpu())), headers
+    return around(_grid_png, kept, resp, title), headers
 
 
 def _grid_png(kept: list[tuple[int, TargetExplanation, torch.Tensor]], resp: ExplainResponse, title: str) -> bytes:

@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         app.state.compiled.ensure(catalog.get(catalog.default))  # loaded above: starts its compile in the background
     app.state.batcher = ExplainBatcher(settings.batch_wait_ms / 1000, settings.batch_max_images,
                                        lanes.lanes, settings.inline_max_requests,
-                                       settings.inline_retry_after_s, on_batch=explain.observe_batch, run=lanes.run)
+                                       settings.inline_retry_after_s, on_batch=explain.observe_batch, run=lanes.run,
+                                       layer_forward=app.state.compiled.layer_forward)
     install_handlers(app)
     if settings.redis_url:
         from service.jobs import JobClient

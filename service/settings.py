@@ -49,7 +49,8 @@ class Settings(BaseSettings):
                                      "per process; default: as many as the cores hold at torch_threads each")
     inline_max_requests: int = Field(16, ge=1, le=1024, description="inline requests in compute per process")
     inline_retry_after_s: int = Field(1, ge=1, le=60)
-    compile_predict: bool = Field(True, description="compile each model's predict forward in the background "
+    compile_predict: bool = Field(True, description="compile each model's forward (predict, and the CAM family "
+                                  "at the default layer) in the background "
                                   "(core/compiled.py); needs a C++ compiler, CPU only")
     torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads per compute lane; "
                                       "default: the cores per lane, at most 4 (core/compute.py)")

@@ -42,6 +42,7 @@ from .base import (
     register,
     target_scores,
 )
+from .layer_forward import served_forward
 from .tail import tail_runner
 
 EPS = 1e-7
@@ -81,10 +82,15 @@ class CamMethod(Method):
             raise EngineError("unsupported-target", f"{self.name} explains class scores, not units")
         layer = validate_layer(model, layer, family="cam")
         info = model.layer(layer)
-        cap = LayerCapture(grad=self.needs_gradients)
-        with capture(model.module, {layer: cap}), torch.set_grad_enabled(self.needs_gradients), forward_precision():
-            logits = model.module(x)
-        leaf = cap.output
+        served = served_forward(model, x, layer)
+        if served is not None:  # a compiled road to the layer (layer_forward.py), same numbers
+            logits, leaf, ran = served
+        else:
+            cap = LayerCapture(grad=self.needs_gradients)
+            with capture(model.module, {layer: cap}), torch.set_grad_enabled(self.needs_gradients), \
+                    forward_precision():
+                logits = model.module(x)
+            leaf, ran = cap.output, "eager"
         if leaf is None or leaf.shape[0] != x.shape[0]:
             raise EngineError("layer-unusable", f"layer {layer!r} did not produce one output per image in the"
                               " forward pass (a fixed-batch archive takes one image at a time)", model=model.name)
@@ -110,7 +116,8 @@ class CamMethod(Method):
                 per_t.append(self.combine(ctx, ctx.acts, grads, idx))
         scores, probs = class_scores(logits, rows, model.head)
         maps = [[per_t[t][i].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
-        return Explanation(self.name, maps, rows, scores, probs, layer=layer, warnings=warnings)
+        return Explanation(self.name, maps, rows, scores, probs, layer=layer, warnings=warnings,
+                           extras={"forward": ran})
 
     def prepare(self, ctx: CamContext) -> None:
         """Work shared by all targets (a sweep of masked or ablated inputs); nothing by default."""

@@ -16,7 +16,7 @@ from core.explaining import estimate_cost, offered_kinds, png_answer, run_explan
 from core.jobtypes import JOB_TYPES, SubmitContext, parse_job_request
 from core.schemas.explain import ExplainResponse, params_model
 from core.validation import validate_params
-from service.deps import CatalogDep, LanesDep, ModelDep, OptionalJobsDep, PrincipalDep, SettingsDep
+from service.deps import CatalogDep, CompiledDep, LanesDep, ModelDep, OptionalJobsDep, PrincipalDep, SettingsDep
 from service.openapi_parts import PROBLEM_RESPONSES, upload_body
 from service.schemas.methods import MethodInfo, MethodList
 from service.submission import submit_prepared
@@ -70,7 +70,7 @@ def list_methods(catalog: CatalogDep, settings: SettingsDep) -> MethodList:
              openapi_extra=upload_body("#/components/schemas/ExplainParams"),
              summary="Explanation maps per image and target")
 async def explain(request: Request, model: ModelDep, settings: SettingsDep, catalog: CatalogDep,
-                  principal: PrincipalDep, jobs: OptionalJobsDep, lanes: LanesDep,
+                  principal: PrincipalDep, jobs: OptionalJobsDep, lanes: LanesDep, compiled: CompiledDep,
                   method: str = Path(..., max_length=64)) -> Response:
     if method not in METHODS:
         raise NotFound("unknown-method", f"No method named {method!r}", choices=closest(method, sorted(METHODS)))
@@ -90,6 +90,7 @@ async def explain(request: Request, model: ModelDep, settings: SettingsDep, cata
         raise Invalid("over-inline-budget", "This request is too expensive to answer inline",
                       f"estimated {cost:.0f} forward passes, inline budget {settings.inline_budget:.0f}",
                       estimate=cost, budget=settings.inline_budget)
+    compiled.ensure(model)  # a model's first request starts its background compile (core/compiled.py)
     batcher: ExplainBatcher = request.app.state.batcher
     if "image/png" in request.headers.get("accept", ""):
         with batcher.admit() as ticket:  # 503 inline-busy past the bound; batched with concurrent requests

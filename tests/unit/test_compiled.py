@@ -1,11 +1,15 @@
-"""Predict's compiled forward: it agrees with the eager module, serves only the input it was compiled
-for (so a request never recompiles), and a model that cannot compile stays eager and says why."""
+"""The compiled forward: it agrees with the eager module, serves only the input it was compiled for
+(so a request never recompiles), gives the CAM family the same maps as the hooked eager forward,
+and a model that cannot compile stays eager and says why."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from cnnviz.attribution import METHODS, ClassTargets, get_method
+from cnnviz.attribution.layer_forward import using_layer_forward
+from cnnviz.precision import offered
 from core.compiled import CompiledForwards, compiler_missing
 from tests.unit.tiny import SIZE, tiny_model
 
@@ -49,3 +53,46 @@ def test_disabled_and_failed_compiles_stay_eager(monkeypatch):
     assert broken.wait(model, timeout=60) == "failed"
     assert "differ" in broken.state(model)[1]
     assert broken.forward(model, torch.zeros(1, 3, SIZE, SIZE))[1] == "eager"
+
+
+@pytest.fixture(scope="module")
+def compiled_tiny():
+    model = tiny_model()
+    forwards = CompiledForwards(True, 2)
+    forwards.ensure(model)
+    assert forwards.wait(model, timeout=600) == "ready", forwards.state(model)
+    assert "CAM family at layer act3" in forwards.state(model)[1]
+    return model, forwards
+
+
+@needs_compiler
+@pytest.mark.parametrize("method", sorted(n for n, m in METHODS.items() if m.family == "cam"))
+def test_cam_family_on_the_compiled_road_gives_the_eager_maps(compiled_tiny, method):
+    """The compiled graph up to the default layer plus the eager tail: the maps, scores and targets of
+    the hooked eager forward (the gradient at the layer comes from the same tail)."""
+    model, forwards = compiled_tiny
+    m = get_method(method)
+    x = model.preprocessing.normalize(torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2)))
+    targets = ClassTargets(top_k=2)
+    want = m.attribute(model, x, targets, None, None)
+    with using_layer_forward(forwards.layer_forward):
+        got = m.attribute(model, x, targets, None, None)
+    assert (want.extras["forward"], got.extras["forward"]) == ("eager", "compiled")
+    assert got.targets == want.targets
+    assert got.scores[0] == pytest.approx(want.scores[0], rel=1e-4, abs=1e-5)
+    for g, w in zip(got.maps[0], want.maps[0], strict=True):
+        assert torch.allclose(g, w, rtol=1e-4, atol=1e-5 * (float(w.abs().max()) or 1.0)), (g - w).abs().max()
+
+
+@needs_compiler
+def test_compiled_road_serves_only_its_layer_batch_and_precision(compiled_tiny):
+    model, forwards = compiled_tiny
+    m = get_method("gradcam")
+    x = model.preprocessing.normalize(torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)))
+    with using_layer_forward(forwards.layer_forward):
+        assert m.attribute(model, x, ClassTargets(top_k=1), "act2", None).extras["forward"] == "eager"
+        assert m.attribute(model, x.repeat(2, 1, 1, 1), ClassTargets(top_k=1), None, None).extras["forward"] == "eager"
+        if "bf16" in offered(model.device):
+            assert m.attribute(model, x, ClassTargets(top_k=1), None, None,
+                               precision="bf16").extras["forward"] == "eager"
+        assert m.attribute(model, x, ClassTargets(top_k=1), None, None).extras["forward"] == "compiled"
