@@ -1,7 +1,7 @@
 """Batching across requests over real HTTP: throughput and p50/p99 at 1, 4 and 8 concurrent clients.
 
 Three API processes under uvicorn on 127.0.0.1 (no Redis): ``on``, batching with the defaults
-(``batch_max_images`` 8, ``batch_wait_ms`` 5, compute lanes of core/compute.py: one lane of 2 torch
+(``batch_max_images`` 4, ``batch_wait_ms`` 5, compute lanes of core/compute.py: one lane of 2 torch
 threads on 2 cores); ``off``, the same without batching (``batch_max_images`` 1); ``unbounded``,
 the service before batching and lanes (no batching, 64 lanes, torch threads = cores each). Each
 client is a thread with its own keep-alive connection posting a 224 px JPEG of ``chelsea`` to
@@ -131,10 +131,10 @@ def main() -> None:
     counts = [int(c) for c in args.clients.split(",")]
     jpeg = _jpeg()
     # "unbounded" is the service before batching: every request computes at once, each with every core's threads
-    modes = {"on": {"CNNVIZ_BATCH_MAX_IMAGES": "8"}, "off": {"CNNVIZ_BATCH_MAX_IMAGES": "1"},
+    modes = {"on": {}, "off": {"CNNVIZ_BATCH_MAX_IMAGES": "1"},
              "unbounded": {"CNNVIZ_BATCH_MAX_IMAGES": "1", "CNNVIZ_INLINE_SLOTS": "64",
                            "CNNVIZ_TORCH_THREADS": str(os.cpu_count() or 1)},
-             "on-1-slot": {"CNNVIZ_BATCH_MAX_IMAGES": "8", "CNNVIZ_INLINE_SLOTS": "1"}}
+             "on-1-slot": {"CNNVIZ_INLINE_SLOTS": "1"}}
     modes = {m: modes[m] for m in args.modes.split(",")}
     servers: list[subprocess.Popen] = []
     try:

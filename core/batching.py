@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from cnnviz.attribution import ClassTargets, EngineError, Explanation, UnitTarget, get_method
-from cnnviz.attribution.layer_forward import LayerForward
+from cnnviz.attribution.layer_forward import LayerForward, using_layer_forward
 from cnnviz.models import LoadedModel
 from core.compute import DIRECT
 from core.errors import Unavailable, from_engine
@@ -112,7 +112,7 @@ class ExplainBatcher:
     batching), ``slots`` the engine calls at once, ``max_inflight`` the admitted requests.
     """
 
-    def __init__(self, max_wait_s: float = 0.005, max_batch: int = 8, slots: int = 1, max_inflight: int = 16,
+    def __init__(self, max_wait_s: float = 0.005, max_batch: int = 4, slots: int = 1, max_inflight: int = 16,
                  retry_after_s: float = 1.0, on_batch: BatchHook | None = None,
                  run: Callable[..., Any] = DIRECT, layer_forward: LayerForward | None = None) -> None:
         self._lane = run  # where an engine call runs: a compute lane in a server (ComputeLanes.run)
@@ -294,7 +294,8 @@ class ExplainBatcher:
         x = torch.cat([mb.x for mb in members])
         m = get_method(method)
         try:
-            res = m.attribute(model, x, targets, first.layer, first.engine_params(m), precision=first.precision)
+            with using_layer_forward(self._layer_forward):
+                res = m.attribute(model, x, targets, first.layer, first.engine_params(m), precision=first.precision)
         except EngineError as exc:
             raise from_engine(exc) from exc
         return split(res, [(mb.x.shape[0], mb.k) for mb in members])

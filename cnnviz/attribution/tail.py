@@ -76,6 +76,19 @@ class TailRunner:
             env[node] = interp.run_node(node)
         return {n: env[n] for n in self.needed}
 
+    def run_batch(self, values: dict[Any, Any], output: torch.Tensor) -> torch.Tensor:
+        """Outputs of the tail for a whole batch whose layer output is ``output`` (values from the same batch)."""
+        if self.gm is None:
+            raise RuntimeError("run_batch needs a traced network")
+        interp = fx.Interpreter(self.gm)
+        env: dict[fx.Node, Any] = {node: output if node is self.target_node else val for node, val in values.items()}
+        interp.env = env
+        for node in self.tail:
+            if node.op == "output":
+                return interp.run_node(node)
+            env[node] = interp.run_node(node)
+        raise RuntimeError("the tail has no output")  # pragma: no cover - fx graphs end in an output node
+
     def run(self, values: dict[Any, Any], image: int, variants: torch.Tensor) -> torch.Tensor:
         """Outputs of the tail for ``variants`` ``[B,...]`` of image ``image``'s layer output."""
         b = variants.shape[0]

@@ -29,9 +29,16 @@ def test_compiled_forward_matches_eager_and_serves_only_its_shape():
     with torch.no_grad():
         want = model.module(x)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
-    for other in (x.repeat(2, 1, 1, 1), torch.nn.functional.interpolate(x, size=(SIZE * 2, SIZE * 2))):
-        out, ran = forwards.forward(model, other)  # another batch or size: the eager module, no recompile
-        assert ran == "eager" and torch.allclose(out, model.module(other), atol=1e-6)
+    batch = model.preprocessing.normalize(torch.rand(7, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4)))
+    for n in (2, 3, 4, 7):  # one by one, a padded four, a four, a four and a padded four
+        out, ran = forwards.forward(model, batch[:n])
+        with torch.no_grad():
+            want = model.module(batch[:n])
+        assert ran == "compiled" and out.shape == want.shape
+        assert torch.allclose(out, want, rtol=1e-4, atol=1e-5), n
+    bigger = torch.nn.functional.interpolate(x, size=(SIZE * 2, SIZE * 2))
+    out, ran = forwards.forward(model, bigger)  # another size: the eager module, no recompile
+    assert ran == "eager" and torch.allclose(out, model.module(bigger), atol=1e-6)
 
 
 def test_disabled_and_failed_compiles_stay_eager(monkeypatch):
@@ -45,7 +52,7 @@ def test_disabled_and_failed_compiles_stay_eager(monkeypatch):
     broken = CompiledForwards(True, 2)
     broken.off_reason = None  # as if a compiler were there
 
-    def fail(_model):
+    def fail(*_args):
         raise RuntimeError("compiled logits differ from eager by 1 (scale 1)")
 
     monkeypatch.setattr(CompiledForwards, "_build", staticmethod(fail))
@@ -61,7 +68,7 @@ def compiled_tiny():
     forwards = CompiledForwards(True, 2)
     forwards.ensure(model)
     assert forwards.wait(model, timeout=600) == "ready", forwards.state(model)
-    assert "CAM family at layer act3" in forwards.state(model)[1]
+    assert "CAM family at layer act3" in forwards.state(model)[1] and "batches of 1 and 4" in forwards.state(model)[1]
     return model, forwards
 
 
@@ -69,29 +76,30 @@ def compiled_tiny():
 @pytest.mark.parametrize("method", sorted(n for n, m in METHODS.items() if m.family == "cam"))
 def test_cam_family_on_the_compiled_road_gives_the_eager_maps(compiled_tiny, method):
     """The compiled graph up to the default layer plus the eager tail: the maps, scores and targets of
-    the hooked eager forward (the gradient at the layer comes from the same tail)."""
+    the hooked eager forward (the gradient at the layer comes from the same tail), alone and batched."""
     model, forwards = compiled_tiny
     m = get_method(method)
-    x = model.preprocessing.normalize(torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2)))
-    targets = ClassTargets(top_k=2)
-    want = m.attribute(model, x, targets, None, None)
-    with using_layer_forward(forwards.layer_forward):
-        got = m.attribute(model, x, targets, None, None)
-    assert (want.extras["forward"], got.extras["forward"]) == ("eager", "compiled")
-    assert got.targets == want.targets
-    assert got.scores[0] == pytest.approx(want.scores[0], rel=1e-4, abs=1e-5)
-    for g, w in zip(got.maps[0], want.maps[0], strict=True):
-        assert torch.allclose(g, w, rtol=1e-4, atol=1e-5 * (float(w.abs().max()) or 1.0)), (g - w).abs().max()
+    for n in (1, 3):  # one image, and a padded batch of four
+        x = model.preprocessing.normalize(torch.rand(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2)))
+        targets = ClassTargets(top_k=2)
+        want = m.attribute(model, x, targets, None, None)
+        with using_layer_forward(forwards.layer_forward):
+            got = m.attribute(model, x, targets, None, None)
+        assert (want.extras["forward"], got.extras["forward"]) == ("eager", "compiled")
+        assert got.targets == want.targets
+        for i in range(n):
+            assert got.scores[i] == pytest.approx(want.scores[i], rel=1e-4, abs=1e-5)
+            for g, w in zip(got.maps[i], want.maps[i], strict=True):
+                assert torch.allclose(g, w, rtol=1e-4, atol=1e-5 * (float(w.abs().max()) or 1.0)), (g - w).abs().max()
 
 
 @needs_compiler
-def test_compiled_road_serves_only_its_layer_batch_and_precision(compiled_tiny):
+def test_compiled_road_serves_only_its_layer_and_precision(compiled_tiny):
     model, forwards = compiled_tiny
     m = get_method("gradcam")
     x = model.preprocessing.normalize(torch.rand(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3)))
     with using_layer_forward(forwards.layer_forward):
         assert m.attribute(model, x, ClassTargets(top_k=1), "act2", None).extras["forward"] == "eager"
-        assert m.attribute(model, x.repeat(2, 1, 1, 1), ClassTargets(top_k=1), None, None).extras["forward"] == "eager"
         if "bf16" in offered(model.device):
             assert m.attribute(model, x, ClassTargets(top_k=1), None, None,
                                precision="bf16").extras["forward"] == "eager"
