@@ -48,6 +48,30 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def in_blocks(fns: dict[str, Callable[[], object]], rounds: int = 8, block: int = 5,
+              warmup: int = 3) -> dict[str, float]:
+    """Median seconds per function, each timed in its own warm block; the blocks alternate.
+
+    For peers that run in different processes (a server and this one): a call right after the
+    other side's pays for the caches and idle threads that side left behind, so plain
+    interleaving charges both sides for the switch. Here each block starts with an untimed call
+    and the next ``block`` calls are timed; rounds alternate the functions, so drift still hits
+    all alike.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def as_map(m: object, size: tuple[int, int]) -> torch.Tensor:
     """Any peer's map (numpy or tensor, any leading dims) as a float [H,W] tensor at ``size``."""
     t = torch.as_tensor(m).detach().float().cpu()

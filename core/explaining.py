@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import torch
 
 from cnnviz.attribution import ClassTargets, EngineError, Explanation, Targets, UnitTarget, get_method
@@ -362,7 +363,7 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     def render_all() -> list[ImageExplanation]:
         out_images = []
         for i, d in enumerate(images):
-            img_u8 = (tensors[i].permute(1, 2, 0) * 255).round().to(torch.uint8)
+            img_u8 = torch.from_numpy(np.array(d.image, dtype=np.uint8))  # the decoded bytes, as the tensor had them
             exps = []
             for t, raw in enumerate(result.maps[i]):
                 idx = result.targets[i][t]
