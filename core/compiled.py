@@ -21,7 +21,7 @@ How, so that no request ever waits for a compiler:
 
 - a model's compile starts on its first predict or explanation (the default model's at start-up
   when models are preloaded) in a background thread, for one image and then for four
-  (:data:`BATCHES`); each took about 26 s cold on these 2 cores and 8-12 s with
+  (:data:`BATCHES`); each took about 18 s with a cold cache on these 2 cores, less with
   Inductor's cache warm (``TORCHINDUCTOR_CACHE_DIR``; keep it on a volume to keep restarts warm),
   and while it runs it shares the cores with the lanes, whose requests are slower meanwhile;
 - until the one-image graph is ready, and for every input it was not compiled for, the eager
