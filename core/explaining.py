@@ -17,11 +17,12 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from cnnviz.attribution import ClassTargets, EngineError, Explanation, Targets, UnitTarget, get_method
+from cnnviz.attribution import ClassTargets, EngineError, Explanation, Method, Targets, UnitTarget, get_method
 from cnnviz.attribution.layer_forward import LayerForward, using_layer_forward
 from cnnviz.localization import dense_crf_refine, mask_to_regions, scale_regions, threshold_mask
 from cnnviz.metrics import deletion_insertion, pointing_game
 from cnnviz.models import LoadedModel
+from cnnviz.precision import offered
 from cnnviz.render import (
     IMAGE_FORMATS,
     OFFERED_KINDS,
@@ -126,6 +127,14 @@ Engine = Callable[[LoadedModel, str, torch.Tensor, ExplainParams], Explanation]
 
 Sink = Callable[[str, bytes, str], str]
 """Stores one picture (artifact name, bytes, media type) and returns the link a client follows."""
+
+
+def method_precisions(m: Method, model: LoadedModel) -> list[str]:
+    """The precisions ``m``'s forwards really run at on ``model``'s device at its default parameters, fp32 first."""
+    reduced = [p for p in offered(model.device) if p != "fp32"]
+    if reduced and m.full_precision_reason(model, ClassTargets(top_k=1), m.Params.build(None)) is not None:
+        reduced = []
+    return ["fp32", *reduced]
 
 
 def offered_kinds(method: str, reduce: str | None = None) -> tuple[MapKind, ...]:

@@ -12,7 +12,7 @@ from cnnviz.attribution import METHODS
 from cnnviz.errors import closest
 from core.batching import ExplainBatcher
 from core.errors import Invalid, NotFound
-from core.explaining import estimate_cost, offered_kinds, png_answer, run_explanation
+from core.explaining import estimate_cost, method_precisions, offered_kinds, png_answer, run_explanation
 from core.jobtypes import JOB_TYPES, SubmitContext, parse_job_request
 from core.schemas.explain import ExplainResponse, params_model
 from core.validation import validate_params
@@ -44,6 +44,7 @@ def list_methods(catalog: CatalogDep, settings: SettingsDep) -> MethodList:
         out.append(MethodInfo(name=name, title=m.title or name, family=m.family, kind="explain",
                               inline=cost <= settings.inline_budget, cost_hint=cost, uses_layer=m.uses_layer,
                               supports_units=m.supports_units, map_kinds=list(offered_kinds(name)),
+                              precisions=method_precisions(m, model),
                               params_schema=params_model(name).model_json_schema()))
     for name, entry in sorted(JOB_TYPES.items()):
         if entry.family in ("synthesis", "training"):

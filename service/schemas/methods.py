@@ -20,6 +20,10 @@ class MethodInfo(BaseModel):
     images: str | None = Field(None, description="job types: what the uploaded images are, in order")
     map_kinds: list[str] | None = Field(None, description="explain methods: the renderings output.kind accepts, "
                                         "the default first")
+    precisions: list[str] | None = Field(None, description="explain methods: the `precision` values whose "
+                                         "forwards really run reduced on the default model's device at the default "
+                                         "parameters, fp32 first; others are accepted where the device offers them "
+                                         "and run fp32 with a warning (docs/precision.md)")
     params_schema: dict[str, Any]
 
 

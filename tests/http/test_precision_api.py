@@ -62,3 +62,17 @@ def test_the_openapi_lists_the_choices(app):
         prop = schemas[name]["properties"]["precision"]
         assert prop["enum"] == ["fp32", "bf16", "fp16"] and prop["default"] == "fp32"
     assert schemas["ExplainResponse"]["properties"]["precision"]["enum"] == ["fp32", "bf16", "fp16"]
+
+
+def test_the_methods_list_says_which_precisions_run_reduced(client):
+    """``GET /v1/methods``: fp32 for every method; the device's reduced precisions only where the
+    method's forwards really run reduced at its defaults (docs/precision.md: input gradients, guided
+    backprop and IG decline)."""
+    methods = {m["name"]: m for m in client.get("/v1/methods").json()["methods"] if m["kind"] == "explain"}
+    reduced = [p for p in offered("cpu") if p != "fp32"]
+    assert all(m["precisions"][0] == "fp32" for m in methods.values())
+    assert methods["gradcam"]["precisions"] == ["fp32", *reduced]
+    assert methods["saliency"]["precisions"] == ["fp32"]
+    assert methods["integrated_gradients"]["precisions"] == ["fp32"]
+    assert methods["guided_backprop"]["precisions"] == ["fp32"]  # docs/precision.md: its maps disagree
+    assert methods["deconvnet"]["precisions"] == ["fp32", *reduced]  # its backward ignores the forward's masks
