@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from cnnviz.attribution import ClassTargets, EngineError, Explanation, Method, Targets, UnitTarget, get_method
+from cnnviz.attribution.incremental import supports_incremental
 from cnnviz.attribution.layer_forward import LayerForward, using_layer_forward
 from cnnviz.localization import dense_crf_refine, mask_to_regions, scale_regions, threshold_mask
 from cnnviz.metrics import deletion_insertion, pointing_game
@@ -127,6 +128,17 @@ Engine = Callable[[LoadedModel, str, torch.Tensor, ExplainParams], Explanation]
 
 Sink = Callable[[str, bytes, str], str]
 """Stores one picture (artifact name, bytes, media type) and returns the link a client follows."""
+
+
+def warm_model(model: LoadedModel) -> LoadedModel:
+    """The per-model work a first request would otherwise do inline, done once at load (on a lane).
+
+    Occlusion's cost estimate, which every occlusion request computes on the event loop before
+    it is admitted, asks whether the model traces for the incremental engine; the first ask is a
+    torch.fx trace of the whole network (tens of milliseconds on Lite0). After this it is a lookup.
+    """
+    supports_incremental(model.module)
+    return model
 
 
 def method_precisions(m: Method, model: LoadedModel) -> list[str]:

@@ -14,6 +14,7 @@ from cnnviz.models import Catalog
 from core.batching import ExplainBatcher
 from core.compiled import CompiledForwards
 from core.compute import shared_lanes
+from core.explaining import warm_model
 from core.jobtypes import JOB_REQUEST, JOB_REQUESTS
 from core.schemas.collections import CollectionParams, IdentifyParams
 from core.schemas.explain import METHOD_PARAMS, ExplainParams
@@ -41,6 +42,9 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         catalog = lanes.run(Catalog.from_environment, settings.models_file, settings.device, settings.default_model)
     if settings.preload_models:
         lanes.run(catalog.load_all)
+        for name in catalog.specs:
+            if catalog.is_loaded(name):
+                lanes.run(warm_model, catalog.get(name))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

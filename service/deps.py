@@ -14,6 +14,7 @@ from cnnviz.models import Catalog, LoadedModel
 from core.compiled import CompiledForwards
 from core.compute import ComputeLanes
 from core.errors import NotFound, jobs_unavailable
+from core.explaining import warm_model
 from core.jobtypes import SubmitContext, lookup_model
 from core.store.collections import CollectionStore
 from core.store.jobs import ACTIVE
@@ -48,7 +49,8 @@ async def get_model(catalog: Annotated[Catalog, Depends(get_catalog)],
                     model: str = Path(..., max_length=100)) -> LoadedModel:
     if model in catalog.specs and catalog.is_loaded(model):
         return lookup_model(catalog, model)
-    return await lanes.arun(lookup_model, catalog, model)  # a first load runs forwards: on a lane (core/compute.py)
+    # A first load runs forwards, and its warm-up traces the network: on a lane (core/compute.py).
+    return await lanes.arun(lambda: warm_model(lookup_model(catalog, model)))
 
 
 async def get_jobs(request: Request) -> JobClient:

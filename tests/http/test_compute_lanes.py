@@ -98,3 +98,26 @@ def test_threads_outside_the_lanes_compute_alone(client):
     with ThreadPoolExecutor(1) as pool:
         assert pool.submit(torch.get_num_threads).result() == 1
     assert client.portal.call(anyio.to_thread.run_sync, torch.get_num_threads) == 1  # the server's own pool
+
+
+def test_a_models_first_trace_runs_on_a_lane_not_the_event_loop(monkeypatch, chelsea_jpeg):
+    """Occlusion prices every request on the event loop before admitting it; the fx trace behind
+    that price is done when the model loads, on a lane, so no request's estimate ever traces."""
+    from cnnviz.attribution import incremental
+    from cnnviz.models import Catalog
+
+    traced: list[str] = []
+    real = incremental._trace
+
+    def recording(module):
+        with incremental._LOCK:
+            fresh = module not in incremental._TRACES
+        if fresh:
+            traced.append(threading.current_thread().name)
+        return real(module)
+
+    monkeypatch.setattr(incremental, "_trace", recording)
+    with TestClient(create_app(Settings(preload_models=False), catalog=Catalog.from_environment())) as c:
+        _post(c, "/v1/models/efficientnet-lite0/explain/occlusion", chelsea_jpeg,
+              {"resolution": 64, "window": 32, "stride": 32})
+    assert traced and all(name.startswith("cnnviz-compute") for name in traced), traced
