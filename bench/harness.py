@@ -36,16 +36,7 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, min
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
     """Median seconds per function, running them round-robin so machine noise hits all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return _median_times(fns, repeats, block=1, warmup=warmup, settle=False)
 
 
 def in_blocks(fns: dict[str, Callable[[], object]], rounds: int = 8, block: int = 5,
@@ -58,13 +49,19 @@ def in_blocks(fns: dict[str, Callable[[], object]], rounds: int = 8, block: int 
     and the next ``block`` calls are timed; rounds alternate the functions, so drift still hits
     all alike.
     """
+    return _median_times(fns, rounds, block=block, warmup=warmup, settle=True)
+
+
+def _median_times(fns: dict[str, Callable[[], object]], rounds: int, *, block: int, warmup: int,
+                  settle: bool) -> dict[str, float]:
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            fn()
+            if settle:
+                fn()
             for _ in range(block):
                 t0 = time.perf_counter()
                 fn()

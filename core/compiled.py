@@ -15,7 +15,7 @@ eagerly from the layer's output as a gradient leaf, so the gradient is the eager
 (:meth:`CompiledForwards.layer_forward`, offered to the engine through
 :mod:`cnnviz.attribution.layer_forward`). On Lite0 a Grad-CAM engine call goes from 12-15 ms to
 9-10 ms with equal maps. One compile serves both. A model that fx cannot trace compiles whole,
-for predict only. Every other method, layer, batch size and precision runs the hooked eager module.
+for predict only. Every other method, layer, image size and precision runs the hooked eager module.
 
 How, so that no request ever waits for a compiler:
 

@@ -48,7 +48,8 @@ class JobConfig:
             prefix=os.environ.get("CNNVIZ_KEY_PREFIX", cls.prefix),
             heartbeat_ttl_s=ttl,
             heartbeat_interval_s=min(_float_env("CNNVIZ_JOB_HEARTBEAT_INTERVAL", cls.heartbeat_interval_s), ttl / 3),
-            orphan_grace_s=_float_env("CNNVIZ_JOB_ORPHAN_GRACE", cls.orphan_grace_s),
+            # at least a second: a live worker between its pop and its start must never look orphaned
+            orphan_grace_s=max(1.0, _float_env("CNNVIZ_JOB_ORPHAN_GRACE", cls.orphan_grace_s)),
         )
 
     def queue_name(self, kind: str) -> str:
