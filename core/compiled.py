@@ -150,11 +150,13 @@ class CompiledForwards:
 
     def _serves(self, model: LoadedModel, x: torch.Tensor) -> _Compiled | None:
         """The entry if ``x`` meets every guard it was compiled under (image shape, dtype, device,
-        layout), so a request can never trigger a recompile; else None."""
+        layout, and the calling thread's torch thread count, which Dynamo's global-state guard also
+        checks: a call from a thread of another width compiled a second graph, seconds inside that
+        request), so a request can never trigger a recompile; else None."""
         e = self._entry(model)
         if (e is not None and e.state != "failed" and 1 in e.fns and x.dim() == 4 and tuple(x.shape[1:]) == e.shape
                 and 0 < x.shape[0] <= MAX_IMAGES and x.dtype == torch.float32 and x.device.type == "cpu"
-                and not x.requires_grad):
+                and not x.requires_grad and torch.get_num_threads() == self.threads):
             return e
         return None
 

@@ -40,6 +40,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -52,11 +53,69 @@ THREADS_PER_LANE = 4  # a batch-of-one forward of the catalog's CNNs gains littl
 
 
 def cpu_threads() -> int:
-    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    """CPU cores this process may really use: its affinity mask, and its cgroup's CPU quota.
+
+    A container under a CPU limit (Kubernetes ``limits.cpu``, ``docker run --cpus``) still sees
+    every core of the node in its affinity mask; sized to those, the lanes' teams would be throttled
+    by the quota mid-kernel and every forward would wait on them. A fractional quota rounds down (1.5
+    CPUs: one thread), since a thread that outruns the quota stalls its whole team.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    return min(cores, max(1, int(limit))) if limit is not None else cores
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> float | None:
+    """CPUs this process's cgroup may use (quota / period), the tightest along its path; None if unlimited.
+
+    cgroup v2 keeps ``cpu.max`` ("max 100000" or "200000 100000") in each directory of the unified
+    tree; v1 keeps ``cpu.cfs_quota_us`` (-1: none) and ``cpu.cfs_period_us`` under the ``cpu``
+    controller. Inside a container the process's own path is usually ``/`` of its namespace.
+    """
+    try:
+        lines = Path(membership).read_text().splitlines()
+    except OSError:
+        return None
+    limits: list[float] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2
+            base, read = Path(root), _v2_limit
+        elif "cpu" in controllers.split(","):
+            base = next((Path(root) / d for d in (controllers, "cpu", "cpu,cpuacct") if (Path(root) / d).is_dir()),
+                        Path(root) / "cpu")
+            read = _v1_limit
+        else:
+            continue
+        rel = Path(path.lstrip("/"))
+        for ancestor in [rel, *rel.parents]:  # the cgroup itself and each parent visible to us
+            got = read(base / ancestor)
+            if got is not None:
+                limits.append(got)
+    return min(limits) if limits else None
+
+
+def _v2_limit(d: Path) -> float | None:
+    try:
+        quota, period = (d / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _v1_limit(d: Path) -> float | None:
+    try:
+        quota = int((d / "cpu.cfs_quota_us").read_text())
+        period = int((d / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else quota / period
+    except (OSError, ValueError):
+        return None
 
 
 def _omp_threads() -> int | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 
@@ -22,6 +23,7 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from core.compute import cpu_threads
 from core.store.config import QUEUES, WORKER_BEAT_S, WORKER_LIVENESS_S, JobConfig
 from workers.runtime import get_model
 
@@ -120,6 +122,20 @@ def _wait_for_redis(conn: Redis, stop: list[bool]) -> None:
             delay = min(delay * 2, 5.0)
 
 
+def _fit_torch_threads() -> None:
+    """Torch threads no more than the CPUs this process may use (its cgroup quota included,
+    core.compute.cpu_threads): torch's default counts the node's cores, which under a container's
+    CPU limit makes OpenMP teams that the quota throttles mid-kernel. ``OMP_NUM_THREADS`` wins."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    cores = cpu_threads()
+    if torch.get_num_threads() > cores:
+        log.info("torch threads: %d (the CPUs this process may use), not %d", cores, torch.get_num_threads())
+        torch.set_num_threads(cores)
+
+
 def run_worker(redis_url: str, queues: list[str] | None = None, *, burst: bool = False, max_jobs: int | None = None,
                preload: str | None = None, log_level: str = "INFO") -> int:
     """Work until stopped (or, with ``burst``, until the queues are empty; or after ``max_jobs``).
@@ -127,6 +143,7 @@ def run_worker(redis_url: str, queues: list[str] | None = None, *, burst: bool =
     rq's loop quits on some Redis errors; this loop waits for Redis and starts a fresh rq worker,
     so a Redis restart costs a few seconds, not the worker.
     """
+    _fit_torch_threads()
     cfg = JobConfig.from_environment()
     queues = [cfg.queue_name(kind) for kind in (queues or QUEUES)]
     conn = Redis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=30)

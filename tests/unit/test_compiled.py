@@ -4,6 +4,8 @@ and a model that cannot compile stays eager and says why."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -19,7 +21,7 @@ needs_compiler = pytest.mark.skipif(compiler_missing() is not None, reason=str(c
 @needs_compiler
 def test_compiled_forward_matches_eager_and_serves_only_its_shape():
     model = tiny_model()
-    forwards = CompiledForwards(True, 2)
+    forwards = CompiledForwards(True, torch.get_num_threads())
     assert forwards.state(model)[0] == "off"
     forwards.ensure(model)
     assert forwards.wait(model, timeout=600) == "ready", forwards.state(model)
@@ -39,6 +41,17 @@ def test_compiled_forward_matches_eager_and_serves_only_its_shape():
     bigger = torch.nn.functional.interpolate(x, size=(SIZE * 2, SIZE * 2))
     out, ran = forwards.forward(model, bigger)  # another size: the eager module, no recompile
     assert ran == "eager" and torch.allclose(out, model.module(bigger), atol=1e-6)
+
+    # A thread of another torch width: Dynamo would compile a second graph inside the call, so eager.
+    def other_width() -> str:
+        torch.set_num_threads(forwards.threads + 1)
+        return forwards.forward(model, x)[1]
+
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(other_width).result() == "eager"
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs, "a call recompiled"
+    assert forwards.forward(model, x)[1] == "compiled"
 
 
 def test_disabled_and_failed_compiles_stay_eager(monkeypatch):
@@ -65,7 +78,7 @@ def test_disabled_and_failed_compiles_stay_eager(monkeypatch):
 @pytest.fixture(scope="module")
 def compiled_tiny():
     model = tiny_model()
-    forwards = CompiledForwards(True, 2)
+    forwards = CompiledForwards(True, torch.get_num_threads())
     forwards.ensure(model)
     assert forwards.wait(model, timeout=600) == "ready", forwards.state(model)
     assert "CAM family at layer act3" in forwards.state(model)[1] and "batches of 1 and 4" in forwards.state(model)[1]

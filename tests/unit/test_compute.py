@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
-from core.compute import ComputeLanes, lane_shape, shared_lanes
+from core import compute
+from core.compute import ComputeLanes, cgroup_cpu_limit, lane_shape, shared_lanes
 
 
 @pytest.mark.parametrize("cores", [1, 2, 3, 4, 8, 16, 64])
@@ -53,3 +55,68 @@ def test_omp_num_threads_caps_the_lane(monkeypatch):
     assert lane_shape(cores=8) == (8, 1)
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert lane_shape(cores=8) == (2, 4)
+
+
+def _cgroup(tmp_path, membership: str, files: dict[str, str]) -> tuple[str, str]:
+    for rel, text in files.items():
+        f = tmp_path / "fs" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    (tmp_path / "self").write_text(membership)
+    return str(tmp_path / "fs"), str(tmp_path / "self")
+
+
+def test_cgroup_v2_quota_is_read_and_the_tightest_ancestor_wins(tmp_path):
+    root, me = _cgroup(tmp_path, "0::/kubepods/pod1/c1\n", {
+        "cpu.max": "max 100000\n",
+        "kubepods/pod1/cpu.max": "150000 100000\n",  # the pod's limit: 1.5 CPUs
+        "kubepods/pod1/c1/cpu.max": "400000 100000\n"})
+    assert cgroup_cpu_limit(root, me) == pytest.approx(1.5)
+
+
+def test_cgroup_v2_without_a_quota_is_unlimited(tmp_path):
+    root, me = _cgroup(tmp_path, "0::/\n", {"cpu.max": "max 100000\n"})
+    assert cgroup_cpu_limit(root, me) is None
+    assert cgroup_cpu_limit(root, str(tmp_path / "missing")) is None
+
+
+def test_cgroup_v1_quota_is_read(tmp_path):
+    root, me = _cgroup(tmp_path, "4:memory:/x\n2:cpu,cpuacct:/docker/abc\n", {
+        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "200000\n",
+        "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+        "cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})
+    assert cgroup_cpu_limit(root, me) == pytest.approx(2.0)
+
+
+def test_a_cpu_limit_below_the_affinity_mask_sizes_the_lanes(monkeypatch):
+    """16 cores in the mask, a 2.5-CPU quota: two threads (rounded down), one lane of two."""
+    monkeypatch.setattr(compute.os, "sched_getaffinity", lambda _pid: set(range(16)))
+    monkeypatch.setattr(compute, "cgroup_cpu_limit", lambda: 2.5)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert compute.cpu_threads() == 2
+    assert lane_shape() == (1, 2)
+    monkeypatch.setattr(compute, "cgroup_cpu_limit", lambda: 0.5)
+    assert compute.cpu_threads() == 1
+    monkeypatch.setattr(compute, "cgroup_cpu_limit", lambda: None)
+    assert compute.cpu_threads() == 16
+
+
+def test_a_worker_runs_torch_on_no_more_threads_than_its_cpus(monkeypatch):
+    from workers import worker
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(worker, "cpu_threads", lambda: 1)
+
+    def fitted() -> int:
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(2)  # torch's default on a 2-core node, under a 1-CPU quota
+            worker._fit_torch_threads()
+            return torch.get_num_threads()
+        finally:
+            torch.set_num_threads(before)  # also the process default, as it was
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(fitted).result() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the operator's count wins
+        assert pool.submit(fitted).result() == 2
