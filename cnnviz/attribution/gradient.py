@@ -56,6 +56,7 @@ from .base import (
     register,
 )
 from .fastconv import packed_convolutions
+from .folded import folded_module
 from .rules import rectifier_rule
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ class Objective:
     model: LoadedModel
     targets: Targets
     rows: list[list[int]] | None = None
+    fold: bool = False  # gradient methods: class scores from the copy with batch norms folded (.folded)
     _index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -174,11 +176,19 @@ class Objective:
     def is_unit(self) -> bool:
         return isinstance(self.targets, UnitTarget)
 
+    @property
+    def module(self) -> torch.nn.Module:
+        """The network :meth:`outputs` runs: with ``fold``, for class scores, the copy with batch norms
+        folded into their convolutions (:mod:`.folded`: the same function, cheaper gradients); else
+        the served module (a unit names its layers; perturbation methods compare against the
+        served module's own scores, as the incremental occlusion engine computes them)."""
+        return folded_module(self.model) if self.fold and not self.is_unit else self.model.module
+
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
         """One forward pass, under the engine call's precision (:func:`cnnviz.precision.forward_precision`)."""
         if not isinstance(self.targets, UnitTarget):
             with forward_precision():
-                return self.model.module(x)
+                return self.module(x)
         unit = self.targets
         cap = LayerCapture()
 
@@ -248,7 +258,7 @@ def input_gradients(objective: Objective, x: torch.Tensor, img: torch.Tensor,
     """
     xg = x.detach().requires_grad_(True)
     # Without a rule, frozen CPU convolutions still run prepacked (.fastconv; the rule context does it itself).
-    ctx = rectifier_rule(objective.model.module, rule) if rule else _packed_plain()
+    ctx = rectifier_rule(objective.module, rule) if rule else _packed_plain()
     with torch.enable_grad():
         with ctx as rule_warnings:
             out = objective.outputs(xg)
@@ -319,7 +329,7 @@ class GradientMethod(Method):
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: GradientParams) -> Explanation:
         reduce = params.reduce or self.default_reduce
-        objective = Objective(model, targets)
+        objective = Objective(model, targets, fold=True)
         ctx = GradContext(model, objective, params, [], {}, self.layer_used(objective, layer))
         img = torch.arange(x.shape[0], device=x.device)
         sink: list[torch.Tensor] = []

@@ -16,6 +16,7 @@ from tiny import tiny_batch, tiny_model, wrap
 from torch import nn
 
 from cnnviz.attribution import ClassTargets, UnitTarget, fastconv, get_method, rules
+from cnnviz.attribution.folded import folded_module
 from cnnviz.attribution.rules import forget_plan, rectifier_rule
 
 
@@ -84,14 +85,14 @@ def test_hook_path_equals_captum_on_a_relu_module_net():
     model = tiny_model(functional=False, relu6=False)
     x = tiny_batch(2, model=model)
     cls = model.module(x).argmax(1).tolist()
-    forget_plan(model.module)
+    forget_plan(folded_module(model))  # class scores run the folded copy
     for name, peer in (("guided_backprop", GuidedBackprop), ("deconvnet", Deconvolution)):
         for _ in range(2):  # probe, then the hook path
             ours = get_method(name).attribute(model, x, ClassTargets(indices=tuple((c,) for c in cls)),
                                               reduce="sum")
             theirs = peer(model.module).attribute(x.clone(), target=cls).sum(1)
             torch.testing.assert_close(torch.stack([m[0] for m in ours.maps]), theirs, rtol=1e-4, atol=1e-6)
-    assert rules._PLANS[model.module].functional is False
+    assert rules._PLANS[folded_module(model)].functional is False
 
 
 @pytest.mark.parametrize("rule", ["guided", "deconvnet"])
@@ -136,10 +137,11 @@ def test_an_early_stopped_forward_makes_no_plan():
     model = tiny_model(functional=False)
     x = tiny_batch(2, model=model)
     forget_plan(model.module)
+    forget_plan(folded_module(model))
     get_method("guided_backprop").attribute(model, x, UnitTarget("act2", 1))  # stops after act2
-    assert model.module not in rules._PLANS
+    assert model.module not in rules._PLANS  # a unit runs the served module
     get_method("guided_backprop").attribute(model, x, ClassTargets())
-    assert rules._PLANS[model.module].functional is False
+    assert rules._PLANS[folded_module(model)].functional is False
 
 
 def test_the_plan_keeps_warning_about_functional_silu():
@@ -154,11 +156,11 @@ def test_the_plan_keeps_warning_about_functional_silu():
 
     model = wrap(SiluHead(), num_classes=4)
     x = tiny_batch(2, model=model)
-    forget_plan(model.module)
+    forget_plan(folded_module(model))
     for _ in range(2):
         e = get_method("deconvnet").attribute(model, x, ClassTargets())
         assert any("functional SiLU" in w for w in e.warnings), e.warnings
-    assert rules._PLANS[model.module].functional is False
+    assert rules._PLANS[folded_module(model)].functional is False
 
 
 class _Layers(nn.Module):
