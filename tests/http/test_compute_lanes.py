@@ -22,6 +22,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from cnnviz.attribution.folded import folded_module
 from service.app import create_app
 from service.settings import Settings
 
@@ -30,9 +31,12 @@ from service.settings import Settings
 def threads_seen(catalog):
     model = catalog.get("efficientnet-lite0")
     seen: list[str] = []
-    handle = model.module.register_forward_hook(lambda m, i, o: seen.append(threading.current_thread().name))
+    # The served module, and the copy the gradient methods run (cnnviz/attribution/folded.py).
+    handles = [net.register_forward_hook(lambda m, i, o: seen.append(threading.current_thread().name))
+               for net in (model.module, folded_module(model))]
     yield seen
-    handle.remove()
+    for h in handles:
+        h.remove()
 
 
 @pytest.fixture(scope="module")
