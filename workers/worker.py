@@ -17,6 +17,7 @@ import threading
 import time
 
 import redis
+import torch
 from redis import Redis
 from rq import Queue, SimpleWorker, worker_registration
 from rq.exceptions import StopRequested
@@ -96,8 +97,6 @@ class CnnvizWorker(SimpleWorker):
             super().execute_job(job, queue)
         finally:
             try:
-                import torch
-
                 if torch.cuda.is_available():
                     # GPU memory held by cyclic garbage is scarce: collect fully, then return the cache.
                     gc.collect()
@@ -128,8 +127,6 @@ def _fit_torch_threads() -> None:
     CPU limit makes OpenMP teams that the quota throttles mid-kernel. ``OMP_NUM_THREADS`` wins."""
     if "OMP_NUM_THREADS" in os.environ:
         return
-    import torch
-
     cores = cpu_threads()
     if torch.get_num_threads() > cores:
         log.info("torch threads: %d (the CPUs this process may use), not %d", cores, torch.get_num_threads())
