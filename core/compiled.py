@@ -20,14 +20,13 @@ for predict only. Every other method, layer, image size and precision runs the h
 How, so that no request ever waits for a compiler:
 
 - a model's compile starts on its first predict or explanation (the default model's at start-up
-  when models are preloaded) in a background thread, for one image and then for four
+  when models are preloaded) in a background thread, for one image, then four, then two
   (:data:`BATCHES`); each took about 18 s with a cold cache on these 2 cores, less with
   Inductor's cache warm (``TORCHINDUCTOR_CACHE_DIR``; keep it on a volume to keep restarts warm),
   and while it runs it shares the cores with the lanes, whose requests are slower meanwhile;
 - until the one-image graph is ready, and for every input it was not compiled for, the eager
   forward runs; the compiled graphs serve images at the model's input size, float32, on the CPU,
-  in fours (three padded with a copy of the first) and the rest one by one, so nothing ever
-  recompiles on a request;
+  in chunks of the compiled sizes (four, two, one), so nothing ever recompiles on a request;
 - the compiled logits (and the layer's output) must agree with the eager ones on a probe input
   (relative 1e-3) before they serve; a model that fails to compile or to agree stays eager, and
   says why;
@@ -62,10 +61,12 @@ from core.schemas.models import CompileState, ForwardKind
 log = logging.getLogger(__name__)
 
 AGREEMENT_RTOL = 1e-3  # compiled logits within this fraction of the eager logits' largest magnitude
-# Batch sizes compiled, smallest first: one image (a lone request) and four (a batched group of
-# 3-4; larger groups run in fours). Measured on these 2 cores, Lite0 Grad-CAM: 8-9 ms for one image
-# compiled, 4.9 ms per image at four; eager, a batch of eight was slower per image than four.
-BATCHES = (1, 4)
+# Batch sizes compiled, in this order (each serves as soon as it is checked): one image (a lone
+# request), four (full groups under load; larger groups run in fours), two (groups of two and
+# three). Measured on these 2 cores, Lite0 compiled forward per image: 9.1 ms at one, 7.6 at two,
+# 6.6 at four, so a group of three runs as two plus one (24 ms) rather than four padded (26 ms);
+# eight was no cheaper per image than four.
+BATCHES = (1, 4, 2)
 Compiled = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 """One compiled batch size: a normalized batch in, ``(logits, *split.needed)`` out."""
 
@@ -198,9 +199,9 @@ class CompiledForwards:
                     entry.shape = (3, model.preprocessing.input_size, model.preprocessing.input_size)
                     entry.fns = {**entry.fns, batch: fn}  # a new dict: readers never see one change size
                     if batch != BATCHES[-1]:
-                        entry.reason = f"batch {batch} ready and serving; compiling the next ({BATCHES[-1]})"
+                        entry.reason = f"batches of {_sizes(entry.fns)} ready and serving; compiling more"
             entry.state = "ready"
-            entry.reason = (f"compiled with Inductor (frozen) for batches of {' and '.join(map(str, BATCHES))}: "
+            entry.reason = (f"compiled with Inductor (frozen) for batches of {_sizes(entry.fns)}: "
                             "predict" + (f", and the CAM family at layer {split.layer}" if split else ""))
             log.info("compiled forward of %s ready (%s)", model.name, entry.reason)
         except Exception as exc:  # noqa: BLE001 - any compiler failure leaves the model eager
@@ -237,21 +238,20 @@ class CompiledForwards:
 MAX_IMAGES = 64  # the most images one compiled call takes (in chunks of the compiled batch sizes)
 
 
+def _sizes(fns: dict[int, Compiled]) -> str:
+    sizes = [str(b) for b in sorted(fns)]
+    return sizes[0] if len(sizes) == 1 else ", ".join(sizes[:-1]) + " and " + sizes[-1]
+
+
 def _run(fns: dict[int, Compiled], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The compiled graph's outputs for any number of images: chunks of four (three padded with a
-    copy of the first: images are independent in a frozen eval-mode network), the rest one by one."""
+    """The compiled graph's outputs for any number of images, in chunks of the largest compiled batch
+    that fits what is left (seven: four, two, one; one image is always compiled)."""
     n, parts, i = x.shape[0], [], 0
-    big = max(fns)
+    sizes = sorted(fns, reverse=True)
     while i < n:
-        left = n - i
-        b = big if left >= big - 1 else 1
-        take = min(b, left)
-        chunk = x[i:i + take]
-        if take < b:
-            chunk = torch.cat([chunk, chunk[:1].expand(b - take, *chunk.shape[1:])])
-        out = fns[b](chunk.contiguous())
-        parts.append([o[:take] for o in out])
-        i += take
+        b = next(s for s in sizes if s <= n - i)
+        parts.append(fns[b](x[i:i + b].contiguous()))
+        i += b
     return tuple(torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts, strict=True))
 
 
