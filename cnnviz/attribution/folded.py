@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from ..hooks import thread_hooks
 from ..models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -99,18 +100,14 @@ def _fold(twin: nn.Module, probe: torch.Tensor) -> int:
         if got is not None and got[1] is inp[0] and all(b is not mod for _, b in pairs):
             pairs.append((got[0], mod))  # type: ignore[arg-type]
 
-    handles = []
+    hooks = []
     for m in twin.modules():  # subclasses too (a "same"-padding conv): the agreement check has the last word
         if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_out))
+            hooks.append((m, conv_out))
         elif isinstance(m, nn.BatchNorm2d) and m.track_running_stats and m.running_mean is not None:
-            handles.append(m.register_forward_hook(bn_in))
-    try:
-        with torch.no_grad():
-            twin(probe)
-    finally:
-        for h in handles:
-            h.remove()
+            hooks.append((m, bn_in))
+    with thread_hooks(hooks), torch.no_grad():
+        twin(probe)
     convs = [c for c, _ in pairs]
     if len(set(map(id, convs))) != len(convs):
         raise RuntimeError("a convolution feeds two batch norms")
