@@ -48,8 +48,8 @@ class ModelDetail(ModelSummary):
     gradients: bool = Field(True, description="false: only gradient-free methods answer")
     methods: list[str] = Field(default_factory=list, description="explanation methods available for this model")
     compiled: CompileState = Field(
-        "off", description="predict's compiled forward (one image at the input size): off, compiling in the "
-                           "background, ready, or failed (predict stays eager)")
+        "off", description="the compiled forward of predict and the CAM family at the default layer (images "
+                           "at the input size): off, compiling in the background, ready, or failed (they stay eager)")
     compiled_reason: str = Field("", description="why it is in that state")
 
 

@@ -44,8 +44,9 @@ def _files(jpeg: bytes) -> list:
 def test_the_model_says_its_forward_is_compiled(compiled_client):
     r = compiled_client.get(URL)
     assert r.status_code == 200, r.text
-    body = json.dumps(r.json())
-    assert '"ready"' in body and "act_head" in body, body
+    body = r.json()
+    assert body["compiled"] == "ready", body["compiled_reason"]
+    assert "CAM family at layer act_head" in body["compiled_reason"], body["compiled_reason"]
 
 
 def test_predict_runs_compiled_and_agrees_with_eager(compiled_client, client, chelsea_jpeg):
