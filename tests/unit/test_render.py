@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import zlib
 
 import numpy as np
 import pytest
@@ -251,6 +252,16 @@ def test_png_of_a_photo_is_no_larger_than_pils(chelsea) -> None:
     ours = encode_png(img)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(ours))), img.numpy())
     assert len(ours) <= len(buf.getvalue()) * 1.05
+
+
+def test_png_deflate_is_isal_where_installed() -> None:
+    """ISA-L is a dependency for speed (cnnviz/render/png.py); losing it would silently cost 1.7 ms an answer."""
+    isal_zlib = pytest.importorskip("isal.isal_zlib")
+    from cnnviz.render import png
+
+    assert png._deflate is isal_zlib.compress
+    data = np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes() * 3
+    assert zlib.decompress(png._deflate(data, 1)) == data  # a plain zlib stream, as IDAT must hold
 
 
 def test_png_rejects_empty() -> None:
