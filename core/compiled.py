@@ -35,8 +35,15 @@ How, so that no request ever waits for a compiler:
 
 It needs a C++ compiler (``g++``; the Docker image installs one) and is off on CUDA (where the eager
 forward is already cheap) and with ``CNNVIZ_COMPILE_PREDICT=false``. The compile thread runs torch
-with the lanes' thread count, so the kernels it generates use the lanes' OpenMP width; it resets
-the process default to one thread afterwards (core/compute.py says why that matters).
+with each lane width's thread count in turn, so the kernels it generates use that OpenMP width; it
+resets the process default to one thread after each (core/compute.py says why that matters).
+Elastic lanes compute at two widths (the wide lane's, and one thread), so each width has its own
+copy of the graph and its own compiled batches (one image at both widths first), six compiles in all.
+
+A served graph is run-only (``torch._dynamo.run``): it runs what was compiled and never compiles.
+Two one-thread lanes call the same graphs at once, and once in a few thousand calls Dynamo saw a
+guard fail that passed when it checked again, and recompiled inside the request (18 s). Run-only,
+such a miss runs the frame eagerly, with the same result.
 """
 
 from __future__ import annotations
@@ -85,7 +92,8 @@ class _Compiled:
     state: CompileState
     reason: str = ""
     shape: tuple[int, ...] | None = None  # one image's (channels, height, width)
-    fns: dict[int, Compiled] = field(default_factory=dict)  # batch size -> compiled graph, as each is ready
+    # torch thread count -> batch size -> compiled graph, as each is ready (a new dict each time)
+    fns: dict[int, dict[int, Compiled]] = field(default_factory=dict)
     split: _Split | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -102,8 +110,10 @@ def compiler_missing() -> str | None:
 class CompiledForwards:
     """The process's compiled predict forwards, one per loaded model (see the module docstring)."""
 
-    def __init__(self, enabled: bool, threads: int) -> None:
-        self.threads = max(1, threads)
+    def __init__(self, enabled: bool, threads: int | tuple[int, ...]) -> None:
+        # The lanes' widths (core/compute.py ComputeLanes.widths), the widest first; each gets its own graphs.
+        self.widths = tuple(max(1, w) for w in ((threads,) if isinstance(threads, int) else threads))
+        self.threads = self.widths[0]
         missing = None if enabled else "disabled (CNNVIZ_COMPILE_PREDICT=false)"
         self.off_reason = missing or compiler_missing()
         self._lock = threading.Lock()
@@ -149,35 +159,39 @@ class CompiledForwards:
             e.done.wait(timeout)
         return self.state(model)[0]
 
-    def _serves(self, model: LoadedModel, x: torch.Tensor) -> _Compiled | None:
-        """The entry if ``x`` meets every guard it was compiled under (image shape, dtype, device,
-        layout, and the calling thread's torch thread count, which Dynamo's global-state guard also
-        checks: a call from a thread of another width compiled a second graph, seconds inside that
-        request), so a request can never trigger a recompile; else None."""
+    def _serves(self, model: LoadedModel, x: torch.Tensor) -> tuple[_Compiled, dict[int, Compiled]] | None:
+        """The entry and the graphs of the calling thread's width if ``x`` meets every guard they were
+        compiled under (image shape, dtype, device, layout, and the calling thread's torch thread count,
+        which Dynamo's global-state guard also checks: a call from a thread of another width compiled a
+        second graph, seconds inside that request), so a request can never trigger a recompile; else None."""
         e = self._entry(model)
-        if (e is not None and e.state != "failed" and 1 in e.fns and x.dim() == 4 and tuple(x.shape[1:]) == e.shape
-                and 0 < x.shape[0] <= MAX_IMAGES and x.dtype == torch.float32 and x.device.type == "cpu"
-                and not x.requires_grad and torch.get_num_threads() == self.threads):
-            return e
+        if e is None or e.state == "failed":
+            return None
+        fns = e.fns.get(torch.get_num_threads(), {})
+        if (1 in fns and x.dim() == 4 and tuple(x.shape[1:]) == e.shape and 0 < x.shape[0] <= MAX_IMAGES
+                and x.dtype == torch.float32 and x.device.type == "cpu" and not x.requires_grad):
+            return e, fns
         return None
 
     def forward(self, model: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, ForwardKind]:
         """Logits for ``x`` and which forward ran (``compiled`` or ``eager``)."""
-        e = self._serves(model, x)
-        if e is None:
+        served = self._serves(model, x)
+        if served is None:
             return eager_forward(model, x)
         with torch.no_grad():
-            return _run(e.fns, x)[0], "compiled"
+            return _run(served[1], x)[0], "compiled"
 
     def layer_forward(self, model: LoadedModel, x: torch.Tensor,
                       layer: str) -> tuple[torch.Tensor, torch.Tensor, str] | None:
         """For the CAM family (cnnviz.attribution.layer_forward): the logits and the default layer's
         output as a gradient leaf, from the compiled graph and the eager tail; None where it cannot serve."""
-        e = self._serves(model, x)
-        if e is None or e.split is None or e.split.layer != layer:
+        served = self._serves(model, x)
+        if served is None or served[0].split is None or served[0].split.layer != layer:
             return None
+        e, fns = served
+        assert e.split is not None
         with torch.no_grad():
-            out = _run(e.fns, x)
+            out = _run(fns, x)
         values = dict(zip(e.split.needed, out[1:], strict=True))
         leaf = values[e.split.runner.target_node].detach().requires_grad_(True)
         with torch.enable_grad():
@@ -185,23 +199,28 @@ class CompiledForwards:
         return logits, leaf, "compiled"
 
     def _compile(self, model: LoadedModel, entry: _Compiled) -> None:
-        # This thread's kernels run at the lanes' width (Inductor reads the count when it generates
-        # code); setting it also sets the process default, which goes back to one thread at once.
-        torch.set_num_threads(self.threads)
-        torch.get_num_threads()
-        single_threaded_default()
         try:
             with self._one_compile:
                 twin, graph, split = _prepare(model)
                 entry.split = split
-                for batch in BATCHES:  # each serves as soon as it is built and checked
-                    fn = self._build(model, twin, graph, split, batch)
+                # Each width compiles its own copy of the graph, so Dynamo keeps its graphs apart and a
+                # lane's call checks only the guards of its own width's entries.
+                copies = {w: _copy_graph(graph, twin) for w in self.widths}
+                plan = [(w, b) for b in BATCHES for w in self.widths]
+                for i, (width, batch) in enumerate(plan):  # each serves as soon as it is built and checked
+                    # This thread's kernels run at the lane's width (Inductor reads the count when it generates
+                    # code); setting it also sets the process default, which goes back to one thread at once.
+                    torch.set_num_threads(width)
+                    torch.get_num_threads()
+                    single_threaded_default()
+                    fn = self._build(model, twin, copies[width], split, batch)
                     entry.shape = (3, model.preprocessing.input_size, model.preprocessing.input_size)
-                    entry.fns = {**entry.fns, batch: fn}  # a new dict: readers never see one change size
-                    if batch != BATCHES[-1]:
-                        entry.reason = f"batches of {_sizes(entry.fns)} ready and serving; compiling more"
+                    # New dicts: a reader never sees one change size.
+                    entry.fns = {**entry.fns, width: {**entry.fns.get(width, {}), batch: fn}}
+                    if i + 1 < len(plan):
+                        entry.reason = f"{_sizes(entry.fns)} ready and serving; compiling more"
             entry.state = "ready"
-            entry.reason = (f"compiled with Inductor (frozen) for batches of {_sizes(entry.fns)}: "
+            entry.reason = (f"compiled with Inductor (frozen) for {_sizes(entry.fns)}: "
                             "predict" + (f", and the CAM family at layer {split.layer}" if split else ""))
             log.info("compiled forward of %s ready (%s)", model.name, entry.reason)
         except Exception as exc:  # noqa: BLE001 - any compiler failure leaves the model eager
@@ -232,15 +251,34 @@ class CompiledForwards:
         if split is not None:
             for node, value in zip(split.needed, got[1:], strict=True):
                 _agree(f"{split.layer} ({node.name}, batch {batch})", value, layer_want[node])
-        return fn
+        return torch._dynamo.run(fn)  # run-only: never a compile inside a request (module docstring)
 
 
 MAX_IMAGES = 64  # the most images one compiled call takes (in chunks of the compiled batch sizes)
 
 
-def _sizes(fns: dict[int, Compiled]) -> str:
-    sizes = [str(b) for b in sorted(fns)]
-    return sizes[0] if len(sizes) == 1 else ", ".join(sizes[:-1]) + " and " + sizes[-1]
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _sizes(fns: dict[int, dict[int, Compiled]]) -> str:
+    """Which graphs are ready, said as batch sizes, per torch width where lanes of several widths compute."""
+    def batches(by_batch: dict[int, Compiled]) -> str:
+        return "batches of " + _and([str(b) for b in sorted(by_batch)])
+
+    if len(fns) == 1:
+        return batches(next(iter(fns.values())))
+    return _and([f"{batches(fns[w])} at {w} thread{'s' if w > 1 else ''}" for w in sorted(fns, reverse=True)])
+
+
+def _copy_graph(graph: torch.nn.Module, twin: torch.nn.Module) -> torch.nn.Module:
+    """A graph of its own for one width, sharing the weights: a new GraphModule class (with its own
+    code object, where Dynamo keys its cache) or a new wrapper of the twin."""
+    if isinstance(graph, fx.GraphModule):
+        copy_ = fx.Graph()
+        copy_.output(copy_.graph_copy(graph.graph, {}))
+        return fx.GraphModule(graph, copy_)
+    return _Outputs(twin)
 
 
 def _run(fns: dict[int, Compiled], x: torch.Tensor) -> tuple[torch.Tensor, ...]:

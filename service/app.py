@@ -37,7 +37,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     """Build the app. The catalog is loaded eagerly so a bad weights file fails start-up."""
     settings = settings or get_settings()
     # Every torch call of this process runs on these lanes, loading included (core/compute.py says why).
-    lanes = shared_lanes(settings.inline_slots, settings.torch_threads)
+    lanes = shared_lanes(settings.inline_slots, settings.torch_threads,
+                         elastic=settings.elastic_lanes and settings.inline_slots is None)
     if catalog is None:
         catalog = lanes.run(Catalog.from_environment, settings.models_file, settings.device, settings.default_model)
     if settings.preload_models:
@@ -63,7 +64,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.state.settings = settings
     app.state.catalog = catalog
     app.state.lanes = lanes
-    app.state.compiled = CompiledForwards(settings.compile_predict, lanes.threads)
+    app.state.compiled = CompiledForwards(settings.compile_predict, lanes.widths)
     if settings.preload_models:
         app.state.compiled.ensure(catalog.get(catalog.default))  # loaded above: starts its compile in the background
     app.state.batcher = ExplainBatcher(settings.batch_wait_ms / 1000, settings.batch_max_images,

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     compile_predict: bool = Field(True, description="compile each model's forward (predict, and the CAM family "
                                   "at the default layer) in the background "
                                   "(core/compiled.py); needs a C++ compiler, CPU only")
+    elastic_lanes: bool = Field(True, description="where one lane holds every core: a lone engine call runs on "
+                                "it, calls under load on one-thread lanes, one per core (core/compute.py); "
+                                "an explicit inline_slots fixes the lanes")
     torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads per compute lane; "
                                       "default: the cores per lane, at most 4 (core/compute.py)")
 

@@ -54,6 +54,38 @@ def test_compiled_forward_matches_eager_and_serves_only_its_shape():
     assert forwards.forward(model, x)[1] == "compiled"
 
 
+@needs_compiler
+def test_each_lane_width_gets_its_own_graphs_and_a_request_never_compiles(monkeypatch):
+    """Elastic lanes (core/compute.py) compute at two widths: each has its own compiled graphs, and a
+    served graph is run-only, so an input it has no graph for runs eagerly instead of compiling."""
+    monkeypatch.setattr("core.compiled.BATCHES", (1, 2))
+    model = tiny_model()
+    forwards = CompiledForwards(True, (2, 1))
+    forwards.ensure(model)
+    assert forwards.wait(model, timeout=600) == "ready", forwards.state(model)
+    assert "batches of 1 and 2 at 2 threads and batches of 1 and 2 at 1 thread" in forwards.state(model)[1]
+    x = model.preprocessing.normalize(torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5)))
+    with torch.no_grad():
+        want = model.module(x)
+
+    def at(width: int) -> tuple[torch.Tensor, str]:
+        torch.set_num_threads(width)
+        return forwards.forward(model, x)
+
+    stats = torch._dynamo.utils.counters["stats"]
+    graphs = stats["unique_graphs"]
+    with ThreadPoolExecutor(1) as pool:
+        for width in (2, 1):
+            out, ran = pool.submit(at, width).result()
+            assert ran == "compiled" and torch.allclose(out, want, rtol=1e-4, atol=1e-5), width
+        assert pool.submit(at, 3).result()[1] == "eager"  # no graphs at this width
+    entry = forwards._entry(model)
+    assert entry is not None and entry.fns[1][1] is not entry.fns[2][1]
+    with torch.no_grad():  # a batch of three was never compiled: the run-only graph runs it eagerly
+        assert torch.allclose(entry.fns[1][2](x)[0], want, rtol=1e-4, atol=1e-5)
+    assert stats["unique_graphs"] == graphs, "a served graph compiled"
+
+
 def test_disabled_and_failed_compiles_stay_eager(monkeypatch):
     model = tiny_model()
     off = CompiledForwards(False, 2)

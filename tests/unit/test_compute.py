@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -43,6 +44,39 @@ def test_calls_run_on_lane_threads_with_their_torch_threads():
         lanes.run(lambda: 1 / 0)
     assert len(seen) <= 2
     lanes.close()
+
+
+def test_elastic_lanes_run_a_lone_call_wide_and_calls_under_load_narrow_never_both():
+    lanes = ComputeLanes(1, 2, elastic=True)
+    assert lanes.elastic and lanes.widths == (2, 1) and lanes.lanes == 2  # two engine calls at once
+    lock = threading.Lock()
+    running: list[int] = []  # widths computing right now
+    seen: list[tuple[int, ...]] = []
+
+    def work(hold: float = 0.02) -> tuple[str, int]:
+        width = torch.get_num_threads()
+        with lock:
+            running.append(width)
+            seen.append(tuple(sorted(running)))
+        time.sleep(hold)
+        with lock:
+            running.remove(width)
+        return threading.current_thread().name, width
+
+    name, width = lanes.run(work)  # alone: the wide lane
+    assert name == "cnnviz-compute-wide" and width == 2
+    with ThreadPoolExecutor(6) as pool:
+        out = list(pool.map(lambda _: lanes.run(work), range(24)))
+    assert {w for _, w in out} >= {1}, "calls under load ran narrow"
+    assert all(n.startswith("cnnviz-compute-narrow") for n, w in out if w == 1)
+    assert all(set(s) in ({2}, {1}) and (s.count(2) <= 1) and len(s) <= 2 for s in seen), seen
+    assert lanes.run(torch.get_num_threads) == 2  # idle again: wide
+    assert lanes.run(lambda: lanes.run(work))[1] == 2  # nested on a lane: called directly
+    assert asyncio.run(lanes.arun(work))[0].startswith("cnnviz-compute")
+    with pytest.raises(ZeroDivisionError):
+        lanes.run(lambda: 1 / 0)
+    lanes.close()
+    assert ComputeLanes(2, 1, elastic=True).elastic is False  # only one lane of several threads is elastic
 
 
 def test_shared_lanes_are_one_per_shape():
