@@ -176,8 +176,10 @@ class ElasticExecutor(Executor):
                                           daemon=True)]
         self._threads += [threading.Thread(target=self._loop, args=(False,), name=f"cnnviz-compute-narrow_{i}",
                                            daemon=True) for i in range(width)]
+        self._entered = threading.Barrier(len(self._threads) + 1)
         for t in self._threads:
             t.start()
+        self._entered.wait(60)  # every lane has set its width (and so the process default) before we go on
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         future: Future[T] = Future()
@@ -205,6 +207,7 @@ class ElasticExecutor(Executor):
 
     def _loop(self, wide: bool) -> None:
         self._enter(self.width if wide else 1)
+        self._entered.wait(60)
         while True:
             with self._cond:
                 while (call := self._take(wide)) is None:
@@ -289,12 +292,10 @@ class ComputeLanes:
     def _start_all(self) -> None:
         """Start every lane now (the pool would add them one by one under load), then lower the default."""
         torch.get_num_threads()  # the calling thread keeps the count it has
-        if not self.elastic:  # the elastic lanes start in their constructor
+        if not self.elastic:  # the elastic lanes have all started in their constructor
             barrier = threading.Barrier(self.lanes)
             for done in [self._pool.submit(barrier.wait, 60) for _ in range(self.lanes)]:
                 done.result()
-        else:
-            self._pool.submit(torch.get_num_threads).result()
         single_threaded_default()
 
     @property
