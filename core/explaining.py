@@ -46,6 +46,7 @@ from cnnviz.render import (
     resize_map,
 )
 from cnnviz.render.kinds import format_value
+from cnnviz.render.text import NBSP
 from core.compute import DIRECT
 from core.errors import Invalid, from_engine
 from core.imaging import DecodedImage, image_to_tensor
@@ -483,7 +484,7 @@ def _grid_png(kept: list[tuple[int, TargetExplanation, torch.Tensor]], resp: Exp
         h, w = int(ov.shape[0]), int(ov.shape[1])
         s = min(1.0, GRID_TILE_SIDE / max(h, w))
         pics.append(ov if s == 1.0 else _resize_image(ov, (max(1, round(h * s)), max(1, round(w * s)))))
-        p = f" · p = {e.target.probability:.2f}" if e.target.probability is not None else ""
+        p = f" · p{NBSP}={NBSP}{e.target.probability:.2f}" if e.target.probability is not None else ""
         captions.append(f"image {i} · {e.target.label or e.target.index} ({e.target.index}){p}")
     per_image = [len(img.explanations) for img in resp.images]
     ncols = per_image[0] if len(set(per_image)) == 1 else None

@@ -86,31 +86,40 @@ def line_height(px: int) -> int:
     return int(np.ceil(y1 - min(y0, 0))) + max(2, px // 5)
 
 
+NBSP = "\u00a0"
+"""A no-break space: joins words a caption must keep on one line ("p = 0.07"); drawn as a space."""
+
+
 def wrap(text: str, px: int, width: int) -> list[str]:
     """``text`` broken into lines no wider than ``width`` at ``px`` (on spaces; overlong words by character).
 
-    Explicit newlines are kept, so callers can ask for a line break.
+    Explicit newlines are kept, so callers can ask for a line break. A no-break space (:data:`NBSP`)
+    never breaks and comes back as a plain space, since the shipped font has no glyph for it.
     """
+
+    def width_of(s: str) -> int:
+        return text_width(s.replace(NBSP, " "), px)
+
     lines: list[str] = []
     for para in text.split("\n"):
         cur = ""
         for word in para.split(" "):
             cand = f"{cur} {word}" if cur else word
-            if text_width(cand, px) <= width:
+            if width_of(cand) <= width:
                 cur = cand
                 continue
             if cur:
                 lines.append(cur)
             # A word wider than the line on its own is cut where it stops fitting.
-            while len(word) > 1 and text_width(word, px) > width:
+            while len(word) > 1 and width_of(word) > width:
                 cut = 1
-                while cut < len(word) and text_width(word[:cut + 1], px) <= width:
+                while cut < len(word) and width_of(word[:cut + 1]) <= width:
                     cut += 1
                 lines.append(word[:cut])
                 word = word[cut:]
             cur = word
         lines.append(cur)
-    return lines
+    return [line.replace(NBSP, " ") for line in lines]
 
 
 def to_pil(img: torch.Tensor) -> Image.Image:

@@ -308,3 +308,16 @@ def test_grid_rejects_bad_input() -> None:
         make_grid([])
     with pytest.raises(ValueError):
         make_grid([torch.zeros(2, 2)])
+
+
+def test_wrap_keeps_no_break_spaces_together_and_draws_them_as_spaces() -> None:
+    """A grid caption's "p = 0.07" never splits across lines (the font has no U+00A0 glyph: drawn as a space)."""
+    from cnnviz.render.text import NBSP, text_width, wrap
+
+    caption = f"image 0 · tabby (281) · p{NBSP}={NBSP}0.07"
+    plain = caption.replace(NBSP, " ")
+    width = text_width("image 0 · tabby (281) · p =", 14) + 1  # room for "p =" but not its value
+    assert wrap(plain, 14, width)[-1] == "0.07"  # the break the no-break spaces prevent
+    lines = wrap(caption, 14, width)
+    assert lines[-1] == "p = 0.07" and all(NBSP not in line for line in lines)
+    assert all(text_width(line, 14) <= width for line in lines)
