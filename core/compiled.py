@@ -186,10 +186,11 @@ class CompiledForwards:
         """For the CAM family (cnnviz.attribution.layer_forward): the logits and the default layer's
         output as a gradient leaf, from the compiled graph and the eager tail; None where it cannot serve."""
         served = self._serves(model, x)
-        if served is None or served[0].split is None or served[0].split.layer != layer:
+        if served is None:
             return None
         e, fns = served
-        assert e.split is not None
+        if e.split is None or e.split.layer != layer:
+            return None
         with torch.no_grad():
             out = _run(fns, x)
         values = dict(zip(e.split.needed, out[1:], strict=True))

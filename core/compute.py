@@ -170,8 +170,6 @@ class ElasticExecutor(Executor):
         self._wide_busy = False
         self._narrow_busy = 0
         self._shutdown = False
-        self.wide_calls = 0  # counters for tests and the bench
-        self.narrow_calls = 0
         self._threads = [threading.Thread(target=self._loop, args=(True,), name="cnnviz-compute-wide",
                                           daemon=True)]
         self._threads += [threading.Thread(target=self._loop, args=(False,), name=f"cnnviz-compute-narrow_{i}",
@@ -224,10 +222,8 @@ class ElasticExecutor(Executor):
                 with self._cond:
                     if wide:
                         self._wide_busy = False
-                        self.wide_calls += 1
                     else:
                         self._narrow_busy -= 1
-                        self.narrow_calls += 1
                     self._cond.notify_all()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -251,6 +247,11 @@ class _Call:
     wide: bool
 
 
+def elastic_applies(lanes: int, threads: int) -> bool:
+    """Whether a lane shape can be elastic: one lane holding several threads (every core, on 2-4 cores)."""
+    return lanes == 1 and threads > 1
+
+
 class ComputeLanes:
     """``lanes`` long-lived threads for torch work, each set to ``threads`` intra-op threads; or, with
     ``elastic``, one lane of ``threads`` for a lone call and ``threads`` lanes of one under load
@@ -262,7 +263,7 @@ class ComputeLanes:
 
     def __init__(self, lanes: int | None = None, threads: int | None = None, elastic: bool = False) -> None:
         self.lanes, self.threads = (lanes, threads) if lanes and threads else lane_shape(lanes, threads)
-        self.elastic = elastic and self.lanes == 1 and self.threads > 1
+        self.elastic = elastic and elastic_applies(self.lanes, self.threads)
         self._local = threading.local()
         self._pool: Executor
         if self.elastic:
@@ -336,7 +337,7 @@ def shared_lanes(lanes: int | None = None, threads: int | None = None, elastic: 
     ASGI apps) share them instead of each adding teams that would slow every lane down. ``elastic``
     applies where the shape is one lane of several threads (:class:`ElasticExecutor`)."""
     n, t = lane_shape(lanes, threads)
-    shape = (n, t, elastic and n == 1 and t > 1)
+    shape = (n, t, elastic and elastic_applies(n, t))
     with _SHARED_LOCK:
         if shape not in _SHARED:
             _SHARED[shape] = ComputeLanes(*shape)
