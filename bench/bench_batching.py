@@ -125,7 +125,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0, help="per client count, server and round")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--clients", default="1,4,8")
-    ap.add_argument("--modes", default="on,off,unbounded", help="of on, off, unbounded, on-1-slot")
+    ap.add_argument("--modes", default="on,off,unbounded", help="of on, off, unbounded, on-1-slot, fixed-lanes")
     ap.add_argument("--readme", action="store_true", help="rewrite the README's batching block")
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
@@ -134,7 +134,9 @@ def main() -> None:
     modes = {"on": {}, "off": {"CNNVIZ_BATCH_MAX_IMAGES": "1"},
              "unbounded": {"CNNVIZ_BATCH_MAX_IMAGES": "1", "CNNVIZ_INLINE_SLOTS": "64",
                            "CNNVIZ_TORCH_THREADS": str(os.cpu_count() or 1)},
-             "on-1-slot": {"CNNVIZ_INLINE_SLOTS": "1"}}
+             "on-1-slot": {"CNNVIZ_INLINE_SLOTS": "1"},
+             # the lanes before elastic lanes (core/compute.py): one lane as wide as the cores, always
+             "fixed-lanes": {"CNNVIZ_ELASTIC_LANES": "false"}}
     modes = {m: modes[m] for m in args.modes.split(",")}
     servers: list[subprocess.Popen] = []
     try:
