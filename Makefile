@@ -44,7 +44,7 @@ lint: install-test
 test: install-test lint
 	$(BIN)/python -m pytest -q
 
-# The speed targets, then every table of the README's Speed section, each rewritten from its run.
+# The speed targets, then every table of docs/benchmarks.md, each rewritten from its run.
 bench: install-bench
 	$(BIN)/python bench/bench_speed.py --readme
 

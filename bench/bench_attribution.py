@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--only", type=lambda s: set(s.split(",")), default=None)
     parser.add_argument("--http", action="store_true", help="also time the HTTP round trip")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's attribution block")
+    parser.add_argument("--readme", action="store_true", help="rewrite the attribution block of docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 @224, chelsea", "",

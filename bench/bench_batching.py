@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--clients", default="1,4,8")
     ap.add_argument("--modes", default="on,off,unbounded", help="of on, off, unbounded, on-1-slot, fixed-lanes")
-    ap.add_argument("--readme", action="store_true", help="rewrite the README's batching block")
+    ap.add_argument("--readme", action="store_true", help="rewrite the batching block of docs/benchmarks.md")
     args = ap.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     jpeg = _jpeg()

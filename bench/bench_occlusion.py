@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--geometry", default="32x16,16x8", help="window x stride pairs, comma-separated")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
-    parser.add_argument("--readme", action="store_true", help="rewrite the README's occlusion block")
+    parser.add_argument("--readme", action="store_true", help="rewrite the occlusion block of docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import skimage.data

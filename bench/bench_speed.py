@@ -22,7 +22,7 @@ The API runs as real ``uvicorn`` processes (no Redis), the clients are this proc
 
     .venv/bin/python bench/bench_speed.py [--repeats 9] [--seconds 6] [--readme]
 
-``--readme`` rewrites the README's ``speed-targets`` block with the table printed.
+``--readme`` rewrites the ``speed-targets`` block of docs/benchmarks.md with the table printed.
 """
 
 from __future__ import annotations
@@ -279,7 +279,7 @@ def main() -> None:
     ap.add_argument("--only", default="occlusion,http,rectifier,concurrency,ig,overhead")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                     help="for the overhead row (the rest runs on the CPU, as the CI machine does)")
-    ap.add_argument("--readme", action="store_true", help="rewrite the README's speed-targets block")
+    ap.add_argument("--readme", action="store_true", help="rewrite the speed-targets block of docs/benchmarks.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     only = set(args.only.split(","))

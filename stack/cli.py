@@ -122,13 +122,21 @@ def _worker(args: argparse.Namespace) -> int:
                       preload=None if args.no_preload else "default", log_level=args.log_level.upper())
 
 
+def _samples(args: argparse.Namespace) -> int:
+    from stack.samples import write_samples
+
+    for path in write_samples(Path(args.folder)):
+        sys.stdout.write(f"{path}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:  # every other subcommand (predict, explain, job, jobs, ...) is the client's command line
         from cnnviz_client import cli as client_cli
     except ImportError:
         client_cli = None
-    if client_cli is not None and client_cli.command_of(argv) not in ("serve", "worker"):
+    if client_cli is not None and client_cli.command_of(argv) not in ("serve", "worker", "samples"):
         return int(client_cli.main(argv))
     parser = argparse.ArgumentParser(prog="cnnviz", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("CNNVIZ_LOG_LEVEL", "INFO"))
@@ -152,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     worker.add_argument("--no-preload", action="store_true", help="load models on the first job, not at start")
     worker.set_defaults(func=_worker)
+    samples = sub.add_parser("samples", help="write the photos and collections the README's examples send")
+    samples.add_argument("folder", nargs="?", default="scratch", help="where to write them (default: scratch)")
+    samples.set_defaults(func=_samples)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return int(args.func(args))

@@ -36,7 +36,7 @@ __all__ = ["command_of", "main", "parse_param"]
 log = logging.getLogger("cnnviz_client.cli")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-SERVICE_COMMANDS = ("serve", "worker")
+SERVICE_COMMANDS = ("serve", "worker", "samples")
 SERVICE_MODULES = ("stack.cli", "service.cli")  # where the service's command line has lived, newest first
 # Global options that take a value: needed to find the subcommand before parsing (for the hand-over).
 VALUE_OPTIONS = ("--url", "--api-key", "--timeout", "--retries", "--log-level")
