@@ -115,6 +115,11 @@ def test_methods_listing(client):
     assert {"style", "class_viz", "fast_style", "triplet_head"} <= set(jobs)
     assert not jobs["fast_style"]["inline"] and jobs["fast_style"]["cost_hint"] > 10_000  # 2000 steps x batch 4
     assert "margin" in jobs["triplet_head"]["params_schema"]["properties"]
+    # the same types as POST /v1/jobs takes, every family (explain hand-offs and collection views too)
+    from core.jobtypes import JOB_TYPES
+
+    assert set(jobs) == set(JOB_TYPES)
+    assert jobs["explain"]["family"] == "explain" and jobs["collection"]["queue"] == "short"
 
 
 # ---- bad input ---------------------------------------------------------------------------------
