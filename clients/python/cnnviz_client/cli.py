@@ -3,6 +3,7 @@
     cnnviz predict cat.jpg --top-k 3
     cnnviz explain cat.jpg --method gradcam --top-k 2 --out overlay.png
     cnnviz job deepdream cat.jpg --param layer=_blocks.10 --param steps=8 --wait --out dream.png
+    ID=$(cnnviz job class_viz --param target=285); cnnviz result $ID --wait 600 --out viz.png
     cnnviz jobs | cnnviz status ID | cnnviz cancel ID | cnnviz models | cnnviz methods
 
 The service is ``--url`` or ``$CNNVIZ_URL`` (default http://127.0.0.1:8000), the key
@@ -470,7 +471,8 @@ def _reader_gone() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 a problem, 2 a usage error)."""
+    """Run the command line; returns the exit status (0 ok, 1 a problem, 2 a usage error, 141 stdout's
+    reader stopped reading)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if command_of(args) in SERVICE_COMMANDS:
         return _hand_over(args)
