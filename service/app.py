@@ -20,6 +20,7 @@ from core.schemas.collections import CollectionParams, IdentifyParams
 from core.schemas.explain import METHOD_PARAMS, ExplainParams
 from core.schemas.models import PredictParams
 from core.schemas.training import StyleApplyParams
+from core.store.census import log_restored
 from service.auth import require_api_key
 from service.errors import install_handlers
 from service.explorer import install_explorer
@@ -51,11 +52,15 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         jobs = getattr(app.state, "jobs", None)
         reaper = asyncio.create_task(jobs.reaper()) if jobs is not None else None  # dead workers' jobs
+        # What a durable Redis kept from earlier runs, said once; off the loop, never delaying start-up.
+        census = asyncio.create_task(asyncio.to_thread(log_restored, jobs.redis, jobs.config.prefix)) \
+            if jobs is not None else None
         yield
-        if reaper is not None:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+        for task in (reaper, census):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if jobs is not None:
             await jobs.aclose()
 

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from core.errors import BadInput, DomainError, Invalid, TooLarge, Unsupported
-from core.imaging import DecodedImage, decode_base64_image, decode_image
+from core.imaging import ALLOWED_FORMATS, DecodedImage, decode_base64_image, decode_image
 from service.settings import Settings
 
 
@@ -36,6 +36,7 @@ class Upload:
 MAX_JSON_DEPTH = 32  # nested arrays/objects; the deepest request (an explain job's output.size) uses 6
 MAX_NUMBER_CHARS = 64  # characters of one number literal (Python refuses ints over 4300 digits)
 MAX_PARAMS_CHARS = 1024 * 1024  # the params text (a multipart field): 1000 labels of 200 characters fit
+MAX_FILENAME_CHARS = 200  # of an upload's file name repeated in a problem (the name is the client's text)
 _STRUCTURE = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
 
 
@@ -151,6 +152,7 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
     budget = PixelBudget(max_pixels or settings.max_request_pixels)
     ctype = request.headers.get("content-type", "")
     raw: list[bytes | str] = []
+    names: list[str | None] = []  # each image's file name where the request gave one (problems name it)
     if ctype.startswith("multipart/form-data"):
         try:
             form = await request.form(max_files=max_images + 1, max_fields=16)
@@ -163,6 +165,7 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
             if not isinstance(f, UploadFile):
                 raise Invalid("invalid-image-field", "The image field must be a file upload")
             raw.append(await f.read())
+            names.append(f.filename or None)
         fields = {"image", "params", "zip"} if allow_zip else {"image", "params"}
         unknown = {k for k, _ in form.multi_items()} - fields
         if unknown:
@@ -171,7 +174,9 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
         for f in (v for k, v in form.multi_items() if k == "zip"):
             if not isinstance(f, UploadFile):
                 raise Invalid("invalid-zip-field", "The zip field must be a file upload")
-            raw.extend(zip_entries(await f.read(), max_images, settings.max_body_bytes * 4))
+            for name, blob in zip_entries(await f.read(), max_images, settings.max_body_bytes * 4):
+                raw.append(blob)
+                names.append(name)
         params_field = form.get("params")
         params = _params_from_text(params_field if isinstance(params_field, str) else None)
     elif ctype.startswith("application/json") or (not ctype and min_images == 0):
@@ -193,6 +198,7 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
         if not isinstance(images, list) or not all(isinstance(s, str) for s in images):
             raise Invalid("invalid-images", "images must be a list of base64 strings")
         raw.extend(images)
+        names.extend([None] * len(images))
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise Invalid("invalid-params-json", "params must be a JSON object")
@@ -209,7 +215,12 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
         kw: dict[str, Any] = {"max_pixels": settings.max_image_pixels, "max_side": side, "check": budget}
         for i in range(len(raw)):
             item, raw[i] = raw[i], b""  # each upload's bytes are let go once decoded
-            out.append(decode_image(item, **kw) if isinstance(item, bytes) else decode_base64_image(item, **kw))
+            try:
+                out.append(decode_image(item, **kw) if isinstance(item, bytes) else decode_base64_image(item, **kw))
+            except DomainError as exc:
+                if exc.slug == "request-too-many-pixels":  # the whole request's budget: it lists every image
+                    raise
+                raise naming_image(exc, i, names[i]) from exc
         return out
 
     t0 = time.perf_counter()
@@ -217,8 +228,28 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
     return Upload(decoded, params, (time.perf_counter() - t0) * 1000)
 
 
-def zip_entries(data: bytes, max_entries: int, max_bytes: int) -> list[bytes]:
-    """The files of a ZIP archive (folders and hidden files skipped), bounded before extraction.
+def naming_image(err: DomainError, index: int, filename: str | None) -> DomainError:
+    """``err`` about one image, saying which one: among several, "not a readable image" alone does not
+    tell the caller which part to fix.
+
+    The problem keeps its type (clients switch on it) and gains ``index`` (the image's place among the
+    request's images, from 0, as in answers) and ``filename`` when the part had one; the detail says both,
+    and an unreadable image's problem lists the formats the decoder accepts (``allowed_formats``).
+    """
+    extra = {**err.extra, "index": index}
+    where = f"Image {index}"
+    if filename:
+        extra["filename"] = filename[:MAX_FILENAME_CHARS]
+        where += f" ({extra['filename']})"
+    detail = f"{where}: {err.detail or err.title}"
+    if err.slug == "invalid-image":
+        extra.setdefault("allowed_formats", list(ALLOWED_FORMATS))
+        detail += f" Accepted formats: {', '.join(ALLOWED_FORMATS)}."
+    return type(err)(err.slug, err.title, detail, retry_after=err.retry_after, **extra)
+
+
+def zip_entries(data: bytes, max_entries: int, max_bytes: int) -> list[tuple[str, bytes]]:
+    """The files of a ZIP archive (folders and hidden files skipped), with their names, bounded before extraction.
 
     Counts and declared sizes are checked from the central directory first, and every read is
     capped, so a zip bomb is refused without being inflated.
@@ -243,5 +274,5 @@ def zip_entries(data: bytes, max_entries: int, max_bytes: int) -> list[bytes]:
             raise BadInput("invalid-zip", f"Cannot read {info.filename!r} from the archive", str(exc)) from exc
         if len(blob) > info.file_size:
             raise BadInput("invalid-zip", f"{info.filename!r} is larger than its header says")
-        out.append(blob)
+        out.append((info.filename, blob))
     return out

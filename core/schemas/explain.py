@@ -176,6 +176,8 @@ def params_model(method: str) -> type[ExplainParams]:
 
 
 class ExplainJobParams(Strict):
+    """An explanation run as a job (any method; what an inline explain over the budget is handed off to)."""
+
     method: str = Field(..., max_length=64, description="Any method of GET /v1/methods")
     explain: dict[str, Any] = Field(default_factory=dict, description="The method's explain parameters")
 

@@ -46,12 +46,11 @@ def list_methods(catalog: CatalogDep, settings: SettingsDep) -> MethodList:
                               supports_units=m.supports_units, map_kinds=list(offered_kinds(name)),
                               precisions=method_precisions(m, model),
                               params_schema=params_model(name).model_json_schema()))
-    for name, entry in sorted(JOB_TYPES.items()):
-        if entry.family in ("synthesis", "training"):
-            out.append(MethodInfo(name=name, title=entry.title, family=entry.family, kind="job", inline=False,
-                                  cost_hint=entry.default_cost(model), queue=entry.queue, images=entry.images_help,
-                                  uses_layer=any("layer" in f for f in entry.params.model_fields),
-                                  supports_units=False, params_schema=entry.params.model_json_schema()))
+    for name, entry in sorted(JOB_TYPES.items()):  # every type POST /v1/jobs takes, explain and collection too
+        out.append(MethodInfo(name=name, title=entry.title, family=entry.family, kind="job", inline=False,
+                              cost_hint=entry.default_cost(model), queue=entry.queue, images=entry.images_help,
+                              uses_layer=any("layer" in f for f in entry.params.model_fields),
+                              supports_units=False, params_schema=entry.params.model_json_schema()))
     return MethodList(methods=out, inline_budget=settings.inline_budget, cost_unit="forward passes at input size")
 
 

@@ -46,6 +46,7 @@ def test_params_and_command_parsing() -> None:
                         parse_param("top_k=2")]) == {"localization": {"method": "otsu", "fraction": 0.4}, "top_k": 2}
     assert command_of(["--url", "http://x", "--log-level", "DEBUG", "serve", "--port", "1"]) == "serve"
     assert command_of(["--json", "predict", "a.png"]) == "predict" and command_of(["--help"]) is None
+    assert command_of(["models", "--url", "http://x", "--json"]) == "models"
 
 
 def test_catalog_and_predict(run, cat_file: Path) -> None:
@@ -59,6 +60,14 @@ def test_catalog_and_predict(run, cat_file: Path) -> None:
     assert lines[1].split()[0] == "1." and 0 < float(lines[1].split()[1]) <= 1
     rc, out, _ = run("--json", "predict", str(cat_file), "--top-k", "1")
     assert rc == 0 and len(json.loads(out)["images"][0]["predictions"]) == 1
+    # global options after the command as well as before it
+    rc, out, err = run("models", "--json")
+    assert rc == 0 and err == "" and "efficientnet-lite0" in {m["name"] for m in json.loads(out)}
+    rc, out, err = run("predict", str(cat_file), "--url", "http://127.0.0.1:9", "--retries", "0")
+    assert rc == 1 and out == "" and "cannot reach the service at http://127.0.0.1:9" in err
+    rc, out, err = run("--url", "http://127.0.0.1:9", "predict", str(cat_file), "--top-k", "1", "--url",
+                       os.environ["CNNVIZ_URL"], "--json")  # the last one given wins
+    assert rc == 0 and len(json.loads(out)["images"][0]["predictions"]) == 1, err
 
 
 def test_explain(run, cat_file: Path, tmp_path: Path) -> None:
@@ -80,9 +89,19 @@ def test_explain(run, cat_file: Path, tmp_path: Path) -> None:
     assert rc == 0 and body["method"] == "gradcam" and body["images"][0]["explanations"][0]["map"]["values"] is None
 
 
-def test_problems_and_usage(run, cat_file: Path, tmp_path: Path) -> None:
+def test_problems_and_usage(run, stack: Stack, cat_file: Path, tmp_path: Path) -> None:
+    # the help the problem carries is printed: the names it suggests and where to look them up
     rc, out, err = run("explain", str(cat_file), "--method", "gradcan")
-    assert rc == 1 and out == "" and err.startswith("No method named 'gradcan'") and err.count("\n") == 1
+    lines = err.splitlines()
+    assert rc == 1 and out == "" and lines[0] == "No method named 'gradcan'" and len(lines) == 3, err
+    assert lines[1].startswith("  did you mean: gradcam, ")
+    assert lines[2] == f"  see: {stack.base}/v1/methods (cnnviz methods)"
+    rc, out, err = run("explain", str(cat_file), "--method", "gradcam", "--layer", "blocks.10", "--param",
+                       "resolution=64")  # inline (a job hand-off's error carries no choices)
+    lines = err.splitlines()
+    assert rc == 1 and "has no layer 'blocks.10'" in lines[0] and len(lines) == 3, err
+    assert lines[1].startswith("  did you mean: _blocks.10, ")
+    assert lines[2] == f"  see: {stack.base}/v1/models/efficientnet-lite0"
     rc, _, err = run("explain", str(cat_file), "--method", "gradcam", "--param", "top_k=99")
     assert rc == 1 and err.startswith("Invalid parameters: top_k:") and err.count("\n") == 1
     rc, _, err = run("status", "0123456789abcdef")
@@ -109,15 +128,21 @@ def test_job_wait_out_and_job_commands(run, cat_file: Path, tmp_path: Path) -> N
     with Image.open(dream) as im:
         assert im.size == (32, 24)
 
-    rc, out, _ = run("job", "deepdream", *tiny)  # no --wait: the id, queued
-    other = out.split()[0]
-    assert rc == 0 and out.split()[1] in ("queued", "running", "succeeded")
+    rc, out, _ = run("job", "deepdream", *tiny)  # no --wait: the bare id, for ID=$(cnnviz job ...)
+    other = out.strip()
+    assert rc == 0 and out == other + "\n" and len(other) == 32 and int(other, 16) >= 0
     rc, out, _ = run("status", other, "--wait", "20")
     assert rc == 0 and out.startswith(f"{other}  deepdream    succeeded 100%") and "artifact: result.json" in out
     rc, out, _ = run("result", other, "--artifact", "result.json")
     assert rc == 0 and json.loads(out)["width"] == 32
     rc, out, _ = run("result", other, "--out", str(tmp_path / "other.png"))
     assert rc == 0 and (tmp_path / "other.png").read_bytes().startswith(PNG)
+    rc, out, _ = run("job", "deepdream", *tiny, "--json")  # --json: the whole record
+    third = json.loads(out)
+    assert rc == 0 and third["type"] == "deepdream" and third["status"] in ("queued", "running", "succeeded")
+    rc, out, err = run("result", third["id"], "--wait", "60", "--out", str(tmp_path / "third.png"))  # waits, fetches
+    assert rc == 0 and out == f"result: {tmp_path / 'third.png'}\n", err
+    assert (tmp_path / "third.png").read_bytes().startswith(PNG)
     rc, out, _ = run("jobs", "--limit", "500")
     assert rc == 0 and job_id in out and other in out
     rc, out, _ = run("--json", "jobs", "--status", "succeeded", "--limit", "500")
@@ -129,6 +154,11 @@ def test_job_wait_out_and_job_commands(run, cat_file: Path, tmp_path: Path) -> N
     while " running " not in run("status", long)[1]:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+    rc, out, err = run("result", long)  # not finished: said so, with how to wait
+    assert rc == 1 and out == "" and err == (f"job {long} is running, not finished: no result yet; wait for it "
+                                             f"with: cnnviz result {long} --wait SECONDS\n")
+    rc, out, err = run("result", long, "--wait", "0.5")  # it outlives the wait
+    assert rc == 1 and out == "" and err.startswith(f"job {long} is still running (") and "--wait" in err
     rc, out, _ = run("cancel", long)
     assert rc == 0 and out.startswith(long) and ("cancel requested" in out or "canceled" in out)
     rc, out, _ = run("status", long, "--wait", "15")
@@ -153,8 +183,9 @@ def test_processes_and_hand_over(api, stack: Stack, cat_file: Path, tmp_path: Pa
     env = _env(stack)
     cmds = {
         "module": [sys.executable, "-m", "cnnviz_client.cli", "predict", str(cat_file), "--top-k", "1"],
-        # the service's command line hands every client command to the client's
-        "service": [sys.executable, "-m", _service_cli(), "predict", str(cat_file), "--top-k", "1"],
+        # the service's command line hands every client command to the client's (global options after it too)
+        "service": [sys.executable, "-m", _service_cli(), "predict", str(cat_file), "--top-k", "1",
+                    "--url", stack.base],
         # the console script of the venv (the client's or the service's: both run every command)
         "script": [str(Path(sys.executable).parent / "cnnviz"), "--url", stack.base, "predict", str(cat_file)],
     }
@@ -171,3 +202,11 @@ def test_processes_and_hand_over(api, stack: Stack, cat_file: Path, tmp_path: Pa
                                                                       ("cnnviz_client.cli", "worker"))]
     assert helps[0].returncode == 0 and "--no-jobs" in helps[0].stdout
     assert helps[1].returncode == 0 and "--max-jobs" in helps[1].stdout
+
+    # a reader that stops reading (cnnviz ... | head): a quiet end, as a writer killed by SIGPIPE
+    proc = subprocess.Popen([sys.executable, "-m", "cnnviz_client.cli", "methods", "--json"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command has written anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == "", err

@@ -115,6 +115,11 @@ def test_methods_listing(client):
     assert {"style", "class_viz", "fast_style", "triplet_head"} <= set(jobs)
     assert not jobs["fast_style"]["inline"] and jobs["fast_style"]["cost_hint"] > 10_000  # 2000 steps x batch 4
     assert "margin" in jobs["triplet_head"]["params_schema"]["properties"]
+    # the same types as POST /v1/jobs takes, every family (explain hand-offs and collection views too)
+    from core.jobtypes import JOB_TYPES
+
+    assert set(jobs) == set(JOB_TYPES)
+    assert jobs["explain"]["family"] == "explain" and jobs["collection"]["queue"] == "short"
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -144,6 +149,24 @@ def _tiff() -> bytes:
 ])
 def test_bad_images(client, data, status, slug):
     problem(post(client, f"{URL}/explain/gradcam", [data]), status, slug)
+
+
+def test_bad_image_among_several_is_named(client, chelsea_jpeg):
+    from core.imaging import ALLOWED_FORMATS
+
+    files = [("image", ("cat.jpg", chelsea_jpeg, "image/jpeg")), ("image", ("notes.txt", b"notes\n", "text/plain"))]
+    body = problem(client.post(f"{URL}/predict", files=files), 400, "invalid-image")  # the type stays
+    assert body["index"] == 1 and body["filename"] == "notes.txt"
+    assert body["allowed_formats"] == list(ALLOWED_FORMATS)
+    assert body["detail"].startswith("Image 1 (notes.txt): ") and all(f in body["detail"] for f in ALLOWED_FORMATS)
+    # base64 images have no file name: the index alone
+    images = [base64.b64encode(b).decode() for b in (chelsea_jpeg, chelsea_jpeg, b"notes")]
+    body = problem(client.post(f"{URL}/predict", json={"images": images}), 400, "invalid-image")
+    assert body["index"] == 2 and "filename" not in body and body["detail"].startswith("Image 2: ")
+    # other refusals of one image say which one as well
+    files = [("image", ("a.tif", _tiff(), "image/tiff")), ("image", ("cat.jpg", chelsea_jpeg, "image/jpeg"))]
+    body = problem(client.post(f"{URL}/predict", files=files), 415, "unsupported-image-format")
+    assert body["index"] == 0 and body["filename"] == "a.tif" and body["allowed_formats"] == list(ALLOWED_FORMATS)
 
 
 @pytest.mark.parametrize("params,slug", [

@@ -3,12 +3,15 @@
     cnnviz predict cat.jpg --top-k 3
     cnnviz explain cat.jpg --method gradcam --top-k 2 --out overlay.png
     cnnviz job deepdream cat.jpg --param layer=_blocks.10 --param steps=8 --wait --out dream.png
+    ID=$(cnnviz job class_viz --param target=285); cnnviz result $ID --wait 600 --out viz.png
     cnnviz jobs | cnnviz status ID | cnnviz cancel ID | cnnviz models | cnnviz methods
 
 The service is ``--url`` or ``$CNNVIZ_URL`` (default http://127.0.0.1:8000), the key
-``$CNNVIZ_API_KEY`` (or ``--api-key``). ``serve`` and ``worker`` belong to the service: they are
-handed to the service's own command line when the service is installed beside the client.
-Problems are written to stderr as ``title: detail`` with exit status 1; usage errors exit with 2.
+``$CNNVIZ_API_KEY`` (or ``--api-key``); these global options go before or after the command.
+``serve`` and ``worker`` belong to the service: they are handed to the service's own command line
+when the service is installed beside the client. Problems are written to stderr as ``title: detail``
+with the help the service gave (the names it suggests, where to look them up), exit status 1; usage
+errors exit with 2. Output cut short by the reader (``cnnviz jobs | head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -27,15 +30,17 @@ from typing import Any
 import httpx
 
 from . import __version__
+from ._saving import SERVICE_FORMATS, format_of_name
 from .client import Client
 from .errors import CnnvizError, JobFailedError, JobTimeoutError, ProblemError
 from .types import ExplainResult, JobStatus
 
-__all__ = ["command_of", "main", "parse_param"]
+__all__ = ["command_of", "main", "parse_param", "problem_text"]
 
 log = logging.getLogger("cnnviz_client.cli")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+EXIT_BROKEN_PIPE = 128 + 13  # as a process ended by SIGPIPE: the reader stopped reading (``| head``)
 SERVICE_COMMANDS = ("serve", "worker", "samples")
 SERVICE_MODULES = ("stack.cli", "service.cli")  # where the service's command line has lived, newest first
 # Global options that take a value: needed to find the subcommand before parsing (for the hand-over).
@@ -167,10 +172,11 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
         value = getattr(a, key)
         if value is not None:
             params[key] = value
-    if a.out:  # the overlay files are written as .png: ask for PNG (the service's default is JPEG)
+    if a.out:  # ask for the format the file name asks for (the service's default is JPEG); PNG for others
         output = params.setdefault("output", {})
         if isinstance(output, dict):
-            output.setdefault("format", "png")
+            wanted = format_of_name(a.out)
+            output.setdefault("format", wanted if wanted in SERVICE_FORMATS else "png")
     res = c.explain([_image(p) for p in a.images], a.method, a.model, respond_async=a.respond_async, params=params)
     saved = _save_explanations(res, Path(a.out)) if a.out else []
     if a.json:
@@ -212,11 +218,11 @@ def _save_explanations(res: ExplainResult, out: Path) -> list[str]:
 def cmd_job(c: Client, a: argparse.Namespace) -> int:
     job = c.submit(a.type, [_image(p) for p in a.images], a.model, params=params_from(a.param),
                    idempotency_key=a.idempotency_key)
-    if not (a.wait or a.out):
+    if not (a.wait or a.out):  # the bare id, for scripts: ID=$(cnnviz job ...); --json for the record
         if a.json:
             _dump(job.last_status.raw if job.last_status else {"id": job.id})
         else:
-            _write(f"{job.id} {job.last_status.status if job.last_status else ''}")
+            _write(job.id)
         return 0
     st = job.wait(timeout=a.wait_timeout, progress=not a.no_progress)
     if a.json:
@@ -259,7 +265,21 @@ def cmd_status(c: Client, a: argparse.Namespace) -> int:
 
 def cmd_result(c: Client, a: argparse.Namespace) -> int:
     job = c.job(a.id)
-    art = job.artifact(a.artifact) if a.artifact else job.result()
+    if a.wait is not None:
+        try:
+            st = job.wait(timeout=a.wait)
+        except JobTimeoutError as exc:  # the job goes on: say so, and how to wait longer
+            raise CnnvizError(f"job {a.id} is still {exc.job.status} ({_pct(exc.job).strip()}) after {a.wait:g}s; "
+                              f"wait longer: cnnviz result {a.id} --wait SECONDS") from exc
+        if not st.succeeded and not a.artifact:
+            raise JobFailedError(st)
+    try:
+        art = job.artifact(a.artifact) if a.artifact else job.result()
+    except ProblemError as exc:
+        if exc.slug == "job-not-succeeded" and exc.extra.get("status_of_job") in ("queued", "running"):
+            raise CnnvizError(f"job {a.id} is {exc.extra['status_of_job']}, not finished: no result yet; wait for "
+                              f"it with: cnnviz result {a.id} --wait SECONDS") from exc
+        raise
     if a.out:
         _write(f"{art.name}: {art.save(a.out)}")
     elif art.is_json:
@@ -281,22 +301,38 @@ def cmd_cancel(c: Client, a: argparse.Namespace) -> int:
 # ---- parser and entry point -----------------------------------------------------------------------------
 
 
+def _global_options(p: argparse.ArgumentParser, with_defaults: bool) -> None:
+    """The options of every command: on the main parser with their defaults, on each command's without."""
+
+    def default(value: Any) -> Any:
+        return value if with_defaults else argparse.SUPPRESS
+
+    group = p.add_argument_group("global options")
+    group.add_argument("--url", default=default(os.environ.get("CNNVIZ_URL") or DEFAULT_URL),
+                       help=f"service URL (default $CNNVIZ_URL or {DEFAULT_URL})")
+    group.add_argument("--api-key", default=default(os.environ.get("CNNVIZ_API_KEY")),
+                       help="API key (default $CNNVIZ_API_KEY)")
+    group.add_argument("--timeout", type=float, default=default(60.0), help="HTTP timeout in seconds (default 60)")
+    group.add_argument("--retries", type=int, default=default(3), help="retries on 503/429 and connection failures")
+    group.add_argument("--log-level", default=default("WARNING"), help="client log level on stderr (default WARNING)")
+    group.add_argument("--json", action="store_true", default=default(False),
+                       help="print the service's JSON instead of a summary")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnviz", description="Explain what a CNN sees: the cnnviz service from the "
-                                "command line.", epilog="serve and worker run the service itself (when installed).")
-    p.add_argument("--url", default=os.environ.get("CNNVIZ_URL") or DEFAULT_URL,
-                   help="service URL (default $CNNVIZ_URL or %(default)s)")
-    p.add_argument("--api-key", default=os.environ.get("CNNVIZ_API_KEY"),
-                   help="API key (default $CNNVIZ_API_KEY)")
-    p.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds (default %(default)s)")
-    p.add_argument("--retries", type=int, default=3, help="retries on 503/429 and connection failures")
-    p.add_argument("--log-level", default="WARNING", help="client log level on stderr (default %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the service's JSON instead of a summary")
+                                "command line.", epilog="serve and worker run the service itself (when installed). "
+                                "The options above go before or after the command.")
+    _global_options(p, with_defaults=True)
     p.add_argument("--version", action="version", version=f"cnnviz-client {__version__}")
+    # The same options on every command, without defaults (SUPPRESS): given after the command they set
+    # the value, absent they leave the one parsed before it (or the default) alone.
+    after = argparse.ArgumentParser(add_help=False)
+    _global_options(after, with_defaults=False)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+        sp = sub.add_parser(name, help=help, description=help, parents=[after])
         sp.set_defaults(func=func)
         return sp
 
@@ -340,9 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("id", metavar="ID")
     sp.add_argument("--wait", type=float, default=None, help="seconds the service may wait for the job to end")
 
-    sp = add("result", cmd_result, "fetch a job's result (or --artifact NAME)")
+    sp = add("result", cmd_result, "fetch a job's result (or --artifact NAME); --wait S waits for the job first")
     sp.add_argument("id", metavar="ID")
     sp.add_argument("--artifact", default=None)
+    sp.add_argument("--wait", type=float, default=None, metavar="S",
+                    help="wait up to S seconds for the job to finish, then fetch (default: fetch now)")
     sp.add_argument("--out", default=None, help="save it here (JSON is printed without --out)")
 
     sp = add("cancel", cmd_cancel, "cancel a job")
@@ -392,8 +430,49 @@ def _hand_over(argv: list[str]) -> int:
     return int(service_main(argv))
 
 
+# Where a problem's ``see`` link is also a command of this command line.
+SEE_COMMANDS = {"/v1/methods": "cnnviz methods", "/v1/models": "cnnviz models"}
+
+
+def problem_text(exc: ProblemError, base_url: str) -> str:
+    """A problem for a person: ``title: detail``, then the help the service sent with it.
+
+    The names it suggests (``choices``: the closest names for an unknown one, else the valid ones;
+    ``valid`` form or body fields) and where to look them up (``see``, made absolute on ``base_url``).
+    """
+    lines = [f"{exc.title}: {exc.detail}" if exc.detail else exc.title]
+    choices = exc.extra.get("choices")
+    if isinstance(choices, list) and choices:
+        label = "did you mean" if exc.slug.startswith("unknown-") else "choices"
+        lines.append(f"  {label}: {', '.join(str(c) for c in choices)}")
+    valid = exc.extra.get("valid")
+    if isinstance(valid, list) and valid:
+        lines.append(f"  valid: {', '.join(str(v) for v in valid)}")
+    see = exc.extra.get("see")
+    if isinstance(see, str) and see:
+        url = base_url.rstrip("/") + see if see.startswith("/") else see
+        command = SEE_COMMANDS.get(see)
+        lines.append(f"  see: {url}" + (f" ({command})" if command else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed it (``cnnviz jobs | head``): end quietly, as ``head``'s writer should.
+
+    stdout is pointed at /dev/null so the interpreter's last flush does not fail once more.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (stdout replaced in-process)
+        pass
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 a problem, 2 a usage error)."""
+    """Run the command line; returns the exit status (0 ok, 1 a problem, 2 a usage error, 141 stdout's
+    reader stopped reading)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if command_of(args) in SERVICE_COMMANDS:
         return _hand_over(args)
@@ -406,9 +485,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         with Client(ns.url, ns.api_key, ns.timeout, retry=max(0, ns.retries)) as client:
-            return int(ns.func(client, ns))
+            status = int(ns.func(client, ns))
+        sys.stdout.flush()  # here, so a reader gone is seen below rather than at interpreter exit
+        return status
+    except BrokenPipeError:
+        return _reader_gone()
     except ProblemError as exc:
-        sys.stderr.write(f"{exc.title}: {exc.detail}\n" if exc.detail else f"{exc.title}\n")
+        sys.stderr.write(problem_text(exc, ns.url))
         return 1
     except (JobFailedError, JobTimeoutError, CnnvizError) as exc:
         sys.stderr.write(f"{exc}\n")

@@ -15,13 +15,17 @@ if TYPE_CHECKING:
 
     from .types import JobStatus
 
-__all__ = ["CnnvizError", "JobFailedError", "JobTimeoutError", "ProblemError"]
+__all__ = ["CnnvizError", "ImageFormatError", "JobFailedError", "JobTimeoutError", "ProblemError"]
 
 STANDARD_MEMBERS = ("type", "title", "status", "detail", "instance")
 
 
 class CnnvizError(Exception):
     """Base class of every error this client raises on purpose."""
+
+
+class ImageFormatError(CnnvizError, ValueError):
+    """A picture cannot be saved in the format its file name asks for (converting needs Pillow)."""
 
 
 class ProblemError(CnnvizError):

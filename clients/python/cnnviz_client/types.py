@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from ._saving import save_picture, write_bytes
+
 __all__ = [
     "Artifact", "ArtifactLink", "Collection", "Event", "ExplainResult", "Explanation", "IdentifyResult",
     "ImageExplanation", "ImagePredictions", "InspectResult", "JobError", "JobProgress", "JobStatus", "Layer",
@@ -39,12 +41,6 @@ def _build(cls: type[T], data: Mapping[str, Any], **override: Any) -> T:
 
 def _b64(value: str | None) -> bytes | None:
     return base64.b64decode(value) if value else None
-
-
-def _write(path: str | os.PathLike[str], data: bytes) -> str:
-    with open(path, "wb") as fh:
-        fh.write(data)
-    return os.fspath(path)
 
 
 def _pil(png: bytes) -> Any:
@@ -265,11 +261,16 @@ class Explanation:
                    heatmap_url=data.get("heatmap_url"), figure_url=data.get("figure_url"))
 
     def save(self, path: str | os.PathLike[str], which: str = "overlay") -> str:
-        """Write the overlay (or ``which="heatmap"`` / ``"figure"``) bytes as received; returns the path."""
+        """Write the overlay (or ``which="heatmap"`` / ``"figure"``) in the format the file name asks for
+        (``overlay.png``: PNG, converted from the JPEG the service sends by default); returns the path.
+
+        Converting needs Pillow (the ``[pil]`` extra); without it a mismatch raises
+        :class:`~cnnviz_client.errors.ImageFormatError` rather than writing JPEG bytes into a .png file.
+        """
         data = {"overlay": self.overlay, "heatmap": self.heatmap, "figure": self.figure}.get(which)
         if data is None:
             raise ValueError(f"this explanation has no {which} (output.{which} was false)")
-        return _write(path, data)
+        return save_picture(path, data, which)
 
     def to_pil(self, which: str = "overlay") -> Any:
         data = self.overlay if which == "overlay" else self.heatmap
@@ -319,7 +320,7 @@ class ExplainResult:
         return ex[0].overlay if ex else None
 
     def save(self, path: str | os.PathLike[str], which: str = "overlay") -> str:
-        """Write the first explanation's overlay (or heatmap) PNG."""
+        """Write the first explanation's overlay (or heatmap), in the format the file name asks for."""
         if not self.explanations:
             raise ValueError("this answer has no explanations")
         return self.explanations[0].save(path, which)
@@ -343,7 +344,7 @@ class InspectResult:
     def save(self, path: str | os.PathLike[str]) -> str:
         if self.image is None:
             raise ValueError(f"the {self.view} view has no picture")
-        return _write(path, self.image)
+        return save_picture(path, self.image)
 
 
 @dataclass
@@ -413,7 +414,8 @@ class StyleResult:
         return _build(cls, data, image=base64.b64decode(data["image_png"]))
 
     def save(self, path: str | os.PathLike[str]) -> str:
-        return _write(path, self.image)
+        """Write the styled image in the format the file name asks for."""
+        return save_picture(path, self.image)
 
     def to_pil(self) -> Any:
         return _pil(self.image)
@@ -499,7 +501,9 @@ class Artifact:
         return "json" in self.media_type
 
     def save(self, path: str | os.PathLike[str]) -> str:
-        return _write(path, self.content)
+        """Write the content; a picture in the format the file name asks for, anything else as received."""
+        return save_picture(path, self.content, self.name) if self.media_type.startswith("image/") \
+            else write_bytes(path, self.content)
 
     def to_pil(self) -> Any:
         return _pil(self.content)

@@ -33,7 +33,8 @@ export async function loadCatalog() {
   state.models = models.models;
   state.inlineBudget = methods.inline_budget;
   state.methods = methods.methods.filter((m) => m.kind === 'explain');
-  state.jobTypes = methods.methods.filter((m) => m.kind === 'job');
+  // explain and collection jobs are made by the Explain and Collections panels, not the job form
+  state.jobTypes = methods.methods.filter((m) => m.kind === 'job' && !['explain', 'collection'].includes(m.family));
   try {
     state.openapi = await getJSON('/openapi.json');
   } catch {
