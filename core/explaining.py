@@ -47,9 +47,9 @@ from cnnviz.render import (
 )
 from cnnviz.render.kinds import format_value
 from cnnviz.render.text import NBSP
-from core.compute import DIRECT
 from core.errors import Invalid, from_engine
 from core.imaging import DecodedImage, image_to_tensor
+from core.lanes import DIRECT
 from core.schemas.explain import (
     Completeness,
     ExplainParams,

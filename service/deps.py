@@ -12,16 +12,16 @@ from fastapi import Depends, Path, Request
 
 from cnnviz.models import Catalog, LoadedModel
 from core.compiled import CompiledForwards
-from core.compute import ComputeLanes
 from core.errors import NotFound, jobs_unavailable
 from core.explaining import warm_model
 from core.jobtypes import SubmitContext, lookup_model
+from core.lanes import ComputeLanes
+from core.settings import Settings
 from core.store.collections import CollectionStore
-from core.store.jobs import ACTIVE
+from core.store.job_records import ACTIVE
 from core.store.trained import TrainedStore
 from service.auth import Principal, current_principal
-from service.jobs import JobClient
-from service.settings import Settings
+from service.job_client import JobClient
 
 
 async def get_settings(request: Request) -> Settings:

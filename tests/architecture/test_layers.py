@@ -119,7 +119,7 @@ def test_one_registry_entry_per_job_type_drives_everything() -> None:
     for name, entry in JOB_TYPES.items():
         assert entry.queue in ("short", "long")
         module, _, fn = entry.runner.rpartition(".")
-        assert module.startswith("workers.jobs.") and fn == "run"
+        assert module.startswith("workers.runners.") and fn == "run"
         assert JOB_REQUESTS[name].model_fields["params"].annotation is entry.params
 
 

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from core import compute
-from core.compute import ComputeLanes, cgroup_cpu_limit, lane_shape, shared_lanes
+from core import lanes as compute
+from core.lanes import ComputeLanes, cgroup_cpu_limit, lane_shape, shared_lanes
 
 
 @pytest.mark.parametrize("cores", [1, 2, 3, 4, 8, 16, 64])
