@@ -1,132 +1,48 @@
 """The API's side of the job system: submit, read, list, cancel, and fetch artifacts.
 
 Routes call :class:`JobClient`; it speaks to Redis through :class:`core.store.job_records.JobStore`
-and to rq through the fair queues of :mod:`service.job_queue`. The other roles live beside it,
-each in its own module:
+and to rq through the fair queues of :mod:`service.job_queue`, over the connections of
+:class:`service.job_redis.JobRedis`. The other roles live beside it, each in its own module:
 
 - :mod:`service.idempotency`: the same ``Idempotency-Key`` and request give the same job;
 - :mod:`service.admission`: the per-key bound (429) and the queue bound (503);
 - :mod:`service.reaper`: dead workers' jobs retried or abandoned, orphaned queued jobs pushed again;
 - :mod:`service.job_events`: the long-poll and server-sent events, awaited without a thread.
 
-Every Redis failure becomes a 503 ``jobs-unavailable`` (:meth:`JobClient.guard`): inline routes do
+Every Redis failure becomes a 503 ``jobs-unavailable`` (:meth:`JobRedis.guard`): inline routes do
 not touch Redis and keep working while it is down.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
-from redis import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from rq import worker_registration
 from rq.job import Job
 
-from core.errors import Conflict, DomainError, Gone, NotFound, jobs_unavailable
+from core.errors import Conflict, DomainError, Gone, NotFound
 from core.jobtypes import JOB_TYPES
 from core.settings import Settings
-from core.store.config import QUEUES, JobConfig
-from core.store.job_records import ACTIVE, CANCELED, QUEUED, RUNNING, SUCCEEDED, JobStore
+from core.store.config import JobConfig
+from core.store.job_records import ACTIVE, CANCELED, QUEUED, RUNNING, SUCCEEDED
 from service import admission, idempotency
 from service.auth import Principal
-from service.job_queue import FairQueue, enqueue_runner, fair_queue
+from service.job_queue import enqueue_runner
+from service.job_redis import JobRedis
 from service.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
 
-class JobClient:
-    """One per app; the Redis connection pool is created on first use, so start-up never blocks."""
+class JobClient(JobRedis):
+    """One per app: the job operations routes call, over :class:`JobRedis`."""
 
     def __init__(self, settings: Settings, config: JobConfig | None = None) -> None:
-        if not settings.redis_url:
-            raise ValueError("JobClient needs settings.redis_url")
-        self.settings = settings
-        self.config = config or settings.job_config
-        self._redis: Redis | None = None
-        self._aredis: dict[int, aioredis.Redis] = {}  # awaited reads: one asyncio client per event loop
-        self._lock = threading.Lock()
+        super().__init__(settings, config)
         self.reaper = Reaper(self)
-
-    # --- plumbing -------------------------------------------------------------------------
-    @property
-    def redis(self) -> Redis:
-        if self._redis is None:
-            with self._lock:
-                if self._redis is None:
-                    self._redis = Redis.from_url(self.settings.redis_url or "", socket_connect_timeout=1,
-                                                 socket_timeout=10, health_check_interval=15)
-        return self._redis
-
-    def async_redis(self) -> aioredis.Redis:
-        """A redis.asyncio client of the running event loop (one pool per loop, made on first use)."""
-        loop = asyncio.get_running_loop()
-        client = self._aredis.get(id(loop))
-        if client is None:
-            client = aioredis.Redis.from_url(self.settings.redis_url or "", socket_connect_timeout=1,
-                                             socket_timeout=10, health_check_interval=15,
-                                             retry=Retry(NoBackoff(), 1),
-                                             retry_on_error=[redis.exceptions.ConnectionError])
-            self._aredis[id(loop)] = client
-        return client
-
-    @property
-    def store(self) -> JobStore:
-        return JobStore(self.redis, self.config.prefix)
-
-    def queue(self, kind: str) -> FairQueue:
-        """The rq queue of a kind of work (``short`` or ``long``), fair across owners."""
-        return fair_queue(self.config.queue_name(kind), self.redis, self.store)
-
-    def queue_of(self, rec: dict[str, Any]) -> FairQueue:
-        """The rq queue a job was put on (its record names it)."""
-        return fair_queue(rec.get("queue") or self.config.queue_name("short"), self.redis, self.store)
-
-    @contextmanager
-    def guard(self) -> Iterator[None]:
-        """Redis down or slow -> 503, never a 500."""
-        try:
-            yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            log.warning("Redis unavailable: %s", exc)
-            raise jobs_unavailable() from exc
-
-    def close(self) -> None:
-        if self._redis is not None:
-            self._redis.close()
-
-    async def aclose(self) -> None:
-        """Close the asyncio client of the running loop, then the sync pool."""
-        client = self._aredis.pop(id(asyncio.get_running_loop()), None)
-        if client is not None:
-            await client.aclose()
-        self.close()
-
-    def health(self) -> dict[str, Any]:
-        """For /readyz: Redis reachable, and how many live workers listen on each queue."""
-        try:
-            self.redis.ping()
-            per_queue = {}
-            for kind in QUEUES:
-                keys = list(worker_registration.get_keys(self.queue(kind), connection=self.redis))
-                with self.redis.pipeline(transaction=False) as p:
-                    for k in keys:
-                        p.exists(k)
-                    per_queue[kind] = sum(int(x) for x in p.execute()) if keys else 0
-            return {"redis": True, "workers": min(per_queue.values()), "queues": per_queue}
-        except redis.exceptions.RedisError as exc:
-            log.warning("readiness: Redis unavailable: %s", exc)
-            return {"redis": False, "workers": 0, "queues": {kind: 0 for kind in QUEUES}}
 
     # --- submit ---------------------------------------------------------------------------
     def submit(self, principal: Principal, spec: dict[str, Any], inputs: list[bytes], cost: float,

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from starlette.concurrency import run_in_threadpool
@@ -22,9 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from core.errors import DomainError
 from core.store.job_records import TERMINAL
 from service.auth import Principal
-
-if TYPE_CHECKING:
-    from service.job_client import JobClient
+from service.job_client import JobClient
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from starlette.concurrency import run_in_threadpool
@@ -25,9 +25,7 @@ from core.jobtypes import JOB_TYPES
 from core.store.config import QUEUES
 from core.store.job_records import FAILED, QUEUED, RUNNING
 from service.job_queue import enqueue_runner
-
-if TYPE_CHECKING:
-    from service.job_client import JobClient
+from service.job_redis import JobRedis
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +34,9 @@ REAP_INTERVAL_S = 2.0  # each API process settles dead workers' jobs this often
 
 
 class Reaper:
-    """One per :class:`JobClient`; remembers when each orphaned queued job was first seen."""
+    """One per API process (its job client's); remembers when each orphaned queued job was first seen."""
 
-    def __init__(self, jobs: JobClient) -> None:
+    def __init__(self, jobs: JobRedis) -> None:
         self.jobs = jobs
         self._orphans: dict[str, float] = {}  # queued job id -> when it was first seen on no rq list
 
