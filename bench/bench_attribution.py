@@ -199,8 +199,8 @@ def bench_http(args: argparse.Namespace) -> str:
     from core.explaining import run_explanation
     from core.imaging import decode_image
     from core.schemas.explain import ExplainParams
+    from core.settings import Settings
     from service.app import create_app
-    from service.settings import Settings
 
     buf = io.BytesIO()
     Image.fromarray(skimage.data.chelsea()).resize((224, 224)).save(buf, "JPEG", quality=90)

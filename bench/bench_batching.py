@@ -1,7 +1,7 @@
 """Batching across requests over real HTTP: throughput and p50/p99 at 1, 4 and 8 concurrent clients.
 
 Three API processes under uvicorn on 127.0.0.1 (no Redis): ``on``, batching with the defaults
-(``batch_max_images`` 4, ``batch_wait_ms`` 5, compute lanes of core/compute.py: one lane of 2 torch
+(``batch_max_images`` 4, ``batch_wait_ms`` 5, compute lanes of core/lanes.py: one lane of 2 torch
 threads on 2 cores); ``off``, the same without batching (``batch_max_images`` 1); ``unbounded``,
 the service before batching and lanes (no batching, 64 lanes, torch threads = cores each). Each
 client is a thread with its own keep-alive connection posting a 224 px JPEG of ``chelsea`` to
@@ -135,7 +135,7 @@ def main() -> None:
              "unbounded": {"CNNVIZ_BATCH_MAX_IMAGES": "1", "CNNVIZ_INLINE_SLOTS": "64",
                            "CNNVIZ_TORCH_THREADS": str(os.cpu_count() or 1)},
              "on-1-slot": {"CNNVIZ_INLINE_SLOTS": "1"},
-             # the lanes before elastic lanes (core/compute.py): one lane as wide as the cores, always
+             # the lanes before elastic lanes (core/lanes.py): one lane as wide as the cores, always
              "fixed-lanes": {"CNNVIZ_ELASTIC_LANES": "false"}}
     modes = {m: modes[m] for m in args.modes.split(",")}
     servers: list[subprocess.Popen] = []

@@ -126,20 +126,20 @@ def http_rows(sizes: list[int], repeats: int) -> list[list[str]]:
 
     from bench.harness import interleaved
     from cnnviz.training.checkpoint import module_tensors, pack
-    from core.store.config import JobConfig
+    from core.settings import Settings
     from core.store.trained import TrainedStore
     from service.app import create_app
     from service.auth import PUBLIC
-    from service.settings import Settings
     from stack.embedded import EmbeddedRedis
 
     net = TransformNet(16, 5).eval()
     weights = pack(module_tensors(net), {"kind": "fast_style", "config": {"network": net.config()}})
     rows = []
     with EmbeddedRedis() as server:
-        TrainedStore(Redis.from_url(server.url), JobConfig.from_environment().prefix).save(
+        settings = Settings(redis_url=server.url, preload_models=False)
+        TrainedStore(Redis.from_url(server.url), settings.key_prefix).save(
             "style", PUBLIC, "bench", weights, model="efficientnet-lite0", job="bench", summary={})
-        app = create_app(Settings(redis_url=server.url, preload_models=False))
+        app = create_app(settings)
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]

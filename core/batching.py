@@ -20,7 +20,7 @@ Threads, not asyncio: requests gather in the server's thread pool. The first req
 leads: it waits up to ``max_wait_s`` for others (only while some other admitted request has not
 computed yet, so a lone request never waits), or until ``max_batch`` images are gathered, then for
 one of ``slots`` compute slots, and runs the engine call on a compute lane (``run``, see
-core/compute.py: torch work never runs in the pool's threads). While it waits for a slot its
+core/lanes.py: torch work never runs in the pool's threads). While it waits for a slot its
 batch stays open, so under load requests queue in the batcher and coalesce instead of
 oversubscribing the cores. Rendering stays per request.
 
@@ -43,9 +43,9 @@ import torch
 from cnnviz.attribution import ClassTargets, EngineError, Explanation, UnitTarget, get_method
 from cnnviz.attribution.layer_forward import LayerForward, using_layer_forward
 from cnnviz.models import LoadedModel
-from core.compute import DIRECT
 from core.errors import Unavailable, from_engine
 from core.explaining import compute, targets_from
+from core.lanes import DIRECT
 from core.schemas.explain import ExplainParams
 
 BatchHook = Callable[[int, int], None]

@@ -36,7 +36,7 @@ How, so that no request ever waits for a compiler:
 It needs a C++ compiler (``g++``; the Docker image installs one) and is off on CUDA (where the eager
 forward is already cheap) and with ``CNNVIZ_COMPILE_PREDICT=false``. The compile thread runs torch
 with each lane width's thread count in turn, so the kernels it generates use that OpenMP width; it
-resets the process default to one thread after each (core/compute.py says why that matters).
+resets the process default to one thread after each (core/lanes.py says why that matters).
 Elastic lanes compute at two widths (the wide lane's, and one thread), so each width has its own
 copy of the graph and its own compiled batches (one image at both widths first), six compiles in all.
 
@@ -61,7 +61,7 @@ from torch import fx
 
 from cnnviz.attribution.tail import TailRunner
 from cnnviz.models import LoadedModel
-from core.compute import single_threaded_default
+from core.lanes import single_threaded_default
 from core.predicting import eager_forward
 from core.schemas.models import CompileState, ForwardKind
 
@@ -111,7 +111,7 @@ class CompiledForwards:
     """The process's compiled predict forwards, one per loaded model (see the module docstring)."""
 
     def __init__(self, enabled: bool, threads: int | tuple[int, ...]) -> None:
-        # The lanes' widths (core/compute.py ComputeLanes.widths), the widest first; each gets its own graphs.
+        # The lanes' widths (core/lanes.py ComputeLanes.widths), the widest first; each gets its own graphs.
         self.widths = tuple(max(1, w) for w in ((threads,) if isinstance(threads, int) else threads))
         self.threads = self.widths[0]
         missing = None if enabled else "disabled (CNNVIZ_COMPILE_PREDICT=false)"

@@ -47,9 +47,9 @@ from cnnviz.render import (
 )
 from cnnviz.render.kinds import format_value
 from cnnviz.render.text import NBSP
-from core.compute import DIRECT
 from core.errors import Invalid, from_engine
 from core.imaging import DecodedImage, image_to_tensor
+from core.lanes import DIRECT
 from core.schemas.explain import (
     Completeness,
     ExplainParams,
@@ -316,7 +316,7 @@ LIGHT_PIXELS = 1024 * 1024  # decoded plus rendered pixels of a request whose pr
 def light_work(images: list[DecodedImage], params: ExplainParams) -> bool:
     """Whether the torch work around the engine (preprocessing, rendering, PNG) stays in the request's thread.
 
-    In a server that thread computes on one torch thread and starts no OpenMP team (core/compute.py),
+    In a server that thread computes on one torch thread and starts no OpenMP team (core/lanes.py),
     so it runs beside the lane instead of queueing on it: on a 224 px request the lane's hand-offs
     cost more than its width gains, and the lane stays free for the engine calls that batch
     concurrent requests. Forwards (faithfulness), the CRF and megapixel pictures go to the lane.
@@ -341,7 +341,7 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     (for :func:`png_answer`) collects (image index, explanation, overlay tensor) instead of encoding.
     ``engine`` runs the engine step (a batcher gathers concurrent requests into one call); ``lane``
     runs the torch work around it, preprocessing and rendering (a compute lane in a server,
-    core/compute.py), where it is heavy (:func:`light_work`); light work stays in the calling thread.
+    core/lanes.py), where it is heavy (:func:`light_work`); light work stays in the calling thread.
     """
     out = params.output
     if not out.inline and sink is None:

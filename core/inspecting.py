@@ -31,7 +31,6 @@ from cnnviz.render import apply_colormap, encode_png, make_grid, normalize_map, 
 from cnnviz.training import head_embed
 from core.errors import Conflict, Invalid, NotFound
 from core.imaging import decode_rgb
-from core.jobtypes import load_embedder
 from core.schemas.collections import Candidate, IdentifyParams, IdentifyResponse
 from core.schemas.inspect import (
     ActivationsParams,
@@ -47,7 +46,7 @@ from core.schemas.inspect import (
     VerifyResponse,
 )
 from core.store.collections import CollectionStore, gallery_key
-from core.store.trained import TrainedStore
+from core.store.trained import TrainedStore, load_embedder
 
 # view -> (params model, min images, max images)
 VIEW_INPUTS: dict[str, tuple[type[BaseModel], int, int]] = {

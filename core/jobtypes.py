@@ -12,11 +12,9 @@ call here.
 from __future__ import annotations
 
 import inspect
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
@@ -37,7 +35,7 @@ from cnnviz.synthesis.style import style_transfer
 from cnnviz.synthesis.texture import efros_leung, estimate_efros_leung_cost, estimate_gram_cost, gram_texture
 from cnnviz.training.fast_style import estimate_cost as fast_style_cost
 from cnnviz.training.triplet import estimate_cost as triplet_cost
-from core.errors import Conflict, Invalid, NotFound, Unavailable
+from core.errors import Invalid, NotFound, Unavailable
 from core.explaining import estimate_cost as explain_cost
 from core.imaging import DecodedImage
 from core.schemas.collections import CollectionViewParams
@@ -54,7 +52,7 @@ from core.schemas.synthesis import (
 )
 from core.schemas.training import RESUMABLE, FastStyleParams, TripletHeadParams
 from core.store.collections import CollectionStore
-from core.store.trained import JOB_KINDS, TrainedStore
+from core.store.trained import JOB_KINDS, TrainedStore, TrainingLock, load_embedder
 from core.validation import validate_params, validation_problem
 
 Queue = Literal["short", "long"]
@@ -85,43 +83,6 @@ class SubmitContext:
         if rec is None or rec.get("owner") != self.owner:
             raise NotFound("collection-not-found", f"No collection {cid!r}")
         return rec
-
-
-@dataclass
-class TrainingLock:
-    """One training run per trained name at a time: claimed before queueing, bound to the job after."""
-
-    store: TrainedStore
-    kind: str
-    owner: str
-    name: str
-    is_active_job: Callable[[str], bool]
-    holder: str = field(default_factory=lambda: f"pending-{time.time_ns()}")
-
-    def claim(self) -> None:
-        if self.store.claim(self.kind, self.owner, self.name, self.holder, 60):
-            return
-        current = self.store.trainer_of(self.kind, self.owner, self.name) or ""
-        if current.startswith("pending") or self.is_active_job(current):
-            raise Conflict("training-in-progress", f"{self.kind} {self.name!r} is being trained by another job",
-                           job=None if current.startswith("pending") else current, retry_after=10)
-        self.store.claim(self.kind, self.owner, self.name, self.holder, 60, replace=True)
-
-    def bind(self, job_id: str, ttl_s: int) -> None:
-        self.store.claim(self.kind, self.owner, self.name, job_id, ttl_s, replace=True)
-
-    def release(self) -> None:
-        self.store.release(self.kind, self.owner, self.name, self.holder)
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        """Claimed for the duration of the block; released if the block fails."""
-        self.claim()
-        try:
-            yield
-        except BaseException:
-            self.release()
-            raise
 
 
 @dataclass
@@ -341,23 +302,9 @@ def _prepare_training(entry: JobType, ctx: SubmitContext, job: Any, images: list
     return Prepared(spec, cost, lock)
 
 
-def load_embedder(store: TrainedStore, owner: str, name: str, model: LoadedModel,
-                  device: str = "cpu") -> tuple[Any, dict[str, Any]]:
-    """A caller's trained embedding head for ``model``: 404 when unknown, 422 when trained on another model."""
-    found = store.load("embedder", owner, name, device)
-    if found is None:
-        raise NotFound("embedder-not-found", f"No embedder named {name!r}", "Train one with a triplet_head job.")
-    net, rec = found
-    backbone = rec["meta"]["config"].get("backbone")
-    if backbone != model.name:
-        raise Invalid("head-model-mismatch", f"Embedder {name!r} was trained on {backbone!r}, not {model.name!r}",
-                      model=backbone)
-    return net, rec
-
-
 # ---- the table -------------------------------------------------------------------------------------
 
-_W = "workers.jobs"
+_W = "workers.runners"
 register(JobType("explain", "explain", ExplainJobParams, (1, 256), "one or more images", "short",
                  f"{_W}.explain.run", _prepare_explain))
 register(JobType("collection", "collection", CollectionViewParams, (0, 1),

@@ -13,13 +13,14 @@ from fastapi import Depends, FastAPI
 from cnnviz.models import Catalog
 from core.batching import ExplainBatcher
 from core.compiled import CompiledForwards
-from core.compute import shared_lanes
 from core.explaining import warm_model
 from core.jobtypes import JOB_REQUEST, JOB_REQUESTS
+from core.lanes import shared_lanes
 from core.schemas.collections import CollectionParams, IdentifyParams
 from core.schemas.explain import METHOD_PARAMS, ExplainParams
 from core.schemas.models import PredictParams
 from core.schemas.training import StyleApplyParams
+from core.settings import Settings, get_settings
 from core.store.census import log_restored
 from service.auth import require_api_key
 from service.errors import install_handlers
@@ -27,7 +28,6 @@ from service.explorer import install_explorer
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.openapi_doc import install_openapi
 from service.routes import collections, explain, health, inspect, jobs, models, trained
-from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ API_VERSION = "1.0.0"
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
     """Build the app. The catalog is loaded eagerly so a bad weights file fails start-up."""
     settings = settings or get_settings()
-    # Every torch call of this process runs on these lanes, loading included (core/compute.py says why).
+    # Every torch call of this process runs on these lanes, loading included (core/lanes.py says why).
     lanes = shared_lanes(settings.inline_slots, settings.torch_threads,
                          elastic=settings.elastic_lanes and settings.inline_slots is None)
     if catalog is None:
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         jobs = getattr(app.state, "jobs", None)
-        reaper = asyncio.create_task(jobs.reaper()) if jobs is not None else None  # dead workers' jobs
+        reaper = asyncio.create_task(jobs.reaper.run()) if jobs is not None else None  # dead workers' jobs
         # What a durable Redis kept from earlier runs, said once; off the loop, never delaying start-up.
         census = asyncio.create_task(asyncio.to_thread(log_restored, jobs.redis, jobs.config.prefix)) \
             if jobs is not None else None
@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
                                        layer_forward=app.state.compiled.layer_forward)
     install_handlers(app)
     if settings.redis_url:
-        from service.jobs import JobClient
+        from service.job_client import JobClient
 
         app.state.jobs = JobClient(settings)  # connects lazily: a down Redis never blocks start-up
     keyed = [Depends(require_api_key)]  # every /v1 route; health and metrics stay open

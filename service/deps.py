@@ -12,16 +12,16 @@ from fastapi import Depends, Path, Request
 
 from cnnviz.models import Catalog, LoadedModel
 from core.compiled import CompiledForwards
-from core.compute import ComputeLanes
 from core.errors import NotFound, jobs_unavailable
 from core.explaining import warm_model
 from core.jobtypes import SubmitContext, lookup_model
+from core.lanes import ComputeLanes
+from core.settings import Settings
 from core.store.collections import CollectionStore
-from core.store.jobs import ACTIVE
+from core.store.job_records import ACTIVE
 from core.store.trained import TrainedStore
 from service.auth import Principal, current_principal
-from service.jobs import JobClient
-from service.settings import Settings
+from service.job_client import JobClient
 
 
 async def get_settings(request: Request) -> Settings:
@@ -49,7 +49,7 @@ async def get_model(catalog: Annotated[Catalog, Depends(get_catalog)],
                     model: str = Path(..., max_length=100)) -> LoadedModel:
     if model in catalog.specs and catalog.is_loaded(model):
         return lookup_model(catalog, model)
-    # A first load runs forwards, and its warm-up traces the network: on a lane (core/compute.py).
+    # A first load runs forwards, and its warm-up traces the network: on a lane (core/lanes.py).
     return await lanes.arun(lambda: warm_model(lookup_model(catalog, model)))
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from core.settings import Settings
 from service.app import create_app
 from service.openapi_doc import render
-from service.settings import Settings
 
 
 def main() -> None:

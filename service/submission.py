@@ -16,9 +16,10 @@ from cnnviz.render import png_from_array
 from core.errors import Invalid, TooLarge
 from core.imaging import DecodedImage
 from core.jobtypes import Prepared
+from core.settings import Settings
 from service.auth import Principal
-from service.jobs import JobClient, status_model
-from service.settings import Settings
+from service.job_client import JobClient
+from service.schemas.job_status import status_model
 
 
 def stored_png(d: DecodedImage) -> bytes:

@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 
 from core.errors import BadInput, DomainError, Invalid, TooLarge, Unsupported
 from core.imaging import ALLOWED_FORMATS, DecodedImage, decode_base64_image, decode_image
-from service.settings import Settings
+from core.settings import Settings
 
 
 @dataclass

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from core.settings import Settings, get_settings, use_settings
 from core.store.config import QUEUES
 
 log = logging.getLogger("cnnviz")
@@ -37,10 +38,11 @@ def _shown_url(url: str) -> str:
     return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:<password>@", url)
 
 
-def _attach_command(redis_url: str) -> str:
+def _attach_command(settings: Settings) -> str:
     """The command line that attaches one more worker (both queues) to this deployment."""
-    env = [f"REDIS_URL={_shown_url(redis_url)}"]
-    env += [f"{k}={shlex.quote(os.environ[k])}" for k in ("CNNVIZ_QUEUE", "CNNVIZ_KEY_PREFIX") if os.environ.get(k)]
+    env = [f"REDIS_URL={_shown_url(settings.redis_url or '')}"]
+    env += [f"CNNVIZ_{name.upper()}={shlex.quote(getattr(settings, name))}" for name in ("queue", "key_prefix")
+            if getattr(settings, name) != Settings.model_fields[name].default]
     return " ".join(env) + " cnnviz worker --queues " + ",".join(QUEUES)
 
 
@@ -48,13 +50,12 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.app import create_app
-    from service.settings import Settings
     from stack.supervise import Supervisor
 
     if args.workers is not None and args.workers < 0:
         log.error("--workers must be 0 or more")
         return 2
-    settings = Settings()
+    settings = get_settings()
     host = args.host or settings.host
     port = args.port or settings.port
     redis = None
@@ -66,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
         if not settings.redis_url and not args.no_jobs:
             from stack.embedded import EmbeddedRedis, default_data_dir
 
-            data_dir = None if args.ephemeral else Path(args.data_dir or default_data_dir())
+            data_dir = None if args.ephemeral else Path(args.data_dir or default_data_dir(settings.data_dir))
             redis = EmbeddedRedis(data_dir=data_dir).start()
             settings = settings.model_copy(update={"redis_url": redis.url})
             where = f"data in {redis.dir}, append-only" if data_dir else "ephemeral: nothing is kept"
@@ -88,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("explorer: http://%s:%d/ui/  (API docs: http://%s:%d/docs)", shown, port, shown, port)
         if settings.redis_url:
             log.info("Redis: %s", _shown_url(settings.redis_url))
-            log.info("attach another worker: %s", _attach_command(settings.redis_url))
+            log.info("attach another worker: %s", _attach_command(settings))
         uvicorn.run(app, host=host, port=port, log_level=args.log_level.lower(), timeout_keep_alive=5)
     finally:
         if supervisor is not None:
@@ -109,11 +110,10 @@ def _worker(args: argparse.Namespace) -> int:
             # Pin the process to one GPU; inside it the card is cuda:0. Set before CUDA initializes.
             os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
             device = "cuda:0"
-        os.environ["CNNVIZ_DEVICE"] = device
-    from service.settings import Settings
+        use_settings(get_settings().model_copy(update={"device": device}))  # what the worker's catalog reads
     from workers.worker import run_worker
 
-    url = Settings().redis_url
+    url = get_settings().redis_url
     if not url:
         log.error("cnnviz worker needs REDIS_URL (cnnviz serve starts its own worker when it has none)")
         return 2
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if client_cli is not None and client_cli.command_of(argv) not in ("serve", "worker", "samples"):
         return int(client_cli.main(argv))
     parser = argparse.ArgumentParser(prog="cnnviz", description=__doc__)
-    parser.add_argument("--log-level", default=os.environ.get("CNNVIZ_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", default=get_settings().log_level)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP API (plus embedded Redis and a worker without REDIS_URL)")
     serve.add_argument("--host", default=None)

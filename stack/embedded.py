@@ -52,9 +52,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def default_data_dir() -> Path:
-    """``CNNVIZ_DATA_DIR``, else ``$XDG_DATA_HOME/cnnviz``, else ``~/.local/share/cnnviz``."""
-    explicit = os.environ.get("CNNVIZ_DATA_DIR")
+def default_data_dir(explicit: str | None = None) -> Path:
+    """``explicit`` (the ``data_dir`` setting), else ``$XDG_DATA_HOME/cnnviz``, else ``~/.local/share/cnnviz``.
+
+    ``XDG_DATA_HOME`` is the desktop convention every program shares, not a cnnviz setting.
+    """
     if explicit:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")

@@ -55,8 +55,8 @@ def chelsea_jpeg(chelsea) -> bytes:
 
 @pytest.fixture(scope="session")
 def app(catalog):
+    from core.settings import Settings
     from service.app import create_app
-    from service.settings import Settings
 
     return create_app(Settings(max_body_bytes=4 * 1024 * 1024, inline_budget=400), catalog=catalog)
 

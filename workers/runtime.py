@@ -26,8 +26,9 @@ from redis import Redis
 from cnnviz.models import Catalog, LoadedModel
 from cnnviz.render import encode_png, to_uint8_image
 from cnnviz.synthesis import Cancelled
+from core.settings import get_settings
 from core.store.config import JobConfig
-from core.store.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
+from core.store.job_records import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +39,13 @@ PROGRESS_INTERVAL_S = 0.25  # progress writes per job: a few a second, whatever 
 
 
 def catalog() -> Catalog:
-    """The process-global catalog, built on first use (device from CNNVIZ_DEVICE)."""
+    """The process-global catalog, built on first use from the process's settings (models file, device)."""
     global _catalog
     if _catalog is None:
         with _catalog_lock:
             if _catalog is None:
-                _catalog = Catalog.from_environment()
+                s = get_settings()
+                _catalog = Catalog.from_environment(s.models_file, s.device, s.default_model)
     return _catalog
 
 
@@ -65,13 +67,13 @@ def model_loads() -> int:
 
 
 def worker_redis() -> Redis:
-    """The connection of the rq job being run, or REDIS_URL when called outside a worker."""
+    """The connection of the rq job being run, or the settings' Redis when called outside a worker."""
     from rq import get_current_job
 
     job = get_current_job()
     if job is not None:
         return job.connection
-    return Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    return Redis.from_url(get_settings().redis_url or "redis://127.0.0.1:6379/0")
 
 
 class _Heartbeat(threading.Thread):
@@ -180,7 +182,7 @@ def execute(job_id: str, prefix: str, body: Callable[[JobContext], None]) -> dic
     """Claim, run and settle one job; see the module docstring."""
     from rq.timeouts import JobTimeoutException
 
-    cfg = JobConfig.from_environment()
+    cfg = get_settings().job_config
     store = JobStore(worker_redis(), prefix)
     record = store.get(job_id)
     if record is None:

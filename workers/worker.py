@@ -24,8 +24,9 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from core.compute import cpu_threads
-from core.store.config import QUEUES, WORKER_BEAT_S, WORKER_LIVENESS_S, JobConfig
+from core.lanes import cpu_threads
+from core.settings import get_settings
+from core.store.config import QUEUES, WORKER_BEAT_S, WORKER_LIVENESS_S
 from workers.runtime import get_model
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def _wait_for_redis(conn: Redis, stop: list[bool]) -> None:
 
 def _fit_torch_threads() -> None:
     """Torch threads no more than the CPUs this process may use (its cgroup quota included,
-    core.compute.cpu_threads): torch's default counts the node's cores, which under a container's
+    core.lanes.cpu_threads): torch's default counts the node's cores, which under a container's
     CPU limit makes OpenMP teams that the quota throttles mid-kernel. ``OMP_NUM_THREADS`` wins."""
     if "OMP_NUM_THREADS" in os.environ:
         return
@@ -141,7 +142,7 @@ def run_worker(redis_url: str, queues: list[str] | None = None, *, burst: bool =
     so a Redis restart costs a few seconds, not the worker.
     """
     _fit_torch_threads()
-    cfg = JobConfig.from_environment()
+    cfg = get_settings().job_config
     queues = [cfg.queue_name(kind) for kind in (queues or QUEUES)]
     conn = Redis.from_url(redis_url, socket_connect_timeout=5, health_check_interval=30)
     if preload:

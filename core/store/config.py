@@ -1,13 +1,12 @@
 """Names and timings shared by the API and the workers: queue, key prefix, heartbeat, TTLs.
 
-Both sides read the same ``CNNVIZ_*`` environment variables, so an API and its workers agree
-without importing each other's settings. Tests give each session its own queue and prefix so a
-shared Redis is never polluted.
+Both sides build it from the same settings (:attr:`core.settings.Settings.job_config`), so an API
+and its workers that share an environment agree without importing each other. Tests give each
+session its own queue and prefix so a shared Redis is never polluted.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 QUEUES = ("short", "long")  # kinds of work; each job type names its kind in core.jobtypes
@@ -17,21 +16,20 @@ WORKER_LIVENESS_S = 10
 WORKER_BEAT_S = 2.0
 
 
-def _float_env(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
-
-
 @dataclass(frozen=True)
 class JobConfig:
-    """Where jobs live in Redis and how liveness is judged."""
+    """Where jobs live in Redis and how liveness is judged.
+
+    The defaults here are the settings' defaults (``CNNVIZ_QUEUE``, ``CNNVIZ_KEY_PREFIX``,
+    ``CNNVIZ_JOB_*``); the other fields are fixed policy.
+    """
 
     queue: str = "cnnviz"  # base name: the rq queues are "<queue>-short" and "<queue>-long"
     prefix: str = "cnnviz"
     heartbeat_ttl_s: float = 15.0  # a running job whose heartbeat key is gone this long is abandoned
     heartbeat_interval_s: float = 2.0
     # A queued job that is in no rq list this long was taken off it by a worker that stopped (kill -9,
-    # lost Redis) before it could start it: the API's reaper pushes it again (service/jobs.py).
+    # lost Redis) before it could start it: the API's reaper pushes it again (service/reaper.py).
     orphan_grace_s: float = 10.0
     seconds_per_cost: float = 0.25  # job_timeout = base + cost * this, bounded below
     min_timeout_s: int = 120
@@ -39,18 +37,6 @@ class JobConfig:
     # A job keeps its newest previews, at most this many, for its artifact TTL; an older one is deleted
     # and a "preview-dropped" event says so, so every announced preview answers until it is dropped.
     max_previews: int = 64
-
-    @classmethod
-    def from_environment(cls) -> JobConfig:
-        ttl = _float_env("CNNVIZ_JOB_HEARTBEAT_TTL", cls.heartbeat_ttl_s)
-        return cls(
-            queue=os.environ.get("CNNVIZ_QUEUE", cls.queue),
-            prefix=os.environ.get("CNNVIZ_KEY_PREFIX", cls.prefix),
-            heartbeat_ttl_s=ttl,
-            heartbeat_interval_s=min(_float_env("CNNVIZ_JOB_HEARTBEAT_INTERVAL", cls.heartbeat_interval_s), ttl / 3),
-            # at least a second: a live worker between its pop and its start must never look orphaned
-            orphan_grace_s=max(1.0, _float_env("CNNVIZ_JOB_ORPHAN_GRACE", cls.orphan_grace_s)),
-        )
 
     def queue_name(self, kind: str) -> str:
         """The rq queue of a kind of work (``short`` or ``long``)."""

@@ -35,13 +35,16 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
 from torch import nn
 
+from cnnviz.models import LoadedModel
 from cnnviz.training import load_head, load_transform_net, unpack
 from cnnviz.training.checkpoint import read_meta
+from core.errors import Conflict, Invalid, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -245,3 +248,44 @@ class TrainedStore:
         key = self.lock_key(kind, owner, name)
         if self.trainer_of(kind, owner, name) == holder:
             self.redis.delete(key)
+
+
+@dataclass
+class TrainingLock:
+    """One training run per trained name at a time: claimed before queueing, bound to the job after."""
+
+    store: TrainedStore
+    kind: str
+    owner: str
+    name: str
+    is_active_job: Callable[[str], bool]
+    holder: str = field(default_factory=lambda: f"pending-{time.time_ns()}")
+
+    def claim(self) -> None:
+        if self.store.claim(self.kind, self.owner, self.name, self.holder, 60):
+            return
+        current = self.store.trainer_of(self.kind, self.owner, self.name) or ""
+        if current.startswith("pending") or self.is_active_job(current):
+            raise Conflict("training-in-progress", f"{self.kind} {self.name!r} is being trained by another job",
+                           job=None if current.startswith("pending") else current, retry_after=10)
+        self.store.claim(self.kind, self.owner, self.name, self.holder, 60, replace=True)
+
+    def bind(self, job_id: str, ttl_s: int) -> None:
+        self.store.claim(self.kind, self.owner, self.name, job_id, ttl_s, replace=True)
+
+    def release(self) -> None:
+        self.store.release(self.kind, self.owner, self.name, self.holder)
+
+
+def load_embedder(store: TrainedStore, owner: str, name: str, model: LoadedModel,
+                  device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A caller's trained embedding head for ``model``: 404 when unknown, 422 when trained on another model."""
+    found = store.load("embedder", owner, name, device)
+    if found is None:
+        raise NotFound("embedder-not-found", f"No embedder named {name!r}", "Train one with a triplet_head job.")
+    net, rec = found
+    backbone = rec["meta"]["config"].get("backbone")
+    if backbone != model.name:
+        raise Invalid("head-model-mismatch", f"Embedder {name!r} was trained on {backbone!r}, not {model.name!r}",
+                      model=backbone)
+    return net, rec

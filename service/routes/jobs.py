@@ -1,8 +1,8 @@
 """``/v1/jobs``: submit, status (long-poll), events (SSE), result, artifacts, cancel, list.
 
 Routes stay thin: parse, let the job type's registry entry check and price the request, then one
-:class:`service.jobs.JobClient` call. Redis work runs in the thread pool (sync client), never on
-the event loop.
+:class:`service.job_client.JobClient` call (or :mod:`service.job_events` for the long-poll and SSE).
+Redis work runs in the thread pool (sync client), never on the event loop.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from starlette.concurrency import run_in_threadpool
 
 from core.errors import NotFound
 from core.jobtypes import JOB_TYPES, parse_job_request
-from core.store.jobs import JobState
+from core.store.job_records import JobState
 from service.deps import JobsDep, PrincipalDep, SettingsDep, SubmitContextDep
-from service.jobs import status_model
+from service.job_events import event_stream, long_poll
 from service.openapi_parts import JOB_RESPONSES
-from service.schemas.jobs import JobList, JobStatus
+from service.schemas.job_status import JobList, JobStatus, status_model
 from service.submission import submit_prepared
 from service.uploads import read_upload
 
@@ -71,7 +71,10 @@ def list_jobs(jobs: JobsDep, principal: PrincipalDep, status: str | None = Query
 async def get_job(jobs: JobsDep, principal: PrincipalDep, job_id: str = JOB_ID,
                   wait: float = Query(0, ge=0, le=30, description="Seconds to wait for the job to finish")) -> Response:
     # Async: a long-poll awaits between its checks instead of holding a thread-pool thread.
-    rec = await jobs.wait(principal, job_id, wait) if wait else await run_in_threadpool(jobs.get, principal, job_id)
+    if wait:
+        rec = await long_poll(jobs, principal, job_id, wait)
+    else:
+        rec = await run_in_threadpool(jobs.get, principal, job_id)
     headers = {"Retry-After": "1"} if rec["status"] in (JobState.QUEUED, JobState.RUNNING) else {}
     # Serialized once here: returning the model would make FastAPI validate it a second time,
     # a measurable share of a poll's cost when many clients poll.
@@ -84,7 +87,7 @@ async def get_job(jobs: JobsDep, principal: PrincipalDep, job_id: str = JOB_ID,
 async def job_events(jobs: JobsDep, principal: PrincipalDep, job_id: str = JOB_ID,
                      last_event_id: str | None = Header(None, max_length=40)) -> StreamingResponse:
     # Async end to end: an open stream awaits Redis on the event loop and holds no pool thread.
-    lines = await jobs.events(principal, job_id, last_event_id)
+    lines = await event_stream(jobs, principal, job_id, last_event_id)
     return StreamingResponse(lines, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -70,7 +70,7 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep, lane
     compiled.ensure(model)  # the first predict of a model starts its background compile (core/compiled.py)
 
     def compute() -> tuple[list[list[Prediction]], str]:
-        # On a compute lane (core/compute.py); each image is fitted to the network input at once, so only one
+        # On a compute lane (core/lanes.py); each image is fitted to the network input at once, so only one
         # full-size float tensor exists at a time (fitting again in predict_images skips the resize).
         prep = model.preprocessing
         tensors = [prep.fit(image_to_tensor(d.image), size, params.resize) for d in upload.images]

@@ -22,12 +22,12 @@ from core.errors import Invalid, NotFound
 from core.imaging import image_to_tensor
 from core.jobtypes import PLURAL
 from core.schemas.training import NAME_PATTERN, StyleApplyParams, StyleApplyResponse, TrainedInfo, TrainedList
-from core.store.jobs import ACTIVE
+from core.store.job_records import ACTIVE
 from core.store.trained import TrainedStore
 from core.validation import validate_params
 from service.auth import Principal
 from service.deps import CatalogDep, JobsDep, LanesDep, PrincipalDep, SettingsDep, TrainedDep
-from service.jobs import JobClient
+from service.job_client import JobClient
 from service.openapi_parts import JOB_RESPONSES, PROBLEM_RESPONSES, upload_body
 from service.uploads import read_upload
 

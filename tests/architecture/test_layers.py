@@ -119,8 +119,26 @@ def test_one_registry_entry_per_job_type_drives_everything() -> None:
     for name, entry in JOB_TYPES.items():
         assert entry.queue in ("short", "long")
         module, _, fn = entry.runner.rpartition(".")
-        assert module.startswith("workers.jobs.") and fn == "run"
+        assert module.startswith("workers.runners.") and fn == "run"
         assert JOB_REQUESTS[name].model_fields["params"].annotation is entry.params
+
+
+def test_runner_paths_of_an_older_release_still_resolve() -> None:
+    """rq stores a queued job's function as a dotted string; jobs queued before workers/jobs/ became
+    workers/runners/ name ``workers.jobs.<family>.run`` and must run on a newer worker."""
+    from rq.utils import import_attribute
+
+    for entry in JOB_TYPES.values():
+        old = entry.runner.replace("workers.runners.", "workers.jobs.", 1)
+        assert import_attribute(old) is import_attribute(entry.runner), old
+
+
+def test_no_two_job_side_modules_share_a_name() -> None:
+    """Each module of the job side is named after its role (issue 30): no second ``jobs`` module."""
+    paths = [p.relative_to(ROOT) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")]
+    named_jobs = sorted(str(p) for p in paths if p.stem == "jobs" or "jobs" in p.parts[:-1])
+    # routes are named after their URL (/v1/jobs); workers/jobs.py only aliases old rq paths
+    assert named_jobs == ["service/routes/jobs.py", "workers/jobs.py"]
 
 
 def test_no_job_type_or_parameter_table_is_restated() -> None:

@@ -23,8 +23,8 @@ LOADS = re.compile(r"""(?:src|href)\s*=\s*["'](https?:)?//|url\(\s*["']?https?:/
 @pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     from cnnviz.models import Catalog
+    from core.settings import Settings
     from service.app import create_app
-    from service.settings import Settings
 
     settings = Settings(preload_models=False, api_keys=["k"])
     with TestClient(create_app(settings, catalog=Catalog.from_environment(device="cpu"))) as c:

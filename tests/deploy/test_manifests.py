@@ -31,10 +31,8 @@ NAMESPACED = {"ConfigMap", "Secret", "Deployment", "StatefulSet", "Service", "Ho
 
 
 def job_config_class() -> type:
-    try:
-        from core.store.config import JobConfig
-    except ImportError:  # before the move to core/
-        from workers.config import JobConfig
+    from core.store.config import JobConfig
+
     return JobConfig
 
 
@@ -348,19 +346,13 @@ def test_redis_headless_service_and_url():
 
 
 def _known_env_names() -> set[str]:
-    """CNNVIZ_* names the code reads: Settings fields (and aliases) plus every literal in the sources."""
-    import re
+    """The names the code reads: every variable of the one settings model (core/settings.py), plus
+    REDIS_ADDRESS (read by KEDA, not by cnnviz) and OMP_NUM_THREADS (the OpenMP runtime's own)."""
+    from core.settings import Settings, env_names
 
-    from service.settings import Settings
-
-    names = {"REDIS_URL", "REDIS_ADDRESS", "OMP_NUM_THREADS"}
-    for field, info in Settings.model_fields.items():
-        names.add(f"CNNVIZ_{field.upper()}")
-        alias = info.validation_alias
-        names.update(a.upper() for a in getattr(alias, "choices", [alias] if isinstance(alias, str) else []))
-    for src in ("service", "workers", "core", "cnnviz", "stack"):
-        for path in (ROOT / src).rglob("*.py") if (ROOT / src).is_dir() else ():
-            names.update(re.findall(r"CNNVIZ_[A-Z0-9_]+", path.read_text()))
+    names = {"REDIS_ADDRESS", "OMP_NUM_THREADS"}
+    for field in Settings.model_fields:
+        names.update(env_names(field))
     return names
 
 
@@ -373,16 +365,12 @@ def test_settings_are_names_the_code_reads_and_parse(monkeypatch):
     assert not unknown, f"settings nothing reads (typo?): {unknown}"
     for k, v in env.items():
         monkeypatch.setenv(k, str(v))
-    from service.settings import Settings
+    from core.settings import Settings
 
     s = Settings()
     assert s.redis_url == config_data()["REDIS_URL"]
     assert s.api_keys and all(isinstance(k, str) and k for k in s.api_keys)
-    try:
-        from core.store.config import JobConfig
-    except ImportError:
-        from workers.config import JobConfig
-    cfg = JobConfig.from_environment()
+    cfg = s.job_config
     assert cfg.prefix == env.get("CNNVIZ_KEY_PREFIX", cfg.prefix)
 
 

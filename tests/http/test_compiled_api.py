@@ -23,8 +23,8 @@ def compiled_client(catalog):
     from fastapi.testclient import TestClient
 
     import core.compiled
+    from core.settings import Settings
     from service.app import create_app
-    from service.settings import Settings
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(core.compiled, "BATCHES", (1,))  # one compile, not three: CI time

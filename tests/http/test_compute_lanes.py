@@ -1,6 +1,6 @@
 """Requests start no OpenMP team outside the compute lanes: forwards on a lane, light work on one thread.
 
-The reason (core/compute.py): each thread that runs torch keeps its own OpenMP team, and once the
+The reason (core/lanes.py): each thread that runs torch keeps its own OpenMP team, and once the
 teams outnumber the cores every kernel waits on a futex; a server that computed in its 40 pool
 threads ran a forward at half speed. Forwards run on a lane (a forward hook records the thread
 each runs in). The light torch work around an explanation (preprocessing, rendering, the PNG of a
@@ -23,8 +23,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from cnnviz.attribution.folded import folded_module
+from core.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 import core.batching
+from core.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 
 URL = "/v1/models/efficientnet-lite0/explain/gradcam"
 PARAMS = json.dumps({"resolution": 64, "output": {"heatmap": False, "overlay": False}})

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from core.imaging import decode_image
-from service.settings import Settings
+from core.settings import Settings
 from stack.embedded import free_port
 from tests.jobs.jobkit import Proc
 

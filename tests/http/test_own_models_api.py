@@ -28,8 +28,8 @@ SOURCES = {
 def client(tmp_path_factory):
     from fastapi.testclient import TestClient
 
+    from core.settings import Settings
     from service.app import create_app
-    from service.settings import Settings
 
     toml = build_zoo(tmp_path_factory.mktemp("zoo"))
     app = create_app(Settings(models_file=str(toml), default_model="tv", preload_models=False, redis_url=None,

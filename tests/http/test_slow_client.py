@@ -8,8 +8,8 @@ import time
 
 import uvicorn
 
+from core.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 from stack.embedded import free_port
 
 

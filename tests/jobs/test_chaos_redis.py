@@ -66,7 +66,7 @@ def test_job_taken_off_the_queue_by_a_worker_that_died_runs_again(redis_url: str
     API's reaper pushes it again after the orphan grace (2 s here), and it runs once."""
     from redis import Redis
 
-    from core.store.jobs import JobStore
+    from core.store.job_records import JobStore
 
     stack = Stack(redis_url).start(workers=0)
     r = Redis.from_url(redis_url)

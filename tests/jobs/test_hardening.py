@@ -127,27 +127,28 @@ def test_idempotency_claims_take_over_expired_jobs_and_time_out_on_stuck_ones(re
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The claim protocol on its own: an expired job's key is taken over; a claim never written up
     answers 409 ``idempotency-key-in-use`` after the wait, never a second job."""
-    import service.jobs as sj
-    from core.errors import Conflict
+    from core.errors import Conflict, Invalid
+    from core.settings import Settings
     from core.store.config import JobConfig
-    from service.settings import Settings
+    from service import idempotency
+    from service.job_client import JobClient
 
-    client = sj.JobClient(Settings(redis_url=redis_url), JobConfig(prefix=f"cnnviz-test-{uuid.uuid4().hex[:8]}"))
-    r, key = client.redis, f"{client.config.prefix}:idem:test"
+    client = JobClient(Settings(redis_url=redis_url), JobConfig(prefix=f"cnnviz-test-{uuid.uuid4().hex[:8]}"))
+    r, store, key = client.redis, client.store, f"{client.config.prefix}:idem:test"
     try:
         r.set(key, "gonejob:d1", ex=60)  # a finished job whose record expired
-        assert client._claim_idempotency(key, "new:d1:pending", "d1") is None
-        assert r.get(key) == b"new:d1:pending" and 0 < r.ttl(key) <= sj.IDEM_PENDING_TTL_S
-        with pytest.raises(sj.Invalid):
-            client._claim_idempotency(key, "other:d2:pending", "d2")  # same key, another body
-        monkeypatch.setattr(sj, "IDEM_WAIT_S", 0.3)
+        assert idempotency.claim(r, store, key, "new:d1:pending", "d1") is None
+        assert r.get(key) == b"new:d1:pending" and 0 < r.ttl(key) <= idempotency.PENDING_TTL_S
+        with pytest.raises(Invalid):
+            idempotency.claim(r, store, key, "other:d2:pending", "d2")  # same key, another body
+        monkeypatch.setattr(idempotency, "WAIT_S", 0.3)
         t0 = time.monotonic()
         with pytest.raises(Conflict) as info:
-            client._claim_idempotency(key, "third:d1:pending", "d1")  # "new" never wrote its record
+            idempotency.claim(r, store, key, "third:d1:pending", "d1")  # "new" never wrote its record
         assert info.value.slug == "idempotency-key-in-use" and time.monotonic() - t0 < 2
-        client._release_idempotency(key, "third:d1:pending")  # not ours: kept
+        idempotency.release(r, key, "third:d1:pending")  # not ours: kept
         assert r.get(key) == b"new:d1:pending"
-        client._release_idempotency(key, "new:d1:pending")
+        idempotency.release(r, key, "new:d1:pending")
         assert r.get(key) is None
     finally:
         r.delete(key)

@@ -19,8 +19,8 @@ KEY_A, KEY_B = "inline-key-a", "inline-key-b"
 def inline_client(redis_url, catalog):
     from fastapi.testclient import TestClient
 
+    from core.settings import Settings
     from service.app import create_app
-    from service.settings import Settings
 
     prefix = f"cnnviz-test-inline-{uuid.uuid4().hex[:8]}"
     mp = pytest.MonkeyPatch()

@@ -17,7 +17,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from core.store.census import count_stored
 from core.store.collections import CollectionStore
-from core.store.jobs import SUCCEEDED, JobStore
+from core.store.job_records import SUCCEEDED, JobStore
 from core.store.trained import TrainedStore
 
 pytestmark = pytest.mark.jobs
@@ -43,8 +43,8 @@ def _job(job_id: str, owner: str) -> dict:
 
 def test_start_up_logs_what_was_restored(redis_url: str, prefix: str, catalog,
                                          caplog: pytest.LogCaptureFixture) -> None:
+    from core.settings import Settings
     from service.app import create_app
-    from service.settings import Settings
 
     r = Redis.from_url(redis_url)
     jobs = JobStore(r, prefix)

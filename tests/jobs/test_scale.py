@@ -311,7 +311,7 @@ def test_requeue_happens_once_per_attempt(redis_url: str) -> None:
 
     from redis import Redis
 
-    from core.store.jobs import JobStore
+    from core.store.job_records import JobStore
 
     store = JobStore(Redis.from_url(redis_url), f"cnnviz-test-{uuid.uuid4().hex[:8]}")
     try:

@@ -19,7 +19,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tiny import tiny_model  # noqa: E402
 
-import workers.jobs.collection as collection  # noqa: E402
+import workers.runners.collection as collection  # noqa: E402
 
 CID = "abc123"
 LABELS = ["red", "red", "blue", "blue"]

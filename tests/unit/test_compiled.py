@@ -56,7 +56,7 @@ def test_compiled_forward_matches_eager_and_serves_only_its_shape():
 
 @needs_compiler
 def test_each_lane_width_gets_its_own_graphs_and_a_request_never_compiles(monkeypatch):
-    """Elastic lanes (core/compute.py) compute at two widths: each has its own compiled graphs, and a
+    """Elastic lanes (core/lanes.py) compute at two widths: each has its own compiled graphs, and a
     served graph is run-only, so an input it has no graph for runs eagerly instead of compiling."""
     monkeypatch.setattr("core.compiled.BATCHES", (1, 2))
     model = tiny_model()

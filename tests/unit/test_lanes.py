@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from core import compute
-from core.compute import ComputeLanes, cgroup_cpu_limit, lane_shape, shared_lanes
+from core import lanes as lanes_module
+from core.lanes import ComputeLanes, cgroup_cpu_limit, lane_shape, shared_lanes
 
 
 @pytest.mark.parametrize("cores", [1, 2, 3, 4, 8, 16, 64])
@@ -124,15 +124,15 @@ def test_cgroup_v1_quota_is_read(tmp_path):
 
 def test_a_cpu_limit_below_the_affinity_mask_sizes_the_lanes(monkeypatch):
     """16 cores in the mask, a 2.5-CPU quota: two threads (rounded down), one lane of two."""
-    monkeypatch.setattr(compute.os, "sched_getaffinity", lambda _pid: set(range(16)))
-    monkeypatch.setattr(compute, "cgroup_cpu_limit", lambda: 2.5)
+    monkeypatch.setattr(lanes_module.os, "sched_getaffinity", lambda _pid: set(range(16)))
+    monkeypatch.setattr(lanes_module, "cgroup_cpu_limit", lambda: 2.5)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert compute.cpu_threads() == 2
+    assert lanes_module.cpu_threads() == 2
     assert lane_shape() == (1, 2)
-    monkeypatch.setattr(compute, "cgroup_cpu_limit", lambda: 0.5)
-    assert compute.cpu_threads() == 1
-    monkeypatch.setattr(compute, "cgroup_cpu_limit", lambda: None)
-    assert compute.cpu_threads() == 16
+    monkeypatch.setattr(lanes_module, "cgroup_cpu_limit", lambda: 0.5)
+    assert lanes_module.cpu_threads() == 1
+    monkeypatch.setattr(lanes_module, "cgroup_cpu_limit", lambda: None)
+    assert lanes_module.cpu_threads() == 16
 
 
 def test_a_worker_runs_torch_on_no_more_threads_than_its_cpus(monkeypatch):
