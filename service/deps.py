@@ -1,9 +1,9 @@
 """What routes receive as dependencies: settings, the catalog, the caller, the stores, owned things.
 
 Every route gets these with ``Annotated[..., Depends(...)]`` aliases, so a route body never reads
-``request.app.state`` or authenticates by hand, and a test can override any one of them. Compute
-is reached through them too (the lanes, the inline explainer and its batcher), so a route never
-runs torch work on the event loop itself.
+``request.app.state`` or authenticates by hand, and a test can override any one of them. The
+inline explainer (``InlineDep``) holds the batcher, the compute lanes and the compiled forwards, so
+the explain route neither reads them from the app nor schedules an explanation on threads itself.
 """
 
 from __future__ import annotations

@@ -80,22 +80,22 @@ def _delete(store: TrainedStore, jobs: JobClient, principal: Principal, kind: st
     return Response(status_code=204)
 
 
-def _add_trained_routes(kind: str, param: str, summaries: tuple[str, str, str]) -> None:
-    """``GET /v1/{kinds}``, ``GET`` and ``DELETE /v1/{kinds}/{param}`` for one kind of trained network.
+def _add_trained_routes(kind: str, summaries: tuple[str, str, str]) -> None:
+    """``GET /v1/{kinds}``, ``GET`` and ``DELETE /v1/{kinds}/{kind}`` for one kind of trained network.
 
     ``summaries`` are those of the list, get and delete routes. The routes keep the names (and so
     the OpenAPI operation ids) ``list_{kinds}``, ``get_{kind}`` and ``delete_{kind}``.
     """
     base = f"/v1/{PLURAL[kind]}"
-    item = f"{base}/{{{param}}}"
+    item = f"{base}/{{{kind}}}"
 
     def list_trained(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep) -> TrainedList:
         return _list(store, jobs, principal, kind)
 
-    def get_trained(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, name: str = _name(param)) -> TrainedInfo:
+    def get_trained(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, name: str = _name(kind)) -> TrainedInfo:
         return _get(store, jobs, principal, kind, name)
 
-    def delete_trained(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, name: str = _name(param)) -> Response:
+    def delete_trained(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, name: str = _name(kind)) -> Response:
         return _delete(store, jobs, principal, kind, name)
 
     router.add_api_route(base, list_trained, methods=["GET"], name=f"list_{PLURAL[kind]}", response_model=TrainedList,
@@ -106,11 +106,10 @@ def _add_trained_routes(kind: str, param: str, summaries: tuple[str, str, str]) 
                          responses=JOB_RESPONSES, summary=summaries[2])
 
 
-_add_trained_routes("style", "style", ("Your trained styles", "A trained style: backbone, parameters, final losses, "
-                                       "checkpoint", "Delete a style, its weights and checkpoint"))
-_add_trained_routes("embedder", "embedder", ("Your trained embedding heads", "A trained embedding head: layer, "
-                                             "threshold, held-out accuracy against the frozen features",
-                                             "Delete an embedding head"))
+_add_trained_routes("style", ("Your trained styles", "A trained style: backbone, parameters, final losses, checkpoint",
+                              "Delete a style, its weights and checkpoint"))
+_add_trained_routes("embedder", ("Your trained embedding heads", "A trained embedding head: layer, threshold, "
+                                 "held-out accuracy against the frozen features", "Delete an embedding head"))
 
 
 @router.post("/v1/styles/{style}/apply", response_model=StyleApplyResponse,
