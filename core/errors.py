@@ -85,3 +85,9 @@ def from_engine(exc: EngineError, title: str = "The request cannot be computed a
 
 def jobs_unavailable(detail: str = "The job system (Redis) is unreachable; try again shortly.") -> Unavailable:
     return Unavailable("jobs-unavailable", "Jobs are unavailable", detail, retry_after=5)
+
+
+def inline_needs_store() -> Invalid:
+    """``output.inline: false`` where pictures cannot be stored: they are stored in the job store (Redis)."""
+    return Invalid("inline-needs-store", "output.inline false needs the job store (Redis), which this deployment "
+                   "does not have", "ask for inline pictures (the default output.inline true)")

@@ -12,12 +12,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import torch
 
-from cnnviz.attribution import ClassTargets, EngineError, Explanation, Method, Targets, UnitTarget, get_method
+from cnnviz.attribution import ClassTargets, EngineError, Explanation, Method, Targets, UnitTarget
 from cnnviz.attribution.folded import folded_module
 from cnnviz.attribution.incremental import supports_incremental
 from cnnviz.attribution.layer_forward import LayerForward, using_layer_forward
@@ -29,27 +28,17 @@ from cnnviz.render import (
     IMAGE_FORMATS,
     OFFERED_KINDS,
     MapKind,
-    MapScale,
-    apply_colormap,
-    blend,
-    compose_figure,
     default_kind,
-    draw_boxes,
     encode_image,
-    encode_png,
     figure_title,
-    labelled_grid,
     normalize_map,
-    outline,
-    overlay,
-    render_map,
     resize_map,
 )
-from cnnviz.render.kinds import format_value
-from cnnviz.render.text import NBSP
-from core.errors import Invalid, from_engine
+from core.errors import Invalid, from_engine, inline_needs_store
+from core.explain_pictures import output_hw, render_pictures
 from core.imaging import DecodedImage, image_to_tensor
 from core.lanes import DIRECT
+from core.lookups import known_method
 from core.schemas.explain import (
     Completeness,
     ExplainParams,
@@ -58,25 +47,14 @@ from core.schemas.explain import (
     ImageExplanation,
     RawMap,
     Region,
-    Rendering,
     TargetExplanation,
     TargetInfo,
     Timings,
+    params_model,
 )
+from core.validation import validate_params
 
 LOCALIZE_SIDE = 512  # maps are thresholded at most at this size, then boxes scale to the original
-MAX_OUTPUT_SIDE = 2048  # heatmaps/overlays of larger originals are scaled down to this long side
-
-
-def output_hw(out_size: tuple[int, int] | None, h: int, w: int, max_side: int = MAX_OUTPUT_SIDE) -> tuple[int, int]:
-    """(height, width) of rendered pictures: the client's size, else the original's, capped."""
-    if out_size is not None:
-        if max(out_size) > max_side:
-            raise Invalid("output-too-large", f"output.size may not exceed {max_side} px per side",
-                               limit=max_side)
-        return out_size[1], out_size[0]
-    scale = min(1.0, max_side / max(h, w))
-    return max(1, round(h * scale)), max(1, round(w * scale))
 
 
 def targets_from(params: ExplainParams, n_images: int) -> Targets:
@@ -94,10 +72,7 @@ def targets_from(params: ExplainParams, n_images: int) -> Targets:
 
 def estimate_cost(model: LoadedModel, method: str, params: ExplainParams, n_images: int) -> float:
     """Forward-pass equivalents, scaled by pixels when a larger resolution is requested."""
-    try:
-        m = get_method(method)
-    except EngineError as exc:
-        raise from_engine(exc) from exc
+    m = known_method(method)
     n_targets = 1 if params.unit or params.target is not None else (
         max(len(r) for r in params.targets) if params.targets else params.top_k)
     cost = m.estimate_cost(model, n_images, n_targets, params.engine_params(m), params.layer)
@@ -108,6 +83,23 @@ def estimate_cost(model: LoadedModel, method: str, params: ExplainParams, n_imag
     return float(cost)
 
 
+@dataclass(frozen=True)
+class CheckedExplain:
+    """An explain request checked and priced once: inline, or handed to a job, it is not checked again."""
+
+    method: str
+    params: ExplainParams  # validated against the method's parameter model
+    raw: dict[str, Any]  # the parameters as the client sent them: what an explain job's spec stores
+    cost: float  # forward passes at input size (:func:`estimate_cost`)
+
+
+def check_explain(model: LoadedModel, method: str, raw: dict[str, Any], n_images: int) -> CheckedExplain:
+    """The one check of an explain request: a known method (404), valid parameters (422), its price."""
+    known_method(method)
+    params = validate_params(params_model(method), raw)
+    return CheckedExplain(method, params, raw, estimate_cost(model, method, params, n_images))
+
+
 def compute(model: LoadedModel, method: str, x: torch.Tensor, params: ExplainParams,
             targets: Targets | None = None, layer_forward: LayerForward | None = None) -> Explanation:
     """The engine step alone: a normalized batch ``x`` in, raw maps out (targets from ``params`` by default).
@@ -116,8 +108,8 @@ def compute(model: LoadedModel, method: str, x: torch.Tensor, params: ExplainPar
     allows it and records what ran in ``extras["precision"]`` (docs/precision.md). ``layer_forward``
     is offered to the CAM family (a compiled road to the layer, core/compiled.py).
     """
+    m = known_method(method)
     try:
-        m = get_method(method)
         with using_layer_forward(layer_forward):
             return m.attribute(model, x, targets if targets is not None else targets_from(params, x.shape[0]),
                                params.layer, params.engine_params(m), precision=params.precision)
@@ -170,91 +162,6 @@ def map_kind(method: str, params: ExplainParams) -> MapKind:
         raise Invalid("unsupported-kind", f"{method} maps cannot be rendered as {asked!r}",
                       f"offered kinds: {', '.join(offered)}", choices=list(offered))
     return asked
-
-
-@dataclass
-class _Pictures:
-    heatmap: torch.Tensor | None
-    overlay: torch.Tensor | None
-    figure: torch.Tensor | None
-    rendering: Rendering
-
-
-_LEGACY_SCALE_KIND: dict[str, MapKind] = {"minmax": "positive", "max": "positive", "signed": "signed",
-                                          "none": "positive"}
-
-
-def _legacy(raw: torch.Tensor, mode: str, colormap: str, size: tuple[int, int]) -> tuple[torch.Tensor, MapScale]:
-    """``output.normalize`` given: the rendering of before per-kind rendering (one scaling for all)."""
-    x = torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = float(x.min()), float(x.max())
-    if mode == "max":
-        lo, hi = 0.0, max(hi, 0.0)
-    elif mode == "signed":
-        m = float(x.abs().max())
-        lo, hi = -m, m
-    elif mode == "none":
-        lo, hi = 0.0, 1.0
-    heat = apply_colormap(resize_map(normalize_map(raw, mode), size), colormap)  # type: ignore[arg-type]
-    return heat, MapScale(_LEGACY_SCALE_KIND[mode], lo, hi)
-
-
-def _render(raw: torch.Tensor, gradient: torch.Tensor | None, image_u8: torch.Tensor, params: ExplainParams,
-            kind: MapKind, regions: list[Region] | None, title: str,
-            orig_hw: tuple[int, int] | None = None) -> _Pictures:
-    out = params.output
-    h, w = image_u8.shape[:2]
-    orig_hw = orig_hw or (h, w)
-    size = output_hw(out.size, h, w)
-    base = image_u8 if (h, w) == size else _resize_image(image_u8, size)
-    want_overlay = out.overlay or out.figure
-    if out.normalize is not None:
-        cmap = out.colormap or "jet"
-        heat, scale = _legacy(raw, out.normalize, cmap, size)
-        ov = None
-        if want_overlay:
-            if out.mode == "outline":
-                ov = outline(base, normalize_map(raw, out.normalize), top_fraction=out.outline_fraction)
-            else:
-                ov = overlay(base, heat, 0.5 if out.alpha is None else out.alpha)
-        rendering = Rendering(kind=None, normalize=out.normalize, colormap=cmap, mode=out.mode, lo=scale.lo,
-                              hi=scale.hi, center=scale.center)
-        subtitle = f"normalize {out.normalize}: {format_value(scale.lo)} .. {format_value(scale.hi)}"
-    else:
-        src = gradient if kind == "gradient_rgb" else raw
-        if src is None:  # pragma: no cover - map_kind only offers gradient_rgb where the engine keeps it
-            raise Invalid("unsupported-kind", "this method's answer has no RGB gradient to render")
-        r = render_map(src, kind, clip_percentile=out.clip_percentile, colormap=out.colormap, size=size)
-        heat, scale, cmap = r.rgb, r.scale, r.colormap
-        ov = None
-        if want_overlay:
-            ov = (outline(base, r, top_fraction=out.outline_fraction) if out.mode == "outline"
-                  else blend(base, r, alpha=out.alpha))
-        rendering = Rendering(kind=kind, colormap=cmap, mode=out.mode, lo=scale.lo, hi=scale.hi,
-                              center=scale.center, clip_percentile=scale.percentile, saturated=scale.saturated)
-        subtitle = scale.describe()
-    if ov is not None and regions:
-        sx, sy = size[1] / orig_hw[1], size[0] / orig_hw[0]  # regions are in original pixels
-        boxes = [(round(r.box[0] * sx), round(r.box[1] * sy), round(r.box[2] * sx), round(r.box[3] * sy))
-                 for r in regions]
-        ov = draw_boxes(ov, boxes)
-    fig = None
-    if out.figure and ov is not None:
-        if out.mode == "outline":
-            subtitle = f"outline of the top {out.outline_fraction:.0%} of the map; {subtitle}"
-        if kind == "gradient_rgb" and out.normalize is None and out.mode == "blend":
-            # The gradient is itself the picture (Springenberg et al.): shown beside the photo, not blended.
-            fig = compose_figure([base, heat], scale=scale, colormap=cmap, title=title, subtitle=subtitle,
-                                 panel_titles=["photo", "input gradient"]).image
-        else:
-            fig = compose_figure([ov], scale=scale, colormap=cmap, title=title, subtitle=subtitle).image
-    return _Pictures(heat if out.heatmap else None, ov if out.overlay else None, fig, rendering)
-
-
-def _resize_image(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    x = img.permute(2, 0, 1)[None].float()
-    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
 
 
 def _localize(raw: torch.Tensor, image: torch.Tensor, params: ExplainParams,
@@ -338,22 +245,18 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     """Compute, render and shape one explanation answer.
 
     ``output.inline: false`` needs ``sink``, which stores each picture and returns its link. ``keep``
-    (for :func:`png_answer`) collects (image index, explanation, overlay tensor) instead of encoding.
+    (for :func:`core.png_answer.png_answer`) collects (image index, explanation, overlay tensor) instead of encoding.
     ``engine`` runs the engine step (a batcher gathers concurrent requests into one call); ``lane``
     runs the torch work around it, preprocessing and rendering (a compute lane in a server,
     core/lanes.py), where it is heavy (:func:`light_work`); light work stays in the calling thread.
     """
     out = params.output
     if not out.inline and sink is None:
-        raise Invalid("inline-needs-store", "output.inline false needs the job store (Redis), which this "
-                      "deployment does not have", "ask for inline pictures (the default)")
+        raise inline_needs_store()
     t0 = time.perf_counter()
     for d in images:
         output_hw(out.size, d.height, d.width)  # refuse an oversized output before computing
-    try:
-        m = get_method(method)
-    except EngineError as exc:
-        raise from_engine(exc) from exc
+    m = known_method(method)
     kind = map_kind(method, params)
     prep = model.preprocessing
     size = params.resolution or prep.input_size
@@ -406,7 +309,7 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                          if params.faithfulness else None)
                 tc = time.perf_counter()
                 title = figure_title(m.title or method, info.label, info.probability, result.layer)
-                pics = _render(raw, grads[i][t] if grads else None, img_u8, params, kind, regions, title,
+                pics = render_pictures(raw, grads[i][t] if grads else None, img_u8, params, kind, regions, title,
                                (d.height, d.width))
                 td = time.perf_counter()
                 spent["localization"] += tb - ta
@@ -448,51 +351,3 @@ def _details(result: Explanation) -> dict[str, str | int | float | bool]:
     """The engine's scalar extras (per-image lists such as completeness have their own fields)."""
     return {k: v for k, v in result.extras.items()
             if k != "precision" and isinstance(v, (str, int, float, bool))}
-
-
-GRID_TILE_SIDE = 512  # a multi-map PNG draws each overlay at most this long side
-
-
-def png_answer(model: LoadedModel, method: str, images: list[DecodedImage],
-               params: ExplainParams, engine: Engine = compute,
-               lane: Callable[..., Any] = DIRECT) -> tuple[bytes, dict[str, str]]:
-    """For ``Accept: image/png``: PNG bytes and headers naming model, method, layer, precision and each tile's target.
-
-    One map: its overlay at the original size. More (several images, ``top_k`` > 1, ``targets``):
-    a captioned grid of every overlay, one row per image, each tile at most 512 px long.
-    """
-    # Only overlays are drawn: no heatmap, figure or raw values, nothing encoded but the PNG.
-    output = params.output.model_copy(update={"overlay": True, "heatmap": False, "raw": False, "figure": False,
-                                              "inline": True, "format": "png"})
-    kept: list[tuple[int, TargetExplanation, torch.Tensor]] = []
-    resp = run_explanation(model, method, images, params.model_copy(update={"output": output}), keep=kept,
-                           engine=engine, lane=lane)
-    title = get_method(method).title or method
-    tiles = [f"{i}:{e.target.index}:{_header_text(e.target.label or '')}" for i, e, _ in kept]
-    headers = {"X-Cnnviz-Model": resp.model, "X-Cnnviz-Method": method, "X-Cnnviz-Layer": resp.layer or "",
-               "X-Cnnviz-Tiles": ",".join(tiles), "X-Cnnviz-Precision": resp.precision}
-    around = DIRECT if light_work(images, params) else lane
-    if len(kept) == 1:
-        return around(lambda: encode_png(kept[0][2].cpu())), headers
-    return around(_grid_png, kept, resp, title), headers
-
-
-def _grid_png(kept: list[tuple[int, TargetExplanation, torch.Tensor]], resp: ExplainResponse, title: str) -> bytes:
-    """The captioned grid of several overlays, one row per image."""
-    pics, captions = [], []
-    for i, e, ov in kept:
-        h, w = int(ov.shape[0]), int(ov.shape[1])
-        s = min(1.0, GRID_TILE_SIDE / max(h, w))
-        pics.append(ov if s == 1.0 else _resize_image(ov, (max(1, round(h * s)), max(1, round(w * s)))))
-        p = f" · p{NBSP}={NBSP}{e.target.probability:.2f}" if e.target.probability is not None else ""
-        captions.append(f"image {i} · {e.target.label or e.target.index} ({e.target.index}){p}")
-    per_image = [len(img.explanations) for img in resp.images]
-    ncols = per_image[0] if len(set(per_image)) == 1 else None
-    layer = f" · layer {resp.layer}" if resp.layer else ""
-    grid = labelled_grid(pics, captions, ncols=ncols, title=f"{title} · {resp.model}{layer}")
-    return encode_png(grid)
-
-
-def _header_text(s: str) -> str:
-    """A label safe in a header list: percent-encoded except letters, digits, space and ``-_.'()``."""
-    return quote(s, safe=" -_.'()")

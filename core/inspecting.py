@@ -29,8 +29,9 @@ from cnnviz.inspection import (
 from cnnviz.models import LoadedModel, validate_layer
 from cnnviz.render import apply_colormap, encode_png, make_grid, normalize_map, resize_map
 from cnnviz.training import head_embed
-from core.errors import Conflict, Invalid, NotFound
+from core.errors import Conflict, NotFound
 from core.imaging import decode_rgb
+from core.lookups import check_layers
 from core.schemas.collections import Candidate, IdentifyParams, IdentifyResponse
 from core.schemas.inspect import (
     ActivationsParams,
@@ -63,10 +64,7 @@ def filters_view(model: LoadedModel, params: FiltersParams) -> FiltersResponse:
     if params.layer is None:
         name, conv = first_conv(model)
     else:
-        if not model.has_layer(params.layer) or not isinstance(model.submodule(params.layer), nn.Conv2d):
-            convs = [li.name for li in model.layers if li.kind.endswith("Conv2d")]
-            raise Invalid("unknown-layer", f"{params.layer!r} is not a Conv2d of {model.name}",
-                          choices=closest(params.layer, convs, also=convs[:1]), model=model.name)
+        check_layers(model, [params.layer], only=nn.Conv2d)
         name, conv = params.layer, model.submodule(params.layer)
     tiles = filter_tiles(conv.weight[: params.max_filters], params.scale, params.per_filter)
     return FiltersResponse(model=model.name, layer=name, shape=list(conv.weight.shape),

@@ -19,9 +19,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-from cnnviz.attribution import METHODS
 from cnnviz.errors import EngineError, closest
-from cnnviz.models import Catalog, LoadedModel, ModelLoadError, UnknownModelError
+from cnnviz.models import Catalog, LoadedModel
 from cnnviz.synthesis import DeepDreamConfig
 from cnnviz.synthesis.adversarial import adversarial
 from cnnviz.synthesis.adversarial import estimate_cost as adversarial_cost
@@ -35,11 +34,12 @@ from cnnviz.synthesis.style import style_transfer
 from cnnviz.synthesis.texture import efros_leung, estimate_efros_leung_cost, estimate_gram_cost, gram_texture
 from cnnviz.training.fast_style import estimate_cost as fast_style_cost
 from cnnviz.training.triplet import estimate_cost as triplet_cost
-from core.errors import Invalid, NotFound, Unavailable
-from core.explaining import estimate_cost as explain_cost
+from core.errors import Invalid, NotFound
+from core.explaining import CheckedExplain, check_explain
 from core.imaging import DecodedImage
+from core.lookups import check_layers, lookup_model, owned_collection
 from core.schemas.collections import CollectionViewParams
-from core.schemas.explain import ExplainJobParams, params_model
+from core.schemas.explain import ExplainJobParams
 from core.schemas.synthesis import (
     AdversarialParams,
     ClassVizParams,
@@ -53,7 +53,7 @@ from core.schemas.synthesis import (
 from core.schemas.training import RESUMABLE, FastStyleParams, TripletHeadParams
 from core.store.collections import CollectionStore
 from core.store.trained import JOB_KINDS, TrainedStore, TrainingLock, load_embedder
-from core.validation import validate_params, validation_problem
+from core.validation import validation_problem
 
 Queue = Literal["short", "long"]
 Family = Literal["explain", "collection", "synthesis", "training"]
@@ -79,10 +79,7 @@ class SubmitContext:
 
     def owned_collection(self, cid: str) -> dict[str, Any]:
         """The caller's collection; another key's or an unknown id is 404."""
-        rec = self.collections.get(cid) if self.collections is not None else None
-        if rec is None or rec.get("owner") != self.owner:
-            raise NotFound("collection-not-found", f"No collection {cid!r}")
-        return rec
+        return owned_collection(self.collections, self.owner, cid)
 
 
 @dataclass
@@ -162,23 +159,6 @@ def job_type(name: str) -> JobType:
                       choices=closest(name, sorted(JOB_TYPES))) from None
 
 
-def lookup_model(catalog: Catalog, name: str) -> LoadedModel:
-    try:
-        return catalog.get(name)
-    except UnknownModelError as exc:
-        raise NotFound("unknown-model", f"No model named {name!r}", choices=closest(name, exc.known)) from exc
-    except ModelLoadError as exc:
-        raise Unavailable("model-unavailable", f"Model {name!r} failed to load", str(exc)) from exc
-
-
-def check_layers(model: LoadedModel, names: list[str]) -> None:
-    for n in names:
-        if not model.has_layer(n):
-            raise Invalid("unknown-layer", f"Model {model.name!r} has no layer {n!r}",
-                          "See the model's layer table for the names.",
-                          choices=closest(n, [li.name for li in model.layers]), model=model.name)
-
-
 def _spec(entry_name: str, model: LoadedModel, params: dict[str, Any], **more: Any) -> dict[str, Any]:
     return {"type": entry_name, "model": model.name, "params": params, **more}
 
@@ -202,12 +182,16 @@ def _prepare_deepdream(entry: JobType, ctx: SubmitContext, job: Any, images: lis
 
 def _prepare_explain(entry: JobType, ctx: SubmitContext, job: Any, images: list[DecodedImage]) -> Prepared:
     model = ctx.model(job.model)
-    method = job.params.method
-    if method not in METHODS:
-        raise NotFound("unknown-method", f"No method named {method!r}", choices=closest(method, sorted(METHODS)))
-    eparams = validate_params(params_model(method), job.params.explain)
-    cost = explain_cost(model, method, eparams, len(images))
-    return Prepared(_spec("explain", model, {"method": method, "explain": job.params.explain}), cost)
+    return explain_job(model, check_explain(model, job.params.method, job.params.explain, len(images)))
+
+
+def explain_job(model: LoadedModel, request: CheckedExplain) -> Prepared:
+    """An explain request checked and priced once (:func:`core.explaining.check_explain`), as a job.
+
+    ``POST /v1/jobs`` and the explain route's hand-off both end here: the spec keeps the
+    parameters as the client sent them, which the worker reads with the same model.
+    """
+    return Prepared(_spec("explain", model, {"method": request.method, "explain": request.raw}), request.cost)
 
 
 def _prepare_collection(entry: JobType, ctx: SubmitContext, job: Any, images: list[DecodedImage]) -> Prepared:
@@ -358,7 +342,7 @@ def parse_job_request(body: dict[str, Any]) -> Any:
     """A job request checked against its type's envelope; an unknown type names the closest ones."""
     kind = body.get("type") if isinstance(body, dict) else None
     if isinstance(kind, str) and kind not in JOB_TYPES:
-        job_type(kind)  # raises NotFound with the closest names
+        job_type(kind)  # raises Invalid (422: a field of the body, not a path) with the closest names
     try:
         return JOB_REQUEST.validate_python(body)
     except ValidationError as exc:

@@ -27,7 +27,7 @@ from service.errors import install_handlers
 from service.explorer import install_explorer
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.openapi_doc import install_openapi
-from service.routes import collections, explain, health, inspect, jobs, models, trained
+from service.routes import collections, explain, health, inspect, jobs, methods, models, trained
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     keyed = [Depends(require_api_key)]  # every /v1 route; health and metrics stay open
     app.include_router(health.router)
     app.include_router(models.router, dependencies=keyed)
+    app.include_router(methods.router, dependencies=keyed)
     app.include_router(explain.router, dependencies=keyed)
     app.include_router(jobs.router, dependencies=keyed)
     app.include_router(inspect.router, dependencies=keyed)

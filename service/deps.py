@@ -1,7 +1,9 @@
 """What routes receive as dependencies: settings, the catalog, the caller, the stores, owned things.
 
 Every route gets these with ``Annotated[..., Depends(...)]`` aliases, so a route body never reads
-``request.app.state`` or authenticates by hand, and a test can override any one of them.
+``request.app.state`` or authenticates by hand, and a test can override any one of them. The
+inline explainer (``InlineDep``) holds the batcher, the compute lanes and the compiled forwards, so
+the explain route neither reads them from the app nor schedules an explanation on threads itself.
 """
 
 from __future__ import annotations
@@ -11,16 +13,19 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request
 
 from cnnviz.models import Catalog, LoadedModel
+from core.batching import ExplainBatcher
 from core.compiled import CompiledForwards
-from core.errors import NotFound, jobs_unavailable
+from core.errors import jobs_unavailable
 from core.explaining import warm_model
-from core.jobtypes import SubmitContext, lookup_model
+from core.jobtypes import SubmitContext
 from core.lanes import ComputeLanes
+from core.lookups import known_method, lookup_model, owned_collection
 from core.settings import Settings
 from core.store.collections import CollectionStore
 from core.store.job_records import ACTIVE
 from core.store.trained import TrainedStore
 from service.auth import Principal, current_principal
+from service.inline_explain import InlineExplainer
 from service.job_client import JobClient
 
 
@@ -42,6 +47,16 @@ async def get_lanes(request: Request) -> ComputeLanes:
 
 async def get_compiled(request: Request) -> CompiledForwards:
     return request.app.state.compiled
+
+
+async def get_batcher(request: Request) -> ExplainBatcher:
+    return request.app.state.batcher
+
+
+async def get_method_name(method: str = Path(..., max_length=64)) -> str:
+    """The explanation method named in the path; 404 with the closest names before the body is read."""
+    known_method(method)
+    return method
 
 
 async def get_model(catalog: Annotated[Catalog, Depends(get_catalog)],
@@ -73,6 +88,15 @@ ModelDep = Annotated[LoadedModel, Depends(get_model)]
 LanesDep = Annotated[ComputeLanes, Depends(get_lanes)]
 CompiledDep = Annotated[CompiledForwards, Depends(get_compiled)]
 JobsDep = Annotated[JobClient, Depends(get_jobs)]
+BatcherDep = Annotated[ExplainBatcher, Depends(get_batcher)]
+MethodDep = Annotated[str, Depends(get_method_name)]
+
+
+async def get_inline_explainer(batcher: BatcherDep, lanes: LanesDep, compiled: CompiledDep) -> InlineExplainer:
+    return InlineExplainer(batcher, lanes, compiled)
+
+
+InlineDep = Annotated[InlineExplainer, Depends(get_inline_explainer)]
 
 
 async def get_collections(jobs: JobsDep) -> CollectionStore:
@@ -92,10 +116,7 @@ def get_owned_collection(collections: CollectionsDep, principal: PrincipalDep, j
                          cid: str = COLLECTION_ID) -> dict[str, Any]:
     """The caller's collection named in the path; another key's or an unknown id is 404."""
     with jobs.guard():
-        rec = collections.get(cid)
-    if rec is None or rec.get("owner") != principal.owner:
-        raise NotFound("collection-not-found", f"No collection {cid!r}")
-    return rec
+        return owned_collection(collections, principal.owner, cid)
 
 
 OwnedCollectionDep = Annotated[dict[str, Any], Depends(get_owned_collection)]

@@ -1,7 +1,8 @@
 """Queueing a checked job request: the cost cap, stored inputs, the training lock, the 202 answer.
 
-``POST /v1/jobs`` and the explain route's hand-off both end here, after the job type's registry
-entry has checked and priced the request (:meth:`core.jobtypes.JobType.check`).
+``POST /v1/jobs`` and the explain route's hand-off both end here, after the request was checked
+and priced once: by the job type's registry entry (:meth:`core.jobtypes.JobType.check`), or, for
+an explain request handed off (:func:`hand_off_explain`), by :func:`core.explaining.check_explain`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import numpy as np
 from fastapi import Response
 from starlette.concurrency import run_in_threadpool
 
+from cnnviz.models import LoadedModel
 from cnnviz.render import png_from_array
 from core.errors import Invalid, TooLarge
+from core.explaining import CheckedExplain
 from core.imaging import DecodedImage
-from core.jobtypes import Prepared
+from core.jobtypes import JOB_TYPES, Prepared, explain_job
 from core.settings import Settings
 from service.auth import Principal
 from service.job_client import JobClient
@@ -62,3 +65,23 @@ async def submit_prepared(jobs: JobClient, principal: Principal, prepared: Prepa
     with jobs.guard():
         lock.bind(rec["id"], int(rec.get("timeout_s") or 3600) + 3600)
     return accepted(rec, created)
+
+
+def hands_off(request: CheckedExplain, settings: Settings, prefer: str) -> bool:
+    """Whether an explain request should become a job: too costly inline, or ``Prefer: respond-async``.
+
+    Asked only where there is a job system; without one, a request over the inline budget is
+    refused instead (``over-inline-budget``, :class:`service.inline_explain.InlineExplainer`).
+    """
+    return request.cost > settings.inline_budget or "respond-async" in prefer.lower()
+
+
+async def hand_off_explain(jobs: JobClient, principal: Principal, model: LoadedModel, request: CheckedExplain,
+                           images: list[DecodedImage], settings: Settings,
+                           idempotency_key: str | None) -> Response:
+    """An explain request, already checked and priced, queued as an explain job: 202 with Location.
+
+    Only the job type's image count is left to check; parameters and price are not checked again.
+    """
+    JOB_TYPES["explain"].check_image_count(len(images))
+    return await submit_prepared(jobs, principal, explain_job(model, request), images, settings, idempotency_key)

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from core.errors import Invalid
 from core.imaging import image_to_tensor
 from core.inspecting import identify_query, resolve_embedding
-from core.jobtypes import lookup_model
+from core.lookups import lookup_model
 from core.schemas.collections import CollectionInfo, CollectionParams, IdentifyParams, IdentifyResponse
 from core.validation import validate_params
 from service.deps import (

@@ -34,9 +34,12 @@ from service.uploads import read_upload
 router = APIRouter(tags=["trained"])
 
 
-def _name() -> Any:
-    """A fresh ``Path`` per parameter (one FieldInfo shared by two parameter names confuses FastAPI)."""
-    return Path(..., pattern=NAME_PATTERN, max_length=64)
+def _name(alias: str | None = None) -> Any:
+    """A fresh ``Path`` per parameter (one FieldInfo shared by two parameter names confuses FastAPI).
+
+    ``alias``: the name in the path (``style``, ``embedder``) where the function's parameter is ``name``.
+    """
+    return Path(..., alias=alias, pattern=NAME_PATTERN, max_length=64)
 
 
 def _info(store: TrainedStore, jobs: JobClient, principal: Principal, kind: str, rec: dict[str, Any]) -> TrainedInfo:
@@ -77,39 +80,36 @@ def _delete(store: TrainedStore, jobs: JobClient, principal: Principal, kind: st
     return Response(status_code=204)
 
 
-@router.get("/v1/styles", response_model=TrainedList, responses=JOB_RESPONSES, summary="Your trained styles")
-def list_styles(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep) -> TrainedList:
-    return _list(store, jobs, principal, "style")
+def _add_trained_routes(kind: str, summaries: tuple[str, str, str]) -> None:
+    """``GET /v1/{kinds}``, ``GET`` and ``DELETE /v1/{kinds}/{kind}`` for one kind of trained network.
+
+    ``summaries`` are those of the list, get and delete routes. The routes keep the names (and so
+    the OpenAPI operation ids) ``list_{kinds}``, ``get_{kind}`` and ``delete_{kind}``.
+    """
+    base = f"/v1/{PLURAL[kind]}"
+    item = f"{base}/{{{kind}}}"
+
+    def list_trained(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep) -> TrainedList:
+        return _list(store, jobs, principal, kind)
+
+    def get_trained(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, name: str = _name(kind)) -> TrainedInfo:
+        return _get(store, jobs, principal, kind, name)
+
+    def delete_trained(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, name: str = _name(kind)) -> Response:
+        return _delete(store, jobs, principal, kind, name)
+
+    router.add_api_route(base, list_trained, methods=["GET"], name=f"list_{PLURAL[kind]}", response_model=TrainedList,
+                         responses=JOB_RESPONSES, summary=summaries[0])
+    router.add_api_route(item, get_trained, methods=["GET"], name=f"get_{kind}", response_model=TrainedInfo,
+                         responses=JOB_RESPONSES, summary=summaries[1])
+    router.add_api_route(item, delete_trained, methods=["DELETE"], name=f"delete_{kind}", status_code=204,
+                         responses=JOB_RESPONSES, summary=summaries[2])
 
 
-@router.get("/v1/styles/{style}", response_model=TrainedInfo, responses=JOB_RESPONSES,
-            summary="A trained style: backbone, parameters, final losses, checkpoint")
-def get_style(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, style: str = _name()) -> TrainedInfo:
-    return _get(store, jobs, principal, "style", style)
-
-
-@router.delete("/v1/styles/{style}", status_code=204, responses=JOB_RESPONSES,
-               summary="Delete a style, its weights and checkpoint")
-def delete_style(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, style: str = _name()) -> Response:
-    return _delete(store, jobs, principal, "style", style)
-
-
-@router.get("/v1/embedders", response_model=TrainedList, responses=JOB_RESPONSES,
-            summary="Your trained embedding heads")
-def list_embedders(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep) -> TrainedList:
-    return _list(store, jobs, principal, "embedder")
-
-
-@router.get("/v1/embedders/{embedder}", response_model=TrainedInfo, responses=JOB_RESPONSES,
-            summary="A trained embedding head: layer, threshold, held-out accuracy against the frozen features")
-def get_embedder(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, embedder: str = _name()) -> TrainedInfo:
-    return _get(store, jobs, principal, "embedder", embedder)
-
-
-@router.delete("/v1/embedders/{embedder}", status_code=204, responses=JOB_RESPONSES,
-               summary="Delete an embedding head")
-def delete_embedder(store: TrainedDep, jobs: JobsDep, principal: PrincipalDep, embedder: str = _name()) -> Response:
-    return _delete(store, jobs, principal, "embedder", embedder)
+_add_trained_routes("style", ("Your trained styles", "A trained style: backbone, parameters, final losses, checkpoint",
+                              "Delete a style, its weights and checkpoint"))
+_add_trained_routes("embedder", ("Your trained embedding heads", "A trained embedding head: layer, threshold, "
+                                 "held-out accuracy against the frozen features", "Delete an embedding head"))
 
 
 @router.post("/v1/styles/{style}/apply", response_model=StyleApplyResponse,

@@ -81,6 +81,19 @@ def test_accept_png_returns_overlay(client, chelsea_jpeg):
     assert Image.open(io.BytesIO(r.content)).size == (451, 300)
 
 
+def test_png_answer_sends_exactly_the_documented_headers(app, client, chelsea_jpeg):
+    """The PNG answer's X-Cnnviz-* headers are those the explain route's OpenAPI entry lists, no more, no fewer."""
+    from service.openapi_doc import render
+
+    r = post(client, f"{URL}/explain/gradcam", [chelsea_jpeg], headers={"accept": "image/png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    sent = {h.lower() for h in r.headers if h.lower().startswith("x-cnnviz-")}
+    entry = json.loads(render(app))["paths"]["/v1/models/{model}/explain/{method}"]["post"]
+    documented = {h.lower() for h in entry["responses"]["200"]["headers"]}
+    assert sent == documented and "x-cnnviz-precision" in sent
+    assert r.headers["x-cnnviz-precision"] == "fp32" and r.headers["x-cnnviz-method"] == "gradcam"
+
+
 def test_several_images_each_with_targets(client, chelsea, coffee):
     r = post(client, f"{URL}/explain/gradcam", [encode(chelsea), encode(coffee, "PNG")],
              {"targets": [[285, 281], [967]], "output": {"heatmap": False, "overlay": False}})

@@ -1,5 +1,6 @@
 """``output.inline: false``: an inline answer's pictures stored in Redis and linked, with the ownership
-and expiry of job artifacts. The app runs in-process against a real Redis; no worker is needed."""
+and expiry of job artifacts; and the explain route's hand-off to a job, which checks a request once.
+The app runs in-process against a real Redis; no worker is needed."""
 
 from __future__ import annotations
 
@@ -64,3 +65,41 @@ def test_links_instead_of_base64(inline_client, cat_png):
     # Not listed among the caller's jobs: nobody submitted it.
     listed = client.get("/v1/jobs", headers={"X-API-Key": KEY_A}).json()
     assert answer_id not in json.dumps(listed)
+
+
+def test_hand_off_checks_and_prices_once(inline_client, cat_png, monkeypatch):
+    """``Prefer: respond-async``: the request is validated and priced once, then queued as it was sent."""
+    from cnnviz.attribution import METHODS
+    from core.schemas.explain import params_model
+
+    client, _prefix = inline_client
+    calls = {"validate": 0, "price": 0}
+    model_cls, method = params_model("gradcam"), METHODS["gradcam"]
+    validate, price = model_cls.model_validate, method.estimate_cost
+
+    def counted_validate(*args, **kwargs):
+        calls["validate"] += 1
+        return validate(*args, **kwargs)
+
+    def counted_price(*args, **kwargs):
+        calls["price"] += 1
+        return price(*args, **kwargs)
+
+    # At the source, so every path that validates or prices this request is counted.
+    monkeypatch.setattr(model_cls, "model_validate", counted_validate)
+    monkeypatch.setattr(method, "estimate_cost", counted_price)
+    params = {"top_k": 2, "output": {"figure": True}}
+    r = client.post("/v1/models/efficientnet-lite0/explain/gradcam",
+                    headers={"X-API-Key": KEY_A, "Prefer": "respond-async"},
+                    files={"image": ("c.png", cat_png, "image/png")}, data={"params": json.dumps(params)})
+    assert r.status_code == 202, r.text
+    assert calls == {"validate": 1, "price": 1}
+    job = client.get(r.headers["Location"], headers={"X-API-Key": KEY_A}).json()
+    assert job["type"] == "explain" and job["status"] == "queued"
+    rec = client.app.state.jobs.store.get(job["id"])
+    assert rec["spec"]["params"] == {"method": "gradcam", "explain": params}
+    # Bad parameters are refused before anything is queued, as inline.
+    r = client.post("/v1/models/efficientnet-lite0/explain/gradcam",
+                    headers={"X-API-Key": KEY_A, "Prefer": "respond-async"},
+                    files={"image": ("c.png", cat_png, "image/png")}, data={"params": json.dumps({"top_k": 0})})
+    assert r.status_code == 422 and r.json()["type"].endswith("/invalid-parameters")

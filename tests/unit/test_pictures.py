@@ -214,6 +214,22 @@ def test_positive_maps_scale_as_before():
     assert (empty == 0).all()
 
 
+@pytest.mark.parametrize("mode", ["minmax", "max", "signed", "none"])
+def test_legacy_normalize_states_the_scale_its_colours_use(mode):
+    """``output.normalize``: the values drawn are normalize_map's, and the stated scale maps raw onto them."""
+    from core.explain_pictures import legacy_scaling
+
+    raw = torch.linspace(-3.0, 7.0, 63).reshape(7, 9) * torch.linspace(0.2, 1.0, 9)
+    values, scale = legacy_scaling(raw, mode)
+    torch.testing.assert_close(values, normalize_map(raw, mode))
+    drawn = torch.tensor([scale.position(float(v)) for v in raw.flatten()]).reshape(raw.shape)
+    torch.testing.assert_close(values, drawn)
+    assert scale.center == (0.0 if mode == "signed" else None)
+    assert (scale.lo, scale.hi) == {"minmax": (float(raw.min()), float(raw.max())), "max": (0.0, float(raw.max())),
+                                    "signed": (-float(raw.abs().max()), float(raw.abs().max())),
+                                    "none": (0.0, 1.0)}[mode]
+
+
 def test_tick_labels_are_raw_values_in_ascii():
     s = MapScale("signed", -0.25, 0.25, 99.0, 0.01)
     assert [t for _, t in s.ticks()] == [">= 0.25", "0", "<= -0.25"]
