@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -27,11 +27,17 @@ def eager_forward(model: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, Fo
         return torch.cat([model.module(part) for part in x.split(EAGER_CHUNK)]), "eager"
 
 
-def predict_images(model: LoadedModel, tensors: list[torch.Tensor], params: PredictParams,
+def predict_images(model: LoadedModel, images: Iterable[torch.Tensor], params: PredictParams,
                    forward: Forward = eager_forward) -> tuple[list[list[Prediction]], ForwardKind]:
-    """Top-k classes per image from one batched forward pass, and which forward ran."""
+    """Top-k classes per image from one batched forward pass, and which forward ran.
+
+    ``images`` are ``[3,H,W]`` in [0,1] at their own size: this is the one place they are fitted to
+    the network input (``params.resize``, else the model's default fit), one at a time, so a lazy
+    iterable keeps a single full-size float image in memory. Fitting them before would fit twice
+    (a center crop of a center crop is a zoomed crop).
+    """
     size = params.resolution or model.preprocessing.input_size
-    x = model.preprocessing.batch(tensors, size, params.resize, model.device)
+    x = model.preprocessing.batch(images, size, params.resize, model.device)
     out, ran = forward(model, x)
     with torch.inference_mode():
         logits = out.float()
@@ -39,4 +45,4 @@ def predict_images(model: LoadedModel, tensors: list[torch.Tensor], params: Pred
     k = min(params.top_k, probs.shape[1])
     top = probs.topk(k, dim=1)
     return [[Prediction(index=int(j), label=model.labels[int(j)], probability=float(p), logit=float(logits[i, j]))
-             for p, j in zip(top.values[i], top.indices[i], strict=True)] for i in range(len(tensors))], ran
+             for p, j in zip(top.values[i], top.indices[i], strict=True)] for i in range(x.shape[0])], ran

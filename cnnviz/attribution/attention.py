@@ -25,7 +25,7 @@ from ..hooks import thread_hooks
 from ..models import LoadedModel
 from ..params import Params, param
 from ..precision import forward_precision
-from .base import ClassTargets, EngineError, Explanation, Method, Targets, class_scores, register
+from .base import ClassTargets, EngineError, Explanation, Method, Targets, checkpoint_rows, class_scores, register
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,7 @@ class AttentionRollout(Method):
 
         with torch.no_grad(), thread_hooks([(m, hook) for m in mods]), forward_precision():
             logits = model.module(x)
+        checkpoint_rows(model, x.shape[0], x)
         lengths = {w.shape[-1] for w in seen}
         if not seen or skipped or len(lengths) != 1:
             raise EngineError("attention-unavailable", f"model {model.name} has no global self-attention over one"

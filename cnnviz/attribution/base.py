@@ -28,6 +28,7 @@ from ..models import LoadedModel
 from ..models.catalog import require_gradients
 from ..params import NoParams, Params
 from ..precision import run_precision
+from ..progress import checkpoint
 
 
 @dataclass(frozen=True)
@@ -217,3 +218,14 @@ def default_batch(x: torch.Tensor) -> int:
 
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def checkpoint_rows(model: LoadedModel, rows: int, x: torch.Tensor, per_row: float = 1.0) -> None:
+    """Report a finished chunk of a sweep to :func:`cnnviz.progress.checkpoint` (progress, and a cancel).
+
+    ``rows`` inputs of ``x``'s height and width, ``per_row`` forward-pass equivalents each (a
+    forward and T backwards: ``1 + 2T``), counted as the cost estimates count: forward passes of
+    one image at the model's input size. A sweep calls it once per chunk, outside any inner loop.
+    """
+    h, w = x.shape[-2:]
+    checkpoint(rows * per_row * h * w / model.preprocessing.input_size ** 2)

@@ -37,6 +37,7 @@ from .base import (
     Explanation,
     Method,
     Targets,
+    checkpoint_rows,
     class_scores,
     default_batch,
     register,
@@ -94,6 +95,7 @@ class CamMethod(Method):
         if leaf is None or leaf.shape[0] != x.shape[0]:
             raise EngineError("layer-unusable", f"layer {layer!r} did not produce one output per image in the"
                               " forward pass (a fixed-batch archive takes one image at a time)", model=model.name)
+        checkpoint_rows(model, x.shape[0], x)
         rows = targets.resolve(logits)
         n_t = max(len(r) for r in rows)
         # float32 from here on: at bf16/fp16 the layer output and logits come out of autocast reduced.
@@ -268,6 +270,10 @@ def _upsampled_masks(acts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return ((flat - lo) / (hi - lo).clamp_min(EPS)).view_as(up)
 
 
+# The tail after a late layer is a small fraction of the network: Ablation-CAM counts a tenth per channel.
+ABLATION_SHARE = 0.1
+
+
 @dataclass(frozen=True)
 class SweepParams(Params):
     """Methods that score many masked or ablated copies, a batch at a time."""
@@ -309,10 +315,12 @@ class ScoreCAM(CamMethod):
                 with forward_precision():
                     logits = model.module(x[i:i + 1] * masks[sel, None])
                 probs[sel] = model.probabilities(logits)
+                checkpoint_rows(model, sel.numel(), x)
             if (~live).any():
                 with forward_precision():
                     logits = model.module(torch.zeros_like(x[i:i + 1]))
                 probs[~live] = model.probabilities(logits)
+                checkpoint_rows(model, 1, x)
             sweeps.append(probs)
         ctx.state["probs"] = torch.stack(sweeps)  # [N,K,C]
 
@@ -353,6 +361,7 @@ class AblationCAM(CamMethod):
                 variants = acts[i:i + 1].expand(e - s, *acts.shape[1:]) * keep[s:e, :, None, None]
                 with forward_precision():
                     rows.append(runner.run(values, i, ctx.to_layer(variants, i)).float())
+                checkpoint_rows(ctx.model, e - s, ctx.x, ABLATION_SHARE)
             sweeps.append(torch.cat(rows))
         ctx.state["ablated"] = torch.stack(sweeps)  # [N,K,C]
 
@@ -363,5 +372,4 @@ class AblationCAM(CamMethod):
         return (base - ablated) / (base.abs() + EPS)
 
     def cost(self, model, n_images, n_targets, params, layer):
-        # The tail after a late layer is a small fraction of the network; count a tenth per channel.
-        return float(n_images * (1 + 0.1 * _channels(model, layer)))
+        return float(n_images * (1 + ABLATION_SHARE * _channels(model, layer)))

@@ -50,6 +50,7 @@ from .base import (
     Method,
     Targets,
     UnitTarget,
+    checkpoint_rows,
     class_scores,
     default_batch,
     get_method,
@@ -274,6 +275,8 @@ def input_gradients(objective: Objective, x: torch.Tensor, img: torch.Tensor,
         for t in range(n_t):
             (g,) = torch.autograd.grad(picked[:, t].sum(), xg, retain_graph=t < n_t - 1)
             grads.append(g)
+    # Every sweep of the family (IG's path points, SmoothGrad's noisy copies) passes here once per chunk.
+    checkpoint_rows(objective.model, x.shape[0], x, 1 + 2 * n_t)
     return torch.stack(grads, 1)
 
 
@@ -488,6 +491,7 @@ class IntegratedGradients(GradientMethod):
         n = x.shape[0]
         with torch.no_grad():
             ends = obj.outputs(torch.cat([x, base]))  # score(x) and score(baseline), one forward
+        checkpoint_rows(ctx.model, 2 * n, x)
         if obj.rows is None:
             obj.resolve(ends[:n])
         top = out_sink is not None  # inside SmoothGrad the noisy copies' numbers mean little
@@ -632,6 +636,7 @@ class SmoothGrad(GradientMethod):
         if obj.rows is None:
             with torch.no_grad():
                 out = obj.outputs(x)
+            checkpoint_rows(ctx.model, n, x)
             obj.resolve(out)
             if out_sink is not None:
                 out_sink.append(out)

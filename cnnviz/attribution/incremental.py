@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..models.efficientnet_lite import SameConv2d
+from ..progress import checkpoint
 from .windows import window_starts
 
 log = logging.getLogger(__name__)
@@ -839,7 +840,7 @@ def _run_chunk(plan: OcclusionPlan, orig: _Originals, img: torch.Tensor, idx: _I
 
 def occlusion_drops(module: nn.Module, x: torch.Tensor, fill: torch.Tensor, window: int, stride: int,
                     pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], base: torch.Tensor,
-                    batch: int = CHUNK, full_at: float = FULL_AT) -> torch.Tensor | None:
+                    batch: int = CHUNK, full_at: float = FULL_AT, window_work: float = 0.0) -> torch.Tensor | None:
     """Score drops ``[N, K, T]`` of every (image, window), or None where the patch stage cannot help.
 
     The same numbers as :meth:`Occlusion.sweep`'s ``drops`` (up to float rounding): ``drops[i, k]``
@@ -850,9 +851,11 @@ def occlusion_drops(module: nn.Module, x: torch.Tensor, fill: torch.Tensor, wind
     ``module`` maps ``[B,C,H,W]`` to ``[B,classes]`` (eval mode, frozen); ``x`` and ``fill`` are
     ``[N,C,H,W]`` on the module's device; ``pick(out, img)`` turns outputs ``[B,classes]`` of rows
     belonging to images ``img`` ``[B]`` into target scores ``[B,T]`` and ``base`` ``[N,T]`` holds
-    the originals' scores. ``batch`` windows run per chunk. None (nothing computed) when the model
-    cannot be traced, its first operation has no patch rule, or no patch is smaller than
-    ``full_at`` of its map: the caller then runs its full-forward sweep.
+    the originals' scores. ``batch`` windows run per chunk; each chunk reports ``window_work`` per
+    window to :func:`cnnviz.progress.checkpoint` (progress, and where a cancel stops the sweep).
+    None (nothing computed) when the model cannot be traced, its first operation has no patch
+    rule, or no patch is smaller than ``full_at`` of its map: the caller then runs its
+    full-forward sweep.
     """
     n, c, h, w = x.shape
     window = min(window, h, w)
@@ -879,6 +882,7 @@ def occlusion_drops(module: nn.Module, x: torch.Tensor, fill: torch.Tensor, wind
             img = torch.arange(s, e, device=x.device) // k_all
             out = _run_chunk(plan, orig, img, plan.indices(n, s, e, x.device))
             drops[s:e] = (base[img] - pick(out, img)).float()
+            checkpoint((e - s) * window_work)
     return drops.view(n, k_all, -1)
 
 

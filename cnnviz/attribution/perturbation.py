@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..models import LoadedModel
 from ..params import Params, param
-from .base import EngineError, Explanation, Method, Targets, UnitTarget, default_batch, register
+from .base import EngineError, Explanation, Method, Targets, UnitTarget, checkpoint_rows, default_batch, register
 from .gradient import Objective, reference_input
 from .incremental import default_chunk, occlusion_drops, supports_incremental
 from .windows import window_starts
@@ -79,6 +79,7 @@ class PerturbationMethod(Method):
         extras: dict[str, Any] = {}
         with torch.no_grad():
             out = objective.outputs(x)
+            checkpoint_rows(model, x.shape[0], x)
             rows = objective.resolve(out)
             maps = self.sweep(model, objective, x, out, params, warnings, extras)
         scores, probs = objective.scores(out)
@@ -144,7 +145,8 @@ class Occlusion(PerturbationMethod):
         if params.engine == "auto" and not objective.is_unit:
             # Unit targets stop the forward at a layer; the patch engine only follows whole-network outputs.
             drops = occlusion_drops(model.module, x, fill, window, stride, objective.pick, base,
-                                    params.batch_size or default_chunk(x))
+                                    params.batch_size or default_chunk(x),
+                                    window_work=INCREMENTAL_COST * h * w / model.preprocessing.input_size ** 2)
             if drops is not None:
                 extras["engine"] = "incremental"
                 return self._spread(drops, len(ys), len(xs), window, stride, h, w)
@@ -162,6 +164,7 @@ class Occlusion(PerturbationMethod):
             mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]  # [B,1,H,W]
             occluded = torch.where(mask, fill[i], x[i])
             drops[i, k] = (base[i] - objective.pick(objective.outputs(occluded), i)).float()
+            checkpoint_rows(model, len(r), x)
         return self._spread(drops, len(ys), len(xs), window, stride, h, w)
 
     @staticmethod
@@ -243,6 +246,7 @@ class RISE(PerturbationMethod):
                 scores = model.probabilities(scores)
             picked = objective.pick(scores, ii).view(k, n, -1)  # [M,N,T]
             sal += torch.einsum("mnt,mhw->nthw", picked, m.float())
+            checkpoint_rows(model, k * n, x)
         extras.update(masks=count, cell=cell, p=p, score="probability" if probs else kind)
         return sal / (count * p)
 

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..progress import checkpoint
+
 __all__ = ["FaithfulnessResult", "default_insertion_baseline", "deletion_insertion", "pointing_game"]
 
 logger = logging.getLogger(__name__)
@@ -139,6 +141,7 @@ def deletion_insertion(
                         f"got {getattr(scores, 'shape', type(scores))}"
                     )
                 out.append(scores.detach().to("cpu", torch.float64))
+                checkpoint(batch.shape[0])  # forwards, as the explain cost estimate counts them
 
     fractions = counts.to("cpu", torch.float64) / n_pixels
     del_curve = torch.cat(del_scores)

@@ -7,6 +7,7 @@ classic resize-then-crop evaluation transform for clients who want the training-
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -70,8 +71,13 @@ class Preprocessing:
         shared = out.untyped_storage().data_ptr() == image.untyped_storage().data_ptr()
         return out.clamp(0.0, 1.0) if shared else out.clamp_(0.0, 1.0)
 
-    def batch(self, images: list[torch.Tensor], size: int | None = None, mode: ResizeMode | None = None,
+    def batch(self, images: Iterable[torch.Tensor], size: int | None = None, mode: ResizeMode | None = None,
               device: torch.device | str = "cpu") -> torch.Tensor:
-        """Fit and normalize several images into one ``[N,3,S,S]`` batch on ``device``."""
+        """Fit and normalize several images into one ``[N,3,S,S]`` batch on ``device``.
+
+        Images are fitted one at a time as ``images`` yields them (a generator of decoded images
+        keeps one full-size float image alive); pass images at their own size: fitting is not
+        idempotent (``center-crop`` of a crop zooms in again).
+        """
         x = torch.stack([self.fit(img, size, mode) for img in images]).to(device)
         return self.normalize(x)

@@ -70,11 +70,9 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep, lane
     compiled.ensure(model)  # the first predict of a model starts its background compile (core/compiled.py)
 
     def compute() -> tuple[list[list[Prediction]], str]:
-        # On a compute lane (core/lanes.py); each image is fitted to the network input at once, so only one
-        # full-size float tensor exists at a time (fitting again in predict_images skips the resize).
-        prep = model.preprocessing
-        tensors = [prep.fit(image_to_tensor(d.image), size, params.resize) for d in upload.images]
-        return predict_images(model, tensors, params, compiled.forward)
+        # On a compute lane (core/lanes.py). predict_images fits each image to the network input as the
+        # generator hands it over, so only one full-size float tensor exists at a time.
+        return predict_images(model, (image_to_tensor(d.image) for d in upload.images), params, compiled.forward)
 
     preds, ran = await lanes.arun(compute)
     answer = PredictResponse(

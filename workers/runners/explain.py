@@ -13,9 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from torch import nn
-
-from cnnviz.hooks import thread_hooks
+from cnnviz.progress import reporting
 from cnnviz.synthesis import Cancelled
 from core.explaining import estimate_cost, run_explanation
 from core.imaging import decode_image
@@ -29,30 +27,30 @@ CANCEL_CHECK_S = 0.25
 
 
 @contextmanager
-def forward_watch(ctx: JobContext, module: nn.Module, total: int, stage: str, native: int) -> Iterator[None]:
+def engine_watch(ctx: JobContext, total: int, stage: str) -> Iterator[None]:
     """Progress and cancellation for methods that know nothing of jobs.
 
-    Every batched sweep (Score-CAM, occlusion, RISE, integrated gradients...) is a series of
-    forward passes, so a hook on the model counts images through it against the cost estimate
-    and checks the cancel flag a few times a second: a running explanation stops within one
-    forward batch of a DELETE. The hook is thread-local and removed on any exit.
+    Every loop of the engine that can run long reports each finished chunk to
+    :func:`cnnviz.progress.checkpoint`, in the cost estimate's unit (forward passes of one image at
+    the model's input size, a backward about two): the running sum rises toward ``total`` (held one
+    short of it until the answer is stored) and the cancel flag is read a few times a second, so a
+    running explanation stops within one chunk of a DELETE, whichever network the method runs (the
+    served module, the gradient family's folded copy, the incremental occlusion graph).
     """
-    seen = 0.0
+    done = 0.0
     last_check = time.monotonic()
 
-    def hook(_mod: nn.Module, inp: tuple[Any, ...], _out: Any) -> None:
-        nonlocal seen, last_check
-        x = inp[0] if inp else None
-        # In the estimate's unit: forward passes at the model's input size.
-        seen += x.shape[0] * x.shape[-2] * x.shape[-1] / native if hasattr(x, "shape") and x.dim() == 4 else 1
-        ctx.progress(min(int(seen), total - 1), total, stage)
+    def on_chunk(work: float) -> None:
+        nonlocal done, last_check
+        done += work
+        ctx.progress(min(int(done), total - 1), total, stage)
         now = time.monotonic()
         if now - last_check >= CANCEL_CHECK_S:
             last_check = now
             if ctx.cancelled():
                 raise Cancelled("canceled while explaining")
 
-    with thread_hooks([(module, hook)]):
+    with reporting(on_chunk):
         yield
 
 
@@ -65,19 +63,17 @@ def _explain(ctx: JobContext) -> None:
         explain_params.output.format = "png"
     model = ctx.model()
     images = [decode_image(b) for b in ctx.inputs()]
-    # Progress in forward passes: the cost estimate counts a backward as ~2 forwards, so the
-    # count of forwards runs to about a third of it for gradient methods; the last step is exact.
+    # Progress in the cost estimate's unit (forward-pass equivalents); the last step is exact.
     total = max(2, round(estimate_cost(model, method, explain_params, len(images))))
     ctx.progress(0, total, "explaining", message=f"{method} on {len(images)} image(s)")
     if ctx.cancelled():
         raise Cancelled("canceled before the explanation started")
-    native = model.preprocessing.input_size ** 2
 
     def sink(name: str, data: bytes, media_type: str) -> str:  # output.inline false: the job's own artifacts
         ctx.put(name, data, media_type)
         return f"/v1/jobs/{ctx.id}/artifacts/{name}"
 
-    with forward_watch(ctx, model.module, total, "explaining", native):
+    with engine_watch(ctx, total, "explaining"):
         answer = run_explanation(model, method, images, explain_params, sink=sink)
     ext = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
     for img in answer.images:
