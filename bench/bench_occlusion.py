@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.harness import correlation, interleaved, table  # noqa: E402
 from bench.readme import write_block  # noqa: E402
 from cnnviz.attribution import ClassTargets, get_method  # noqa: E402
-from cnnviz.attribution.incremental import occlusion_plan  # noqa: E402
+from cnnviz.attribution.fast.incremental import occlusion_plan  # noqa: E402
 from cnnviz.attribution.perturbation import window_starts  # noqa: E402
 from cnnviz.models import Catalog  # noqa: E402
 

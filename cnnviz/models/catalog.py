@@ -160,16 +160,6 @@ class LoadedModel:
         return self.layer(name).usable_by(self.gradients)
 
 
-def require_gradients(model: LoadedModel, method: str) -> None:
-    """Refuse a method that needs the backward pass on a model without one."""
-    if not model.gradients:
-        why = ("is marked gradients = false in the models file" if not model.spec.gradients
-               else "has no backward pass")
-        raise EngineError("gradients-unavailable", f"{method} needs gradients, but model {model.name} {why};"
-                          " gradient-free methods: occlusion, rise, scorecam, eigencam, ablationcam",
-                          ["occlusion", "rise", "scorecam", "eigencam", "ablationcam"], model=model.name)
-
-
 def validate_layer(model: LoadedModel, layer: str | None, *, spatial: bool = True, family: str | None = None) -> str:
     """The layer to use: the model's default, or a named one that exists and that the method can use.
 

@@ -13,6 +13,8 @@ import pytest
 from conftest import encode
 from PIL import Image
 
+from cnnviz.attribution import METHODS
+
 pytestmark = pytest.mark.model
 
 URL = "/v1/models/efficientnet-lite0"
@@ -115,6 +117,9 @@ def test_methods_listing(client):
     assert {"style", "class_viz", "fast_style", "triplet_head"} <= set(jobs)
     assert not jobs["fast_style"]["inline"] and jobs["fast_style"]["cost_hint"] > 10_000  # 2000 steps x batch 4
     assert "margin" in jobs["triplet_head"]["params_schema"]["properties"]
+    # The map kinds offered are each method class's own declaration (default first), for every method.
+    for name, method in METHODS.items():
+        assert names[name]["map_kinds"] == list(type(method).map_kinds), name
 
 
 # ---- bad input ---------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..models.efficientnet_lite import SameConv2d
+from ...models.efficientnet_lite import SameConv2d
 from .windows import window_starts
 
 log = logging.getLogger(__name__)
