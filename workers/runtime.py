@@ -38,12 +38,14 @@ PROGRESS_INTERVAL_S = 0.25  # progress writes per job: a few a second, whatever 
 
 
 def catalog() -> Catalog:
-    """The process-global catalog, built on first use (device from CNNVIZ_DEVICE)."""
+    """The process-global catalog, built on first use (models file, device and default model from
+    CNNVIZ_MODELS, CNNVIZ_DEVICE and CNNVIZ_DEFAULT_MODEL; unset: the built-in models, CUDA when present)."""
     global _catalog
     if _catalog is None:
         with _catalog_lock:
             if _catalog is None:
-                _catalog = Catalog.from_environment()
+                _catalog = Catalog.open(os.environ.get("CNNVIZ_MODELS"), os.environ.get("CNNVIZ_DEVICE"),
+                                        os.environ.get("CNNVIZ_DEFAULT_MODEL"))
     return _catalog
 
 

@@ -121,7 +121,8 @@ def test_a_models_first_trace_runs_on_a_lane_not_the_event_loop(monkeypatch, che
         return real(module)
 
     monkeypatch.setattr(incremental, "_trace", recording)
-    with TestClient(create_app(Settings(preload_models=False), catalog=Catalog.from_environment())) as c:
+    catalog = Catalog.open(models_file=None, device=None, default=None)
+    with TestClient(create_app(Settings(preload_models=False), catalog=catalog)) as c:
         _post(c, "/v1/models/efficientnet-lite0/explain/occlusion", chelsea_jpeg,
               {"resolution": 64, "window": 32, "stride": 32})
     assert traced and all(name.startswith("cnnviz-compute") for name in traced), traced
