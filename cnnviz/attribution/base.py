@@ -208,7 +208,7 @@ class Method:
 # What several families run: the objective they differentiate or perturb, and reference inputs
 # --------------------------------------------------------------------------------------------
 
-Reference = Literal["black", "mean", "blurred"]
+Baseline = Literal["black", "mean", "blurred"]
 """Reference inputs (integrated gradients' baseline; occlusion's fill adds ``zero`` and ``blur`` as aliases)."""
 
 
@@ -224,7 +224,7 @@ def reference_input(model: LoadedModel, x: torch.Tensor, kind: str, sigma: float
         return model.preprocessing.normalize(torch.zeros_like(x[:1])).expand_as(x).contiguous()
     if kind in ("blurred", "blur"):
         return gaussian_blur(x, sigma)  # reflected borders: no band of repeated pixels at the frame
-    raise EngineError("bad-parameter", f"unknown reference {kind!r}", list(get_args(Reference)))
+    raise EngineError("bad-parameter", f"unknown reference {kind!r}", list(get_args(Baseline)))
 
 
 class _Stop(Exception):

@@ -40,13 +40,13 @@ from ..models import LoadedModel, validate_layer
 from ..params import Params, param
 from .base import (
     METHODS,
+    Baseline,
     ClassTargets,
     EngineError,
     Explanation,
     MapKind,
     Method,
     Objective,
-    Reference,
     Targets,
     UnitTarget,
     default_batch,
@@ -74,7 +74,7 @@ class GradientParams(Params):
 @dataclass(frozen=True)
 class IntegratedGradientsParams(GradientParams):
     steps: int = param(32, ge=2, le=512, description="points on the path from the baseline")
-    baseline: Reference = param("black", description="the reference input the path starts from")
+    baseline: Baseline = param("black", description="the reference input the path starts from")
     sigma: float = param(10.0, ge=0.1, le=200.0, description="blur of the blurred baseline, px")
     integration: Integration = param("gauss-legendre", description="quadrature rule along the path")
     batch_size: int | None = param(None, ge=1, le=512, description="path points per forward batch; default 4 on "
