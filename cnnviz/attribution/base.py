@@ -1,4 +1,5 @@
-"""What every attribution method shares: targets, the result type, the registry and the one verb.
+"""What every attribution method shares: targets, the result type, the registry, the one verb, and the
+objective and reference inputs that several families run on.
 
 Like captum, every method is called the same way::
 
