@@ -36,7 +36,7 @@ log = logging.getLogger("bench")
 def load(args: argparse.Namespace):
     import skimage.data
 
-    model = Catalog.from_environment(device="cpu").get("efficientnet-lite0")
+    model = Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0")
     img = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1).float() / 255
     x = model.preprocessing.batch([img], device=model.device)
     with torch.no_grad():

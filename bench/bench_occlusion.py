@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.harness import correlation, interleaved, table  # noqa: E402
 from bench.readme import write_block  # noqa: E402
 from cnnviz.attribution import ClassTargets, get_method  # noqa: E402
-from cnnviz.attribution.incremental import occlusion_plan  # noqa: E402
+from cnnviz.attribution.fast.incremental import occlusion_plan  # noqa: E402
 from cnnviz.attribution.perturbation import window_starts  # noqa: E402
 from cnnviz.models import Catalog  # noqa: E402
 
@@ -92,7 +92,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import skimage.data
 
-    model = Catalog.from_environment(device="cpu").get("efficientnet-lite0")
+    model = Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0")
     img = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1).float() / 255
     x = model.preprocessing.batch([img], device=model.device)
     with torch.no_grad():

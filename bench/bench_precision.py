@@ -60,7 +60,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import skimage.data
 
-    model = Catalog.from_environment(device="cpu").get("efficientnet-lite0")
+    model = Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0")
     if "bf16" not in offered(model.device):
         sys.exit(f"bf16 is not offered on this machine's {model.device.type} (offered: {offered(model.device)})")
     img = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1).float() / 255

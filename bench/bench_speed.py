@@ -284,7 +284,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
     jpeg = _chelsea_jpeg()
-    model = Catalog.from_environment(device="cpu").get("efficientnet-lite0")
+    model = Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0")
     x = _input(model, jpeg)
     with torch.no_grad():
         target = int(model.module(x).argmax())

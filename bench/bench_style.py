@@ -126,7 +126,7 @@ def run_reference(model, content, style, steps: int) -> list[float]:
 
 def child(variant: str, size: int, steps: int) -> dict:
     torch.set_num_threads(torch.get_num_threads())
-    model = Catalog.from_environment().get("efficientnet-lite0")
+    model = Catalog.open(models_file=None, device=None, default=None).get("efficientnet-lite0")
     content, style = _images(size)
     cuda = model.device.type == "cuda"
     base = _rss_mb()
@@ -154,7 +154,7 @@ def main() -> None:
         sys.stdout.write(json.dumps(child(args.child[0], int(args.child[1]), args.steps)) + "\n")
         return
     logging.basicConfig(level=logging.WARNING)
-    model = Catalog.from_environment().get("efficientnet-lite0")
+    model = Catalog.open(models_file=None, device=None, default=None).get("efficientnet-lite0")
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         res = {}

@@ -189,7 +189,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model = Catalog.from_environment(device="cpu").get("efficientnet-lite0")
+    model = Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0")
     header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 backbone, CPU"
     out = [header, ""]
     out.append(table(stylize_rows(model, [int(s) for s in args.sizes.split(",")],

@@ -180,9 +180,9 @@ def main() -> None:
             "methods": lambda m: (OUT / "methods_chelsea.png").write_bytes(
                 encode_png(methods_grid(m, skimage.data.chelsea()[::2, ::2])))}
     if sys.argv[1:] and sys.argv[1] in only:
-        only[sys.argv[1]](Catalog.from_environment(device="cpu").get("efficientnet-lite0"))
+        only[sys.argv[1]](Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0"))
         return
-    model = Catalog.from_environment(device="cpu").get("efficientnet-lite0")
+    model = Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0")
     chelsea = skimage.data.chelsea()[::2, ::2]
     (OUT / "methods_chelsea.png").write_bytes(encode_png(methods_grid(model, chelsea)))
     cfg = DeepDreamConfig(layer="_blocks.10", octaves=4, octave_scale=1.4, steps=12, step_size=0.02, jitter=8,

@@ -13,7 +13,7 @@ exception leaves the sweep at that chunk boundary and every context on the way o
 
 Counting at the sweep loops rather than with a forward hook on the model is what makes this hold
 for every network a method really runs: the batch-norm-folded copy of the gradient family
-(:mod:`cnnviz.attribution.folded`), the incremental occlusion engine's own graph, the tail after a
+(:mod:`cnnviz.attribution.fast.folded`), the incremental occlusion engine's own graph, the tail after a
 layer that Ablation-CAM runs. A hook on the served module sees none of those.
 """
 

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from cnnviz.attribution import ClassTargets, EngineError, Explanation, UnitTarget, get_method
-from cnnviz.attribution.layer_forward import LayerForward, using_layer_forward
+from cnnviz.attribution.fast.layer_forward import LayerForward, using_layer_forward
 from cnnviz.models import LoadedModel
 from core.errors import Unavailable, from_engine
 from core.explaining import compute, targets_from

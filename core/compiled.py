@@ -9,11 +9,11 @@ weights; measured on this 2-core machine, EfficientNet-Lite0 at 224 px, 2 thread
 
 The CAM family needs more than logits: the default layer's output, and the gradient of a score
 with respect to it. A frozen graph cannot differentiate, so the graph is cut at that layer with
-torch.fx (:class:`~cnnviz.attribution.tail.TailRunner`). The compiled part returns the logits and
+torch.fx (:class:`~cnnviz.attribution.fast.tail.TailRunner`). The compiled part returns the logits and
 the values the tail reads. The tail (pooling and the classifier on the catalog's CNNs) runs
 eagerly from the layer's output as a gradient leaf, so the gradient is the eager one
 (:meth:`CompiledForwards.layer_forward`, offered to the engine through
-:mod:`cnnviz.attribution.layer_forward`). On Lite0 a Grad-CAM engine call goes from 12-15 ms to
+:mod:`cnnviz.attribution.fast.layer_forward`). On Lite0 a Grad-CAM engine call goes from 12-15 ms to
 9-10 ms with equal maps. One compile serves both. A model that fx cannot trace compiles whole,
 for predict only. Every other method, layer, image size and precision runs the hooked eager module.
 
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx
 
-from cnnviz.attribution.tail import TailRunner
+from cnnviz.attribution.fast.tail import TailRunner
 from cnnviz.models import LoadedModel
 from core.lanes import single_threaded_default
 from core.predicting import eager_forward
@@ -183,7 +183,7 @@ class CompiledForwards:
 
     def layer_forward(self, model: LoadedModel, x: torch.Tensor,
                       layer: str) -> tuple[torch.Tensor, torch.Tensor, str] | None:
-        """For the CAM family (cnnviz.attribution.layer_forward): the logits and the default layer's
+        """For the CAM family (cnnviz.attribution.fast.layer_forward): the logits and the default layer's
         output as a gradient leaf, from the compiled graph and the eager tail; None where it cannot serve."""
         served = self._serves(model, x)
         if served is None:

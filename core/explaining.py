@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from cnnviz.attribution import ClassTargets, EngineError, Explanation, Method, Targets, UnitTarget
-from cnnviz.attribution.folded import folded_module
-from cnnviz.attribution.incremental import supports_incremental
-from cnnviz.attribution.layer_forward import LayerForward, using_layer_forward
+from cnnviz.attribution.fast.folded import folded_module
+from cnnviz.attribution.fast.incremental import supports_incremental
+from cnnviz.attribution.fast.layer_forward import LayerForward, using_layer_forward
 from cnnviz.localization import dense_crf_refine, mask_to_regions, scale_regions, threshold_mask
 from cnnviz.metrics import deletion_insertion, pointing_game
 from cnnviz.models import LoadedModel
@@ -130,7 +130,7 @@ def warm_model(model: LoadedModel) -> LoadedModel:
     Occlusion's cost estimate, which every occlusion request computes on the event loop before
     it is admitted, asks whether the model traces for the incremental engine; the first ask is a
     torch.fx trace of the whole network (tens of milliseconds on Lite0). After this it is a lookup.
-    The gradient methods' copy with batch norms folded (cnnviz.attribution.folded: a copy, a probe
+    The gradient methods' copy with batch norms folded (cnnviz.attribution.fast.folded: a copy, a probe
     forward and backward, about 0.3 s on Lite0) is built here too.
     """
     supports_incremental(model.module)

@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     lanes = shared_lanes(settings.inline_slots, settings.torch_threads,
                          elastic=settings.elastic_lanes and settings.inline_slots is None)
     if catalog is None:
-        catalog = lanes.run(Catalog.from_environment, settings.models_file, settings.device, settings.default_model)
+        catalog = lanes.run(Catalog.open, settings.models_file, settings.device, settings.default_model)
     if settings.preload_models:
         lanes.run(catalog.load_all)
         for name in catalog.specs:

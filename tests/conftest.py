@@ -26,7 +26,7 @@ def encode(arr: np.ndarray, fmt: str = "JPEG") -> bytes:
 def catalog():
     from cnnviz.models import Catalog
 
-    return Catalog.from_environment(device="cpu")
+    return Catalog.open(models_file=None, device="cpu", default=None)
 
 
 @pytest.fixture(scope="session")

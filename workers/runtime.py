@@ -45,7 +45,7 @@ def catalog() -> Catalog:
         with _catalog_lock:
             if _catalog is None:
                 s = get_settings()
-                _catalog = Catalog.from_environment(s.models_file, s.device, s.default_model)
+                _catalog = Catalog.open(s.models_file, s.device, s.default_model)
     return _catalog
 
 

@@ -1,15 +1,19 @@
 """Per-image explanations: the CAM family, the gradient family, perturbation methods, attention rollout.
 
+One module per family (``cam``, ``gradient`` with its backward ``rules``, ``perturbation``,
+``attention``) on the shared :mod:`.base`; the speed machinery they run on is in :mod:`.fast`.
 Importing the package registers every method in :data:`METHODS`.
 """
 
 # Importing a family's module registers its methods.
 from . import attention, cam, gradient, perturbation  # noqa: F401
 from .base import (
+    MAP_KINDS,
     METHODS,
     ClassTargets,
     EngineError,
     Explanation,
+    MapKind,
     Method,
     Targets,
     UnitTarget,
@@ -17,5 +21,5 @@ from .base import (
     register,
 )
 
-__all__ = ["METHODS", "EngineError", "ClassTargets", "Explanation", "Method", "Targets", "UnitTarget",
-           "get_method", "register"]
+__all__ = ["MAP_KINDS", "METHODS", "EngineError", "ClassTargets", "Explanation", "MapKind", "Method", "Targets",
+           "UnitTarget", "get_method", "register"]

@@ -25,7 +25,17 @@ from ..hooks import thread_hooks
 from ..models import LoadedModel
 from ..params import Params, param
 from ..precision import forward_precision
-from .base import ClassTargets, EngineError, Explanation, Method, Targets, checkpoint_rows, class_scores, register
+from .base import (
+    ClassTargets,
+    EngineError,
+    Explanation,
+    MapKind,
+    Method,
+    Targets,
+    checkpoint_rows,
+    class_scores,
+    register,
+)
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,7 @@ class AttentionRollout(Method):
     name = "attention_rollout"
     title = "Attention rollout"
     family: ClassVar[str] = "attention"
+    map_kinds: ClassVar[tuple[MapKind, ...]] = ("positive",)
     Params = RolloutParams
 
     def unavailable(self, model: LoadedModel) -> str | None:

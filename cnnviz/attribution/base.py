@@ -1,4 +1,5 @@
-"""What every attribution method shares: targets, the result type, the registry and the one verb.
+"""What every attribution method shares: targets, the result type, the registry, the one verb, and the
+objective and reference inputs that several families run on.
 
 Like captum, every method is called the same way::
 
@@ -19,16 +20,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 
+from ..blur import gaussian_blur
 from ..errors import EngineError, closest
-from ..models import LoadedModel
-from ..models.catalog import require_gradients
+from ..hooks import LayerCapture, thread_hooks
+from ..models import LoadedModel, validate_layer
+from ..models.layers import to_grid
 from ..params import NoParams, Params
-from ..precision import run_precision
+from ..precision import forward_precision, run_precision
 from ..progress import checkpoint
+from .fast.folded import folded_module
+
+MapKind = Literal["positive", "unsigned", "signed", "gradient_rgb"]
+"""What a method's raw map holds, which decides how it is drawn (:mod:`cnnviz.render.kinds`):
+non-negative evidence (``positive``), a magnitude whose sign means little (``unsigned``), a signed
+contribution (``signed``), or the ``[3, H, W]`` input gradient as a picture (``gradient_rgb``)."""
+MAP_KINDS: tuple[str, ...] = get_args(MapKind)
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,10 @@ class Method:
     supports_units: ClassVar[bool] = False
     uses_layer: ClassVar[bool] = False
     needs_gradients: ClassVar[bool] = False  # takes a backward pass: refused on models without one
+    map_kinds: ClassVar[tuple[MapKind, ...]] = ()
+    """How this method's map may be drawn, its default first (:data:`MapKind`). Every registered
+    method declares at least one (:func:`register` checks); the renderer and ``GET /v1/methods``
+    read it from here, so there is no second table to keep in step."""
     Params: ClassVar[type[Params]] = NoParams
 
     def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
@@ -192,11 +206,137 @@ class Method:
         return n_images * (1 + 2 * n_targets)
 
 
+# --------------------------------------------------------------------------------------------
+# What several families run: the objective they differentiate or perturb, and reference inputs
+# --------------------------------------------------------------------------------------------
+
+Baseline = Literal["black", "mean", "blurred"]
+"""Reference inputs (integrated gradients' baseline; occlusion's fill adds ``zero`` and ``blur`` as aliases)."""
+
+
+def reference_input(model: LoadedModel, x: torch.Tensor, kind: str, sigma: float = 10.0) -> torch.Tensor:
+    """A reference image in normalized space, ``[N,3,H,W]`` like ``x``.
+
+    ``mean``: the dataset mean, i.e. zeros after normalization. ``black``: pixel value 0, built
+    with the model's own normalization. ``blurred``/``blur``: a Gaussian-blurred copy of ``x``.
+    """
+    if kind == "mean":
+        return torch.zeros_like(x)
+    if kind in ("black", "zero"):
+        return model.preprocessing.normalize(torch.zeros_like(x[:1])).expand_as(x).contiguous()
+    if kind in ("blurred", "blur"):
+        return gaussian_blur(x, sigma)  # reflected borders: no band of repeated pixels at the frame
+    raise EngineError("bad-parameter", f"unknown reference {kind!r}", list(get_args(Baseline)))
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the target layer has run."""
+
+
+@dataclass
+class Objective:
+    """What a method differentiates or perturbs: class logits or one unit of a layer.
+
+    :meth:`outputs` runs the model on a batch and returns ``[B,C]`` logits, or ``[B,1]`` unit
+    scores (the forward pass stops right after the unit's layer). :meth:`pick` turns outputs into
+    per-target scores ``[B,T]`` for images ``img`` ``[B]`` (a row's image in the original batch);
+    an image with fewer targets than ``T`` scores 0 in the missing slots, so its gradient there is 0.
+    """
+
+    model: LoadedModel
+    targets: Targets
+    rows: list[list[int]] | None = None
+    fold: bool = False  # gradient methods: class scores from the copy with batch norms folded (.folded)
+    _index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, UnitTarget):
+            validate_layer(self.model, self.targets.layer, spatial=False)
+
+    @property
+    def is_unit(self) -> bool:
+        return isinstance(self.targets, UnitTarget)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The network :meth:`outputs` runs: with ``fold``, for class scores, the copy with batch norms
+        folded into their convolutions (:mod:`.fast.folded`: the same function, cheaper gradients); else
+        the served module (a unit names its layers; perturbation methods compare against the
+        served module's own scores, as the incremental occlusion engine computes them)."""
+        return folded_module(self.model) if self.fold and not self.is_unit else self.model.module
+
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """One forward pass, under the engine call's precision (:func:`cnnviz.precision.forward_precision`)."""
+        if not isinstance(self.targets, UnitTarget):
+            with forward_precision():
+                return self.module(x)
+        unit = self.targets
+        cap = LayerCapture()
+
+        def hook(mod: Any, inp: tuple[Any, ...], out: Any) -> Any:
+            cap(mod, inp, out)
+            raise _Stop
+
+        try:
+            with thread_hooks([(self.model.submodule(unit.layer), hook)]), forward_precision():
+                self.model.module(x)
+        except _Stop:
+            pass
+        if cap.output is None:
+            raise EngineError("layer-not-run", f"layer {unit.layer!r} did not run in the forward pass")
+        # A unit of a token layer (ViT) or a channels-last one (Swin) is a channel of its grid.
+        return unit.score(to_grid(cap.output, self.model.layer(unit.layer)))[:, None]
+
+    def resolve(self, out: torch.Tensor) -> list[list[int]]:
+        """Targets per image from the outputs of the original images (top-k needs no new forward)."""
+        if isinstance(self.targets, UnitTarget):
+            self.rows = [[self.targets.channel] for _ in range(out.shape[0])]
+        else:
+            self.rows = self.targets.resolve(out)
+        self._index.clear()
+        return self.rows
+
+    @property
+    def n_targets(self) -> int:
+        assert self.rows is not None
+        return max(len(r) for r in self.rows)
+
+    def index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Column of each image's t-th target ``[N,T]`` and whether it exists ``[N,T]``."""
+        assert self.rows is not None
+        cached = self._index.get(device)
+        if cached is not None:
+            return cached
+        t = self.n_targets
+        if self.is_unit:
+            idx = torch.zeros(len(self.rows), 1, dtype=torch.long)
+        else:
+            idx = torch.tensor([r + [r[0]] * (t - len(r)) for r in self.rows])
+        live = torch.tensor([[j < len(r) for j in range(t)] for r in self.rows])
+        self._index[device] = (idx.to(device), live.to(device))
+        return self._index[device]
+
+    def pick(self, out: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+        idx, live = self.index(out.device)
+        return out.gather(1, idx[img]) * live[img].to(out.dtype)
+
+    def scores(self, out: torch.Tensor) -> tuple[list[list[float]], list[list[float | None]]]:
+        """Reported score (logit or unit value) and probability of each image's targets."""
+        assert self.rows is not None
+        if self.is_unit:
+            return [[float(v)] for v in out[:, 0].detach().float()], [[None] for _ in self.rows]
+        return class_scores(out, self.rows, self.model.head)
+
+
 METHODS: dict[str, Method] = {}
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method reachable by its name."""
+    """Class decorator: make a method reachable by its name (its map kinds checked first)."""
+    kinds = cls.map_kinds
+    if not kinds or len(set(kinds)) != len(kinds) or any(k not in MAP_KINDS for k in kinds):
+        raise TypeError(f"method {cls.__name__} must declare map_kinds: distinct kinds of {MAP_KINDS}, its default"
+                        f" first (got {kinds!r})")
     METHODS[cls.name] = cls()
     return cls
 
@@ -206,6 +346,28 @@ def get_method(name: str) -> Method:
         return METHODS[name]
     except KeyError:
         raise EngineError("unknown-method", f"unknown method {name!r}", closest(name, sorted(METHODS))) from None
+
+
+def gradient_free_methods(model: LoadedModel | None = None) -> list[str]:
+    """Registered methods that take no backward pass (``needs_gradients`` False), by name.
+
+    Derived from the registry, so a new gradient-free method is offered here by its class alone.
+    With ``model``, only those that answer for it (:meth:`Method.unavailable`: a TorchScript
+    archive exposes no layer, so the CAM family cannot read one; attention rollout needs a ViT).
+    """
+    return sorted(name for name, m in METHODS.items()
+                  if not m.needs_gradients and (model is None or m.unavailable(model) is None))
+
+
+def require_gradients(model: LoadedModel, method: str) -> None:
+    """Refuse a method that needs the backward pass on a model without one, naming those that answer."""
+    if not model.gradients:
+        why = ("is marked gradients = false in the models file" if not model.spec.gradients
+               else "has no backward pass")
+        usable = gradient_free_methods(model)
+        raise EngineError("gradients-unavailable", f"{method} needs gradients, but model {model.name} {why};"
+                          f" gradient-free methods that answer for it: {', '.join(usable) or 'none'}",
+                          usable, model=model.name)
 
 
 def default_batch(x: torch.Tensor) -> int:

@@ -35,6 +35,7 @@ from .base import (
     ClassTargets,
     EngineError,
     Explanation,
+    MapKind,
     Method,
     Targets,
     checkpoint_rows,
@@ -43,8 +44,8 @@ from .base import (
     register,
     target_scores,
 )
-from .layer_forward import served_forward
-from .tail import tail_runner
+from .fast.layer_forward import served_forward
+from .fast.tail import tail_runner
 
 EPS = 1e-7
 
@@ -76,6 +77,7 @@ class CamMethod(Method):
     family: ClassVar[str] = "cam"
     uses_layer: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
+    map_kinds: ClassVar[tuple[MapKind, ...]] = ("positive",)  # non-negative, smooth, coarse
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Params) -> Explanation:

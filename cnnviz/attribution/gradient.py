@@ -28,43 +28,40 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-from ..hooks import LayerCapture, thread_hooks
 from ..models import LoadedModel, validate_layer
-from ..models.layers import to_grid
 from ..params import Params, param
-from ..precision import forward_precision
 from .base import (
     METHODS,
+    Baseline,
     ClassTargets,
     EngineError,
     Explanation,
+    MapKind,
     Method,
+    Objective,
     Targets,
     UnitTarget,
     checkpoint_rows,
-    class_scores,
     default_batch,
     get_method,
+    reference_input,
     register,
 )
-from .fastconv import packed_convolutions
-from .folded import folded_module
+from .fast.fastconv import packed_convolutions
 from .rules import rectifier_rule
 
 log = logging.getLogger(__name__)
 
 Reduce = Literal["abs-max", "sum", "abs-sum", "l2"]
 REDUCTIONS = get_args(Reduce)
-Baseline = Literal["black", "mean", "blurred"]
 Integration = Literal["gauss-legendre", "trapezoid"]
 Smoothable = Literal["saliency", "guided_backprop", "deconvnet", "input_x_gradient", "integrated_gradients"]
 
@@ -110,142 +107,6 @@ class SmoothGradParams(IntegratedGradientsParams):
     samples: int = param(25, ge=1, le=256, description="noisy copies")
     noise: float = param(0.15, ge=0.0, le=1.0, description="noise std as a fraction of the input range")
     seed: int = param(0, ge=0, le=2**31 - 1, description="seed of the noise")
-
-
-# --------------------------------------------------------------------------------------------
-# Shared pieces (also used by the perturbation family)
-# --------------------------------------------------------------------------------------------
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[N,C,H,W]`` with reflected borders, on x's device and dtype.
-
-    Blurring is linear, so blurring the normalized input equals normalizing the blurred pixels.
-    """
-    if sigma <= 0:
-        return x
-    h, w = x.shape[-2:]
-    radius = max(1, min(math.ceil(3 * sigma), h - 1, w - 1))
-    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    c = x.shape[1]
-    y = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
-def reference_input(model: LoadedModel, x: torch.Tensor, kind: str, sigma: float = 10.0) -> torch.Tensor:
-    """A reference image in normalized space, ``[N,3,H,W]`` like ``x``.
-
-    ``mean``: the dataset mean, i.e. zeros after normalization. ``black``: pixel value 0, built
-    with the model's own normalization. ``blurred``/``blur``: a Gaussian-blurred copy of ``x``.
-    """
-    if kind == "mean":
-        return torch.zeros_like(x)
-    if kind in ("black", "zero"):
-        return model.preprocessing.normalize(torch.zeros_like(x[:1])).expand_as(x).contiguous()
-    if kind in ("blurred", "blur"):
-        return gaussian_blur(x, sigma)
-    raise EngineError("bad-parameter", f"unknown reference {kind!r}", list(get_args(Baseline)))
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the target layer has run."""
-
-
-@dataclass
-class Objective:
-    """What a method differentiates or perturbs: class logits or one unit of a layer.
-
-    :meth:`outputs` runs the model on a batch and returns ``[B,C]`` logits, or ``[B,1]`` unit
-    scores (the forward pass stops right after the unit's layer). :meth:`pick` turns outputs into
-    per-target scores ``[B,T]`` for images ``img`` ``[B]`` (a row's image in the original batch);
-    an image with fewer targets than ``T`` scores 0 in the missing slots, so its gradient there is 0.
-    """
-
-    model: LoadedModel
-    targets: Targets
-    rows: list[list[int]] | None = None
-    fold: bool = False  # gradient methods: class scores from the copy with batch norms folded (.folded)
-    _index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.targets, UnitTarget):
-            validate_layer(self.model, self.targets.layer, spatial=False)
-
-    @property
-    def is_unit(self) -> bool:
-        return isinstance(self.targets, UnitTarget)
-
-    @property
-    def module(self) -> torch.nn.Module:
-        """The network :meth:`outputs` runs: with ``fold``, for class scores, the copy with batch norms
-        folded into their convolutions (:mod:`.folded`: the same function, cheaper gradients); else
-        the served module (a unit names its layers; perturbation methods compare against the
-        served module's own scores, as the incremental occlusion engine computes them)."""
-        return folded_module(self.model) if self.fold and not self.is_unit else self.model.module
-
-    def outputs(self, x: torch.Tensor) -> torch.Tensor:
-        """One forward pass, under the engine call's precision (:func:`cnnviz.precision.forward_precision`)."""
-        if not isinstance(self.targets, UnitTarget):
-            with forward_precision():
-                return self.module(x)
-        unit = self.targets
-        cap = LayerCapture()
-
-        def hook(mod: Any, inp: tuple[Any, ...], out: Any) -> Any:
-            cap(mod, inp, out)
-            raise _Stop
-
-        try:
-            with thread_hooks([(self.model.submodule(unit.layer), hook)]), forward_precision():
-                self.model.module(x)
-        except _Stop:
-            pass
-        if cap.output is None:
-            raise EngineError("layer-not-run", f"layer {unit.layer!r} did not run in the forward pass")
-        # A unit of a token layer (ViT) or a channels-last one (Swin) is a channel of its grid.
-        return unit.score(to_grid(cap.output, self.model.layer(unit.layer)))[:, None]
-
-    def resolve(self, out: torch.Tensor) -> list[list[int]]:
-        """Targets per image from the outputs of the original images (top-k needs no new forward)."""
-        if isinstance(self.targets, UnitTarget):
-            self.rows = [[self.targets.channel] for _ in range(out.shape[0])]
-        else:
-            self.rows = self.targets.resolve(out)
-        self._index.clear()
-        return self.rows
-
-    @property
-    def n_targets(self) -> int:
-        assert self.rows is not None
-        return max(len(r) for r in self.rows)
-
-    def index(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Column of each image's t-th target ``[N,T]`` and whether it exists ``[N,T]``."""
-        assert self.rows is not None
-        cached = self._index.get(device)
-        if cached is not None:
-            return cached
-        t = self.n_targets
-        if self.is_unit:
-            idx = torch.zeros(len(self.rows), 1, dtype=torch.long)
-        else:
-            idx = torch.tensor([r + [r[0]] * (t - len(r)) for r in self.rows])
-        live = torch.tensor([[j < len(r) for j in range(t)] for r in self.rows])
-        self._index[device] = (idx.to(device), live.to(device))
-        return self._index[device]
-
-    def pick(self, out: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
-        idx, live = self.index(out.device)
-        return out.gather(1, idx[img]) * live[img].to(out.dtype)
-
-    def scores(self, out: torch.Tensor) -> tuple[list[list[float]], list[list[float | None]]]:
-        """Reported score (logit or unit value) and probability of each image's targets."""
-        assert self.rows is not None
-        if self.is_unit:
-            return [[float(v)] for v in out[:, 0].detach().float()], [[None] for _ in self.rows]
-        return class_scores(out, self.rows, self.model.head)
 
 
 def input_gradients(objective: Objective, x: torch.Tensor, img: torch.Tensor,
@@ -321,6 +182,8 @@ class GradientMethod(Method):
     family: ClassVar[str] = "gradient"
     supports_units: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
+    # abs-max by default: a magnitude whose sign means little; a signed ``reduce`` = "sum" draws it signed
+    map_kinds: ClassVar[tuple[MapKind, ...]] = ("unsigned", "signed")
     default_reduce: ClassVar[str] = "abs-max"
     rule: ClassVar[str | None] = None  # rectifier rule for the backward pass
     batchable: ClassVar[bool] = True  # signed() accepts any batch of inputs (SmoothGrad relies on it)
@@ -397,6 +260,7 @@ class GuidedBackprop(GradientMethod):
     title = "Guided backpropagation"
     rule = "guided"
     keeps_gradient = True
+    map_kinds = ("unsigned", "signed", "gradient_rgb")  # its gradient looks like the object's edges
 
 
 @register
@@ -407,6 +271,7 @@ class Deconvnet(GradientMethod):
     title = "Deconvnet"
     rule = "deconvnet"
     keeps_gradient = True
+    map_kinds = ("unsigned", "signed", "gradient_rgb")
 
     def full_precision_reason(self, model, targets, params):
         return None  # its backward ignores the forward's rectifier masks: bf16 agrees with fp32 (r > 0.998)
@@ -423,6 +288,7 @@ class InputXGradient(GradientMethod):
     name = "input_x_gradient"
     title = "Input x gradient"
     default_reduce = "sum"
+    map_kinds = ("signed", "unsigned")  # a signed sum over channels: the sign is the message
 
     def signed(self, ctx, x, img, out_sink=None):
         return super().signed(ctx, x, img, out_sink) * x[:, None]
@@ -475,6 +341,7 @@ class IntegratedGradients(GradientMethod):
     name = "integrated_gradients"
     title = "Integrated gradients"
     default_reduce = "sum"
+    map_kinds = ("signed", "unsigned")  # sums to score(x) - score(baseline): the sign is the message
     Params = IntegratedGradientsParams
 
     def independent_images(self, params: IntegratedGradientsParams) -> bool:

@@ -26,10 +26,20 @@ import torch.nn.functional as F
 
 from ..models import LoadedModel
 from ..params import Params, param
-from .base import EngineError, Explanation, Method, Targets, UnitTarget, checkpoint_rows, default_batch, register
-from .gradient import Objective, reference_input
-from .incremental import default_chunk, occlusion_drops, supports_incremental
-from .windows import window_starts
+from .base import (
+    EngineError,
+    Explanation,
+    Method,
+    Objective,
+    Targets,
+    UnitTarget,
+    checkpoint_rows,
+    default_batch,
+    reference_input,
+    register,
+)
+from .fast.incremental import default_chunk, occlusion_drops, supports_incremental
+from .fast.windows import window_starts
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +118,7 @@ class Occlusion(PerturbationMethod):
     value is the mean, over the windows covering it, of ``score(x) - score(occluded)``: the same
     numbers as captum's ``Occlusion(sliding_window_shapes=(3,w,w), strides=(3,s,s))`` on one channel.
     By default (``engine`` auto) the sweep runs on the incremental engine
-    (:mod:`.incremental`, Krypton-style): only each window's cone of influence is recomputed in the
+    (:mod:`.fast.incremental`, Krypton-style): only each window's cone of influence is recomputed in the
     early layers, exactly, and the answer's ``extras.engine`` says ``incremental``. Where the
     model cannot take it (unit targets, untraceable or gradient-free models, unknown first layers)
     or ``engine`` is ``full``, every (image, window) pair is one row of a batched full forward. The
@@ -117,6 +127,7 @@ class Occlusion(PerturbationMethod):
 
     name = "occlusion"
     title = "Occlusion sensitivity"
+    map_kinds = ("signed", "positive")  # the score's drop can go either way
     Params = OcclusionParams
 
     def full_precision_reason(self, model: LoadedModel, targets: Targets, params: OcclusionParams) -> str | None:
@@ -220,6 +231,7 @@ class RISE(PerturbationMethod):
 
     name = "rise"
     title = "RISE"
+    map_kinds = ("positive",)  # a mask-weighted mean of scores: non-negative, smooth
     Params = RiseParams
 
     def independent_images(self, params: RiseParams) -> bool:

@@ -34,7 +34,7 @@ Speed (what a profile of ResNet-18 on a 2-core CPU showed, and what is done abou
   exactly what the mode would have produced. A model whose forward calls ``F.relu`` (torchvision
   blocks written that way, EfficientNet-style ``F.relu6``/``hardtanh``) keeps the mode.
 * On CPU the mode also runs each frozen convolution with weights prepacked for oneDNN once per
-  model (:mod:`.fastconv`): the per-call weight reorder was as costly as the wide layers'
+  model (:mod:`.fast.fastconv`): the per-call weight reorder was as costly as the wide layers'
   convolutions, forward and backward, and the RGB stem's input gradient was 5x its forward.
 * No guided mask is computed or stored: the backward reads the tensor the rectifier's own
   backward saves, with the same fused kernels (see :class:`Rule`). On CPU the bool mask and
@@ -60,7 +60,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..hooks import thread_hooks
-from . import fastconv
+from .fast import fastconv
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ _RELUS = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_
 
 class _RectifierMode(TorchFunctionMode):
     """Thread-local: wraps functional rectifier results in :class:`Rule` (``functional``) and runs
-    frozen CPU convolutions prepacked (``convs``, see :mod:`.fastconv`), for the thread that entered it.
+    frozen CPU convolutions prepacked (``convs``, see :mod:`.fast.fastconv`), for the thread that entered it.
 
     It also counts what a :class:`_Plan` needs: ``wrapped`` results, and ``inside`` the ones a
     rectifier module's hook found already wrapped (the functional call was that module's own).
@@ -310,7 +310,7 @@ def rectifier_rule(module: nn.Module, rule: RuleName | str) -> Iterator[list[str
     appended when the context exits. Nothing stays on ``module`` afterwards, also after an error.
 
     Gradients of forward passes inside the context are input gradients only: frozen CPU
-    convolutions run prepacked (:mod:`.fastconv`) and give their weights no gradient.
+    convolutions run prepacked (:mod:`.fast.fastconv`) and give their weights no gradient.
     """
     if rule not in RULES:
         raise ValueError(f"unknown rectifier rule {rule!r}; expected one of {RULES}")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..blur import gaussian_blur
 from ..progress import checkpoint
 
 __all__ = ["FaithfulnessResult", "default_insertion_baseline", "deletion_insertion", "pointing_game"]
@@ -35,18 +36,6 @@ class FaithfulnessResult:
     fractions: list[float]
 
 
-def _gaussian_blur(image: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of [3, H, W] with replicate padding (edges don't darken)."""
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    x = torch.arange(-radius, radius + 1, device=image.device, dtype=image.dtype)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    out = image[:, None]  # (3, 1, H, W): channels as batch, one shared kernel
-    out = F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    out = F.conv2d(F.pad(out, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
-    return out[:, 0]
-
-
 def default_insertion_baseline(image: Tensor) -> Tensor:
     """A heavily blurred copy of the image, the insertion start point used by RISE.
 
@@ -55,7 +44,7 @@ def default_insertion_baseline(image: Tensor) -> Tensor:
     The blur scales with the image (sigma = longer side / 16) so it means the same at any size.
     """
     sigma = max(image.shape[-2:]) / 16.0
-    return _gaussian_blur(image, sigma)
+    return gaussian_blur(image, sigma, "replicate")
 
 
 def _check_baseline(name: str, baseline: Tensor | None, image: Tensor) -> None:

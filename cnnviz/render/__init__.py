@@ -1,6 +1,7 @@
 """Rendering: colormaps, rendering per kind of map, overlays, outlines, figures, grids and PNG (torch + PIL).
 
-Which rendering suits which method lives here too (:data:`DEFAULT_KIND`, :data:`DEFAULT_COLORMAP`),
+Which rendering suits which method is read here from the method's class (:data:`DEFAULT_KIND` and
+:data:`OFFERED_KINDS` view each registered method's ``map_kinds``; :data:`DEFAULT_COLORMAP` per kind),
 so the service, the workers and the README examples all draw a method's map the same way.
 """
 

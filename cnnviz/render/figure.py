@@ -13,7 +13,6 @@ comparisons and collection views.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,6 +21,7 @@ import torch
 from PIL import ImageDraw
 
 from .colormap import colormap_lut
+from .grid import grid_shape
 from .kinds import (
     DEFAULT_CLIP_PERCENTILE,
     MapKind,
@@ -329,20 +329,9 @@ def labelled_grid(tiles: Sequence[torch.Tensor], labels: Sequence[str], *, ncols
     get the height of the longest caption, so rows line up. ``font_px`` defaults to 8 % of the
     cell width, within 12..24 px. ``ncols`` defaults to ceil(sqrt(n)).
     """
-    if not tiles:
-        raise ValueError("labelled_grid needs at least one tile")
+    rows, cols = grid_shape(tiles, ncols, pad, caller="labelled_grid")
     if len(labels) != len(tiles):
         raise ValueError(f"{len(labels)} labels for {len(tiles)} tiles")
-    for t in tiles:
-        if t.dim() != 3 or t.shape[2] != 3 or t.dtype != torch.uint8:
-            raise ValueError(f"tiles must be uint8 [h, w, 3], got {t.dtype} {tuple(t.shape)}")
-    if pad < 0:
-        raise ValueError(f"pad must be >= 0, got {pad}")
-    n = len(tiles)
-    cols = min(ncols if ncols is not None else math.ceil(math.sqrt(n)), n)
-    if cols < 1:
-        raise ValueError(f"ncols must be >= 1, got {ncols}")
-    rows = math.ceil(n / cols)
     th = max(int(t.shape[0]) for t in tiles)
     tw = max(int(t.shape[1]) for t in tiles)
     fp = font_px or int(min(max(round(0.08 * tw), MIN_FONT_PX), 24))

@@ -4,10 +4,34 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import torch
 
 log = logging.getLogger(__name__)
+
+
+def grid_shape(tiles: Sequence[torch.Tensor], ncols: int | None, pad: int, *, caller: str) -> tuple[int, int]:
+    """(rows, columns) of a grid of ``tiles``, after the checks every grid of pictures makes.
+
+    The tiles are uint8 ``[h, w, 3]`` (at least one), ``pad`` >= 0 and ``ncols`` >= 1 (default
+    ceil(sqrt(n)), a near-square picture; never more columns than tiles). ``caller`` names the
+    function in the message of an empty grid. One check for :func:`make_grid` and
+    :func:`~.figure.labelled_grid`, so the two cannot come to accept different tiles.
+    """
+    if not tiles:
+        raise ValueError(f"{caller} needs at least one tile")
+    for t in tiles:
+        if t.dim() != 3 or t.shape[2] != 3 or t.dtype != torch.uint8:
+            raise ValueError(f"tiles must be uint8 [h, w, 3], got {t.dtype} {tuple(t.shape)}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    n = len(tiles)
+    cols = ncols if ncols is not None else math.ceil(math.sqrt(n))
+    if cols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}")
+    cols = min(cols, n)
+    return math.ceil(n / cols), cols
 
 
 def make_grid(
@@ -22,19 +46,7 @@ def make_grid(
     (e.g. receptive fields clipped at the border) still line up. ``ncols`` defaults to
     ceil(sqrt(n)), which gives a near-square picture.
     """
-    if not tiles:
-        raise ValueError("make_grid needs at least one tile")
-    for t in tiles:
-        if t.dim() != 3 or t.shape[2] != 3 or t.dtype != torch.uint8:
-            raise ValueError(f"tiles must be uint8 [h, w, 3], got {t.dtype} {tuple(t.shape)}")
-    if pad < 0:
-        raise ValueError(f"pad must be >= 0, got {pad}")
-    n = len(tiles)
-    cols = ncols if ncols is not None else math.ceil(math.sqrt(n))
-    if cols < 1:
-        raise ValueError(f"ncols must be >= 1, got {ncols}")
-    cols = min(cols, n)
-    rows = math.ceil(n / cols)
+    rows, cols = grid_shape(tiles, ncols, pad, caller="make_grid")
     ch = max(int(t.shape[0]) for t in tiles)
     cw = max(int(t.shape[1]) for t in tiles)
     H = rows * ch + (rows + 1) * pad

@@ -21,6 +21,10 @@ Four kinds:
     2014): standardized per image, clipped at the percentile of ``|z|``, mapped around 0.5 grey.
     Offered for guided backprop and deconvnet, whose gradients look like edges of the object.
 
+Which kinds a method's map takes is declared on the method's class (``map_kinds``, default first,
+:attr:`cnnviz.attribution.Method.map_kinds`); :data:`DEFAULT_KIND` and :data:`OFFERED_KINDS` are
+read-only views of those declarations, not tables of their own.
+
 :func:`render_map` does all of it and returns a :class:`RenderedMap` (display values, colours,
 and the :class:`MapScale` a colour bar needs). :func:`blend` and :func:`outline` lay a rendered
 map over the photo.
@@ -30,62 +34,54 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 
+from ..attribution import METHODS, Method
+from ..attribution.base import MAP_KINDS, MapKind
+from ..blur import gaussian_blur
 from .colormap import COLORMAPS, DIVERGING, apply_colormap
 from .overlay import resize_map
 
 log = logging.getLogger(__name__)
 
-MapKind = Literal["positive", "unsigned", "signed", "gradient_rgb"]
-MAP_KINDS: tuple[str, ...] = get_args(MapKind)
-
 PositiveMode = Literal["minmax", "max"]
 Weighting = Literal["constant", "evidence"]
 Region = Literal["top", "otsu"]
 
-DEFAULT_KIND: dict[str, MapKind] = {
-    # CAM family and RISE: non-negative, smooth, coarse.
-    "cam": "positive",
-    "gradcam": "positive",
-    "gradcampp": "positive",
-    "xgradcam": "positive",
-    "hirescam": "positive",
-    "layercam": "positive",
-    "scorecam": "positive",
-    "ablationcam": "positive",
-    "eigencam": "positive",
-    "rise": "positive",
-    "attention_rollout": "positive",
-    # Gradient maps reduced with |.| (their default ``reduce`` is abs-max).
-    "saliency": "unsigned",
-    "smoothgrad": "unsigned",
-    "guided_backprop": "unsigned",
-    "deconvnet": "unsigned",
-    "guided_gradcam": "unsigned",
-    # Signed maps (their default ``reduce`` is a signed sum; occlusion's drop can go either way).
-    "input_x_gradient": "signed",
-    "integrated_gradients": "signed",
-    "occlusion": "signed",
-}
-"""The kind each registered method's map is rendered as when the client does not say."""
+V = TypeVar("V")
 
-OFFERED_KINDS: dict[str, tuple[MapKind, ...]] = {
-    **{name: ("positive",) for name, kind in DEFAULT_KIND.items() if kind == "positive"},
-    "occlusion": ("signed", "positive"),
-    "saliency": ("unsigned", "signed"),
-    "smoothgrad": ("unsigned", "signed"),
-    "guided_gradcam": ("unsigned", "signed"),
-    "guided_backprop": ("unsigned", "signed", "gradient_rgb"),
-    "deconvnet": ("unsigned", "signed", "gradient_rgb"),
-    "input_x_gradient": ("signed", "unsigned"),
-    "integrated_gradients": ("signed", "unsigned"),
-}
-"""Kinds that make sense per method (default first). ``gradient_rgb`` needs the ``[3, H, W]`` gradient."""
+
+class _Declared(Mapping[str, V]):
+    """A read-only view of what each registered method's class declares (no table of its own).
+
+    Live: a method registered after import (a plug-in, a test's) is in it at once.
+    """
+
+    def __init__(self, read: Callable[[Method], V]) -> None:
+        self._read = read
+
+    def __getitem__(self, name: str) -> V:
+        return self._read(METHODS[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METHODS)
+
+    def __len__(self) -> int:
+        return len(METHODS)
+
+
+DEFAULT_KIND: Mapping[str, MapKind] = _Declared(lambda m: m.map_kinds[0])
+"""The kind each registered method's map is rendered as when the client does not say: the first of
+its class's ``map_kinds`` (:attr:`cnnviz.attribution.Method.map_kinds`)."""
+
+OFFERED_KINDS: Mapping[str, tuple[MapKind, ...]] = _Declared(lambda m: m.map_kinds)
+"""Kinds that make sense per method (default first), as its class declares them. ``gradient_rgb``
+needs the ``[3, H, W]`` gradient."""
 
 DEFAULT_COLORMAP: dict[MapKind, str | None] = {
     "positive": "jet",  # what the service has always drawn CAMs with
@@ -384,22 +380,6 @@ def blend(image: torch.Tensor, rendered: RenderedMap, *, alpha: float | None = N
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def gaussian_smooth(m: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a float ``[H, W]`` (replicated borders); ``sigma <= 0`` returns it."""
-    if sigma <= 0:
-        return m
-    h, w = m.shape
-    radius = max(1, min(math.ceil(3 * sigma), h - 1, w - 1)) if min(h, w) > 1 else 0
-    if radius == 0:
-        return m
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=m.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
-    x = F.pad(m.float()[None, None], (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1))
-    return F.conv2d(x, k.view(1, 1, -1, 1))[0, 0]
-
-
 def region_mask(evidence: torch.Tensor, *, region: Region = "top", top_fraction: float = 0.25,
                 smooth: float = 0.0) -> torch.Tensor:
     """Boolean ``[H, W]`` of the map's top region: the ``top_fraction`` of pixels with the most
@@ -409,7 +389,7 @@ def region_mask(evidence: torch.Tensor, *, region: Region = "top", top_fraction:
     """
     if evidence.dim() != 2:
         raise ValueError(f"evidence must be [H, W], got {tuple(evidence.shape)}")
-    e = gaussian_smooth(_finite(evidence), smooth)
+    e = gaussian_blur(_finite(evidence), smooth, "replicate")
     if float(e.max()) <= float(e.min()):
         return torch.zeros(e.shape, dtype=torch.bool, device=e.device)
     if region == "otsu":

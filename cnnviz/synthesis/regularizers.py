@@ -14,12 +14,11 @@ Two kinds, because they act at different moments:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
+from ..blur import gaussian_blur
 from .loop import Objective, Parameterization
 
 log = logging.getLogger(__name__)
@@ -75,27 +74,6 @@ def penalized(objective: Objective, param: Parameterization, penalties: Sequence
         return value
 
     return combined
-
-
-def gaussian_kernel1d(sigma: float, radius: int | None = None) -> torch.Tensor:
-    radius = radius if radius is not None else max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[N, C, H, W]`` with reflected borders."""
-    if sigma <= 0:
-        return x
-    radius = min(max(1, math.ceil(3 * sigma)), x.shape[-1] - 1, x.shape[-2] - 1)
-    if radius < 1:
-        return x
-    k = gaussian_kernel1d(sigma, radius).to(x)
-    c = x.shape[1]
-    y = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 class PixelPostSteps:

@@ -27,7 +27,7 @@ def client() -> Iterator[TestClient]:
     from service.app import create_app
 
     settings = Settings(preload_models=False, api_keys=["k"])
-    with TestClient(create_app(settings, catalog=Catalog.from_environment(device="cpu"))) as c:
+    with TestClient(create_app(settings, catalog=Catalog.open(models_file=None, device="cpu", default=None))) as c:
         yield c
 
 

@@ -13,6 +13,8 @@ import pytest
 from conftest import encode
 from PIL import Image
 
+from cnnviz.attribution import METHODS
+
 pytestmark = pytest.mark.model
 
 URL = "/v1/models/efficientnet-lite0"
@@ -133,6 +135,9 @@ def test_methods_listing(client):
 
     assert set(jobs) == set(JOB_TYPES)
     assert jobs["explain"]["family"] == "explain" and jobs["collection"]["queue"] == "short"
+    # The map kinds offered are each method class's own declaration (default first), for every method.
+    for name, method in METHODS.items():
+        assert names[name]["map_kinds"] == list(type(method).map_kinds), name
 
 
 # ---- bad input ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from cnnviz.attribution.folded import folded_module
+from cnnviz.attribution.fast.folded import folded_module
 from core.settings import Settings
 from service.app import create_app
 
@@ -31,7 +31,7 @@ from service.app import create_app
 def threads_seen(catalog):
     model = catalog.get("efficientnet-lite0")
     seen: list[str] = []
-    # The served module, and the copy the gradient methods run (cnnviz/attribution/folded.py).
+    # The served module, and the copy the gradient methods run (cnnviz/attribution/fast/folded.py).
     handles = [net.register_forward_hook(lambda m, i, o: seen.append(threading.current_thread().name))
                for net in (model.module, folded_module(model))]
     yield seen
@@ -107,7 +107,7 @@ def test_threads_outside_the_lanes_compute_alone(client):
 def test_a_models_first_trace_runs_on_a_lane_not_the_event_loop(monkeypatch, chelsea_jpeg):
     """Occlusion prices every request on the event loop before admitting it; the fx trace behind
     that price is done when the model loads, on a lane, so no request's estimate ever traces."""
-    from cnnviz.attribution import incremental
+    from cnnviz.attribution.fast import incremental
     from cnnviz.models import Catalog
 
     traced: list[str] = []
@@ -121,7 +121,8 @@ def test_a_models_first_trace_runs_on_a_lane_not_the_event_loop(monkeypatch, che
         return real(module)
 
     monkeypatch.setattr(incremental, "_trace", recording)
-    with TestClient(create_app(Settings(preload_models=False), catalog=Catalog.from_environment())) as c:
+    catalog = Catalog.open(models_file=None, device=None, default=None)
+    with TestClient(create_app(Settings(preload_models=False), catalog=catalog)) as c:
         _post(c, "/v1/models/efficientnet-lite0/explain/occlusion", chelsea_jpeg,
               {"resolution": 64, "window": 32, "stride": 32})
     assert traced and all(name.startswith("cnnviz-compute") for name in traced), traced

@@ -93,7 +93,7 @@ mean = {list(spec.mean)}
 std = {list(spec.std)}
 resize = "center-crop"
 """)
-    catalog = Catalog.from_environment(models_file=str(toml), device="cpu")
+    catalog = Catalog.open(str(toml), "cpu", None)
     with TestClient(create_app(Settings(preload_models=False), catalog=catalog)) as c:
         yield c
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import to_tensor
 
 from cnnviz.attribution import ClassTargets, UnitTarget, get_method
-from cnnviz.attribution.incremental import occlusion_drops, occlusion_plan
+from cnnviz.attribution.fast.incremental import occlusion_drops, occlusion_plan
 from cnnviz.attribution.perturbation import window_starts
 
 pytestmark = pytest.mark.model

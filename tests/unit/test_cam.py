@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz.attribution import ClassTargets, EngineError, get_method
-from cnnviz.attribution.tail import TailRunner
+from cnnviz.attribution.fast.tail import TailRunner
 from cnnviz.models import LoadedModel, ModelSpec, Preprocessing, default_target_layer, layer_table
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cnnviz.attribution import METHODS, ClassTargets, get_method
-from cnnviz.attribution.layer_forward import using_layer_forward
+from cnnviz.attribution.fast.layer_forward import using_layer_forward
 from cnnviz.precision import offered
 from core.compiled import CompiledForwards, compiler_missing
 from tests.unit.tiny import SIZE, tiny_model

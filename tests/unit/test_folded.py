@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cnnviz.attribution import ClassTargets, UnitTarget, get_method
-from cnnviz.attribution.folded import folded_module
+from cnnviz.attribution.fast.folded import folded_module
 from tests.unit.tiny import tiny_batch, tiny_model, wrap
 
 

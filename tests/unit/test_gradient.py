@@ -17,8 +17,8 @@ from tiny import FunctionalBlock, TinyNet, tiny_batch, tiny_model, wrap
 from torch import nn
 
 from cnnviz.attribution import ClassTargets, EngineError, UnitTarget, get_method
-from cnnviz.attribution.gradient import gaussian_blur
 from cnnviz.attribution.rules import rectifier_rule
+from cnnviz.blur import gaussian_blur
 
 
 def one(name: str, model, x, targets=None, **params) -> torch.Tensor:

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.attribution import incremental
-from cnnviz.attribution.incremental import occlusion_drops, occlusion_plan, supports_incremental
+from cnnviz.attribution.fast import incremental
+from cnnviz.attribution.fast.incremental import occlusion_drops, occlusion_plan, supports_incremental
 from cnnviz.attribution.perturbation import window_starts
 from cnnviz.models.efficientnet_lite import MBConvBlock, SameConv2d, efficientnet_lite
 

@@ -6,8 +6,18 @@ import pytest
 import torch
 from torch import nn
 
-from cnnviz.models import Catalog, ModelLoadError, layer_table, specs_from_file
-from cnnviz.models.catalog import load_model, read_state_dict
+from cnnviz.models import (
+    DEFAULT_MODEL,
+    Catalog,
+    ModelLoadError,
+    ModelSpec,
+    default_device,
+    layer_table,
+    load_model,
+    read_state_dict,
+    specs_from_file,
+)
+from cnnviz.models.builders import BUILDERS
 from cnnviz.models.efficientnet_lite import SameConv2d, efficientnet_lite
 from cnnviz.models.layers import default_target_layer
 from cnnviz.models.preprocess import Preprocessing
@@ -93,6 +103,37 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"x": Evil()}, path)
     with pytest.raises(ModelLoadError, match="evil.pth"):
         read_state_dict(path)
+
+
+def test_catalog_open_takes_its_configuration_as_arguments_and_reads_no_environment(tmp_path, monkeypatch):
+    weights = _save_resnet(tmp_path, "pth")
+    toml = tmp_path / "models.toml"
+    toml.write_text(f'[models.r18]\narch = "resnet18"\nweights = "{weights}"\nnum_classes = 7\ninput_size = 64\n')
+    monkeypatch.setenv("CNNVIZ_MODELS", str(toml))
+    monkeypatch.setenv("CNNVIZ_DEVICE", "meta")
+    monkeypatch.setenv("CNNVIZ_DEFAULT_MODEL", "r18")
+    plain = Catalog.open(None, None, None)
+    assert "r18" not in plain.names() and DEFAULT_MODEL in plain.names() and plain.default == DEFAULT_MODEL
+    assert plain.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    own = Catalog.open(str(toml), "cpu", "r18")
+    assert own.names()[-1] == "r18" and own.default == "r18" and own.device == torch.device("cpu")
+    assert Catalog.open(str(toml), "cpu", None).default == DEFAULT_MODEL
+    assert Catalog.open(None, "cpu", "no-such-model").default == plain.names()[0]  # a stale name: the first model
+
+
+def test_the_device_pick_is_a_function_of_its_argument(monkeypatch):
+    monkeypatch.setenv("CNNVIZ_DEVICE", "meta")
+    assert default_device("cpu") == torch.device("cpu")
+    assert default_device(torch.device("meta")) == torch.device("meta")
+    assert default_device(None) == default_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_every_source_has_its_builder():
+    sources = {"resnet18": "torchvision", "efficientnet-lite0": "torchvision", "timm:convnext_tiny": "timm",
+               "factory:pkg.mod:fn": "factory", "torchscript": "torchscript", "export": "export"}
+    for arch, source in sources.items():
+        assert ModelSpec(name="m", arch=arch, weights="").source == source
+    assert set(BUILDERS) == set(sources.values())
 
 
 def test_unknown_keys_in_models_file(tmp_path):

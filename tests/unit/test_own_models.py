@@ -23,6 +23,7 @@ from torchvision.models.vgg import VGG, make_layers
 
 from cnnviz.attribution import ClassTargets, EngineError, UnitTarget, get_method
 from cnnviz.attribution.attention import rollout
+from cnnviz.attribution.base import gradient_free_methods
 from cnnviz.hooks import thread_hooks
 from cnnviz.models import Catalog, ModelLoadError, default_target_layer, layer_table, specs_from_file
 from cnnviz.models.layers import detect_grid
@@ -277,6 +278,14 @@ def test_gradient_free_models(zoo, name):
             get_method(method).attribute(m, x, ClassTargets())
         assert err.value.slug == "gradients-unavailable"
         assert get_method(method).unavailable(m) == "needs gradients"
+        # The way out it names comes from the registry: the gradient-free methods that answer for this model.
+        assert err.value.choices == gradient_free_methods(m) and str(err.value).endswith(", ".join(err.value.choices))
+    assert set(gradient_free_methods()) == {"cam", "eigencam", "scorecam", "ablationcam", "occlusion", "rise",
+                                            "attention_rollout"}
+    if name == "exp_frozen":
+        assert gradient_free_methods(m) == ["ablationcam", "cam", "eigencam", "occlusion", "rise", "scorecam"]
+    else:
+        assert gradient_free_methods(m) == ["occlusion", "rise"]
     if name == "exp_frozen":  # the layer is exposed: Eigen-CAM and Score-CAM still answer
         assert get_method("eigencam").attribute(m, x, ClassTargets()).maps[0][0].shape == (8, 8)
         assert get_method("scorecam").attribute(m, x, ClassTargets(), batch_size=16).maps[0][0].shape == (8, 8)

@@ -11,8 +11,8 @@ from tiny import tiny_batch, tiny_model, wrap
 from torch import nn
 
 from cnnviz.attribution import ClassTargets, EngineError, UnitTarget, get_method
-from cnnviz.attribution.gradient import gaussian_blur
 from cnnviz.attribution.perturbation import INCREMENTAL_COST, rise_masks
+from cnnviz.blur import gaussian_blur
 
 
 @pytest.fixture(scope="module")

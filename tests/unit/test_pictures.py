@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnviz.attribution import METHODS
+from cnnviz.attribution import METHODS, Method, register
 from cnnviz.inspection import ChannelPatches, NeighbourLists, Patch, patch_grid, plot_curves, thumbnail_map
 from cnnviz.inspection.embedding_map import label_colors, map_panels, thumb_size_for
 from cnnviz.inspection.neighbours import neighbour_strip
@@ -101,6 +101,48 @@ def test_every_registered_method_has_a_default_kind_it_offers():
     assert DEFAULT_KIND["integrated_gradients"] == "signed" and DEFAULT_KIND["occlusion"] == "signed"
     assert "gradient_rgb" in OFFERED_KINDS["guided_backprop"] and "gradient_rgb" in OFFERED_KINDS["deconvnet"]
     assert DEFAULT_COLORMAP["signed"] in DIVERGING and DEFAULT_COLORMAP["unsigned"] not in DIVERGING
+
+
+def test_every_method_class_declares_its_map_kinds_and_the_tables_are_views_of_them():
+    for name, method in METHODS.items():
+        declared = type(method).map_kinds
+        assert declared and len(set(declared)) == len(declared), name
+        assert all(k in MAP_KINDS for k in declared), name
+        assert DEFAULT_KIND[name] == declared[0] and OFFERED_KINDS[name] == declared
+
+
+def test_a_method_is_one_declaration_its_kinds_included():
+    """Registering a class is all it takes: the rendering tables see it; one without kinds is refused."""
+
+    class Plain(Method):
+        name = "test_plain_kinds"
+        family = "test"
+
+    with pytest.raises(TypeError, match="map_kinds"):
+        register(Plain)
+
+    class Bad(Method):
+        name = "test_bad_kinds"
+        family = "test"
+        map_kinds = ("positive", "sepia")  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="map_kinds"):
+        register(Bad)
+    assert "test_plain_kinds" not in METHODS and "test_bad_kinds" not in METHODS
+
+    class Declared(Method):
+        name = "test_declared_kinds"
+        family = "test"
+        map_kinds = ("signed", "positive")
+
+    register(Declared)
+    try:
+        assert DEFAULT_KIND["test_declared_kinds"] == "signed"
+        assert OFFERED_KINDS["test_declared_kinds"] == ("signed", "positive")
+        assert default_kind("test_declared_kinds", "abs-max") == "unsigned"
+    finally:
+        del METHODS["test_declared_kinds"]
+    assert "test_declared_kinds" not in DEFAULT_KIND
 
 
 def test_reduce_decides_between_signed_and_unsigned():

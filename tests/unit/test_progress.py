@@ -15,7 +15,7 @@ import torch
 from tiny import tiny_batch, tiny_model
 
 from cnnviz.attribution import ClassTargets, get_method
-from cnnviz.attribution.folded import folded_module
+from cnnviz.attribution.fast.folded import folded_module
 from cnnviz.progress import checkpoint, reporting
 
 # One method per family, each sized to give many chunks on the tiny 32 px net (2 images).

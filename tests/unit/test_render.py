@@ -310,6 +310,36 @@ def test_grid_rejects_bad_input() -> None:
         make_grid([torch.zeros(2, 2)])
 
 
+@pytest.mark.parametrize("bad,match", [
+    ([], "needs at least one tile"),
+    ([torch.zeros(2, 2)], "uint8"),
+    ([torch.zeros(2, 2, 3)], "uint8"),  # float, not uint8
+    ([torch.zeros(2, 2, 4, dtype=torch.uint8)], "uint8"),
+])
+def test_both_grids_refuse_the_same_tiles_with_the_same_words(bad, match) -> None:
+    from cnnviz.render import labelled_grid
+
+    for grid in (lambda t, **kw: make_grid(t, **kw), lambda t, **kw: labelled_grid(t, [""] * len(t), **kw)):
+        with pytest.raises(ValueError, match=match):
+            grid(bad)
+    ok = [torch.zeros(2, 2, 3, dtype=torch.uint8)] * 3
+    for grid in (lambda t, **kw: make_grid(t, **kw), lambda t, **kw: labelled_grid(t, [""] * len(t), **kw)):
+        with pytest.raises(ValueError, match="pad must be >= 0"):
+            grid(ok, pad=-1)
+        with pytest.raises(ValueError, match="ncols must be >= 1"):
+            grid(ok, ncols=0)
+
+
+def test_grid_shape_is_near_square_and_never_wider_than_the_tiles() -> None:
+    from cnnviz.render.grid import grid_shape
+
+    tile = torch.zeros(2, 2, 3, dtype=torch.uint8)
+    assert grid_shape([tile] * 5, None, 0, caller="t") == (2, 3)
+    assert grid_shape([tile] * 9, None, 0, caller="t") == (3, 3)
+    assert grid_shape([tile] * 2, 8, 0, caller="t") == (1, 2)
+    assert grid_shape([tile] * 7, 2, 0, caller="t") == (4, 2)
+
+
 def test_wrap_keeps_no_break_spaces_together_and_draws_them_as_spaces() -> None:
     """A grid caption's "p = 0.07" never splits across lines (the font has no U+00A0 glyph: drawn as a space)."""
     from cnnviz.render.text import NBSP, text_width, wrap

@@ -1,5 +1,5 @@
 """The fast paths of the rectifier rules: the cached per-model plan, the float guided mask, and
-prepacked frozen convolutions (:mod:`cnnviz.attribution.fastconv`).
+prepacked frozen convolutions (:mod:`cnnviz.attribution.fast.fastconv`).
 
 Each fast path must give what the general path gives: the plan's hook-only pass the same
 gradient as the mode, the float mask the same as the bool mask, a prepacked convolution the
@@ -15,8 +15,9 @@ from captum.attr import Deconvolution, GuidedBackprop
 from tiny import tiny_batch, tiny_model, wrap
 from torch import nn
 
-from cnnviz.attribution import ClassTargets, UnitTarget, fastconv, get_method, rules
-from cnnviz.attribution.folded import folded_module
+from cnnviz.attribution import ClassTargets, UnitTarget, get_method, rules
+from cnnviz.attribution.fast import fastconv
+from cnnviz.attribution.fast.folded import folded_module
 from cnnviz.attribution.rules import forget_plan, rectifier_rule
 
 

@@ -7,6 +7,7 @@ import torch
 from tiny import tiny_model, wrap
 from torch import nn
 
+from cnnviz.blur import gaussian_blur
 from cnnviz.errors import EngineError
 from cnnviz.synthesis import Callbacks, Cancelled
 from cnnviz.synthesis import adversarial as adv
@@ -15,7 +16,7 @@ from cnnviz.synthesis import inversion as inv
 from cnnviz.synthesis import style as sty
 from cnnviz.synthesis import texture as tex
 from cnnviz.synthesis.parameterization import BoundedPixels, FourierImage, color_decorrelation_matrix
-from cnnviz.synthesis.regularizers import PixelPostSteps, gaussian_blur, total_variation
+from cnnviz.synthesis.regularizers import PixelPostSteps, total_variation
 from cnnviz.synthesis.transforms import Pad, RandomAffine
 
 

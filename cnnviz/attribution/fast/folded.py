@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from ..hooks import thread_hooks
-from ..models import LoadedModel
+from ...hooks import thread_hooks
+from ...models import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ..models import LoadedModel
-from ..precision import active
+from ...models import LoadedModel
+from ...precision import active
 
 LayerForward = Callable[[LoadedModel, torch.Tensor, str], "tuple[torch.Tensor, torch.Tensor, str] | None"]
 """(model, batch, layer) -> (logits, the layer's output as a gradient leaf, what ran), or None."""

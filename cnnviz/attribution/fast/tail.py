@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..hooks import LayerCapture, capture
+from ...hooks import LayerCapture, capture
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..models.efficientnet_lite import SameConv2d
-from ..progress import checkpoint
+from ...models.efficientnet_lite import SameConv2d
+from ...progress import checkpoint
 from .windows import window_starts
 
 log = logging.getLogger(__name__)

