@@ -63,8 +63,8 @@ class _Member:
     error: BaseException | None = None
 
 
-def _member(x: torch.Tensor, params: ExplainParams) -> _Member:
-    targets = targets_from(params, x.shape[0])
+def _member(model: LoadedModel, x: torch.Tensor, params: ExplainParams) -> _Member:
+    targets = targets_from(model, params, x.shape[0])
     if isinstance(targets, ClassTargets) and targets.indices is not None:
         idx = targets.indices
         return _Member(x, params, [list(idx[0 if len(idx) == 1 else i]) for i in range(x.shape[0])], None)
@@ -191,7 +191,7 @@ class ExplainBatcher:
                 res = self._lane(compute, model, method, x, params, layer_forward=self._layer_forward)
             self._count(1, x.shape[0])
             return res
-        member = _member(x, params)  # a bad targets list fails here, alone
+        member = _member(model, x, params)  # a bad targets list fails here, alone
         n = x.shape[0]
         with self._cond:
             group = self._open.get(key)
@@ -280,7 +280,7 @@ class ExplainBatcher:
         ``items`` are (normalized batch, params) per request; the params must agree on everything
         but the targets (:meth:`key`).
         """
-        return self._batched(model, method, [_member(x, p) for x, p in items])
+        return self._batched(model, method, [_member(model, x, p) for x, p in items])
 
     def _batched(self, model: LoadedModel, method: str, members: list[_Member]) -> list[Explanation]:
         first = members[0].params

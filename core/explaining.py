@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnviz.attribution import ClassTargets, EngineError, Explanation, Method, Targets, UnitTarget
+from cnnviz.attribution import ClassTargets, EngineError, Explanation, Method, Targets
 from cnnviz.attribution.fast.folded import folded_module
 from cnnviz.attribution.fast.incremental import supports_incremental
 from cnnviz.attribution.fast.layer_forward import LayerForward, using_layer_forward
@@ -52,29 +52,21 @@ from core.schemas.explain import (
     Timings,
     params_model,
 )
+from core.targets import target_kind
 from core.validation import validate_params
 
 LOCALIZE_SIDE = 512  # maps are thresholded at most at this size, then boxes scale to the original
 
 
-def targets_from(params: ExplainParams, n_images: int) -> Targets:
-    if params.unit is not None:
-        u = params.unit
-        return UnitTarget(u.layer, u.channel, u.y, u.x)
-    if params.targets is not None:
-        if len(params.targets) != n_images:
-            raise Invalid("bad-targets", f"targets has {len(params.targets)} rows for {n_images} images")
-        return ClassTargets(indices=tuple(tuple(r) for r in params.targets))
-    if params.target is not None:
-        return ClassTargets(indices=((params.target,),))
-    return ClassTargets(top_k=params.top_k)
+def targets_from(model: LoadedModel, params: ExplainParams, n_images: int) -> Targets:
+    """The engine's targets for a checked request, as its target kind declares them (core/targets.py)."""
+    return target_kind(params).engine(model, params, n_images)
 
 
 def estimate_cost(model: LoadedModel, method: str, params: ExplainParams, n_images: int) -> float:
     """Forward-pass equivalents, scaled by pixels when a larger resolution is requested."""
     m = known_method(method)
-    n_targets = 1 if params.unit or params.target is not None else (
-        max(len(r) for r in params.targets) if params.targets else params.top_k)
+    n_targets = target_kind(params).per_image(params)
     cost = m.estimate_cost(model, n_images, n_targets, params.engine_params(m), params.layer)
     if params.resolution:
         cost *= (params.resolution / model.preprocessing.input_size) ** 2
@@ -111,7 +103,7 @@ def compute(model: LoadedModel, method: str, x: torch.Tensor, params: ExplainPar
     m = known_method(method)
     try:
         with using_layer_forward(layer_forward):
-            return m.attribute(model, x, targets if targets is not None else targets_from(params, x.shape[0]),
+            return m.attribute(model, x, targets if targets is not None else targets_from(model, params, x.shape[0]),
                                params.layer, params.engine_params(m), precision=params.precision)
     except EngineError as exc:
         raise from_engine(exc) from exc
@@ -186,12 +178,12 @@ def _localize(raw: torch.Tensor, image: torch.Tensor, params: ExplainParams,
     return [Region(box=r.box, area=r.area, score=r.score, peak=r.peak, contour=r.contour) for r in regions]
 
 
-def _faithfulness(model: LoadedModel, x_pix: torch.Tensor, raw: torch.Tensor, target: int, unit: bool,
+def _faithfulness(model: LoadedModel, x_pix: torch.Tensor, raw: torch.Tensor, target: int, by_probability: bool,
                   params: ExplainParams, orig_hw: tuple[int, int]) -> Faithfulness:
     fp = params.faithfulness
     assert fp is not None
     out = Faithfulness()
-    if fp.deletion_insertion and not unit:
+    if fp.deletion_insertion and by_probability:
         res = deletion_insertion(_probability(model, target), x_pix, raw.to(x_pix.device), steps=fp.steps)
         out.deletion_auc, out.insertion_auc = res.deletion_auc, res.insertion_auc
         out.deletion_curve, out.insertion_curve = res.deletion_curve, res.insertion_curve
@@ -286,7 +278,7 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
         spent["encode"] += time.perf_counter() - t
         return res
 
-    unit = params.unit is not None
+    tkind = target_kind(params)
     grads = result.extras.get("gradient")
 
     def render_all() -> list[ImageExplanation]:
@@ -296,16 +288,13 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
             exps = []
             for t, raw in enumerate(result.maps[i]):
                 idx = result.targets[i][t]
-                info = TargetInfo(
-                    kind=("neuron" if params.unit.y is not None else "channel") if unit else "class",
-                    index=idx,
-                    label=(f"{params.unit.layer}[{idx}]" if unit else
-                           model.labels[idx] if idx < len(model.labels) else None),
-                    score=result.scores[i][t], probability=result.probabilities[i][t])
+                named = tkind.describe(model, params, idx)
+                info = TargetInfo(kind=named.kind, index=idx, label=named.label, score=result.scores[i][t],
+                                  probability=result.probabilities[i][t])
                 ta = time.perf_counter()
                 regions = _localize(raw, tensors[i], params, (d.height, d.width)) if params.localization else None
                 tb = time.perf_counter()
-                faith = (_faithfulness(model, x_pix[i], raw, idx, unit, params, (d.height, d.width))
+                faith = (_faithfulness(model, x_pix[i], raw, idx, tkind.probability, params, (d.height, d.width))
                          if params.faithfulness else None)
                 tc = time.perf_counter()
                 title = figure_title(m.title or method, info.label, info.probability, result.layer)

@@ -1,0 +1,118 @@
+"""Target kinds: what an explanation explains, each declared once.
+
+A request names its target with fields of :class:`core.schemas.explain.ExplainParams` (``target``,
+``targets`` and ``top_k`` for class scores; ``unit`` for a channel or neuron of a layer). Every
+place that used to ask "is this a unit?" (the engine's targets, the cost estimate's count, the
+answer's ``target`` object, which faithfulness numbers apply) reads the request's kind from this
+registry instead, so the next kind (a detector's box, a segmenter's region) is one
+:func:`register_target_kind` call here, not an ``if`` in each of those places.
+
+The kinds are tried in registration order and the first whose :attr:`TargetKind.selects` holds
+wins; ``class`` is last, as the default when no other kind's fields are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cnnviz.attribution import ClassTargets, Targets, UnitTarget
+from cnnviz.models import LoadedModel
+from core.errors import Invalid
+from core.schemas.explain import ExplainParams
+
+
+@dataclass(frozen=True)
+class Described:
+    """How the answer names one explained target: its ``kind`` in the answer and a readable label."""
+
+    kind: str
+    label: str | None
+
+
+@dataclass(frozen=True)
+class TargetKind:
+    """One kind of target, declared once.
+
+    ``fields``: the request fields that select it (every target field of the request belongs to one
+    kind; a test checks it). ``selects``: whether a checked request asks for this kind. ``engine``:
+    the engine's targets for ``n_images`` images of ``model``. ``per_image``: how many targets each
+    image gets (the cost estimate). ``describe``: the answer's kind and label of the target the
+    engine resolved to ``index``.
+    ``probability``: whether the model's class probability scores it, so that deletion and
+    insertion (which follow that probability) apply.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    selects: Callable[[ExplainParams], bool]
+    engine: Callable[[LoadedModel, ExplainParams, int], Targets]
+    per_image: Callable[[ExplainParams], int]
+    describe: Callable[[LoadedModel, ExplainParams, int], Described]
+    probability: bool
+
+
+TARGET_KINDS: dict[str, TargetKind] = {}
+
+
+def register_target_kind(kind: TargetKind, *, before: str | None = None) -> TargetKind:
+    """Make ``kind`` selectable; ``before`` names a kind it must be tried ahead of (the default ``class``)."""
+    if kind.name in TARGET_KINDS:
+        raise ValueError(f"target kind {kind.name!r} is declared twice")
+    items = list(TARGET_KINDS.items())
+    at = next((i for i, (name, _) in enumerate(items) if name == before), len(items))
+    items.insert(at, (kind.name, kind))
+    TARGET_KINDS.clear()
+    TARGET_KINDS.update(items)
+    return kind
+
+
+def target_kind(params: ExplainParams) -> TargetKind:
+    """The kind a checked request asks for (the first that selects it; ``class`` by default)."""
+    return next(k for k in TARGET_KINDS.values() if k.selects(params))
+
+
+# -- class scores: one class for all images, a list per image, or each image's top k --------------------
+
+def _class_targets(_model: LoadedModel, params: ExplainParams, n_images: int) -> Targets:
+    if params.targets is not None:
+        if len(params.targets) != n_images:
+            raise Invalid("bad-targets", f"targets has {len(params.targets)} rows for {n_images} images")
+        return ClassTargets(indices=tuple(tuple(r) for r in params.targets))
+    if params.target is not None:
+        return ClassTargets(indices=((params.target,),))
+    return ClassTargets(top_k=params.top_k)
+
+
+def _classes_per_image(params: ExplainParams) -> int:
+    if params.target is not None:
+        return 1
+    return max(len(r) for r in params.targets) if params.targets else params.top_k
+
+
+def _describe_class(model: LoadedModel, _params: ExplainParams, index: int) -> Described:
+    return Described("class", model.labels[index] if index < len(model.labels) else None)
+
+
+CLASS = register_target_kind(TargetKind(
+    "class", ("target", "targets", "top_k"), selects=lambda _p: True, engine=_class_targets,
+    per_image=_classes_per_image, describe=_describe_class, probability=True))
+
+
+# -- a unit: one channel of a layer (its spatial mean), or one neuron of it ---------------------------------
+
+def _unit_targets(_model: LoadedModel, params: ExplainParams, _n_images: int) -> Targets:
+    u = params.unit
+    assert u is not None
+    return UnitTarget(u.layer, u.channel, u.y, u.x)
+
+
+def _describe_unit(_model: LoadedModel, params: ExplainParams, index: int) -> Described:
+    u = params.unit
+    assert u is not None
+    return Described("neuron" if u.y is not None else "channel", f"{u.layer}[{index}]")
+
+
+UNIT = register_target_kind(TargetKind(
+    "unit", ("unit",), selects=lambda p: p.unit is not None, engine=_unit_targets, per_image=lambda _p: 1,
+    describe=_describe_unit, probability=False), before="class")

@@ -1,0 +1,54 @@
+"""Target kinds (core/targets.py): each request selects exactly one, and each kind's declaration is what runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from cnnviz.attribution import ClassTargets, UnitTarget
+from core.errors import Invalid
+from core.schemas.explain import ExplainParams, UnitTargetParams
+from core.targets import TARGET_KINDS, target_kind
+
+TARGET_FIELDS = {"target", "targets", "top_k", "unit"}
+
+
+def test_every_target_field_belongs_to_one_kind() -> None:
+    owned = [f for k in TARGET_KINDS.values() for f in k.fields]
+    assert sorted(owned) == sorted(TARGET_FIELDS) and TARGET_FIELDS <= set(ExplainParams.model_fields)
+    assert list(TARGET_KINDS)[-1] == "class"  # the default is tried last
+
+
+@pytest.mark.parametrize(("params", "kind", "per_image", "engine"), [
+    (ExplainParams(), "class", 1, ClassTargets(top_k=1)),
+    (ExplainParams(top_k=3), "class", 3, ClassTargets(top_k=3)),
+    (ExplainParams(target=7), "class", 1, ClassTargets(indices=((7,),))),
+    (ExplainParams(targets=[[1, 2], [3]]), "class", 2, ClassTargets(indices=((1, 2), (3,)))),
+    (ExplainParams(unit=UnitTargetParams(layer="conv", channel=4)), "unit", 1, UnitTarget("conv", 4)),
+    (ExplainParams(unit=UnitTargetParams(layer="conv", channel=4, y=1, x=2)), "unit", 1, UnitTarget("conv", 4, 1, 2)),
+])
+def test_kind_selection_count_and_engine_targets(params: ExplainParams, kind: str, per_image: int,
+                                                 engine: object) -> None:
+    k = target_kind(params)
+    assert k.name == kind
+    assert k.per_image(params) == per_image
+    assert k.engine(None, params, 2) == engine  # type: ignore[arg-type]
+
+
+def test_class_rows_must_match_the_images() -> None:
+    with pytest.raises(Invalid) as exc:
+        target_kind(ExplainParams(targets=[[1]])).engine(None, ExplainParams(targets=[[1]]), 2)  # type: ignore[arg-type]
+    assert exc.value.slug == "bad-targets"
+
+
+def test_answers_name_targets_by_kind() -> None:
+    class Model:
+        labels = ("cat", "dog")
+
+    unit = ExplainParams(unit=UnitTargetParams(layer="conv", channel=4, y=0, x=0))
+    channel = ExplainParams(unit=UnitTargetParams(layer="conv", channel=4))
+    assert target_kind(unit).describe(Model(), unit, 4).__dict__ == {"kind": "neuron", "label": "conv[4]"}  # type: ignore[arg-type]
+    assert target_kind(channel).describe(Model(), channel, 4).kind == "channel"  # type: ignore[arg-type]
+    cls = ExplainParams(target=1)
+    assert target_kind(cls).describe(Model(), cls, 1).label == "dog"  # type: ignore[arg-type]
+    assert target_kind(cls).describe(Model(), cls, 9).label is None  # type: ignore[arg-type]
+    assert target_kind(cls).probability and not target_kind(unit).probability
