@@ -21,6 +21,22 @@ ForwardFn = Callable[[nn.Module, tuple[Any, ...], Any], Any]
 
 
 @contextmanager
+def thread_value(local: threading.local, name: str, value: Any) -> Iterator[None]:
+    """Set ``local.<name>`` to ``value`` for this thread inside the block; the outer value is back on any exit.
+
+    How the engine offers something to the calls a thread makes (a progress callback, a compiled
+    road to a layer) without a parameter through every method: other threads never see it, and
+    nested blocks restore what was there before.
+    """
+    outer = getattr(local, name, None)
+    setattr(local, name, value)
+    try:
+        yield
+    finally:
+        setattr(local, name, outer)
+
+
+@contextmanager
 def thread_hooks(pairs: list[tuple[nn.Module, ForwardFn]]) -> Iterator[None]:
     """Install forward hooks that fire only in the current thread; remove them on any exit."""
     owner = threading.get_ident()

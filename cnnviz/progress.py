@@ -23,6 +23,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from .hooks import thread_value
+
 ProgressCallback = Callable[[float], None]
 """Called with the work one chunk finished (forward passes of one image at the model's input size)."""
 
@@ -36,12 +38,8 @@ def reporting(callback: ProgressCallback) -> Iterator[None]:
     Thread-local, so concurrent requests on other threads are not counted; nesting restores the
     outer callback on exit, also after an error.
     """
-    previous = getattr(_state, "callback", None)
-    _state.callback = callback
-    try:
+    with thread_value(_state, "callback", callback):
         yield
-    finally:
-        _state.callback = previous
 
 
 def checkpoint(work: float) -> None:

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ...hooks import thread_value
 from ...models import LoadedModel
 from ...precision import active
 
@@ -30,12 +31,8 @@ _local = threading.local()
 @contextmanager
 def using_layer_forward(fn: LayerForward | None) -> Iterator[None]:
     """Offer ``fn`` to the CAM family for the engine calls made on this thread inside the block."""
-    outer = getattr(_local, "fn", None)
-    _local.fn = fn
-    try:
+    with thread_value(_local, "fn", fn):
         yield
-    finally:
-        _local.fn = outer
 
 
 def served_forward(model: LoadedModel, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor, str] | None:
