@@ -34,28 +34,34 @@ class StrictParams(BaseModel):
 
 
 class ClassVizParams(StrictParams):
-    """Class model visualization (Simonyan et al.: the logit) or a channel/neuron of any layer."""
+    """Class model visualization (Simonyan et al.: the logit) or a channel/neuron of any layer.
+
+    The defaults are lucent's (a decorrelated Fourier image, Adam 0.05, pad/jitter/scale/rotate), so
+    a bare ``{"target": 285}`` gives a recognizable picture; plain pixels without transforms give
+    adversarial colour noise that the network scores just as high.
+    """
 
     target: int | None = Field(None, ge=0, le=100_000, description="class index (default: 0 when no layer)")
     layer: str | None = LayerName
     channel: int | None = Field(None, ge=0, le=100_000)
     y: int | None = Field(None, ge=0, le=4096)
     x: int | None = Field(None, ge=0, le=4096)
-    steps: int = Steps
+    steps: int = Field(256, ge=1, le=5000)
     lr: float = Field(0.05, gt=0, le=10)
     size: int | None = Size
-    parameterization: Literal["pixels", "fourier"] = "pixels"
+    parameterization: Literal["pixels", "fourier"] = Field("fourier", description="fourier: decorrelated-colour "
+                                                           "1/f spectrum (lucent's default); pixels: the pixels")
     optimizer: Optimizer = "adam"
-    l2_weight: float = Field(1e-3, ge=0, le=100)
+    l2_weight: float = Field(0.0, ge=0, le=100)
     tv_weight: float = Field(0.0, ge=0, le=100)
     blur_every: int = Field(0, ge=0, le=1000)
     blur_sigma: float = Field(0.5, ge=0.05, le=10)
     clip_norm_pct: float = Field(0.0, ge=0, le=99, description="zero pixels under this norm percentile")
     clip_contrib_pct: float = Field(0.0, ge=0, le=99, description="zero pixels under this contribution percentile")
-    jitter: int = Field(0, ge=0, le=64)
-    scale: ZoomRange = Field((1.0, 1.0), description="random zoom range (lo, hi), each 0.25..4, lo <= hi")
-    rotate: float = Field(0.0, ge=0, le=45)
-    pad: int = Field(0, ge=0, le=64)
+    jitter: int = Field(8, ge=0, le=64)
+    scale: ZoomRange = Field((0.9, 1.1), description="random zoom range (lo, hi), each 0.25..4, lo <= hi")
+    rotate: float = Field(10.0, ge=0, le=45)
+    pad: int = Field(12, ge=0, le=64)
     seed: int = Seed
     preview_every: int = Preview
 
@@ -75,17 +81,20 @@ class AdversarialParams(StrictParams):
 
 
 class InversionParams(StrictParams):
-    """Feature inversion (Mahendran & Vedaldi) from any layer with a total-variation prior."""
+    """Feature inversion (Mahendran & Vedaldi) from any layer with a total-variation prior; by default from a
+    decorrelated Fourier image with a 2 px jitter (from pixel noise the result keeps rainbow static)."""
 
     layer: str | None = LayerName
     steps: int = Field(200, ge=1, le=5000)
     lr: float = Field(0.05, gt=0, le=10)
     size: int | None = Size
     optimizer: Optimizer = "adam"
+    parameterization: Literal["pixels", "fourier"] = Field("fourier", description="fourier: decorrelated-colour "
+                                                           "1/f spectrum from flat grey; pixels: from uniform noise")
     tv_weight: float = Field(0.05, ge=0, le=100)
     tv_beta: float = Field(2.0, ge=1, le=3)
     l2_weight: float = Field(0.0, ge=0, le=100)
-    jitter: int = Field(0, ge=0, le=32)
+    jitter: int = Field(2, ge=0, le=32)
     seed: int = Seed
     preview_every: int = Preview
 
