@@ -3,8 +3,8 @@ Inverting Them"): which images does a layer consider the same as this one?
 
 From a flat grey Fourier image (or seeded pixel noise), minimize ``||phi(x) - phi(x0)||^2 / ||phi(x0)||^2
 + lambda_TV * TV^beta(x) + lambda_L2 * ||x||^2`` over the image's parameters. The normalized feature loss
-makes one TV weight work at every layer; the target features are computed once, without a graph, and the forward pass stops at the
-layer, so each step costs only the network up to it.
+makes one TV weight work at every layer; the target features are computed once, without a graph, and
+the forward pass stops at the layer, so each step costs only the network up to it.
 """
 
 from __future__ import annotations
