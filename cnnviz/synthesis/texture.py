@@ -130,8 +130,8 @@ def efros_leung(
     model: LoadedModel | None,
     source: torch.Tensor,
     *,
-    size: int | tuple[int, int] = 32,
-    window: int = 7,
+    size: int | tuple[int, int] = 48,
+    window: int = 11,
     epsilon: float = 0.1,
     sigma: float | None = None,
     seed_size: int = 3,
@@ -219,8 +219,8 @@ def efros_leung_work(h: int, w: int, hs: int, ws: int, window: int) -> float:
     return float(h * w) * max(hs - window + 1, 0) * max(ws - window + 1, 0) * (4 * window * window)
 
 
-def estimate_efros_leung_cost(model: LoadedModel, *, size: int | tuple[int, int] = 32, source_size: tuple[int, int]
-                              = (64, 64), window: int = 7, **_: object) -> float:
+def estimate_efros_leung_cost(model: LoadedModel, *, size: int | tuple[int, int] = 48, source_size: tuple[int, int]
+                              = (64, 64), window: int = 11, **_: object) -> float:
     """The search's multiply-adds expressed in the model's forward+backward passes at its input size."""
     h, w = (size, size) if isinstance(size, int) else size
     return efros_leung_work(h, w, source_size[0], source_size[1], window) / pass_macs(model)

@@ -68,9 +68,13 @@ def test_example_pictures_are_made_with_the_defaults():
         model.model_validate(params)  # and the API accepts exactly this
 
 
-def test_readme_class_viz_example_is_the_picture():
+def test_readme_job_examples_are_the_pictures():
+    """The README's JSON job examples of these types ask for what the pictures show: the defaults."""
     readme = (ROOT / "README.md").read_text()
-    found = re.findall(r'\{"type": "class_viz", "params": (\{[^}]*\})\}', readme)
-    assert found, "the README has a class_viz JSON example"
-    for params in found:
-        assert json.loads(params) == _script().SYNTHESIS_EXAMPLES["class_viz"]
+    examples = _script().SYNTHESIS_EXAMPLES
+    for job in ("class_viz", "deepdream"):
+        found = re.findall(r'\{"type": "' + job + r'", "params": (\{[^}]*\})\}', readme)
+        assert found, f"the README has a {job} JSON example"
+        for params in found:
+            asked = {k: v for k, v in json.loads(params).items() if k != "preview_every"}
+            assert asked == examples[job], (job, asked)
