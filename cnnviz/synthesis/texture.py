@@ -25,8 +25,9 @@ from cnnviz.errors import EngineError
 from cnnviz.models import LoadedModel
 
 from .cost import pass_macs, passes, step_passes
-from .loop import Callbacks, Cancelled, PixelImage, StepCounter, forward_layers, optimize
+from .loop import Callbacks, Cancelled, StepCounter, forward_layers, optimize
 from .objectives import check_layers, gram, gram_loss, loss_callbacks, maximize, weighted
+from .parameterization import ParamKind, make_parameterization
 from .steps import OptimizerName, optimizer_step
 from .style import style_layer_preset
 from .transforms import fit_long_side
@@ -59,6 +60,7 @@ def gram_texture(
     steps: int = 100,
     optimizer: OptimizerName = "lbfgs",
     lr: float | None = None,
+    parameterization: ParamKind = "fourier",
     line_search: bool = True,
     callbacks: Callbacks | None = None,
     seed: int = 0,
@@ -82,7 +84,9 @@ def gram_texture(
     del feats
     loss = weighted([(w, gram_loss(n, targets[n])) for n, w in zip(layers, weights, strict=True)])
     gen = torch.Generator().manual_seed(seed)
-    param = PixelImage(torch.rand((1, 3, size, size), generator=gen).to(model.device))
+    noise = torch.rand((1, 3, size, size), generator=gen).to(model.device)
+    param = make_parameterization(parameterization, size, size, generator=gen, device=model.device,
+                                  init=noise if parameterization == "pixels" else None)
 
     def current() -> float:
         with torch.no_grad():

@@ -100,7 +100,8 @@ class InversionParams(StrictParams):
 
 
 class TextureParams(StrictParams):
-    """Gram-matrix texture synthesis (Gatys et al. 2015)."""
+    """Gram-matrix texture synthesis (Gatys et al. 2015); by default from a decorrelated Fourier image (from
+    pixel noise the Gram matrices match while colour static the layers cannot see stays)."""
 
     layers: list[LayerItem] | None = Field(None, max_length=16)
     weights: list[Weight] | None = Field(None, max_length=16, description="one per layer, each 0..1e6")
@@ -109,6 +110,8 @@ class TextureParams(StrictParams):
     steps: int = Steps
     optimizer: Optimizer = "lbfgs"
     lr: float | None = Field(None, gt=0, le=10)
+    parameterization: Literal["pixels", "fourier"] = Field("fourier", description="fourier: decorrelated-colour "
+                                                           "1/f spectrum from flat grey; pixels: from uniform noise")
     seed: int = Seed
     preview_every: int = Preview
 
@@ -143,7 +146,7 @@ class StyleParams(StrictParams):
     style_layer_weights: list[Weight] | None = Field(None, max_length=16, description="one per style layer, "
                                                      "each 0..1e6")
     content_weight: float = Field(1.0, ge=0, le=1e6)
-    style_weight: float = Field(10.0, ge=0, le=1e9)
+    style_weight: float = Field(1e4, ge=0, le=1e9)
     tv_weight: float = Field(1.0, ge=0, le=1e6)
     init: Literal["content", "noise"] = "content"
     optimizer: Optimizer = "lbfgs"
@@ -162,13 +165,14 @@ class StyleParams(StrictParams):
 class DeepDreamParams(StrictParams):
     """DeepDream on one layer; every knob bounded so a request cannot ask for unbounded work."""
 
-    layer: str | None = Field(None, max_length=200, description="Layer to amplify; default: a mid-depth layer")
+    layer: str | None = Field(None, max_length=200, description="Layer to amplify; default: a block output about "
+                              "two thirds deep")
     channel: int | None = Field(None, ge=0, le=100_000, description="Amplify only this channel of the layer")
     objective: Literal["l2", "mean"] = Field("l2", description="Mean square (l2) or mean of the activation")
     octaves: int = Field(4, ge=1, le=8)
     octave_scale: float = Field(1.4, ge=1.1, le=2.0)
-    steps: int = Field(10, ge=1, le=500, description="Gradient steps per octave")
-    step_size: float = Field(0.01, gt=0.0, le=0.5, description="Pixels moved per step ([0,1] units), normalized")
+    steps: int = Field(12, ge=1, le=500, description="Gradient steps per octave")
+    step_size: float = Field(0.02, gt=0.0, le=0.5, description="Pixels moved per step ([0,1] units), normalized")
     jitter: int = Field(8, ge=0, le=64, description="Random shift in px per step")
     size: int = Field(224, ge=32, le=1024, description="Long side of the output in px")
     preview_every: int = Field(5, ge=0, le=500, description="Store a preview image every N steps (0: none)")

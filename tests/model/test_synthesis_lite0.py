@@ -64,23 +64,31 @@ def test_default_class_visualization_is_recognized_and_not_adversarial(lite0):
     assert probs[len(probs) // 2] > 0.5, probs
 
 
-def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.mean(0).flatten(), b.mean(0).flatten()  # luminance
+def _corr(a: torch.Tensor, b: torch.Tensor, grid: int | None = None) -> float:
+    """Correlation of two pictures' luminance, on a ``grid`` x ``grid`` average (the layout) if given."""
+    if grid is not None:
+        a, b = (torch.nn.functional.adaptive_avg_pool2d(t.unsqueeze(0), grid)[0] for t in (a, b))
+    a, b = a.mean(0).flatten(), b.mean(0).flatten()
     a, b = a - a.mean(), b - b.mean()
     return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
 
 
 def test_default_inversion_keeps_the_photos_features_and_structure(lite0, chelsea):
+    """The default inversion matches the photo's features far better than a random picture does,
+    keeps its layout, and is a picture: the old pixel default matched the features as well but left
+    rainbow static the layer cannot see (30x the photo's total variation at this size)."""
     from cnnviz.synthesis.inversion import invert
     from cnnviz.synthesis.objectives import relative_distance
+    from cnnviz.synthesis.regularizers import total_variation
 
-    r = invert(lite0, to_tensor(chelsea), size=96, steps=60, seed=0)
+    r = invert(lite0, to_tensor(chelsea), size=96, seed=0)  # the defaults: 200 Adam steps, Fourier, jitter 2
     rand = torch.rand((1, 3, 96, 96), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         target = cv.forward_layers(lite0, r.original.unsqueeze(0), [r.layer])[r.layer]
         random_distance = float(relative_distance(cv.forward_layers(lite0, rand, [r.layer])[r.layer], target))
     assert r.feature_distance_end < 0.3 * random_distance
-    assert _corr(r.image, r.original) > 0.5  # the photo's layout comes back, not only its statistics
+    assert _corr(r.image, r.original, grid=8) > 0.3  # the photo's layout comes back, not only its statistics
+    assert float(total_variation(r.image)) < 3 * float(total_variation(r.original))  # no static
 
 
 def test_default_deepdream_amplifies_the_layer_and_keeps_the_photo(lite0, chelsea):
