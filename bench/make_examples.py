@@ -4,6 +4,8 @@
     .venv/bin/python bench/make_examples.py fast_style  # only the fast style example (~12 min on 2 cores)
     .venv/bin/python bench/make_examples.py triplet     # only the triplet head's embedding maps
     .venv/bin/python bench/make_examples.py methods     # only the method comparison (API defaults)
+    .venv/bin/python bench/make_examples.py synthesis [class_viz deepdream inversion texture style adversarial]
+                                                        # only the optimization pictures (job defaults)
 """
 
 from __future__ import annotations
@@ -77,14 +79,19 @@ def _u8(x: torch.Tensor) -> torch.Tensor:
     return (x.permute(1, 2, 0).clamp(0, 1) * 255).round().byte()
 
 
-# The parameters shown in the README next to each picture.
+# The parameters shown in the README next to each picture. The synthesis pictures are made with the
+# job's defaults: they name only what a README example names (sizes, the class, the images),
+# never a tuning knob (tests/unit/test_synthesis_defaults.py checks this and the README's example).
+SYNTHESIS_EXAMPLES: dict[str, dict[str, object]] = {
+    "class_viz": {"target": 285},
+    "deepdream": {"size": 256},
+    "inversion": {"size": 160},
+    "texture": {"size": 160},
+    "style": {"size": 224},
+}
 EXAMPLES: dict[str, dict[str, object]] = {
-    "class_viz": {"target": 285, "steps": 200, "lr": 0.05, "size": 224, "parameterization": "fourier",
-                  "jitter": 8, "scale": (0.9, 1.1), "rotate": 10.0, "l2_weight": 1e-3},
+    **SYNTHESIS_EXAMPLES,
     "adversarial": {"target": 954, "method": "pgd", "eps": 4 / 255, "steps": 10, "size": 224},
-    "inversion": {"layer": "_blocks.5", "steps": 200, "lr": 0.05, "size": 160, "tv_weight": 0.05},
-    "texture": {"steps": 60, "size": 160, "optimizer": "lbfgs"},
-    "style": {"steps": 60, "size": 224, "style_weight": 1000.0, "optimizer": "lbfgs"},
     "fast_style": {"steps": 1000, "size": 192, "batch_size": 4, "width": 16, "blocks": 5, "lr": 2e-3,
                    "style_weight": 20.0, "tv_weight": 20.0, "seed": 0},
     "triplet_data": {"layer": "_blocks.5", "size": 160, "views": 8, "seed": 0},
@@ -95,7 +102,11 @@ TRIPLET_PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "hubble_deep_field
 FAST_STYLE_CONTENT = ("chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "camera", "coins", "brick")
 
 
-def synthesis_examples(model) -> None:
+def synthesis_examples(model, only: list[str] | None = None) -> None:
+    """The optimization pictures (all, or the ``only`` named ones: class_viz, deepdream, inversion,
+    texture, style, adversarial), each logged with its time and its start/end scores."""
+    import time
+
     from cnnviz.synthesis.adversarial import adversarial
     from cnnviz.synthesis.class_viz import class_visualization
     from cnnviz.synthesis.inversion import invert
@@ -104,21 +115,47 @@ def synthesis_examples(model) -> None:
 
     cat, coffee = tensor(skimage.data.chelsea()), tensor(skimage.data.coffee())
     astronaut, stain = tensor(skimage.data.astronaut()), tensor(skimage.data.immunohistochemistry())
-    viz = class_visualization(model, **EXAMPLES["class_viz"])
-    adv = adversarial(model, cat, **EXAMPLES["adversarial"])
-    inv = invert(model, cat, **EXAMPLES["inversion"])
-    tex = gram_texture(model, coffee[:, 60:300, 120:420], **EXAMPLES["texture"])
-    sty = style_transfer(model, astronaut, stain, **EXAMPLES["style"])
-    log.info("class viz logit %.2f -> %.2f; adversarial %s p=%.3f linf=%.1f/255; inversion %.3f -> %.3f; "
-             "texture %.4f -> %.4f; style %.4f -> %.4f", viz.score_start, viz.score_end, adv.top5_after[0].label,
-             adv.target_prob_after, adv.linf_255, inv.feature_distance_start, inv.feature_distance_end,
-             tex.loss_start, tex.loss_end, sty.style_loss_start, sty.style_loss_end)
-    (OUT / "class_viz_285.png").write_bytes(encode_png(_u8(viz.image)))
-    (OUT / "adversarial_chelsea.png").write_bytes(encode_png(make_grid(
-        [_u8(adv.original), _u8(adv.difference), _u8(adv.image)], ncols=3, pad=4)))
-    (OUT / "inversion_chelsea.png").write_bytes(encode_png(make_grid([_u8(inv.original), _u8(inv.image)], pad=4)))
-    (OUT / "texture_coffee.png").write_bytes(encode_png(_u8(tex.image)))
-    (OUT / "style_astronaut.png").write_bytes(encode_png(_u8(sty.image)))
+
+    def class_viz() -> None:
+        viz = class_visualization(model, **EXAMPLES["class_viz"])
+        log.info("class viz logit %.2f -> %.2f", viz.score_start, viz.score_end)
+        (OUT / "class_viz_285.png").write_bytes(encode_png(_u8(viz.image)))
+
+    def dream() -> None:
+        d = deep_dream(model, cat, DeepDreamConfig(**EXAMPLES["deepdream"]))  # type: ignore[arg-type]
+        log.info("deepdream on %s, sizes %s", d.layer, d.sizes)
+        (OUT / "deepdream_chelsea.png").write_bytes(encode_png(_u8(d.image)))
+
+    def adv() -> None:
+        a = adversarial(model, cat, **EXAMPLES["adversarial"])
+        log.info("adversarial %s p=%.3f linf=%.1f/255", a.top5_after[0].label, a.target_prob_after, a.linf_255)
+        (OUT / "adversarial_chelsea.png").write_bytes(encode_png(make_grid(
+            [_u8(a.original), _u8(a.difference), _u8(a.image)], ncols=3, pad=4)))
+
+    def inversion() -> None:
+        inv = invert(model, cat, **EXAMPLES["inversion"])
+        log.info("inversion of %s: feature distance %.3f -> %.3f", inv.layer, inv.feature_distance_start,
+                 inv.feature_distance_end)
+        (OUT / "inversion_chelsea.png").write_bytes(encode_png(make_grid([_u8(inv.original), _u8(inv.image)],
+                                                                        pad=4)))
+
+    def texture() -> None:
+        tex = gram_texture(model, coffee[:, 60:300, 120:420], **EXAMPLES["texture"])
+        log.info("texture loss %.4f -> %.4f", tex.loss_start, tex.loss_end)
+        (OUT / "texture_coffee.png").write_bytes(encode_png(_u8(tex.image)))
+
+    def style() -> None:
+        sty = style_transfer(model, astronaut, stain, **EXAMPLES["style"])
+        log.info("style loss %.4f -> %.4f, content %.4f -> %.4f", sty.style_loss_start, sty.style_loss_end,
+                 sty.content_loss_start, sty.content_loss_end)
+        (OUT / "style_astronaut.png").write_bytes(encode_png(_u8(sty.image)))
+
+    makers = {"class_viz": class_viz, "deepdream": dream, "adversarial": adv, "inversion": inversion,
+              "texture": texture, "style": style}
+    for name in only or list(makers):
+        t0 = time.perf_counter()
+        makers[name]()
+        log.info("%s: %.1f s", name, time.perf_counter() - t0)
 
 
 def fast_style_example(model) -> None:
@@ -147,10 +184,10 @@ def fast_style_example(model) -> None:
     half = stylize(tr.net, astronaut, size=512, strength=0.5)
     (OUT / "fast_style_astronaut.png").write_bytes(encode_png(make_grid(
         [_u8(fit_long_side(astronaut, 512)), _u8(fast), _u8(half), _u8(keep)], ncols=4, pad=4)))
-    gatys = style_transfer(model, astronaut, stain, **EXAMPLES["style"]).image
+    gatys = style_transfer(model, astronaut, stain, **EXAMPLES["style"]).image  # the README's style example
     x = torch.stack([fit_long_side(astronaut, 224), fit_long_side(fast, 224), gatys])
     c, f, g = (float(v) for v in tr.loss.style_loss(x))
-    log.info("style loss at 224 px: content %.4f, fast style %.4f, optimization (60 L-BFGS) %.4f", c, f, g)
+    log.info("style loss at 224 px: content %.4f, fast style %.4f, optimization (style job defaults) %.4f", c, f, g)
 
 
 def triplet_example(model) -> None:
@@ -182,13 +219,12 @@ def main() -> None:
     if sys.argv[1:] and sys.argv[1] in only:
         only[sys.argv[1]](Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0"))
         return
-    model = Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0")
+    if sys.argv[1:] and sys.argv[1] == "synthesis":
+        synthesis_examples(Catalog.open(None, "cpu", None).get("efficientnet-lite0"), sys.argv[2:] or None)
+        return
+    model = Catalog.open(None, "cpu", None).get("efficientnet-lite0")
     chelsea = skimage.data.chelsea()[::2, ::2]
     (OUT / "methods_chelsea.png").write_bytes(encode_png(methods_grid(model, chelsea)))
-    cfg = DeepDreamConfig(layer="_blocks.10", octaves=4, octave_scale=1.4, steps=12, step_size=0.02, jitter=8,
-                          size=256, seed=0)
-    dream = deep_dream(model, tensor(skimage.data.chelsea()), cfg)
-    (OUT / "deepdream_chelsea.png").write_bytes(encode_png((dream.image.permute(1, 2, 0) * 255).round().byte()))
     synthesis_examples(model)
     fast_style_example(model)
     triplet_example(model)

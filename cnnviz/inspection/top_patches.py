@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attribution.rules import rectifier_rule
+from ..blur import gaussian_blur
 from ..errors import EngineError
 from ..models import LoadedModel, validate_layer
 from ..render import add_title, labelled_grid, make_grid
@@ -154,15 +155,28 @@ def _to_uint8(img: torch.Tensor) -> torch.Tensor:
     return (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
 
 
-def display_projection(p: torch.Tensor, saturate: float = 0.99) -> torch.Tensor:
-    """A signed ``[3,h,w]`` projection as uint8 ``[h,w,3]``: zero is mid grey, ±(the ``saturate`` quantile
-    of the magnitudes) is black/white. Scaling by the maximum would let a few hot pixels grey out the rest."""
-    mag = p.abs().flatten().float()
+def display_projection(p: torch.Tensor, saturate: float = 0.99, smooth: float = 1.0,
+                       gamma: float = 0.7) -> torch.Tensor:
+    """A signed ``[3,h,w]`` projection as uint8 ``[h,w,3]``, contrast-normalized per projection (Zeiler & Fergus).
+
+    Zero is mid grey and ±(the ``saturate`` quantile of this projection's magnitudes) is black/white,
+    so every tile uses the full range whatever its scale; scaling by the maximum would let a few hot
+    pixels grey out the rest. Two things make the pattern readable rather than a grey square with
+    faint blobs: a light Gaussian blur (``smooth`` px) removes the checkerboard that strided
+    convolutions leave in a projection, and ``gamma`` < 1 on the magnitude lifts the weak parts of
+    the pattern, which on a modern network spread over the whole receptive field, without moving zero.
+    """
+    x = p.float()
+    if smooth > 0 and min(x.shape[-2:]) > 2:
+        x = gaussian_blur(x.unsqueeze(0), smooth)[0]
+    mag = x.abs().flatten()
     m = torch.quantile(mag, saturate) if 0 < mag.numel() <= 16_000_000 else mag.max()
     if m <= 0:
         m = mag.max()
-    scaled = 0.5 + 0.5 * p / m if m > 0 else torch.full_like(p, 0.5)
-    return _to_uint8(scaled)
+    if m <= 0:
+        return _to_uint8(torch.full_like(x, 0.5))
+    y = (x / m).clamp(-1, 1)
+    return _to_uint8(0.5 + 0.5 * y.sign() * y.abs().pow(gamma))
 
 
 def top_activating_patches(model: LoadedModel, images: Sequence[torch.Tensor], layer: str | None = None,

@@ -27,7 +27,7 @@ from .objectives import LOGITS, channel_mean, check_layers, class_logit, neuron
 from .parameterization import ParamKind, make_parameterization
 from .regularizers import PixelPostSteps, l2_penalty, penalized, tv_penalty
 from .steps import OptimizerName, optimizer_step
-from .transforms import robustness_transforms
+from .transforms import UpsampleTo, robustness_transforms
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +82,21 @@ def class_visualization(
     channel: int | None = None,
     y: int | None = None,
     x: int | None = None,
-    steps: int = 100,
+    steps: int = 256,
     lr: float = 0.05,
     size: int | None = None,
-    parameterization: ParamKind = "pixels",
+    parameterization: ParamKind = "fourier",
     optimizer: OptimizerName = "adam",
-    l2_weight: float = 1e-3,
+    l2_weight: float = 0.0,
     tv_weight: float = 0.0,
     blur_every: int = 0,
     blur_sigma: float = 0.5,
     clip_norm_pct: float = 0.0,
     clip_contrib_pct: float = 0.0,
-    jitter: int = 0,
-    scale: Sequence[float] = (1.0, 1.0),
-    rotate: float = 0.0,
-    pad: int = 0,
+    jitter: int = 8,
+    scale: Sequence[float] = (0.9, 1.1),
+    rotate: float = 10.0,
+    pad: int = 12,
     callbacks: Callbacks | None = None,
     seed: int = 0,
 ) -> ClassVizResult:
@@ -106,6 +106,12 @@ def class_visualization(
     at this image size (a missing coordinate means the centre). ``size`` is the square side
     (default: the model's input size). Blur and clipping act on pixels, so they need
     ``parameterization="pixels"``.
+
+    The defaults are lucent's (Olah et al. 2017): a decorrelated-colour Fourier image, Adam at
+    0.05, and the standard transforms (pad 12, jitter 8, scale 0.9-1.1, rotate +-10, jitter 4),
+    which together turn adversarial colour noise into a picture of the class. A class or channel
+    picture smaller than the network's input is upsampled to it before each forward pass (as
+    lucent does), so its objects come out at the scale the network knows; neurons keep their grid.
     """
     size = int(size or model.spec.input_size)
     if parameterization != "pixels" and (blur_every or clip_norm_pct or clip_contrib_pct):
@@ -115,9 +121,11 @@ def class_visualization(
     param = make_parameterization(parameterization, size, size, generator=gen, device=model.device)
     full = penalized(objective, param, [(l2_weight, l2_penalty(model.preprocessing.normalize)),
                                         (tv_weight, tv_penalty())])
-    transforms = robustness_transforms(jitter, scale, rotate, pad)
+    randomized = robustness_transforms(jitter, scale, rotate, pad)
     # A line search needs a fixed objective: not with random transforms or pixel operations.
-    plain = not transforms and not (blur_every or clip_norm_pct or clip_contrib_pct)
+    plain = not randomized and not (blur_every or clip_norm_pct or clip_contrib_pct)
+    upsample = [UpsampleTo(model.spec.input_size)] if kind != "neuron" else []
+    transforms = randomized + upsample
     full, step_rule = optimizer_step(optimizer, lr, model, param, full, [hooked], line_search=plain)
     post = PixelPostSteps(step_rule, model.preprocessing.mean, blur_every=blur_every, blur_sigma=blur_sigma,
                           clip_norm_pct=clip_norm_pct, clip_contrib_pct=clip_contrib_pct)
@@ -125,8 +133,12 @@ def class_visualization(
         step_rule = post
 
     def score() -> float:
+        """The raw objective on the picture as the network sees it (upsampled, untransformed)."""
         with torch.no_grad():
-            return float(objective(forward_layers(model, param.image(), [hooked])))
+            x = param.image()
+            for t in upsample:
+                x = t(x, gen)
+            return float(objective(forward_layers(model, x, [hooked])))
 
     start = score()
     res = optimize(model, param, full, [hooked], steps, step_rule, transforms=transforms, callbacks=callbacks,
@@ -140,7 +152,10 @@ def class_visualization(
                           score_end=end, objective=res.objective)  # type: ignore[arg-type]
 
 
-def estimate_cost(model: LoadedModel, *, steps: int = 100, size: int | None = None, **_: object) -> float:
-    """Forward+backward passes at the model's input size: one per step, plus two scoring forwards."""
+def estimate_cost(model: LoadedModel, *, steps: int = 256, size: int | None = None, pad: int = 12,
+                  **_: object) -> float:
+    """Forward+backward passes at the model's input size: one per step on the padded picture (or
+    the input size it is upsampled to, whichever is larger), plus two scoring forwards."""
     s = int(size or model.spec.input_size)
-    return passes(model, steps, s, s) + passes(model, 2, s, s, per_step=1 / 3)
+    net = max(s + 2 * int(pad), model.spec.input_size)
+    return passes(model, steps, net, net) + passes(model, 2, s, s, per_step=1 / 3)

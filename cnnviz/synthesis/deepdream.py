@@ -34,8 +34,8 @@ class DeepDreamConfig:
     objective: Literal["l2", "mean"] = "l2"
     octaves: int = 4
     octave_scale: float = 1.4
-    steps: int = 10  # per octave
-    step_size: float = 0.01  # in [0, 1] pixel units, after gradient normalization
+    steps: int = 12  # per octave
+    step_size: float = 0.02  # in [0, 1] pixel units, after gradient normalization
     jitter: int = 8
     size: int = 224  # long side of the output, px
     seed: int = 0
@@ -49,8 +49,17 @@ class DreamResult:
     objective: list[float] = field(default_factory=list)
 
 
+DREAM_DEPTH = 0.65  # of the way through the blocks: eyes and animal faces, not yet whole objects or texture
+
+
 def dream_layer(model: LoadedModel, layer: str | None) -> str:
-    """The chosen layer, or a mid-depth spatial layer: deep enough for objects, not yet pooled."""
+    """The chosen layer, or a block output about two thirds deep: deep enough for eyes and faces.
+
+    Blocks (spatial modules that contain others, such as ``_blocks.10`` or ``layer3.1``) are
+    preferred to the convolutions and norms inside them: a block's output is what the next block
+    reads, and dreaming on an inner batch norm gives more colour noise than faces. Networks with
+    fewer than four such blocks fall back to every spatial layer.
+    """
     if layer is not None:
         if not model.has_layer(layer):
             raise ValueError(f"model {model.name!r} has no layer {layer!r}")
@@ -58,7 +67,10 @@ def dream_layer(model: LoadedModel, layer: str | None) -> str:
     spatial = [li for li in sorted(model.layers, key=lambda li: li.order) if li.spatial]
     if not spatial:
         return model.default_layer
-    return spatial[int(len(spatial) * 0.6)].name
+    names = [li.name for li in model.layers]
+    blocks = [li for li in spatial if any(n.startswith(li.name + ".") for n in names)]
+    pool = blocks if len(blocks) >= 4 else spatial
+    return pool[int(len(pool) * DREAM_DEPTH)].name
 
 
 def output_size(config: DeepDreamConfig, height: int, width: int) -> tuple[int, int]:

@@ -1,10 +1,10 @@
 """Feature inversion (Mahendran & Vedaldi 2015, "Understanding Deep Image Representations by
 Inverting Them"): which images does a layer consider the same as this one?
 
-From seeded noise, minimize ``||phi(x) - phi(x0)||^2 / ||phi(x0)||^2 + lambda_TV * TV^beta(x) +
-lambda_L2 * ||x||^2`` over pixels. The normalized feature loss makes one TV weight work at every
-layer; the target features are computed once, without a graph, and the forward pass stops at the
-layer, so each step costs only the network up to it.
+From a flat grey Fourier image (or seeded pixel noise), minimize ``||phi(x) - phi(x0)||^2 / ||phi(x0)||^2
++ lambda_TV * TV^beta(x) + lambda_L2 * ||x||^2`` over the image's parameters. The normalized feature loss
+makes one TV weight work at every layer; the target features are computed once, without a graph, and
+the forward pass stops at the layer, so each step costs only the network up to it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import torch
 from cnnviz.models import LoadedModel
 
 from .cost import passes, step_passes
-from .loop import Callbacks, PixelImage, StepCounter, forward_layers, optimize
+from .loop import Callbacks, StepCounter, forward_layers, optimize
 from .objectives import check_layers, feature_loss, loss_callbacks, maximize, relative_distance
+from .parameterization import ParamKind, make_parameterization
 from .regularizers import l2_penalty, penalized, tv_penalty
 from .steps import OptimizerName, optimizer_step
 from .transforms import robustness_transforms
@@ -57,15 +58,21 @@ def invert(
     lr: float = 0.05,
     size: int | None = None,
     optimizer: OptimizerName = "adam",
+    parameterization: ParamKind = "fourier",
     tv_weight: float = 0.05,
     tv_beta: float = 2.0,
     l2_weight: float = 0.0,
-    jitter: int = 0,
+    jitter: int = 2,
     line_search: bool = True,
     callbacks: Callbacks | None = None,
     seed: int = 0,
 ) -> InversionResult:
-    """Reconstruct ``image`` (``[3, H, W]`` in [0, 1], fitted to ``size``) from ``layer``'s features."""
+    """Reconstruct ``image`` (``[3, H, W]`` in [0, 1], fitted to ``size``) from ``layer``'s features.
+
+    The default start is a flat grey decorrelated-colour Fourier image (as for class visualization)
+    with a 2 px jitter: from pixel noise, the colour noise the layer cannot see stays in the picture
+    (the features match, the picture is rainbow static); the 1/f spectrum and the jitter leave it out.
+    """
     layer = inversion_layer(model, layer)
     size = int(size or model.spec.input_size)
     x0 = model.preprocessing.fit(image.detach().float().cpu(), size).unsqueeze(0).to(model.device)
@@ -73,7 +80,8 @@ def invert(
         target = forward_layers(model, x0, [layer])[layer].detach()
     gen = torch.Generator().manual_seed(seed)
     noise = torch.rand((1, 3, size, size), generator=gen).to(model.device)
-    param = PixelImage(noise)
+    param = make_parameterization(parameterization, size, size, generator=gen, device=model.device,
+                                  init=noise if parameterization == "pixels" else None)
     loss = feature_loss(layer, target)
     objective = penalized(maximize(loss), param, [(tv_weight, tv_penalty(tv_beta)),
                                                   (l2_weight, l2_penalty(model.preprocessing.normalize))])
@@ -91,7 +99,7 @@ def invert(
     end = distance()
     out = param.image().detach()
     rmse = float((out - x0).pow(2).mean().sqrt())
-    noise_rmse = float((noise - x0).pow(2).mean().sqrt())
+    noise_rmse = float((noise - x0).pow(2).mean().sqrt())  # the pixel start; a Fourier start is flat grey
     log.info("inversion of %s on %s: feature distance %.4f -> %.4f, pixel rmse %.4f (noise %.4f)", layer,
              model.name, start, end, rmse, noise_rmse)
     return InversionResult(image=out[0].clamp(0, 1).cpu(), original=x0[0].cpu(), layer=layer,

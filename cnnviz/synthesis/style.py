@@ -126,7 +126,7 @@ def style_transfer(
     style_layers: Sequence[str] | None = None,
     style_layer_weights: Sequence[float] | None = None,
     content_weight: float = 1.0,
-    style_weight: float = 10.0,
+    style_weight: float = 1e4,
     tv_weight: float = 1.0,
     init: Literal["content", "noise"] = "content",
     optimizer: OptimizerName = "lbfgs",

@@ -25,8 +25,9 @@ from cnnviz.errors import EngineError
 from cnnviz.models import LoadedModel
 
 from .cost import pass_macs, passes, step_passes
-from .loop import Callbacks, Cancelled, PixelImage, StepCounter, forward_layers, optimize
+from .loop import Callbacks, Cancelled, StepCounter, forward_layers, optimize
 from .objectives import check_layers, gram, gram_loss, loss_callbacks, maximize, weighted
+from .parameterization import ParamKind, make_parameterization
 from .steps import OptimizerName, optimizer_step
 from .style import style_layer_preset
 from .transforms import fit_long_side
@@ -59,6 +60,7 @@ def gram_texture(
     steps: int = 100,
     optimizer: OptimizerName = "lbfgs",
     lr: float | None = None,
+    parameterization: ParamKind = "fourier",
     line_search: bool = True,
     callbacks: Callbacks | None = None,
     seed: int = 0,
@@ -82,7 +84,9 @@ def gram_texture(
     del feats
     loss = weighted([(w, gram_loss(n, targets[n])) for n, w in zip(layers, weights, strict=True)])
     gen = torch.Generator().manual_seed(seed)
-    param = PixelImage(torch.rand((1, 3, size, size), generator=gen).to(model.device))
+    noise = torch.rand((1, 3, size, size), generator=gen).to(model.device)
+    param = make_parameterization(parameterization, size, size, generator=gen, device=model.device,
+                                  init=noise if parameterization == "pixels" else None)
 
     def current() -> float:
         with torch.no_grad():
@@ -130,8 +134,8 @@ def efros_leung(
     model: LoadedModel | None,
     source: torch.Tensor,
     *,
-    size: int | tuple[int, int] = 32,
-    window: int = 7,
+    size: int | tuple[int, int] = 48,
+    window: int = 11,
     epsilon: float = 0.1,
     sigma: float | None = None,
     seed_size: int = 3,
@@ -219,8 +223,8 @@ def efros_leung_work(h: int, w: int, hs: int, ws: int, window: int) -> float:
     return float(h * w) * max(hs - window + 1, 0) * max(ws - window + 1, 0) * (4 * window * window)
 
 
-def estimate_efros_leung_cost(model: LoadedModel, *, size: int | tuple[int, int] = 32, source_size: tuple[int, int]
-                              = (64, 64), window: int = 7, **_: object) -> float:
+def estimate_efros_leung_cost(model: LoadedModel, *, size: int | tuple[int, int] = 48, source_size: tuple[int, int]
+                              = (64, 64), window: int = 11, **_: object) -> float:
     """The search's multiply-adds expressed in the model's forward+backward passes at its input size."""
     h, w = (size, size) if isinstance(size, int) else size
     return efros_leung_work(h, w, source_size[0], source_size[1], window) / pass_macs(model)

@@ -74,9 +74,29 @@ class RandomAffine:
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+class UpsampleTo:
+    """Bilinear upsampling so the short side is at least ``side`` (the network's input size).
+
+    A picture smaller than the network's input would otherwise be optimized at a scale the network
+    never saw in training: its objects come out tiny and drowned in texture. Lucent upsamples
+    every image under 224 px the same way before the forward pass.
+    """
+
+    def __init__(self, side: int) -> None:
+        self.side = int(side)
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if min(h, w) >= self.side:
+            return x
+        s = self.side / min(h, w)
+        return F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", align_corners=False)
+
+
 def robustness_transforms(jitter: int = 0, scale: Sequence[float] = (1.0, 1.0), degrees: float = 0.0,
-                          pad: int = 0) -> list[Transform]:
-    """Lucid's standard order: pad, jitter, scale + rotate, then a small jitter again."""
+                          pad: int = 0, min_side: int = 0) -> list[Transform]:
+    """Lucid's standard order: pad, jitter, scale + rotate, a small jitter again, then (with
+    ``min_side``) upsampling to the network's input size."""
     out: list[Transform] = []
     if pad > 0:
         out.append(Pad(pad))
@@ -87,6 +107,8 @@ def robustness_transforms(jitter: int = 0, scale: Sequence[float] = (1.0, 1.0), 
         out.append(affine)
         if jitter > 0:
             out.append(Jitter(max(1, jitter // 2)))
+    if min_side > 0:
+        out.append(UpsampleTo(min_side))
     return out
 
 

@@ -15,6 +15,7 @@ from cnnviz.inspection import (
     Cancelled,
     Gallery,
     calibrate_threshold,
+    display_projection,
     distance_matrix,
     embed,
     extract_features,
@@ -356,3 +357,25 @@ def test_transforms_and_invariance_curves(tiny, photos):
     picture = plot_curves(curves, width=600, height=200)
     assert picture.shape == (200, 600, 3) and picture.dtype == torch.uint8
     assert (picture != 255).any()
+
+
+def test_projection_display_is_contrast_normalized_per_projection():
+    # A faint signed pattern in the middle of a zero field, as a deep unit's projection looks.
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    blob = torch.exp(-((yy - 20) ** 2 + (xx - 20) ** 2) / 60) * torch.sin(xx * 0.6)
+    p = 1e-4 * torch.stack([blob, -blob, 0.5 * blob])
+    out = display_projection(p)
+    assert out.shape == (40, 40, 3) and out.dtype == torch.uint8
+    assert int(out[0, 0, 0]) in (127, 128) and (out[:3, :3].int() - 128).abs().max() <= 1  # zero is mid grey
+    v = out.float()
+    assert float(v.max() - v.min()) >= 230  # a 1e-4 pattern still uses (almost) the whole range
+    same = (display_projection(p * 1e4).int() - out.int()).abs()
+    assert int(same.max()) <= 1  # per projection: its scale does not matter
+    # The sign survives: where the red channel's input is positive the tile is lighter than grey.
+    assert float(v[..., 0][blob > 0.3].mean()) > 160 and float(v[..., 0][blob < -0.3].mean()) < 96
+    assert torch.equal(display_projection(torch.zeros(3, 8, 8)), torch.full((8, 8, 3), 128, dtype=torch.uint8))
+    # A stride-2 checkerboard as strong as the pattern (what strided convolutions leave in a
+    # projection) hardly changes the picture: the pattern is what shows.
+    checker = 1e-4 * 0.5 * ((yy + xx) % 2 * 2 - 1)
+    noisy = display_projection(p + checker)
+    assert float((noisy.float() - v).abs().mean()) < 12

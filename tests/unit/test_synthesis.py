@@ -133,7 +133,8 @@ def test_clip_small_norm_sets_weak_pixels_to_the_mean():
 
 def test_class_visualization_raises_the_logit_far_above_its_start(model):
     spread = float(logits(model, torch.full((3, 32, 32), 0.5)).std())
-    r = cv.class_visualization(model, target=3, steps=40, lr=0.1, size=32, seed=0)
+    r = cv.class_visualization(model, target=3, steps=40, lr=0.1, size=32, seed=0, parameterization="pixels",
+                               jitter=0, scale=(1.0, 1.0), rotate=0.0, pad=0, l2_weight=1e-3)
     assert r.kind == "class" and r.label == "class 3"
     assert r.score_end - r.score_start > 1.5 * spread
     # The logit itself rose, not only its share: its margin over the other classes' mean grew too.
@@ -145,10 +146,11 @@ def test_class_visualization_raises_the_logit_far_above_its_start(model):
 
 
 def test_channel_and_neuron_visualization(model):
-    common = dict(steps=15, lr=0.1, size=32, jitter=2, scale=(0.9, 1.1), rotate=10, pad=2)
+    common = dict(steps=15, lr=0.1, size=32, jitter=2, scale=(0.9, 1.1), rotate=10, pad=2, parameterization="pixels")
     r = cv.class_visualization(model, layer="act2", channel=1, **common)
     assert r.kind == "channel" and r.score_end > r.score_start + 0.5
-    n = cv.class_visualization(model, layer="act2", channel=1, y=3, x=5, steps=15, lr=0.1, size=32, pad=2)
+    n = cv.class_visualization(model, layer="act2", channel=1, y=3, x=5, steps=15, lr=0.1, size=32, pad=2,
+                               parameterization="pixels", jitter=0, scale=(1.0, 1.0), rotate=0.0)
     assert n.kind == "neuron" and n.score_end > n.score_start + 0.5
     reg = cv.class_visualization(model, layer="act2", channel=1, blur_every=4, clip_norm_pct=5, clip_contrib_pct=5,
                                  l2_weight=1e-3, tv_weight=0.1, **common)
@@ -213,15 +215,17 @@ def test_adversarial_reaches_the_target_within_the_budget(confident, method):
 
 
 def test_inversion_cuts_the_feature_distance_and_beats_noise(model):
-    r = inv.invert(model, image(), layer="act2", steps=60, size=32, seed=0)
+    r = inv.invert(model, image(), layer="act2", steps=60, size=32, seed=0, parameterization="pixels", jitter=0)
     assert r.feature_distance_end < 0.1 * r.feature_distance_start
     assert r.pixel_rmse < r.noise_pixel_rmse
     assert r.objective[-1] < r.objective[0]
 
 
-@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
-def test_gram_texture_loss_falls_by_90_percent(model, optimizer):
-    r = tex.gram_texture(model, pattern(), steps=40, size=32, optimizer=optimizer, seed=0)
+@pytest.mark.parametrize(("optimizer", "parameterization"), [("lbfgs", "fourier"), ("lbfgs", "pixels"),
+                                                             ("adam", "pixels")])
+def test_gram_texture_loss_falls_by_90_percent(model, optimizer, parameterization):
+    r = tex.gram_texture(model, pattern(), steps=40, size=32, optimizer=optimizer, parameterization=parameterization,
+                         seed=0)
     assert r.loss_end < 0.1 * r.loss_start
     assert r.image.shape == (3, 32, 32) and len(r.objective) == 40
 
