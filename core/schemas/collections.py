@@ -77,7 +77,11 @@ class CollectionViewParams(BaseModel):
     channels: list[Channel] | None = Field(None, max_length=64, description="top_patches: these channels")
     top_channels: int = Field(8, ge=1, le=64, description="top_patches: else the strongest ones")
     k: int = Field(9, ge=1, le=64, description="patches per channel, or neighbours")
-    projection: Literal["deconvnet", "guided", "gradient", "none"] = "deconvnet"
+    projection: Literal["deconvnet", "guided", "gradient", "none"] = Field(
+        "guided", description="top_patches: how each patch's unit is projected back to pixels. guided (default): "
+        "guided backpropagation, which shows what the unit saw in that patch; deconvnet: Zeiler & Fergus's rule, "
+        "which depends on the image only through max-pooling switches, so on a network without max pooling "
+        "(EfficientNet-Lite) it draws the same pattern for every patch of a channel; gradient: the plain gradient")
     metric: Literal["cosine", "euclidean"] = "cosine"
     method: Literal["pca", "tsne", "umap"] = "pca"
     seed: int = Field(0, ge=0, le=2**31 - 1)

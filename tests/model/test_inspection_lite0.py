@@ -21,6 +21,7 @@ from cnnviz.inspection import (
     top_activating_patches,
 )
 from cnnviz.inspection.invariance import rotate
+from core.schemas.collections import CollectionViewParams
 
 pytestmark = pytest.mark.model
 
@@ -139,6 +140,19 @@ def test_top_patches_on_the_real_model(lite0, photos):
     assert deconv.abs().sum() > 0 and not deconv[:, outside].any()
     cos = torch.nn.functional.cosine_similarity(deconv.flatten(), grad.flatten(), dim=0)
     assert cos < 0.99
+    # Without max pooling, the deconvnet rule never looks at the image: every patch of a channel gets the same
+    # picture. Guided backpropagation (the default projection) shows what each patch's unit saw.
+    full = [q for q in result[0].patches if (q.box[2] - q.box[0], q.box[3] - q.box[1]) == (35, 35)][:2]
+    assert len(full) == 2 and full[0].image != full[1].image
+
+    def crops(mode: str) -> list[torch.Tensor]:
+        return [project_units(lite0, x[q.image:q.image + 1], layer, [result[0].channel], [(q.y, q.x)], mode)[0][
+            :, q.box[1]:q.box[3], q.box[0]:q.box[2]].flatten() for q in full]
+
+    same = torch.nn.functional.cosine_similarity(*crops("deconvnet"), dim=0)
+    seen = torch.nn.functional.cosine_similarity(*crops("guided"), dim=0)
+    assert same > 0.999 and seen < 0.9
+    assert CollectionViewParams.model_fields["projection"].default == "guided"
 
 
 def test_invariance_curves_on_a_photo(lite0, photos):
