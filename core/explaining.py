@@ -38,7 +38,7 @@ from core.errors import Invalid, from_engine, inline_needs_store
 from core.explain_pictures import output_hw, render_pictures
 from core.imaging import DecodedImage, image_to_tensor
 from core.lanes import DIRECT
-from core.lookups import known_method
+from core.lookups import check_layers, known_method
 from core.schemas.explain import (
     Completeness,
     ExplainParams,
@@ -86,9 +86,14 @@ class CheckedExplain:
 
 
 def check_explain(model: LoadedModel, method: str, raw: dict[str, Any], n_images: int) -> CheckedExplain:
-    """The one check of an explain request: a known method (404), valid parameters (422), its price."""
+    """The one check of an explain request: a known method (404), valid parameters and layers (422), its price.
+
+    Layers are checked here, not by the engine later: a request over the inline budget becomes a job,
+    and a typo found on the worker would reach the client as a failed job without the closest names.
+    """
     known_method(method)
     params = validate_params(params_model(method), raw)
+    check_layers(model, [n for n in (params.layer, params.unit.layer if params.unit else None) if n])
     return CheckedExplain(method, params, raw, estimate_cost(model, method, params, n_images))
 
 

@@ -324,3 +324,14 @@ def test_huge_originals_get_capped_overlays(client):
     assert r.status_code == 200, r.text
     ov = Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]["explanations"][0]["overlay_png"])))
     assert ov.size == (2048, 1434)
+
+
+@pytest.mark.parametrize("raw", [{"layer": "blocks.10"}, {"unit": {"layer": "blocks.10", "channel": 0}}])
+def test_explain_checks_layers_before_any_hand_off(lite0, raw: dict) -> None:
+    """A layer typo is a 422 with the closest names at submission, also for a request that would become a job."""
+    from core.errors import Invalid
+    from core.explaining import check_explain
+
+    with pytest.raises(Invalid) as exc:
+        check_explain(lite0, "saliency" if "unit" in raw else "gradcam", raw, 1)
+    assert exc.value.slug == "unknown-layer" and "_blocks.10" in exc.value.extra["choices"]
