@@ -16,10 +16,15 @@ from dataclasses import dataclass
 
 from redis import Redis, RedisError
 
+from core.store.collections import CollectionStore
+from core.store.job_records import JobStore
+from core.store.trained import KINDS, TrainedStore
+
 log = logging.getLogger(__name__)
 
 SCAN_COUNT = 1000  # keys per SCAN round trip
-_TRAINED_SUFFIXES = (":weights", ":ckpt")  # beside the record hash; ":lock" marks a run, not a network
+HOLE = "\x00"  # stands for a key's variable part when a store's own key function draws its shape
+TRAINED_SUFFIXES = ("", ":weights", ":ckpt")  # the record hash and the blobs beside it; ":lock" marks a run
 
 
 @dataclass(frozen=True)
@@ -31,9 +36,12 @@ class StoredCounts:
     trained: int
 
 
-def _glob_escape(text: str) -> str:
-    """``text`` matched literally by a Redis glob pattern (a prefix may hold ``*``, ``?`` or brackets)."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+def _shape(key: str, tail: str = "") -> re.Pattern[str]:
+    """A pattern of the keys a store's key function draws, read from one key it drew with :data:`HOLE` parts.
+
+    The stores own their key layout; the census asks them for it instead of writing it again.
+    """
+    return re.compile("([^:]+)".join(re.escape(part) for part in key.split(HOLE)) + tail)
 
 
 def count_stored(redis: Redis, prefix: str) -> StoredCounts:
@@ -41,28 +49,33 @@ def count_stored(redis: Redis, prefix: str) -> StoredCounts:
 
     Costs a walk of the keyspace, so callers run it off the event loop, once.
     """
+    jobs_store = JobStore(redis, prefix)
+    job_list = _shape(jobs_store.owner_jobs_key(HOLE))
+    collection = _shape(CollectionStore(redis, prefix).key(HOLE))
+    trained_keys = TrainedStore(redis, prefix)
+    suffix = "(?:" + "|".join(map(re.escape, TRAINED_SUFFIXES)) + ")"
+    networks = [_shape(trained_keys.key(kind, HOLE, HOLE), suffix) for kind in KINDS]
     job_lists: list[str] = []
     collections = 0
-    trained: set[str] = set()
-    head = f"{prefix}:"
-    for raw in redis.scan_iter(match=_glob_escape(head) + "*", count=SCAN_COUNT):
+    trained: set[tuple[str, ...]] = set()
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + ":*"  # the prefix matched literally by Redis's glob
+    for raw in redis.scan_iter(match=pattern, count=SCAN_COUNT):
         key = raw.decode() if isinstance(raw, bytes) else str(raw)
-        kind, _, rest = key[len(head):].partition(":")
-        if kind == "owner" and rest.endswith(":jobs") and rest.count(":") == 1:
+        if job_list.fullmatch(key):
             job_lists.append(key)
-        elif kind == "col" and rest and ":" not in rest:
+        elif collection.fullmatch(key):
             collections += 1
-        elif kind == "trained" and rest.count(":") >= 2:  # {kind}:{owner}:{name}[:suffix]
-            base = next((key[: -len(s)] for s in _TRAINED_SUFFIXES if key.endswith(s)), key)
-            if base.count(":") - prefix.count(":") == 4:
-                trained.add(base)
+        else:
+            for kind, shape in zip(KINDS, networks, strict=True):
+                if m := shape.fullmatch(key):
+                    trained.add((kind, *m.groups()))
     jobs = 0
     for list_key in job_lists:
         ids = [i.decode() if isinstance(i, bytes) else str(i) for i in redis.zrange(list_key, 0, -1)]
         if ids:
             with redis.pipeline(transaction=False) as p:
                 for job_id in ids:
-                    p.exists(f"{prefix}:job:{job_id}")
+                    p.exists(jobs_store.job_key(job_id))
                 jobs += sum(int(n) for n in p.execute())
     return StoredCounts(jobs=jobs, collections=collections, trained=len(trained))
 
