@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
+from cnnviz.attribution import METHODS
 from cnnviz.models import LoadedModel
-from core.schemas.models import ForwardKind, Prediction, PredictParams
+from core.errors import Invalid
+from core.explaining import CheckedExplain, check_explain
+from core.lookups import known_method
+from core.schemas.explain import ExplainResponse
+from core.schemas.models import ForwardKind, PredictedMap, Prediction, PredictParams
 
 Forward = Callable[[LoadedModel, torch.Tensor], tuple[torch.Tensor, ForwardKind]]
 """(model, batch) -> (logits, which forward ran): :meth:`core.compiled.CompiledForwards.forward`."""
@@ -46,3 +52,42 @@ def predict_images(model: LoadedModel, images: Iterable[torch.Tensor], params: P
     top = probs.topk(k, dim=1)
     return [[Prediction(index=int(j), label=model.labels[int(j)], probability=float(p), logit=float(logits[i, j]))
              for p, j in zip(top.values[i], top.indices[i], strict=True)] for i in range(x.shape[0])], ran
+
+
+def check_predict_explain(model: LoadedModel, params: PredictParams, n_images: int) -> CheckedExplain:
+    """Predict's ``explain`` as an explain request of the top_k classes: checked and priced once.
+
+    Only the CAM family is offered: its engine call is one forward (plus a backward through the head
+    for the gradient variants), whose logits give the top classes; a map costs little beside the
+    prediction. The maps come back raw (no heatmap), the overlay only when asked.
+    """
+    e = params.explain
+    assert e is not None
+    m = known_method(e.method)
+    if m.family != "cam":
+        cams = sorted(n for n, meth in METHODS.items() if meth.family == "cam" and meth.unavailable(model) is None)
+        raise Invalid("explain-not-cam", f"predict explains with a CAM-family method, not {e.method!r}",
+                      "use POST /v1/models/{model}/explain/{method} for the other families", choices=cams)
+    raw: dict[str, Any] = {**e.options, "top_k": params.top_k, "layer": e.layer, "resolution": params.resolution,
+                           "resize": params.resize,
+                           "output": {"heatmap": False, "overlay": e.overlay, "raw": True, "format": "png"}}
+    return check_explain(model, e.method, {k: v for k, v in raw.items() if v is not None}, n_images)
+
+
+def predictions_from(answer: ExplainResponse) -> list[tuple[list[Prediction], list[PredictedMap]]]:
+    """Each image's top classes and their maps, read from an explanation of its top_k classes.
+
+    The CAM engine resolves top-k targets from the logits of its own forward pass and reports each
+    target's logit and probability: the prediction is that forward's, not a second one.
+    """
+    out = []
+    for img in answer.images:
+        preds, maps = [], []
+        for e in img.explanations:
+            t = e.target
+            preds.append(Prediction(index=t.index, label=t.label or str(t.index),
+                                    probability=float(t.probability if t.probability is not None else 0.0),
+                                    logit=t.score))
+            maps.append(PredictedMap(index=t.index, map=e.map, overlay_png=e.overlay_png))
+        out.append((preds, maps))
+    return out

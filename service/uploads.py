@@ -148,8 +148,6 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
     of them together at most ``max_pixels`` decoded pixels (default ``settings.max_request_pixels``).
     """
     max_images = max_images or settings.max_images
-    side = max_side or settings.max_decode_side
-    budget = PixelBudget(max_pixels or settings.max_request_pixels)
     ctype = request.headers.get("content-type", "")
     raw: list[bytes | str] = []
     names: list[str | None] = []  # each image's file name where the request gave one (problems name it)
@@ -205,6 +203,21 @@ async def read_upload(request: Request, settings: Settings, *, min_images: int =
     else:
         raise Unsupported("unsupported-media-type",
                            "Send multipart/form-data (image, params) or application/json (images, params)")
+    return await decode_upload(raw, names, params, settings, min_images=min_images, max_images=max_images,
+                               max_side=max_side, max_pixels=max_pixels)
+
+
+async def decode_upload(raw: list[bytes | str], names: list[str | None], params: dict[str, Any], settings: Settings,
+                        *, min_images: int = 1, max_images: int | None = None, max_side: int | None = None,
+                        max_pixels: int | None = None) -> Upload:
+    """Images already taken out of a body (bytes, or base64 text) decoded under the request's limits.
+
+    :func:`read_upload` ends here, and so do the serving protocols (KServe V1 ``instances``, the Open
+    Inference Protocol's BYTES tensors): every way in counts images and pixels the same way.
+    """
+    max_images = max_images or settings.max_images
+    side = max_side or settings.max_decode_side
+    budget = PixelBudget(max_pixels or settings.max_request_pixels)
     if len(raw) < min_images:
         raise Invalid("missing-image", f"At least {min_images} image(s) required in field 'image'")
     if len(raw) > max_images:

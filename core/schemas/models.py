@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from core.schemas.bounds import STRICT
+from core.schemas.explain import RawMap
 
 CompileState = Literal["off", "compiling", "ready", "failed"]
 """A model's compiled predict forward (core/compiled.py)."""
@@ -51,11 +52,26 @@ class ModelDetail(ModelSummary):
         "off", description="the compiled forward of predict and the CAM family at the default layer (images "
                            "at the input size): off, compiling in the background, ready, or failed (they stay eager)")
     compiled_reason: str = Field("", description="why it is in that state")
+    ready: bool = Field(True, description="KServe V1 model readiness: the model is loaded and answers (the "
+                        "fields name and ready are KServe's shape of this answer)")
 
 
 class ModelList(BaseModel):
     models: list[ModelSummary]
     default: str
+
+
+class PredictExplain(BaseModel):
+    """A CAM-family map of each predicted class, from the forward pass that predicted it."""
+
+    model_config = STRICT
+
+    method: str = Field(..., max_length=64, description="a CAM-family method of GET /v1/methods (gradcam, "
+                        "gradcampp, xgradcam, hirescam, layercam, eigencam, cam, scorecam, ablationcam)")
+    layer: str | None = Field(None, max_length=200, description="target layer; default: the model's default layer")
+    overlay: bool = Field(False, description="also each map blended over the image, as a base64 PNG")
+    options: dict[str, Any] = Field(default_factory=dict, description="the method's own parameters (e.g. "
+                                    "batch_size), checked by its explain request model")
 
 
 class PredictParams(BaseModel):
@@ -65,6 +81,8 @@ class PredictParams(BaseModel):
     resolution: int | None = Field(None, ge=32, le=1024)
     resize: Literal["stretch", "center-crop"] | None = Field(None, description="default: the model's own "
                                                              "(stretch unless its models-file entry says otherwise)")
+    explain: PredictExplain | None = Field(None, description="also a map of each of the top_k classes (at most 10) "
+                                           "from the same forward: one engine call instead of predict then explain")
 
 
 class Prediction(BaseModel):
@@ -74,11 +92,20 @@ class Prediction(BaseModel):
     logit: float
 
 
+class PredictedMap(BaseModel):
+    """The map of one predicted class: raw values at the layer's resolution, and the overlay when asked."""
+
+    index: int
+    map: RawMap
+    overlay_png: str | None = None
+
+
 class ImagePredictions(BaseModel):
     index: int
     width: int
     height: int
     predictions: list[Prediction]
+    maps: list[PredictedMap] | None = Field(None, description="with explain: one map per prediction, same order")
 
 
 class PredictResponse(BaseModel):
@@ -88,3 +115,5 @@ class PredictResponse(BaseModel):
     forward: ForwardKind = Field("eager", description="the forward pass that ran: the model's "
                                                  "compiled one (see GET /v1/models/{model}) or the eager module")
     timings: dict[str, float]
+    method: str | None = Field(None, description="with explain: the method of the maps")
+    layer: str | None = Field(None, description="with explain: the layer the maps were taken at")

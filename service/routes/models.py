@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Request, Response
 
 from cnnviz.attribution import METHODS
 from cnnviz.models import Catalog
-from core.imaging import image_to_tensor
-from core.predicting import predict_images
-from core.schemas.models import (
-    ImagePredictions,
-    LayerOut,
-    ModelDetail,
-    ModelList,
-    ModelSummary,
-    Prediction,
-    PredictParams,
-    PredictResponse,
-)
+from core.schemas.models import LayerOut, ModelDetail, ModelList, ModelSummary, PredictParams, PredictResponse
 from core.validation import validate_params
-from service.deps import CatalogDep, CompiledDep, LanesDep, ModelDep, SettingsDep
+from service.deps import CatalogDep, CompiledDep, InlineDep, LanesDep, ModelDep, PrincipalDep, SettingsDep
 from service.openapi_parts import PROBLEM_RESPONSES, upload_body
+from service.serving import predict_answer
 from service.uploads import read_upload
 
 PREDICT_DECODE_SIDE = 1024  # the largest network input PredictParams.resolution allows
@@ -60,25 +48,10 @@ def model_detail(model: ModelDep, catalog: CatalogDep, compiled: CompiledDep) ->
              openapi_extra=upload_body("#/components/schemas/PredictParams", max_images=16),
              summary="Top-k classes per image")
 async def predict(request: Request, model: ModelDep, settings: SettingsDep, lanes: LanesDep,
-                  compiled: CompiledDep) -> Response:
+                  compiled: CompiledDep, inline: InlineDep, principal: PrincipalDep) -> Response:
     # Classification needs the network input only (resolution <= 1024): decode at most that large.
     upload = await read_upload(request, settings, max_side=min(settings.max_decode_side, PREDICT_DECODE_SIDE))
     params = validate_params(PredictParams, upload.params)
-    t0 = time.perf_counter()
-    size = params.resolution or model.preprocessing.input_size
-
-    compiled.ensure(model)  # the first predict of a model starts its background compile (core/compiled.py)
-
-    def compute() -> tuple[list[list[Prediction]], str]:
-        # On a compute lane (core/lanes.py). predict_images fits each image to the network input as the
-        # generator hands it over, so only one full-size float tensor exists at a time.
-        return predict_images(model, (image_to_tensor(d.image) for d in upload.images), params, compiled.forward)
-
-    preds, ran = await lanes.arun(compute)
-    answer = PredictResponse(
-        model=model.name, input_size=(size, size), forward=ran,
-        images=[ImagePredictions(index=i, width=d.width, height=d.height, predictions=p)
-                for i, (d, p) in enumerate(zip(upload.images, preds, strict=True))],
-        timings={"decode_ms": upload.decode_ms, "compute_ms": (time.perf_counter() - t0) * 1000})
+    answer = await predict_answer(model, upload, params, settings, lanes, compiled, inline, principal.owner)
     # Built and checked once here; returned as bytes so FastAPI does not validate and encode it again.
-    return Response(answer.model_dump_json(), media_type="application/json")
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
