@@ -27,7 +27,7 @@ from service.errors import install_handlers
 from service.explorer import install_explorer
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.openapi_doc import install_openapi
-from service.routes import collections, explain, health, inspect, jobs, methods, models, trained
+from service.routes import collections, explain, health, inspect, jobs, kserve_v1, methods, models, oip_v2, trained
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         app.state.jobs = JobClient(settings)  # connects lazily: a down Redis never blocks start-up
     keyed = [Depends(require_api_key)]  # every /v1 route; health and metrics stay open
     app.include_router(health.router)
+    app.include_router(kserve_v1.router, dependencies=keyed)  # before models: /v1/models/{model}:predict
     app.include_router(models.router, dependencies=keyed)
     app.include_router(methods.router, dependencies=keyed)
     app.include_router(explain.router, dependencies=keyed)
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app.include_router(inspect.router, dependencies=keyed)
     app.include_router(collections.router, dependencies=keyed)
     app.include_router(trained.router, dependencies=keyed)
+    app.include_router(oip_v2.open_router)  # V2 health, open like /healthz (probes carry no key)
+    app.include_router(oip_v2.router, dependencies=keyed)
     install_explorer(app)  # /ui/ explorer, / redirect, offline /docs and /redoc (service/explorer.py)
     install_openapi(app, [ExplainParams, PredictParams, CollectionParams, IdentifyParams, StyleApplyParams,
                           *METHOD_PARAMS.values(), *JOB_REQUESTS.values()], {"JobRequest": JOB_REQUEST})

@@ -81,9 +81,35 @@ def problem_headers(err: DomainError) -> dict[str, str]:
     return headers
 
 
+def speaks_protocol(path: str) -> bool:
+    """Whether ``path`` is a route of a serving protocol (KServe V1 ``:predict``/``:explain``, or V2).
+
+    Their clients read errors as ``{"error": "..."}`` with ``Content-Type: application/json`` (KServe's
+    client and tritonclient both do), so those routes answer in that shape, with the same status.
+    """
+    return path == "/v2" or path.startswith("/v2/") or (
+        path.startswith("/v1/models/") and path.endswith((":predict", ":explain")))
+
+
+def protocol_message(body: dict[str, Any]) -> str:
+    """The problem's title, detail and type as the one string of a protocol's error."""
+    text = str(body.get("title", "error"))
+    if body.get("detail"):
+        text += f": {body['detail']}"
+    if body.get("choices"):
+        text += f" (choices: {', '.join(map(str, body['choices']))})"
+    return f"{text} [{str(body.get('type', '')).removeprefix(PROBLEM_BASE)}]"
+
+
+def _answer(body: dict[str, Any], status: int, headers: dict[str, str] | None, path: str | None) -> JSONResponse:
+    if path is not None and speaks_protocol(path):
+        return JSONResponse({"error": protocol_message(body)}, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
 def problem_response(err: DomainError, instance: str | None = None) -> JSONResponse:
-    return JSONResponse(problem_body(err, instance), status_code=status_of(err), headers=problem_headers(err),
-                        media_type=PROBLEM_MEDIA_TYPE)
+    """The error's answer: problem+json, or ``{"error": ...}`` on a serving protocol's path (``instance``)."""
+    return _answer(problem_body(err, instance), status_of(err), problem_headers(err), instance)
 
 
 def _jsonable_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -115,8 +141,7 @@ def install_handlers(app: FastAPI) -> None:
                                                                                             "http-error")
         body = {"type": PROBLEM_BASE + slug, "title": str(exc.detail), "status": exc.status_code,
                 "instance": request.url.path}
-        return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}),
-                            media_type=PROBLEM_MEDIA_TYPE)
+        return _answer(body, exc.status_code, dict(exc.headers or {}), request.url.path)
 
     @app.exception_handler(redis.exceptions.ConnectionError)
     @app.exception_handler(redis.exceptions.TimeoutError)
@@ -130,4 +155,4 @@ def install_handlers(app: FastAPI) -> None:
         body = {"type": PROBLEM_BASE + "internal-error", "title": "Internal server error", "status": 500,
                 "detail": "The server failed to handle this request; it has been logged.",
                 "instance": request.url.path}
-        return JSONResponse(body, status_code=500, media_type=PROBLEM_MEDIA_TYPE)
+        return _answer(body, 500, None, request.url.path)

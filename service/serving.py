@@ -27,6 +27,8 @@ from service.job_client import JobClient
 from service.submission import hand_off_explain, hands_off
 from service.uploads import Upload
 
+PREDICT_DECODE_SIDE = 1024  # the largest network input PredictParams.resolution allows: predict decodes no larger
+
 
 async def predict_answer(model: LoadedModel, upload: Upload, params: PredictParams, settings: Settings,
                          lanes: ComputeLanes, compiled: CompiledForwards, inline: InlineExplainer, owner: str,

@@ -10,10 +10,8 @@ from core.schemas.models import LayerOut, ModelDetail, ModelList, ModelSummary, 
 from core.validation import validate_params
 from service.deps import CatalogDep, CompiledDep, InlineDep, LanesDep, ModelDep, PrincipalDep, SettingsDep
 from service.openapi_parts import PROBLEM_RESPONSES, upload_body
-from service.serving import predict_answer
+from service.serving import PREDICT_DECODE_SIDE, predict_answer
 from service.uploads import read_upload
-
-PREDICT_DECODE_SIDE = 1024  # the largest network input PredictParams.resolution allows
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
