@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[lite,test]'
+	$(BIN)/pip install -q -e '.[lite,test,onnx]'
 	touch $@
 
 # The Python client (clients/python, httpx only) beside the service: `cnnviz predict ...` needs it.

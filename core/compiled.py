@@ -139,6 +139,8 @@ class CompiledForwards:
             return f"not on {model.device.type}: the eager forward serves there"
         if not isinstance(model.module, torch.nn.Module) or isinstance(model.module, torch.jit.ScriptModule):
             return "a TorchScript archive is already compiled"
+        if model.runtime is not None:
+            return "an ONNX graph: onnxruntime runs predict"
         return None
 
     def ensure(self, model: LoadedModel) -> None:

@@ -247,6 +247,7 @@ class Objective:
     targets: Targets
     rows: list[list[int]] | None = None
     fold: bool = False  # gradient methods: class scores from the copy with batch norms folded (.folded)
+    blackbox: bool = False  # perturbation methods: class scores from the model's runtime (onnxruntime for ONNX)
     _index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -263,7 +264,11 @@ class Objective:
         folded into their convolutions (:mod:`.fast.folded`: the same function, cheaper gradients); else
         the served module (a unit names its layers; perturbation methods compare against the
         served module's own scores, as the incremental occlusion engine computes them)."""
-        return folded_module(self.model) if self.fold and not self.is_unit else self.model.module
+        if self.is_unit:
+            return self.model.module
+        if self.fold:
+            return folded_module(self.model)
+        return self.model.runtime_module if self.blackbox else self.model.module
 
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
         """One forward pass, under the engine call's precision (:func:`cnnviz.precision.forward_precision`)."""

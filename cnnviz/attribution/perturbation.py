@@ -84,7 +84,7 @@ class PerturbationMethod(Method):
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Any) -> Explanation:
-        objective = Objective(model, targets)
+        objective = Objective(model, targets, blackbox=True)
         warnings: list[str] = []
         extras: dict[str, Any] = {}
         with torch.no_grad():
@@ -102,6 +102,12 @@ class PerturbationMethod(Method):
               params: Any, warnings: list[str], extras: dict[str, Any]) -> torch.Tensor:
         """Maps ``[N,T,H,W]`` for images ``x`` whose unperturbed outputs are ``out``."""
         raise NotImplementedError
+
+
+def _incremental(model: LoadedModel) -> bool:
+    """Whether occlusion may run on the incremental engine: a traceable torch network that is what predicts
+    (an ONNX graph's sweeps run on onnxruntime, whole forwards)."""
+    return model.runtime is None and supports_incremental(model.module)
 
 
 def _fill(model: LoadedModel, x: torch.Tensor, params: OcclusionParams | RiseParams) -> torch.Tensor:
@@ -131,7 +137,7 @@ class Occlusion(PerturbationMethod):
     Params = OcclusionParams
 
     def full_precision_reason(self, model: LoadedModel, targets: Targets, params: OcclusionParams) -> str | None:
-        if params.engine == "auto" and not isinstance(targets, UnitTarget) and supports_incremental(model.module):
+        if params.engine == "auto" and not isinstance(targets, UnitTarget) and _incremental(model):
             return ("the incremental engine (engine auto) computes in fp32, exactly; engine full runs its "
                     "forwards at a reduced precision")
         return None
@@ -153,7 +159,7 @@ class Occlusion(PerturbationMethod):
         img_all = torch.arange(n, device=x.device)
         base = objective.pick(out, img_all)  # [N,T]
         extras.update(window=window, stride=stride, windows=n_win)
-        if params.engine == "auto" and not objective.is_unit:
+        if params.engine == "auto" and not objective.is_unit and _incremental(model):
             # Unit targets stop the forward at a layer; the patch engine only follows whole-network outputs.
             drops = occlusion_drops(model.module, x, fill, window, stride, objective.pick, base,
                                     params.batch_size or default_chunk(x),
@@ -194,7 +200,7 @@ class Occlusion(PerturbationMethod):
         stride = params.stride
         per_axis = math.ceil(max(0, size - window) / stride) + 1
         per_window = 1.0
-        if params.engine == "auto" and supports_incremental(model.module):
+        if params.engine == "auto" and _incremental(model):
             per_window = INCREMENTAL_COST
         return float(n_images * (1 + per_axis * per_axis * per_window))
 

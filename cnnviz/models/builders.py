@@ -1,4 +1,4 @@
-"""The five builders: a spec's network from torchvision, timm, a factory function, or an archive.
+"""The builders: a spec's network from torchvision, timm, a factory function, an archive or an ONNX graph.
 
 Each takes a :class:`ModelSpec` and returns the network with its weights loaded and the spec
 completed from what the source knows (timm's preprocessing, an archive's input size). Which one
@@ -169,12 +169,34 @@ def _dynamic_batch(module: nn.Module, spec: ModelSpec) -> nn.Module:
     return module
 
 
+def build_onnx(spec: ModelSpec) -> Built:
+    """An ONNX graph on onnxruntime (:mod:`.onnx_graph`), its onnx2torch conversion attached where it agrees."""
+    path = Path(spec.weights)
+    if not path.is_file():
+        raise ModelLoadError(f"model {spec.name!r}: ONNX file not found: {path}")
+    try:
+        from .onnx_graph import OnnxError, load_onnx
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ModelLoadError(f"model {spec.name!r} needs onnxruntime, onnx and onnx2torch: "
+                             "pip install 'cnnviz[onnx]'") from exc
+    try:
+        runtime, note = load_onnx(path, spec.input_size if "input_size" in spec.declared else None,
+                                  torch.get_num_threads())
+    except (ImportError, OnnxError) as exc:
+        raise ModelLoadError(f"model {spec.name!r}: {exc}") from exc
+    if runtime.input_side and "input_size" not in spec.declared:
+        spec = dataclasses.replace(spec, input_size=int(runtime.input_side))
+    log.info("model %s: ONNX graph %s on onnxruntime; %s", spec.name, path, note)
+    return runtime, spec
+
+
 BUILDERS: dict[str, Callable[[ModelSpec], Built]] = {
     "torchvision": build_torchvision,
     "timm": build_timm,
     "factory": build_factory,
     "torchscript": build_archive,
     "export": build_archive,
+    "onnx": build_onnx,
 }
 """The builder of each source (:attr:`ModelSpec.source`)."""
 

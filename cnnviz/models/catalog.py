@@ -54,7 +54,13 @@ def _backward_works(module: nn.Module, size: int, device: torch.device) -> bool:
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:
     """Build, load weights strictly, freeze and move one model; compute its layer table."""
     module, spec = build(spec)
-    archive = spec.source in ("torchscript", "export")
+    runtime: nn.Module | None = None
+    if spec.source == "onnx":  # onnxruntime answers; the conversion, where there is one, is explained
+        runtime = module
+        converted = getattr(runtime, "converted", None)
+        module = converted if converted is not None else runtime
+    opaque = runtime is module  # an ONNX graph that did not convert: no layers, no gradients
+    archive = spec.source in ("torchscript", "export") or opaque
     if not archive:
         _not_inplace(module)
     module.eval()
@@ -67,7 +73,9 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
         module.to(device)
     else:
         module.to(device=device, memory_format=torch.channels_last)
-    if spec.source == "torchscript":
+    if opaque:
+        gradients, layers = False, []
+    elif spec.source == "torchscript":
         gradients = spec.gradients and _backward_works(module, spec.input_size, device)
         layers = opaque_layer_table(module)
     else:
@@ -85,7 +93,8 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
             raise ModelLoadError(f"model {spec.name!r} ({spec.weights or spec.arch}) does not run on a "
                                  f"[1,3,{spec.input_size},{spec.input_size}] input (set input_size?): {exc}") from exc
     with torch.no_grad():
-        out = module(torch.zeros(1, 3, spec.input_size, spec.input_size, device=device))
+        answers = runtime if runtime is not None else module
+        out = answers(torch.zeros(1, 3, spec.input_size, spec.input_size, device=device))
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ModelLoadError(f"model {spec.name!r} ({spec.weights}) returns {type(out).__name__}"
                              f"{list(out.shape) if isinstance(out, torch.Tensor) else ''}, not [N, classes] logits")
@@ -104,7 +113,7 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
         default = None
     log.info("loaded model %s (%s) from %s on %s%s", spec.name, spec.arch, spec.weights or "its factory", device,
              "" if gradients else " (no gradients)")
-    return LoadedModel(spec, module, prep, labels, layers, default, device, gradients)
+    return LoadedModel(spec, module, prep, labels, layers, default, device, gradients, runtime=runtime)
 
 
 def default_device(device: torch.device | str | None = None) -> torch.device:

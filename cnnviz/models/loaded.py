@@ -28,6 +28,7 @@ class LoadedModel:
     default_layer: str | None
     device: torch.device
     gradients: bool = True  # the backward pass is available (and allowed by the models file)
+    runtime: nn.Module | None = None  # what predicts and runs the black-box methods when not ``module`` (ONNX)
     _by_name: dict[str, LayerInfo] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -36,6 +37,15 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def runtime_module(self) -> nn.Module:
+        """The network predictions and the black-box methods run: onnxruntime for an ONNX graph, else ``module``.
+
+        ``module`` is what hooks and gradients need (for an ONNX graph, its onnx2torch conversion, or
+        the onnxruntime module itself where the graph did not convert).
+        """
+        return self.runtime if self.runtime is not None else self.module
 
     @property
     def head(self) -> str:

@@ -20,6 +20,10 @@ per model::
     weights = "model.pt2"
     gradients = false                       # only gradient-free methods answer
 
+    [models.exported]
+    arch = "onnx"                           # an ONNX graph (extra [onnx]): onnxruntime predicts and runs the
+    weights = "model.onnx"                  # black-box methods; onnx2torch's conversion the others
+
     [models.mine]
     arch = "factory:mypkg.nets:build"       # a function returning an nn.Module, called with [models.mine.kwargs]
     weights = "mine.safetensors"
@@ -91,7 +95,7 @@ class ModelSpec:
             return "timm"
         if self.arch.startswith("factory:"):
             return "factory"
-        if self.arch in ("torchscript", "export"):
+        if self.arch in ("torchscript", "export", "onnx"):
             return self.arch
         return "torchvision"
 
