@@ -130,7 +130,7 @@ def test_the_device_pick_is_a_function_of_its_argument(monkeypatch):
 
 def test_every_source_has_its_builder():
     sources = {"resnet18": "torchvision", "efficientnet-lite0": "torchvision", "timm:convnext_tiny": "timm",
-               "factory:pkg.mod:fn": "factory", "torchscript": "torchscript", "export": "export"}
+               "factory:pkg.mod:fn": "factory", "torchscript": "torchscript", "export": "export", "onnx": "onnx"}
     for arch, source in sources.items():
         assert ModelSpec(name="m", arch=arch, weights="").source == source
     assert set(BUILDERS) == set(sources.values())
