@@ -32,7 +32,7 @@ RUN pip install --extra-index-url "${TORCH_INDEX}" "torch>=2.6" "torchvision>=0.
 COPY cnnviz ./cnnviz
 COPY service ./service
 COPY workers ./workers
-RUN pip install --extra-index-url "${TORCH_INDEX}" ".[lite]"
+RUN pip install --extra-index-url "${TORCH_INDEX}" ".[lite,onnx]"   # [onnx]: arch = "onnx" models (deploy/kserve)
 
 RUN useradd --system --uid 10001 --home /app cnnviz
 USER cnnviz

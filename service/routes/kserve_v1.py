@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from core.errors import Invalid, Unsupported
+from core.errors import Invalid
 from core.lookups import known_method
 from core.schemas.models import PredictParams
 from core.validation import validate_params
@@ -53,8 +53,7 @@ def _instance(i: int, item: Any) -> str:
 
 async def _read(request: Request, settings: Any, max_side: int | None = None) -> Upload:
     raw = await request.body()
-    if not request.headers.get("content-type", "application/json").startswith("application/json"):
-        raise Unsupported("unsupported-media-type", "Send application/json with instances")
+    # The body is JSON whatever its Content-Type says (KServe reads it so; `curl -d` sends a form type).
     try:
         body = parse_json(raw.decode("utf-8")) if raw.strip() else {}
     except ValueError as exc:

@@ -91,7 +91,7 @@ async def model_metadata(model: ModelDep) -> dict[str, Any]:
     methods = sorted(n for n, m in METHODS.items() if m.unavailable(model) is None)
     return {
         "name": model.name, "versions": ["1"],
-        "platform": "onnxruntime_onnx" if model.spec.arch == "onnx" else "pytorch_torchscript",
+        "platform": "onnxruntime_onnx" if model.spec.arch == "onnx" else "pytorch",
         "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]},
                    {"name": "input", "datatype": "FP32", "shape": [-1, 3, -1, -1]}],
         "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]},
