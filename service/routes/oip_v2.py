@@ -69,7 +69,8 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@open_router.get("/v2/health/ready", summary="V2 readiness: the default model is loaded (V2 needs no job system)")
+@open_router.get("/v2/health/ready", responses={503: {"description": "the default model is not loaded yet"}},
+                 summary="V2 readiness: the default model is loaded (V2 needs no job system)")
 async def ready(catalog: CatalogDep) -> JSONResponse:
     ok = catalog.is_loaded(catalog.default)
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
