@@ -36,7 +36,6 @@ from cnnviz.trust import (
 from tests.unit.tiny import tiny_model
 
 
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_model()
