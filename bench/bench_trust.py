@@ -46,7 +46,8 @@ from cnnviz.trust import (  # noqa: E402
 )
 
 log = logging.getLogger("bench")
-METHOD_NAMES = ("saliency", "gradcam")
+# Not Grad-CAM: Quantus refuses an all-zero map, which Grad-CAM gives on random weights.
+METHOD_NAMES = ("saliency", "guided_backprop")
 PHOTOS = ("chelsea", "coffee", "rocket", "astronaut", "camera", "hubble_deep_field", "retina", "immunohistochemistry")
 
 
@@ -114,7 +115,9 @@ def one_process(args: argparse.Namespace) -> dict[str, float]:
             wrapped = with_module(loaded, model)
             res = METHODS[method].attribute(wrapped, torch.from_numpy(inputs),
                                             ClassTargets(indices=tuple((int(t),) for t in targets)))
-            return torch.stack([r[0] for r in res.maps])[:, None].numpy()
+            maps = torch.stack([r[0] for r in res.maps])[:, None]  # Quantus wants maps at the input's size
+            return torch.nn.functional.interpolate(maps, size=inputs.shape[-2:], mode="bilinear",
+                                                   align_corners=False).numpy()
         return fn
 
     loaded = model
@@ -124,8 +127,7 @@ def one_process(args: argparse.Namespace) -> dict[str, float]:
             metric = quantus.MPRT(similarity_func=quantus.similarity_func.correlation_spearman, layer_order="top_down",
                                   abs=True, normalise=False, return_last_correlation=True, disable_warnings=True,
                                   display_progressbar=False)
-            a = np.stack([mm.numpy() for mm in maps[m]])[:, None]
-            metric(model=model.module, x_batch=x_np, y_batch=y_np, a_batch=a, explain_func=explain(m),
+            metric(model=model.module, x_batch=x_np, y_batch=y_np, a_batch=a_batches[m], explain_func=explain(m),
                    device="cpu", softmax=False, channel_first=True, batch_size=len(classes))
 
     def ours_mprt() -> None:

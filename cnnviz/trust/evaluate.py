@@ -189,8 +189,13 @@ def evaluate(model: LoadedModel, pixels: Tensor, classes: list[int], methods: li
                 r.cascading = {s: [] for s in SIMILARITIES}
             if independent:
                 r.independent = {s: [] for s in SIMILARITIES}
+        previous = pristine  # cascading network k is network k - 1 with one more stage re-initialized
         for kind, _col, randomized in states:
-            rmodel = with_module(model, randomized_copy(pristine, randomized, seed))
+            if kind == "cascading":
+                network = previous = randomized_copy(previous, randomized[-1:], seed)
+            else:
+                network = randomized_copy(pristine, randomized, seed)
+            rmodel = with_module(model, network)
             for spec, r in zip(methods, results, strict=True):
                 t0 = time.perf_counter()
                 maps = _maps(rmodel, spec, x, classes, image_batch)
@@ -204,7 +209,7 @@ def evaluate(model: LoadedModel, pixels: Tensor, classes: list[int], methods: li
                         t[s].append(sims[s])
                 if kind == "cascading":
                     r.grid_maps.append(maps[grid_image])
-            del rmodel
+            del rmodel, network
     for r in results:
         r.seconds_per_image = spent[r.key] / n
         if cascading:
