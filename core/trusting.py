@@ -9,7 +9,7 @@ re-reads the same checked pieces with the same functions.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -159,9 +159,13 @@ def check_evaluate(model: LoadedModel, params: EvaluateParams, rec: dict[str, An
 
 # ---- the run and its report --------------------------------------------------------------------------
 
-def _interval(values: list[Any]) -> dict[str, float] | None:
+def _interval(values: list[Any], lo: float = 0.0, hi: float = 1.0) -> dict[str, float] | None:
+    """Mean and 95 % t-interval, the interval clipped to the metric's range [lo, hi]."""
     got = mean_interval([float(v) for v in values if v is not None])
-    return None if got is None else {k: round(v, 5) if isinstance(v, float) else v for k, v in asdict(got).items()}
+    if got is None:
+        return None
+    return {"mean": round(got.mean, 5), "low": round(max(lo, got.low), 5), "high": round(min(hi, got.high), 5),
+            "n": got.n}
 
 
 def _mean_curve(curves: list[list[float]]) -> list[float]:
@@ -169,7 +173,7 @@ def _mean_curve(curves: list[list[float]]) -> list[float]:
 
 
 def _per_stage(table: dict[str, list[list[float]]], names: list[str]) -> dict[str, list[dict[str, Any]]]:
-    return {s: [{"stage": names[k], **(_interval(col) or {})} for k, col in enumerate(table[s])]
+    return {s: [{"stage": names[k], **(_interval(col, -1.0) or {})} for k, col in enumerate(table[s])]
             for s in SIMILARITIES if s in table}
 
 
@@ -190,7 +194,10 @@ def report(model: LoadedModel, checked: CheckedEvaluate, ev: Evaluation, labels:
                 if table:
                     row[kind] = {s: [round(col[i], 4) for col in table[s]] for s in SIMILARITIES}
             images.append(row)
-        cascade_last = ({s: _interval(r.cascading[s][-1]) for s in SIMILARITIES} if r.cascading else None)
+        cascade_last = ({s: _interval(r.cascading[s][-1], -1.0) for s in SIMILARITIES} if r.cascading else None)
+        # per image, the mean over the cascading columns (what flags a method)
+        cascade_avg = ({s: _interval([sum(col[i] for col in r.cascading[s]) / len(r.cascading[s])
+                                      for i in range(n)], -1.0) for s in SIMILARITIES} if r.cascading else None)
         methods.append({
             "name": r.key, "method": r.method, "layer": r.layer,
             "params": next(e.params for e in p.methods if (e.name or e.method) == r.key),
@@ -198,6 +205,7 @@ def report(model: LoadedModel, checked: CheckedEvaluate, ev: Evaluation, labels:
             "summary": {"deletion_auc": _interval(r.deletion_auc), "insertion_auc": _interval(r.insertion_auc),
                         "pointing": _interval([float(v) for v in r.pointing if v is not None]),
                         "energy": _interval(r.energy), "fully_randomized": cascade_last,
+                        "cascading_mean": cascade_avg,
                         "cascading": _per_stage(r.cascading, ev.cascade),
                         "independent": _per_stage(r.independent, ev.independent)},
             "mean_curves": {"deletion": _mean_curve(r.deletion_curves), "insertion": _mean_curve(r.insertion_curves)},

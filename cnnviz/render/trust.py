@@ -44,7 +44,7 @@ def cascade_grid(photo: torch.Tensor, rows: Sequence[tuple[str, str, Sequence[to
             tiles.append(render_map(m.float(), method=method, size=(TILE, TILE)).rgb)
             labels.append(f"{name}\noriginal" if k == 0 else f"{stages[k - 1]}\nr={sims[k - 1]:.2f}")
     grid = labelled_grid(tiles, labels, ncols=2 + len(stages), font_px=12)
-    return add_title(grid, title, subtitle="columns: the trained network, then each stage randomized from "
+    return add_title(grid, title, font_px=18, subtitle="columns: the trained network, then each stage randomized from "
                      "the logits down (cumulative); r: Spearman rank correlation of |map| with the original")
 
 
@@ -68,9 +68,15 @@ def _panel(fractions: Sequence[float], lines: Sequence[tuple[Sequence[float], tu
     for values, color, dashed in lines:
         pts = [(x0 + f * (x1 - x0), y1 - min(max(v / top_value, 0.0), 1.0) * (y1 - y0))
                for f, v in zip(fractions, values, strict=True)]
-        if dashed:
-            for a, b in zip(pts[::2], pts[1::2], strict=False):
-                draw.line((a, b), fill=color, width=2)
+        if dashed:  # 6 px drawn, 4 px left out, along the whole polyline
+            for (ax, ay), (bx, by) in zip(pts, pts[1:], strict=False):
+                length = math.hypot(bx - ax, by - ay)
+                t = 0.0
+                while t < length:
+                    u, v = t / length, min(t + 6.0, length) / length
+                    draw.line((ax + u * (bx - ax), ay + u * (by - ay), ax + v * (bx - ax), ay + v * (by - ay)),
+                              fill=color, width=2)
+                    t += 10.0
         else:
             draw.line(pts, fill=color, width=2)
     return from_pil(img)
@@ -89,4 +95,4 @@ def curves_picture(fractions: Sequence[float], methods: Sequence[tuple[str, Sequ
     legend = legend_band([(n, c) for (n, _, _), c in zip(methods, colors, strict=True)]
                          + [("random order", FLOOR_COLOR)], int(panels.shape[1]), 13)
     out = vstack([panels, legend], gap=0)
-    return add_title(out, title, subtitle="probability of each image's labelled class, mean over images")
+    return add_title(out, title, font_px=18, subtitle="probability of each image's labelled class, mean over images")

@@ -119,6 +119,11 @@ def _compare(original: list[Tensor], randomized: list[Tensor]) -> dict[str, list
             "ssim": ssim(abs_normalized(a), abs_normalized(b)).tolist()}
 
 
+def cascade_mean(table: list[list[float]]) -> float:
+    """Mean over images and cascading columns: how much of the map survives randomization on average."""
+    return sum(sum(col) for col in table) / max(1, sum(len(col) for col in table))
+
+
 def evaluate(model: LoadedModel, pixels: Tensor, classes: list[int], methods: list[MethodSpec], *,
              image_hw: list[tuple[int, int]] | None = None, boxes: list[list[Box]] | None = None,
              steps: int = 16, batch_size: int = 32, image_batch: int = 8, tolerance: int = 15,
@@ -128,10 +133,11 @@ def evaluate(model: LoadedModel, pixels: Tensor, classes: list[int], methods: li
 
     ``image_hw``: each photo's original (height, width), the frame ``boxes`` (x0, y0, x1, y1, in
     original pixels, per image; [] for none) are given in. ``randomization``: ``both``,
-    ``cascading``, ``independent`` or ``none``. A method is *flagged* when the mean Spearman
-    rank correlation of absolute values between its original maps and those of the fully
-    (cascading) randomized network is at least ``flag_threshold``: it barely depends on the
-    weights, so it cannot be explaining them.
+    ``cascading``, ``independent`` or ``none``. A method is *flagged* when the Spearman rank
+    correlation of absolute values between its original maps and those of the cascading
+    randomized networks, averaged over images and cascading steps (Quantus' "average correlation"
+    of MPRT), is at least ``flag_threshold``: its map survives re-initializing the classifier and
+    the stages under it, so it cannot be explaining what they learnt.
     """
     n = pixels.shape[0]
     size = tuple(pixels.shape[-2:])
@@ -213,8 +219,7 @@ def evaluate(model: LoadedModel, pixels: Tensor, classes: list[int], methods: li
     for r in results:
         r.seconds_per_image = spent[r.key] / n
         if cascading:
-            last = r.cascading["spearman_abs"][-1]
-            r.flagged = sum(last) / len(last) >= flag_threshold
+            r.flagged = cascade_mean(r.cascading["spearman_abs"]) >= flag_threshold
     return Evaluation(
         methods=results, fractions=curves.fractions.tolist(),
         random_deletion_auc=curves.deletion_auc[:, -1].tolist(),

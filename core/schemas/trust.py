@@ -53,7 +53,7 @@ class EvaluateParams(BaseModel):
                                            "one stage each (default: the network's main stages)")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="random weights and the random pixel order")
     flag_threshold: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False, description="flag a method whose "
-                                  "mean Spearman correlation of |map| to the original after randomizing every "
-                                  "stage is at least this")
+                                  "Spearman correlation of |map| to the original, averaged over images and the "
+                                  "cascading randomization steps, is at least this")
     grid_image: int = Field(0, ge=0, le=999, description="the image the cascading-randomization grid shows")
     batch_size: int = Field(32, ge=1, le=256, description="inputs per forward of the deletion / insertion steps")
