@@ -5,8 +5,8 @@ Run the README's ``cnnviz evaluate ... --out trust`` against a service, then
     .venv/bin/python bench/trust_example.py trust/
 
 writes the summary table (the client's :func:`cnnviz_client._trust.trust_table` of that run's
-``result.json``) between the README's ``<!-- bench:trust-example -->`` markers and copies
-``grid.png`` and ``curves.png`` to ``docs/trust/``. No number is typed by hand.
+``result.json``) between the README's ``<!-- bench:trust-example -->`` markers, copies ``grid.png``
+to ``docs/trust/`` and draws ``curves.png`` there from the run's mean curves. No number is typed by hand.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT / "clients" / "python"))
 from cnnviz_client._trust import trust_table  # noqa: E402
 
 from bench.readme import README, write_block  # noqa: E402
+from cnnviz.render import encode_png  # noqa: E402
+from cnnviz.render.trust import curves_picture  # noqa: E402
 
 
 def main() -> None:
@@ -39,8 +41,14 @@ def main() -> None:
     write_block("trust-example", head + "\n\n" + trust_table(result), README)
     out = ROOT / "docs" / "trust"
     out.mkdir(exist_ok=True)
-    for name in ("grid.png", "curves.png"):
-        shutil.copyfile(args.run / name, out / name)
+    shutil.copyfile(args.run / "grid.png", out / "grid.png")
+    # The curves are drawn again from the run's own numbers, with this checkout's axis labels.
+    curves = curves_picture(result["fractions"], [(m["name"], m["mean_curves"]["deletion"],
+                                                   m["mean_curves"]["insertion"]) for m in result["methods"]],
+                            (result["random"]["mean_curves"]["deletion"], result["random"]["mean_curves"]["insertion"]),
+                            title=f"Mean deletion and insertion curves over {result['count']} images, "
+                                  f"{result['model']}")
+    (out / "curves.png").write_bytes(encode_png(curves))
 
 
 if __name__ == "__main__":

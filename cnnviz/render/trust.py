@@ -61,7 +61,7 @@ def _panel(fractions: Sequence[float], lines: Sequence[tuple[Sequence[float], tu
         y = y1 - v * (y1 - y0)
         x = x0 + v * (x1 - x0)
         draw.line((x0, y, x1, y), fill=(230, 230, 230))
-        draw_text(draw, (x0 - 4, y), f"{v * top_value:.2f}", 11, anchor="rm", fill=MUTED_COLOR)
+        draw_text(draw, (x0 - 4, y), f"{v * top_value:.3g}", 11, anchor="rm", fill=MUTED_COLOR)
         draw_text(draw, (x, y1 + 4), f"{v:.2f}", 11, anchor="ma", fill=MUTED_COLOR)
     draw_text(draw, ((x0 + x1) / 2, height - 2), "fraction of pixels removed / revealed", 11, anchor="md",
               fill=MUTED_COLOR)
