@@ -32,8 +32,10 @@ from cnnviz.render import (
     encode_image,
     figure_title,
     normalize_map,
+    render_map,
     resize_map,
 )
+from cnnviz.trust import SanityCheck, sanity_check
 from core.errors import Invalid, from_engine, inline_needs_store
 from core.explain_pictures import output_hw, render_pictures
 from core.imaging import DecodedImage, image_to_tensor
@@ -47,6 +49,7 @@ from core.schemas.explain import (
     ImageExplanation,
     RawMap,
     Region,
+    SanityAnswer,
     TargetExplanation,
     TargetInfo,
     Timings,
@@ -72,6 +75,8 @@ def estimate_cost(model: LoadedModel, method: str, params: ExplainParams, n_imag
         cost *= (params.resolution / model.preprocessing.input_size) ** 2
     if params.faithfulness and params.faithfulness.deletion_insertion:
         cost += n_images * n_targets * 2 * (params.faithfulness.steps + 1)
+    if params.sanity:
+        cost *= 2  # the method once more, on the randomized copy
     return float(cost)
 
 
@@ -93,6 +98,9 @@ def check_explain(model: LoadedModel, method: str, raw: dict[str, Any], n_images
     """
     known_method(method)
     params = validate_params(params_model(method), raw)
+    if params.sanity and not target_kind(params).probability:
+        raise Invalid("sanity-needs-classes", "sanity: true checks maps of class targets; this request explains "
+                      f"a {target_kind(params).name}")
     check_layers(model, [n for n in (params.layer, params.unit.layer if params.unit else None) if n])
     return CheckedExplain(method, params, raw, estimate_cost(model, method, params, n_images))
 
@@ -225,7 +233,8 @@ def light_work(images: list[DecodedImage], params: ExplainParams) -> bool:
     cost more than its width gains, and the lane stays free for the engine calls that batch
     concurrent requests. Forwards (faithfulness), the CRF and megapixel pictures go to the lane.
     """
-    if params.faithfulness is not None or (params.localization is not None and params.localization.crf):
+    if params.sanity or params.faithfulness is not None or (
+            params.localization is not None and params.localization.crf):
         return False
     out = params.output
     pixels = 0
@@ -267,6 +276,9 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     tensors, x_pix, x = around(prepare)
     t1 = time.perf_counter()
     result = engine(model, method, x, params)
+    checks = (lane(lambda: sanity_check(model, method, x, result.targets, result.maps, params.layer,
+                                        params.engine_params(m), params.precision))
+              if params.sanity else None)
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
     t2 = time.perf_counter()
@@ -316,13 +328,15 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                 heat_b64, heat_url = encode(pics.heatmap, f"heatmap-{i}-{t}.{ext}")
                 ov_b64, ov_url = encode(pics.overlay, f"overlay-{i}-{t}.{ext}")
                 fig_b64, fig_url = encode(pics.figure, f"figure-{i}-{t}.{ext}")
+                sanity = (_sanity_answer(checks[i][t], kind, params, encode, f"sanity-{i}-{t}.{ext}",
+                                         output_hw(out.size, d.height, d.width)) if checks else None)
                 exp = TargetExplanation(
                     target=info, map=rawmap, rendering=pics.rendering,
                     media_type=media if any(v is not None for v in (pics.heatmap, pics.overlay, pics.figure))
                     else None,
                     heatmap_png=heat_b64, overlay_png=ov_b64, figure_png=fig_b64,
                     heatmap_url=heat_url, overlay_url=ov_url, figure_url=fig_url,
-                    regions=regions, faithfulness=faith, completeness=_completeness(result, i, t))
+                    regions=regions, faithfulness=faith, completeness=_completeness(result, i, t), sanity=sanity)
                 if keep is not None and pics.overlay is not None:
                     keep.append((i, exp, pics.overlay))
                 exps.append(exp)
@@ -339,6 +353,29 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                         localization_ms=ms["localization"], faithfulness_ms=ms["faithfulness"],
                         render_ms=ms["render"] + (t3 - t2) * 1000 - sum(ms.values()), encode_ms=ms["encode"],
                         total_ms=decode_ms + (t3 - t0) * 1000))
+
+
+SIMILAR_ABOVE = 0.5  # spearman_abs at or above which a sanity answer reads "similar"
+
+
+def _sanity_answer(check: SanityCheck, kind: MapKind, params: ExplainParams,
+                   encode: Callable[[torch.Tensor | None, str], tuple[str | None, str | None]],
+                   name: str, size: tuple[int, int]) -> SanityAnswer:
+    """The randomized map as the answer shows it: raw summary (values when asked) and a heatmap at the
+    original's size (a gradient_rgb original's randomized map is drawn as unsigned: it has one channel)."""
+    raw = check.randomized
+    out = params.output
+    heat = render_map(raw, "unsigned" if kind == "gradient_rgb" else kind, clip_percentile=out.clip_percentile,
+                      colormap=out.colormap, size=size).rgb if out.heatmap else None
+    b64, url = encode(heat, name)
+    vals = normalize_map(raw, "minmax") if out.raw_normalized else raw
+    return SanityAnswer(stage=check.stage, spearman_abs=round(check.spearman_abs, 5),
+                        spearman=round(check.spearman, 5), ssim=round(check.ssim, 5),
+                        similar=check.spearman_abs >= SIMILAR_ABOVE,
+                        map=RawMap(shape=tuple(raw.shape), min=float(raw.min()), max=float(raw.max()),
+                                   values=[[round(float(v), 6) for v in row] for row in vals.tolist()]
+                                   if out.raw else None),
+                        heatmap_png=b64, heatmap_url=url)
 
 
 def _details(result: Explanation) -> dict[str, str | int | float | bool]:

@@ -51,8 +51,10 @@ from core.schemas.synthesis import (
     TextureParams,
 )
 from core.schemas.training import RESUMABLE, FastStyleParams, TripletHeadParams
+from core.schemas.trust import EvaluateParams
 from core.store.collections import CollectionStore
 from core.store.trained import JOB_KINDS, TrainedStore, TrainingLock, load_embedder
+from core.trusting import check_evaluate
 from core.validation import validation_problem
 
 Queue = Literal["short", "long"]
@@ -215,6 +217,14 @@ def _prepare_collection(entry: JobType, ctx: SubmitContext, job: Any, images: li
     return Prepared(_spec("collection", model, p.model_dump(mode="json")), cost)
 
 
+def _prepare_evaluate(entry: JobType, ctx: SubmitContext, job: Any, images: list[DecodedImage]) -> Prepared:
+    """Check an evaluation (collection with labels, methods and their parameters, classes, stages); price it."""
+    model = ctx.model(job.model)
+    p: EvaluateParams = job.params
+    checked = check_evaluate(model, p, ctx.owned_collection(p.collection))
+    return Prepared(_spec("evaluate", model, p.model_dump(mode="json")), checked.cost)
+
+
 def _prepare_synthesis(entry: JobType, ctx: SubmitContext, job: Any, images: list[DecodedImage]) -> Prepared:
     """Check an optimization job against the model and price it with its engine cost function."""
     model = ctx.model(job.model)
@@ -294,6 +304,9 @@ register(JobType("explain", "explain", ExplainJobParams, (1, 256), "one or more 
 register(JobType("collection", "collection", CollectionViewParams, (0, 1),
                  "no image (a neighbours view: one query image)", "short", f"{_W}.collection.run",
                  _prepare_collection))
+register(JobType("evaluate", "collection", EvaluateParams, (0, 0),
+                 "no image (the collection is the data)", "long", f"{_W}.evaluate.run", _prepare_evaluate,
+                 steps_param=""))
 register(JobType("deepdream", "synthesis", DeepDreamParams, (0, 1), "at most one image (none: start from noise)",
                  "long", f"{_W}.deepdream.run", _prepare_deepdream, _deepdream_cost))
 register(JobType("class_viz", "synthesis", ClassVizParams, (0, 0), "no image", "long", f"{_W}.synthesis.run",

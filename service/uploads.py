@@ -12,7 +12,7 @@ import json
 import re
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -29,6 +29,7 @@ class Upload:
     images: list[DecodedImage]
     params: dict[str, Any]
     decode_ms: float = 0.0
+    names: list[str | None] = field(default_factory=list)  # each image's file name, where it had one
 
 
 # Limits of any JSON the service parses (a params field or a JSON body), checked before or while
@@ -238,7 +239,7 @@ async def decode_upload(raw: list[bytes | str], names: list[str | None], params:
 
     t0 = time.perf_counter()
     decoded = await run_in_threadpool(decode_all)
-    return Upload(decoded, params, (time.perf_counter() - t0) * 1000)
+    return Upload(decoded, params, (time.perf_counter() - t0) * 1000, list(names))
 
 
 def naming_image(err: DomainError, index: int, filename: str | None) -> DomainError:

@@ -36,6 +36,10 @@ LABELLED = {"cat": "chelsea", "cup": "coffee", "rocket": "rocket"}
 
 VIEWS = 4
 
+BOXES = {"chelsea": (100, 50, 370, 280), "coffee": (170, 15, 420, 305), "rocket": (300, 125, 345, 410)}
+"""The object in each labelled photo, (x0, y0, x1, y1) in its pixels (the cat's face, the cup, the rocket),
+annotated by eye; ``labelled.json`` carries it into each view for the evaluate job's pointing games."""
+
 
 def _photo(name: str) -> np.ndarray:
     import skimage.data
@@ -60,6 +64,21 @@ def _views(arr: np.ndarray, n: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(c) for c in crops[:n]]
 
 
+def _view_boxes(box: tuple[int, int, int, int], h: int, w: int, n: int) -> list[list[list[int]]]:
+    """``box`` in each of :func:`_views`' first ``n`` views (mirrored, cropped and clipped like the view)."""
+    ch, cw = int(h * 0.8), int(w * 0.8)
+    x0, y0, x1, y1 = box
+    # (mirror, crop origin x, crop origin y, view width, view height) of each view, in _views' order
+    frames = [(False, 0, 0, w, h), (True, 0, 0, w, h), (False, 0, 0, cw, ch), (False, w - cw, h - ch, cw, ch),
+              (False, w - cw, 0, cw, ch), (False, 0, h - ch, cw, ch)]
+    out = []
+    for mirror, ox, oy, vw, vh in frames[:n]:
+        a0, a1 = (w - x1, w - x0) if mirror else (x0, x1)
+        b = [max(0, a0 - ox), max(0, y0 - oy), min(vw, a1 - ox), min(vh, y1 - oy)]
+        out.append([b] if b[0] < b[2] and b[1] < b[3] else [])
+    return out
+
+
 def _zip(members: list[tuple[str, bytes]]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
@@ -80,7 +99,8 @@ def write_samples(folder: Path) -> list[Path]:
                                           for i, (label, view) in enumerate(
                                               (label, v) for label, n in LABELLED.items()
                                               for v in _views(_photo(n), VIEWS))])
-    files["labelled.json"] = lambda: (json.dumps({"labels": labels}) + "\n").encode()
+    boxes = [b for n in LABELLED.values() for b in _view_boxes(BOXES[n], *_photo(n).shape[:2], VIEWS)]
+    files["labelled.json"] = lambda: (json.dumps({"labels": labels, "boxes": boxes}) + "\n").encode()
     written = []
     for name, make in files.items():
         path = folder / name

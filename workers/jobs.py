@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from workers.runners import collection, deepdream, explain, synthesis, training
+from workers.runners import collection, deepdream, evaluate, explain, synthesis, training
 
-for _module in (collection, deepdream, explain, synthesis, training):
+for _module in (collection, deepdream, evaluate, explain, synthesis, training):
     sys.modules[f"{__name__}.{_module.__name__.rpartition('.')[2]}"] = _module

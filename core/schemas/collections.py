@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from core.schemas.bounds import STRICT, Channel
+from core.schemas.bounds import STRICT, Box, Channel
 from core.schemas.training import NAME_PATTERN
 
 Label = Annotated[str, Field(max_length=200)]
@@ -17,12 +17,17 @@ class CollectionParams(BaseModel):
 
     labels: list[Label] | None = Field(None, max_length=1000, description="one label per image (for calibration), "
                                        "each at most 200 characters")
+    boxes: list[Annotated[list[Box], Field(max_length=50)]] | None = Field(
+        None, max_length=1000, description="boxes per image, in image order (for the evaluate job's pointing games): "
+        "a list of (x0, y0, x1, y1) in the original image's pixels, x1 and y1 exclusive, at most 50 per image; "
+        "[] for an image without boxes")
 
 
 class CollectionInfo(BaseModel):
     id: str
     count: int
     labels: list[str] | None
+    boxes: list[list[tuple[int, int, int, int]]] | None = None
     bytes: int
     created_at: float
     ttl_s: int

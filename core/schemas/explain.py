@@ -123,6 +123,10 @@ class ExplainParams(Strict):
     output: OutputOptions = Field(default_factory=OutputOptions)
     localization: LocalizationParams | None = None
     faithfulness: FaithfulnessParams | None = None
+    sanity: bool = Field(False, description="also the map of a copy of the network whose top stage (the "
+                         "classifier) is re-initialized, and its similarity to the map (Spearman of |values|, "
+                         "signed, SSIM): a method whose map barely changes does not explain the weights "
+                         "(Adebayo et al. 2018). Class targets only; costs the method once more")
     precision: PrecisionName = Field(  # type: ignore[valid-type]
         "fp32", description="precision of the network's forward passes (torch.autocast): fp32 | bf16 | fp16. "
         "Offered where the hardware computes it natively (CPU: bf16 with AVX512-BF16 or AMX, fp16 with "
@@ -242,6 +246,19 @@ class Completeness(BaseModel):
     adaptive: bool = Field(..., description="whether adaptive quadrature chose the points")
 
 
+class SanityAnswer(BaseModel):
+    """The map of the network with its top stage randomized (``sanity: true``), beside the original."""
+
+    stage: str = Field(..., description="the randomized stage's modules")
+    spearman_abs: float = Field(..., description="Spearman rank correlation of |map| with the original")
+    spearman: float = Field(..., description="of the signed maps")
+    ssim: float = Field(..., description="SSIM of the |map|s, each scaled to [0, 1] by its maximum")
+    similar: bool = Field(..., description="spearman_abs >= 0.5: the map barely depends on the classifier's weights")
+    map: RawMap
+    heatmap_png: str | None = Field(None, description="base64 heatmap of the randomized map, drawn as the original's")
+    heatmap_url: str | None = None
+
+
 class TargetExplanation(BaseModel):
     target: TargetInfo
     map: RawMap
@@ -257,6 +274,7 @@ class TargetExplanation(BaseModel):
     faithfulness: Faithfulness | None = None
     completeness: Completeness | None = Field(None, description="integrated gradients: how close the map's sum "
                                               "is to score(x) - score(baseline)")
+    sanity: SanityAnswer | None = Field(None, description="sanity: true: the top-stage randomization check")
 
 
 class ImageExplanation(BaseModel):

@@ -42,10 +42,16 @@ class CollectionStore:
     def image_key(self, cid: str, i: int) -> str:
         return f"{self.prefix}:col:{cid}:img:{i}"
 
-    def create(self, owner: str, images: list[bytes], labels: list[str] | None, ttl_s: int) -> dict[str, Any]:
+    def create(self, owner: str, images: list[bytes], labels: list[str] | None, ttl_s: int, *,
+               boxes: list[list[tuple[int, int, int, int]]] | None = None,
+               sizes: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+        """Store a collection. ``boxes`` per image are in original pixels; ``sizes`` the originals'
+        (height, width), the frame of those boxes (stored images may have been decoded smaller)."""
         cid = uuid.uuid4().hex
         rec = {"id": cid, "owner": owner, "count": len(images), "labels": labels, "created_at": time.time(),
                "ttl_s": ttl_s, "bytes": sum(len(b) for b in images)}
+        if boxes is not None:
+            rec.update(boxes=[[list(b) for b in row] for row in boxes], sizes=[list(s) for s in sizes or []])
         with self.redis.pipeline(transaction=True) as p:
             p.hset(self.key(cid), mapping={k: json.dumps(v) for k, v in rec.items()})
             p.expire(self.key(cid), ttl_s)

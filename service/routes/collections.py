@@ -12,6 +12,7 @@ from core.imaging import image_to_tensor
 from core.inspecting import identify_query, resolve_embedding
 from core.lookups import lookup_model
 from core.schemas.collections import CollectionInfo, CollectionParams, IdentifyParams, IdentifyResponse
+from core.trusting import check_boxes
 from core.validation import validate_params
 from service.deps import (
     CatalogDep,
@@ -31,7 +32,8 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
 
 def _info(rec: dict[str, Any]) -> CollectionInfo:
-    return CollectionInfo(id=rec["id"], count=rec["count"], labels=rec.get("labels"), bytes=rec["bytes"],
+    return CollectionInfo(id=rec["id"], count=rec["count"], labels=rec.get("labels"), boxes=rec.get("boxes"),
+                          bytes=rec["bytes"],
                           created_at=rec["created_at"], ttl_s=rec["ttl_s"],
                           links={"self": f"/v1/collections/{rec['id']}"})
 
@@ -39,7 +41,7 @@ def _info(rec: dict[str, Any]) -> CollectionInfo:
 @router.post("", status_code=201, response_model=CollectionInfo, responses=PROBLEM_RESPONSES,
              openapi_extra=upload_body("#/components/schemas/CollectionParams",
                                        "Many images (field image, repeated, and/or a ZIP archive in field "
-                                       "zip) and params {labels}, labels in image order.", min_images=2,
+                                       "zip) and params {labels, boxes}, both in image order.", min_images=2,
                                        max_images=500),
              summary="Upload a collection of images for collection-level views")
 async def create_collection(request: Request, settings: SettingsDep, collections: CollectionsDep,
@@ -50,10 +52,14 @@ async def create_collection(request: Request, settings: SettingsDep, collections
     params = validate_params(CollectionParams, upload.params)
     if params.labels is not None and len(params.labels) != len(upload.images):
         raise Invalid("bad-labels", f"{len(params.labels)} labels for {len(upload.images)} images")
+    sizes = [(d.height, d.width) for d in upload.images]
+    if params.boxes is not None:
+        check_boxes(params.boxes, sizes, upload.names)
     blobs = await run_in_threadpool(lambda: [stored_png(d) for d in upload.images])
     with jobs.guard():
-        rec = await run_in_threadpool(collections.create, principal.owner, blobs, params.labels,
-                                      settings.artifact_ttl_s)
+        rec = await run_in_threadpool(lambda: collections.create(
+            principal.owner, blobs, params.labels, settings.artifact_ttl_s, boxes=params.boxes,
+            sizes=sizes if params.boxes is not None else None))
     return Response(_info(rec).model_dump_json(), status_code=201, media_type="application/json",
                     headers={"Location": f"/v1/collections/{rec['id']}"})
 

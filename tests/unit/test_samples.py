@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import zipfile
@@ -48,3 +49,18 @@ def test_cli_writes_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["samples", str(tmp_path / "s")]) == 0
     printed = capsys.readouterr().out.split()
     assert set(printed) == {str(p) for p in (tmp_path / "s").iterdir()} and len(printed) == 8
+
+
+def test_labelled_boxes_follow_each_view(samples: dict[str, Path]) -> None:
+    """labelled.json's boxes: one list per image, inside its view, the mirror view's box mirrored."""
+    meta = json.loads(samples["labelled.json"].read_text())
+    with zipfile.ZipFile(samples["labelled.zip"]) as z:
+        sizes = [Image.open(io.BytesIO(z.read(n))).size for n in z.namelist()]
+    assert len(meta["boxes"]) == len(sizes)
+    for row, (w, h) in zip(meta["boxes"], sizes, strict=True):
+        assert len(row) == 1
+        x0, y0, x1, y1 = row[0]
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    for i in range(0, len(sizes), 4):  # view 0 is the photo, view 1 its mirror image
+        (a0, b0, a1, b1), (m0, n0, m1, n1) = meta["boxes"][i][0], meta["boxes"][i + 1][0]
+        assert (m0, n0, m1, n1) == (sizes[i][0] - a1, b0, sizes[i][0] - a0, b1)

@@ -16,7 +16,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -351,8 +351,11 @@ def list_jobs(state: State, status: str | None, limit: int) -> Op[list[JobStatus
 # ---- operations: collections, styles, embedders ------------------------------------------------------------
 
 
-def create_collection(state: State, images: Any, zip_file: Any, labels: list[str] | None) -> Op[Collection]:
-    params = {"labels": list(labels)} if labels is not None else {}
+def create_collection(state: State, images: Any, zip_file: Any, labels: list[str] | None,
+                      boxes: list[list[Sequence[int]]] | None = None) -> Op[Collection]:
+    params: dict[str, Any] = {"labels": list(labels)} if labels is not None else {}
+    if boxes is not None:
+        params["boxes"] = [[list(b) for b in row] for row in boxes]
     if images is None and zip_file is None:
         raise ValueError("give images and/or a zip archive")
     # Not replayable after a dropped connection: the service has no idempotency for collections.
@@ -374,6 +377,13 @@ def identify(state: State, cid: str, image: Any, model_name: str | None,
     query = {"model": model_name} if model_name else None
     call = upload_call("POST", f"/v1/collections/{seg(cid)}/identify", [image], params, query=query)
     return IdentifyResult.from_json((yield from send(state, call)).json())
+
+
+def evaluate_params(collection_id: str, methods: Sequence[str | Mapping[str, Any]],
+                    params: dict[str, Any]) -> dict[str, Any]:
+    """An evaluate job's params: each method a name or ``{"method", "params", "name"}``."""
+    entries = [{"method": m} if isinstance(m, str) else dict(m) for m in methods]
+    return {"collection": collection_id, "methods": entries, **params}
 
 
 PLURAL = {"style": "styles", "embedder": "embedders"}

@@ -144,8 +144,16 @@ class AsyncClient:
     # ---- collections ------------------------------------------------------------------------------
 
     async def create_collection(self, images: ImageInput | Sequence[ImageInput] | None = None, *, zip: Any = None,
-                                labels: Sequence[str] | None = None) -> Collection:
-        return await self._drive(ops.create_collection(self._state, images, zip, list(labels) if labels else None))
+                                labels: Sequence[str] | None = None,
+                                boxes: Sequence[Sequence[Sequence[int]]] | None = None) -> Collection:
+        return await self._drive(ops.create_collection(self._state, images, zip, list(labels) if labels else None,
+                                                       [list(r) for r in boxes] if boxes is not None else None))
+
+    async def evaluate(self, collection_id: str, methods: Sequence[str | Mapping[str, Any]], model: str | None = None,
+                       *, params: Mapping[str, Any] | None = None, **kwargs: Any) -> AsyncJob:
+        """See :meth:`Client.evaluate`."""
+        return await self.submit("evaluate", None, model,
+                                 params=ops.evaluate_params(collection_id, methods, ops.merge_params(params, kwargs)))
 
     async def collection(self, collection_id: str) -> Collection:
         return await self._drive(ops.get_collection(self._state, collection_id))

@@ -31,6 +31,7 @@ import httpx
 
 from . import __version__
 from ._saving import SERVICE_FORMATS, format_of_name
+from ._trust import trust_table
 from .client import Client
 from .errors import CnnvizError, JobFailedError, JobTimeoutError, ProblemError
 from .types import ExplainResult, JobStatus
@@ -289,6 +290,64 @@ def cmd_result(c: Client, a: argparse.Namespace) -> int:
     return 0
 
 
+def _method_entry(text: str) -> dict[str, Any]:
+    """``NAME`` or ``NAME:{json params}`` (``gradcam:{"layer": "_blocks.15"}``)."""
+    name, sep, rest = text.partition(":")
+    if not sep:
+        return {"method": name}
+    try:
+        params = json.loads(rest)
+    except json.JSONDecodeError as exc:
+        raise CnnvizError(f"--method {text!r}: the parameters after ':' must be a JSON object ({exc})") from exc
+    if not isinstance(params, dict):
+        raise CnnvizError(f"--method {text!r}: the parameters after ':' must be a JSON object")
+    return {"method": name, "params": params}
+
+
+def cmd_evaluate(c: Client, a: argparse.Namespace) -> int:
+    """Evaluate methods on a collection (an id, or a ZIP uploaded first with --labels FILE.json)."""
+    source = Path(a.source)
+    if source.exists():
+        meta: dict[str, Any] = json.loads(Path(a.labels).read_text()) if a.labels else {}
+        col = c.create_collection(zip=source.read_bytes() if source.suffix.lower() == ".zip" else None,
+                                  images=None if source.suffix.lower() == ".zip" else [source],
+                                  labels=meta.get("labels"), boxes=meta.get("boxes"))
+        cid = col.id
+        if not a.json:
+            _write(f"collection {cid}: {col.count} images")
+    else:
+        cid = a.source
+    params = params_from(a.param)
+    if a.klass:
+        classes = {}
+        for item in a.klass:
+            label, sep, cls = item.partition("=")
+            if not sep:
+                raise CnnvizError(f"--class {item!r}: give LABEL=CLASS (a class label or index)")
+            classes[label] = int(cls) if cls.isdigit() else cls
+        params["classes"] = classes
+    job = c.evaluate(cid, [_method_entry(m) for m in a.method], a.model, params=params)
+    st = job.wait(timeout=a.wait_timeout, progress=not a.no_progress)
+    if not st.succeeded:
+        raise JobFailedError(st)
+    result = job.result().json()
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        for name in ("grid.png", "curves.png"):
+            if any(art.name == name for art in st.artifacts):
+                job.artifact(name).save(out / name)
+    if a.json:
+        _dump(result)
+        return 0
+    _write(f"evaluate {job.id} on {result['model']}: {result['count']} images at {result['input_size']} px")
+    _write(trust_table(result))
+    if a.out:
+        _write(f"saved: {a.out}/result.json, grid.png, curves.png")
+    return 0
+
+
 def cmd_cancel(c: Client, a: argparse.Namespace) -> int:
     st = c.job(a.id).cancel()
     if a.json:
@@ -382,6 +441,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--wait", type=float, default=None, metavar="S",
                     help="wait up to S seconds for the job to finish, then fetch (default: fetch now)")
     sp.add_argument("--out", default=None, help="save it here (JSON is printed without --out)")
+
+    sp = add("evaluate", cmd_evaluate, "which explanation method can you trust? faithfulness, pointing and "
+             "randomization checks of methods over a labelled collection")
+    sp.add_argument("source", metavar="COLLECTION", help="a collection id, or a ZIP of images to upload first")
+    sp.add_argument("--labels", default=None, metavar="FILE.json",
+                    help='with a ZIP: {"labels": [...], "boxes": [[[x0, y0, x1, y1], ...], ...]} in image order')
+    sp.add_argument("--method", action="append", required=True, metavar="NAME[:JSON]",
+                    help='a method, optionally with its params: gradcam:{"layer": "_blocks.15"} (repeatable)')
+    sp.add_argument("--class", dest="klass", action="append", metavar="LABEL=CLASS",
+                    help="the model's class (label or index) for a collection label (repeatable)")
+    sp.add_argument("--out", default=None, metavar="DIR", help="save result.json, grid.png and curves.png here")
+    sp.add_argument("--wait-timeout", type=float, default=None, help="give up waiting after this many seconds")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar while waiting")
+    model_and_params(sp)
 
     sp = add("cancel", cmd_cancel, "cancel a job")
     sp.add_argument("id", metavar="ID")

@@ -187,9 +187,26 @@ class Client:
     # ---- collections ------------------------------------------------------------------------------
 
     def create_collection(self, images: ImageInput | Sequence[ImageInput] | None = None, *, zip: Any = None,
-                          labels: Sequence[str] | None = None) -> Collection:
-        """Upload a set of images (and/or a ZIP of them), with optional labels in image order."""
-        return self._drive(ops.create_collection(self._state, images, zip, list(labels) if labels else None))
+                          labels: Sequence[str] | None = None,
+                          boxes: Sequence[Sequence[Sequence[int]]] | None = None) -> Collection:
+        """Upload a set of images (and/or a ZIP of them), with optional labels and boxes in image order.
+
+        ``boxes``: per image a list of (x0, y0, x1, y1) in the image's pixels ([] for none), for the
+        pointing games of :meth:`evaluate`.
+        """
+        return self._drive(ops.create_collection(self._state, images, zip, list(labels) if labels else None,
+                                                 [list(r) for r in boxes] if boxes is not None else None))
+
+    def evaluate(self, collection_id: str, methods: Sequence[str | Mapping[str, Any]], model: str | None = None,
+                 *, params: Mapping[str, Any] | None = None, **kwargs: Any) -> Job:
+        """Queue an ``evaluate`` job: which of ``methods`` can be trusted on a labelled collection.
+
+        Each method is a name or ``{"method": ..., "params": {...}, "name": ...}``; keyword arguments
+        are the job's other parameters (``classes``, ``steps``, ``randomization``, ``size``, ...).
+        The job's ``result.json`` holds the summaries; ``grid.png`` and ``curves.png`` the pictures.
+        """
+        return self.submit("evaluate", None, model,
+                           params=ops.evaluate_params(collection_id, methods, ops.merge_params(params, kwargs)))
 
     def collection(self, collection_id: str) -> Collection:
         return self._drive(ops.get_collection(self._state, collection_id))

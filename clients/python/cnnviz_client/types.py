@@ -352,6 +352,7 @@ class Collection:
     id: str
     count: int
     labels: list[str] | None = None
+    boxes: list[list[list[int]]] | None = None
     bytes: int = 0
     created_at: float = 0.0
     ttl_s: int = 0

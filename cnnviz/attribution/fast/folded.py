@@ -39,11 +39,22 @@ GRADIENT_RTOL = 1e-2  # mean relative input-gradient difference: measured 6e-4 o
 
 _FOLDED: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
+_UNFOLDED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def keep_unfolded(module: nn.Module) -> nn.Module:
+    """Run ``module`` itself, never a folded copy: for short-lived copies (the randomization test's
+    networks) whose folding would cost a deep copy and a probe forward and backward each, more than
+    it saves on their few batches."""
+    _UNFOLDED.add(module)
+    return module
 
 
 def folded_module(model: LoadedModel) -> nn.Module:
     """The folded copy of ``model.module`` (built once, checked), or the module itself."""
     module = model.module
+    if module in _UNFOLDED:
+        return module
     got = _FOLDED.get(module)
     if got is not None:
         return got

@@ -1,4 +1,4 @@
-// Boot: the API-key field, the model picker, the tabs (#explain, #jobs, #internals, #jobs/<id>),
+// Boot: the API-key field, the model picker, the tabs (#explain, #jobs, #internals, #trust, #jobs/<id>),
 // the service status, and the first load of the catalog.
 
 import { getKey, onProblem, setKey } from './api.js';
@@ -6,9 +6,10 @@ import { mountExplain } from './explain.js';
 import { mountInternals } from './internals.js';
 import { mountJobs, openJob } from './jobs.js';
 import { loadCatalog, on, selectModel, state } from './state.js';
+import { mountTrust } from './trust.js';
 import { $, clear, el, option, problemBox, showError } from './ui.js';
 
-const TABS = ['explain', 'jobs', 'internals'];
+const TABS = ['explain', 'jobs', 'internals', 'trust'];
 
 function showTab(name) {
   const tab = TABS.includes(name) ? name : 'explain';
@@ -106,6 +107,7 @@ function init() {
   mountExplain($('#tab-explain'));
   mountJobs($('#tab-jobs'));
   mountInternals($('#tab-internals'));
+  mountTrust($('#tab-trust'));
   on('model', (d) => {
     clear($('#layer-names'), d.layers.map((l) => el('option', { value: l.name })));
   });
