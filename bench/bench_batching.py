@@ -168,6 +168,10 @@ def main() -> None:
         if calls:
             out += ["", f"batching on: {got['cnnviz_inline_batch_requests_sum'] / calls:.2f} requests per engine call "
                         f"on average over {calls:.0f} calls (warm-up included)"]
+        from bench.bench_speed import rss_mb
+
+        out += ["", "resident memory of each API process after its runs: " + ", ".join(
+            f"{m} {rss_mb(s.pid):.0f} MB" for m, s in zip(modes, servers, strict=True))]
         out.append("")
         for c in counts[1:]:
             out.append(f"{c} clients vs 1 (each mode's own): " + ", ".join(
