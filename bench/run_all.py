@@ -30,22 +30,21 @@ log = logging.getLogger("bench")
 # script -> (arguments of the full run, arguments of the quick run); --readme is added to both when asked.
 SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "bench_speed.py": ([], ["--quick"]),
-    "bench_components.py": ([], ["--quick"]),
-    "bench_memory.py": (["--runs", "3", "--variants", "default,compile-off,fixed-lanes"],
+    "bench_components.py": (["--repeats", "5"], ["--quick"]),
+    "bench_memory.py": (["--runs", "2", "--variants", "default,compile-off"],
                         ["--quick", "--variants", "default,compile-off"]),
-    "bench_attribution.py": (["--repeats", "5"], ["--quick"]),
-    "bench_occlusion.py": (["--geometry", "32x16", "--repeats", "2"],
+    "bench_attribution.py": (["--repeats", "3"], ["--quick"]),
+    "bench_occlusion.py": (["--geometry", "32x16", "--repeats", "1", "--ppe", "4,16"],
                            ["--geometry", "32x16", "--repeats", "1", "--ppe", "1,16"]),
-    "bench_batching.py": (["--modes", "on,off,unbounded,fixed-lanes", "--clients", "1,4,8", "--rounds", "2",
-                           "--seconds", "5"],
+    "bench_batching.py": (["--modes", "on,off,fixed-lanes", "--clients", "1,4,8", "--rounds", "2", "--seconds", "4"],
                           ["--modes", "on,fixed-lanes", "--clients", "1,8", "--rounds", "1", "--seconds", "2"]),
     "bench_precision.py": (["--methods", "gradcam,deconvnet,occlusion-full,occlusion-auto", "--repeats", "5"],
                            ["--quick", "--methods", "gradcam,deconvnet"]),
-    "bench_style.py": ([], ["--quick"]),
-    "bench_training.py": (["--http", "--repeats", "3"], ["--quick", "--http"]),
+    "bench_style.py": (["--rounds", "2"], ["--quick"]),
+    "bench_training.py": (["--http", "--repeats", "2"], ["--quick", "--http"]),
     "bench_jobs.py": ([], ["--quick"]),
-    "bench_inspection.py": ([], ["--quick"]),
-    "bench_queue.py": ([], ["--quick"]),
+    "bench_inspection.py": (["--n", "300"], ["--quick"]),
+    "bench_queue.py": (["--jobs", "60"], ["--quick"]),
 }
 
 
