@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import socket
 import statistics
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.readme import write_block  # noqa: E402
 
 URL = "/v1/models/efficientnet-lite0/explain/gradcam"
+log = logging.getLogger("bench")
 
 
 def _jpeg() -> bytes:
@@ -62,12 +64,22 @@ def _wait_up(base: str, jpeg: bytes, timeout: float = 180) -> None:
     while time.time() - t0 < timeout:
         try:
             if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                for _ in range(5):  # warm: first-call allocations, lazy imports
-                    _one(httpx.Client(base_url=base, timeout=60), jpeg)
-                # predict's compiled forward builds in the background (core/compiled.py): measure it once ready
-                while time.time() - t0 < timeout and httpx.get(
-                        base + URL.rsplit("/explain", 1)[0], timeout=5).json().get("compiled") == "compiling":
-                    time.sleep(1)
+                model_url = base + URL.rsplit("/explain", 1)[0]
+                # The first request loads the model (when not preloaded) and starts its compile in the
+                # background (core/compiled.py); measure once it is ready. A request that runs while the
+                # compile thread traces the model with torch.fx can fail (fx patches nn.Module.__call__
+                # process-wide): such answers are retried here, never counted.
+                with httpx.Client(base_url=base, timeout=60) as c:
+                    while time.time() - t0 < timeout:
+                        try:
+                            _one(c, jpeg)
+                        except RuntimeError as exc:
+                            log.warning("%s: a warm-up request failed while the model compiled: %s", base, exc)
+                        if httpx.get(model_url, timeout=5).json().get("compiled") != "compiling":
+                            break
+                        time.sleep(1)
+                    for _ in range(5):  # warm: first-call allocations, lazy imports
+                        _one(c, jpeg)
                 return
         except httpx.TransportError:
             pass

@@ -166,8 +166,9 @@ def main() -> None:
         d = runs.get("default") or next(iter(runs.values()))
         ready = spread([r["ready_s"] for r in d], "s")
         mem = spread([r["api_mb"] for r in d], "MB")
-        write_block("readiness", f"(`bench/bench_memory.py` on {os.cpu_count()} CPUs: ready after {ready}, "
-                                 f"the API then resident at {mem} while serving; docs/benchmarks.md has the rest)")
+        write_block("readiness", f"Measured by `bench/bench_memory.py{' --quick' if args.quick else ''}` on "
+                                 f"{os.cpu_count()} CPUs: ready after {ready}, the API then resident at {mem} "
+                                 "while serving (the `memory` table of docs/benchmarks.md has the rest).")
 
 
 if __name__ == "__main__":

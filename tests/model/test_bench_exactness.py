@@ -63,7 +63,7 @@ def test_folded_copy_gives_the_served_modules_map(lite0, cat, method, monkeypatc
 
 
 @pytest.fixture(scope="module")
-def compiled(lite0):
+def compiled(lite0):  # two Inductor compiles of Lite0: the suite's slowest fixture but one, on a busy machine
     import core.compiled
     from core.compiled import CompiledForwards, compiler_missing
 
@@ -77,6 +77,7 @@ def compiled(lite0):
     yield forwards
 
 
+@pytest.mark.timeout(1200)
 def test_compiled_batch_of_four_equals_each_image_alone_on_the_eager_module(lite0, chelsea, coffee, compiled):
     from cnnviz.attribution.fast.layer_forward import using_layer_forward
     from core.predicting import eager_forward
@@ -102,6 +103,7 @@ def test_compiled_batch_of_four_equals_each_image_alone_on_the_eager_module(lite
         torch.testing.assert_close(batch.maps[i][0], want, rtol=0, atol=1e-4 * float(want.abs().max()) + 1e-7)
 
 
+@pytest.mark.timeout(1200)
 def test_incremental_occlusion_at_the_bench_geometry_equals_full_forwards(lite0, cat):
     x, target = cat
     occlusion = get_method("occlusion")
