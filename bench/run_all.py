@@ -27,24 +27,29 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 log = logging.getLogger("bench")
 
+# Score-CAM and Ablation-CAM beside pytorch-grad-cam take most of a minute per call on the peer's side, too long
+# for the full run: `bench/bench_attribution.py --only scorecam,ablationcam` prints them (no --readme).
+FAST_METHODS = ("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "eigencam", "saliency", "guided_backprop",
+                "deconvnet", "input_x_gradient", "guided_gradcam")
+
 # script -> (arguments of the full run, arguments of the quick run); --readme is added to both when asked.
 SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "bench_speed.py": ([], ["--quick"]),
     "bench_components.py": (["--repeats", "5"], ["--quick"]),
-    "bench_memory.py": (["--runs", "2", "--variants", "default,compile-off"],
+    "bench_memory.py": (["--runs", "1", "--variants", "default,compile-off"],
                         ["--quick", "--variants", "default,compile-off"]),
-    "bench_attribution.py": (["--repeats", "3"], ["--quick"]),
+    "bench_attribution.py": (["--repeats", "3", "--only", ",".join(FAST_METHODS)], ["--quick"]),
     "bench_occlusion.py": (["--geometry", "32x16", "--repeats", "1", "--ppe", "4,16"],
                            ["--geometry", "32x16", "--repeats", "1", "--ppe", "1,16"]),
-    "bench_batching.py": (["--modes", "on,off,fixed-lanes", "--clients", "1,4,8", "--rounds", "2", "--seconds", "4"],
+    "bench_batching.py": (["--modes", "on,fixed-lanes", "--clients", "1,8", "--rounds", "1", "--seconds", "4"],
                           ["--modes", "on,fixed-lanes", "--clients", "1,8", "--rounds", "1", "--seconds", "2"]),
-    "bench_precision.py": (["--methods", "gradcam,deconvnet,occlusion-full,occlusion-auto", "--repeats", "5"],
+    "bench_precision.py": (["--methods", "gradcam,deconvnet,occlusion-full", "--repeats", "5"],
                            ["--quick", "--methods", "gradcam,deconvnet"]),
     "bench_style.py": (["--rounds", "2"], ["--quick"]),
-    "bench_training.py": (["--http", "--repeats", "2"], ["--quick", "--http"]),
+    "bench_training.py": (["--http", "--repeats", "2", "--gatys-steps", "10"], ["--quick", "--http"]),
     "bench_jobs.py": ([], ["--quick"]),
-    "bench_inspection.py": (["--n", "300"], ["--quick"]),
-    "bench_queue.py": (["--jobs", "60"], ["--quick"]),
+    "bench_inspection.py": (["--n", "200"], ["--quick"]),
+    "bench_queue.py": (["--jobs", "40"], ["--quick"]),
 }
 
 
