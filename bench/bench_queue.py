@@ -22,6 +22,8 @@ from datetime import datetime
 
 import httpx
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script or with -m
+
 TINY = {"type": "deepdream", "params": {"octaves": 1, "steps": 1, "size": 32, "jitter": 0, "preview_every": 0}}
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -106,7 +108,6 @@ def main() -> int:
         sys.stdout.flush()
         rows.append([str(n), f"{server:.1f} jobs/s", f"{wall:.1f} jobs/s", str(bad)])
     if args.readme:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from bench.harness import table
         from bench.readme import write_block
 
