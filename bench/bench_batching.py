@@ -59,7 +59,7 @@ def _serve(port: int, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], env=full)
 
 
-def _wait_up(base: str, jpeg: bytes, timeout: float = 180) -> None:
+def _wait_up(base: str, jpeg: bytes, timeout: float = 1800) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
         try:
@@ -78,6 +78,8 @@ def _wait_up(base: str, jpeg: bytes, timeout: float = 180) -> None:
                         if httpx.get(model_url, timeout=5).json().get("compiled") != "compiling":
                             break
                         time.sleep(1)
+                    else:
+                        raise RuntimeError(f"{base}: the compile did not finish within {timeout:.0f} s")
                     for _ in range(5):  # warm: first-call allocations, lazy imports
                         _one(c, jpeg)
                 return

@@ -158,23 +158,29 @@ def group_http(args: argparse.Namespace) -> Run:
     import captum.attr as ca
     import httpx
 
-    from bench.bench_batching import _load, serve_modes
+    from bench.bench_batching import _load, _port, _serve, _wait_up
     from cnnviz.attribution.fast.layer_forward import using_layer_forward
     from core.predicting import eager_forward
 
     jpeg = chelsea_jpeg()
-    model, x, target = lite0(jpeg)
-    cf = _compiled(model, args.threads)
     servers: list[subprocess.Popen] = []
     out: Run = {}
     try:
         # Lite0 only (the other catalog models would load and sit idle): bench_memory.py has the default start-up.
         lite = {"CNNVIZ_PRELOAD_MODELS": "false"}
-        bases = serve_modes({"on": lite, "eager": {**lite, "CNNVIZ_COMPILE_PREDICT": "false"},
-                             # batching off beside the compile-off server: the one difference is batching
-                             "off": {**lite, "CNNVIZ_COMPILE_PREDICT": "false", "CNNVIZ_BATCH_MAX_IMAGES": "1"}},
-                            jpeg, servers)
-        pids = dict(zip(("on", "eager", "off"), (s.pid for s in servers), strict=True))
+        modes = {"on": lite, "eager": {**lite, "CNNVIZ_COMPILE_PREDICT": "false"},
+                 # batching off beside the compile-off server: the one difference is batching
+                 "off": {**lite, "CNNVIZ_COMPILE_PREDICT": "false", "CNNVIZ_BATCH_MAX_IMAGES": "1"}}
+        bases = {}
+        for name, env in modes.items():  # started first: their compiles overlap this process's
+            port = _port()
+            servers.append(_serve(port, env))
+            bases[name] = f"http://127.0.0.1:{port}"
+        model, x, target = lite0(jpeg)
+        cf = _compiled(model, args.threads)
+        for base in bases.values():
+            _wait_up(base, jpeg, timeout=3600)
+        pids = dict(zip(modes, (s.pid for s in servers), strict=True))
         files = [("image", ("chelsea.jpg", jpeg, "image/jpeg"))]
         layer = model.module.get_submodule(model.default_layer)
         x4 = x.repeat(4, 1, 1, 1)
