@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-test install-bench serve test lint bench bench-all openapi clean
+.PHONY: install install-test install-bench serve test lint bench bench-all bench-quick openapi clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -44,14 +44,17 @@ lint: install-test
 test: install-test lint
 	$(BIN)/python -m pytest -q
 
-# The speed targets, then every table of docs/benchmarks.md, each rewritten from its run.
+# The speed targets (docs/benchmarks.md, speed-targets), from fresh processes.
 bench: install-bench
 	$(BIN)/python bench/bench_speed.py --readme
 
-bench-all: bench
-	$(BIN)/python bench/bench_attribution.py --readme
-	$(BIN)/python bench/bench_occlusion.py --readme
-	$(BIN)/python bench/bench_batching.py --readme
+# Every bench script, each rewriting its block(s) of README.md and docs/*.md (bench/run_all.py; sized for a
+# quiet 2-core machine). `make bench-quick` checks every script end to end with fewer runs.
+bench-all: install-bench
+	$(BIN)/python bench/run_all.py --readme
+
+bench-quick: install-bench
+	$(BIN)/python bench/run_all.py --quick --readme
 
 openapi: install
 	$(BIN)/python -m service.openapi_export > openapi/openapi.json

@@ -2,6 +2,11 @@
 
 Prints a markdown table of medians and ratios (peer time / our time: above 1 means we are
 faster) and the correlation of our map with the peer's where both compute the same quantity.
+captum runs on the very module cnnviz serves (frozen, channels-last: captum makes its input
+require grad itself); pytorch-grad-cam needs parameters that require grad, so it gets a
+trainable copy in the same channels-last layout. Integrated gradients and occlusion, whose
+peers have batch settings to sweep, are rows of bench_speed.py (same batch size, same number of
+forwards, the peer's best setting), not of this table.
 
     .venv/bin/python bench/bench_attribution.py [--repeats 5] [--only gradcam,saliency] [--http] [--readme]
 """
@@ -59,10 +64,12 @@ def peers(model, x, target, layer_name: str) -> dict[str, dict[str, Callable[[],
     import pytorch_grad_cam as pgc
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    # Peers get the same weights in an ordinary trainable module, as their users pass one
-    # (pytorch-grad-cam needs parameters that require grad); ours stays frozen.
-    net = copy.deepcopy(model.module).requires_grad_(True)
+    # captum: the served module itself (frozen, channels-last). pytorch-grad-cam needs parameters that
+    # require grad: a trainable copy, same layout.
+    served = model.module
+    net = copy.deepcopy(model.module).requires_grad_(True).to(memory_format=torch.channels_last)
     layer = net.get_submodule(layer_name)
+    slayer = served.get_submodule(layer_name)
     tgt = [ClassifierOutputTarget(target)]
     out: dict[str, dict[str, Callable[[], object]]] = {}
 
@@ -71,8 +78,8 @@ def peers(model, x, target, layer_name: str) -> dict[str, dict[str, Callable[[],
         return lambda: cam(input_tensor=x, targets=tgt)
 
     out["gradcam"] = {
-        "captum LayerGradCam": lambda: ca.LayerGradCam(net, layer).attribute(x, target=target,
-                                                                            relu_attributions=True),
+        "captum LayerGradCam": lambda: ca.LayerGradCam(served, slayer).attribute(x, target=target,
+                                                                                relu_attributions=True),
         "pytorch-grad-cam GradCAM": pg(pgc.GradCAM),
     }
     out["gradcampp"] = {"pytorch-grad-cam GradCAMPlusPlus": pg(pgc.GradCAMPlusPlus)}
@@ -83,21 +90,15 @@ def peers(model, x, target, layer_name: str) -> dict[str, dict[str, Callable[[],
     out["scorecam"] = {"pytorch-grad-cam ScoreCAM": pg(pgc.ScoreCAM)}
     # At the default layer (ReLU6 output, minimum 0) pytorch-grad-cam ablates by zeroing, as the paper does.
     out["ablationcam"] = {"pytorch-grad-cam AblationCAM": pg(pgc.AblationCAM)}
-    mean_fill = torch.zeros_like(x)  # the dataset mean is zero after normalization
-    black = model.preprocessing.normalize(torch.zeros_like(x))
-    out["saliency"] = {"captum Saliency": lambda: ca.Saliency(net).attribute(x, target=target, abs=True)
+    out["saliency"] = {"captum Saliency": lambda: ca.Saliency(served).attribute(x.clone(), target=target, abs=True)
                        .amax(1)}
-    out["guided_backprop"] = {"captum GuidedBackprop": lambda: ca.GuidedBackprop(net).attribute(x, target=target)}
-    out["deconvnet"] = {"captum Deconvolution": lambda: ca.Deconvolution(net).attribute(x, target=target)}
-    out["input_x_gradient"] = {"captum InputXGradient": lambda: ca.InputXGradient(net).attribute(x, target=target)}
-    out["guided_gradcam"] = {"captum GuidedGradCam": lambda: ca.GuidedGradCam(net, layer).attribute(x, target=target)}
-    out["integrated_gradients"] = {"captum IntegratedGradients": lambda: ca.IntegratedGradients(net).attribute(
-        x, baselines=black, target=target, n_steps=32)}
-    occ = {"sliding_window_shapes": (3, 32, 32), "strides": (3, 16, 16), "baselines": mean_fill, "target": target}
-    out["occlusion"] = {
-        "captum Occlusion (default, 1 per eval)": lambda: ca.Occlusion(net).attribute(x, **occ),
-        "captum Occlusion (4 per eval)": lambda: ca.Occlusion(net).attribute(x, perturbations_per_eval=4, **occ),
-    }
+    out["guided_backprop"] = {"captum GuidedBackprop": lambda: ca.GuidedBackprop(served).attribute(x.clone(),
+                                                                                                   target=target)}
+    out["deconvnet"] = {"captum Deconvolution": lambda: ca.Deconvolution(served).attribute(x.clone(), target=target)}
+    out["input_x_gradient"] = {"captum InputXGradient": lambda: ca.InputXGradient(served).attribute(x.clone(),
+                                                                                                    target=target)}
+    out["guided_gradcam"] = {"captum GuidedGradCam": lambda: ca.GuidedGradCam(served, slayer).attribute(
+        x.clone(), target=target)}
     return out
 
 
@@ -116,14 +117,11 @@ OURS: dict[str, tuple[str, str | None, dict[str, object]]] = {
     "deconvnet": ("deconvnet", None, {"reduce": "sum"}),
     "input_x_gradient": ("input_x_gradient", None, {"reduce": "sum"}),
     "guided_gradcam": ("guided_gradcam", None, {"reduce": "sum"}),
-    "integrated_gradients": ("integrated_gradients", None, {"steps": 32, "baseline": "black", "reduce": "sum",
-                                                            "adaptive": False}),  # equal work: 32 points each
-    "occlusion": ("occlusion", None, {"window": 32, "stride": 16, "fill": "mean"}),
 }
 # captum's GuidedBackprop/Deconvolution/GuidedGradCam override only nn.ReLU modules; EfficientNet-Lite
 # uses ReLU6, so there they return the plain gradient: different maps, and no rule cost to pay.
 DIFFERENT_QUANTITY = {"guided_backprop", "deconvnet", "guided_gradcam"}
-SLOW = {"scorecam", "ablationcam", "occlusion", "integrated_gradients"}
+SLOW = {"scorecam", "ablationcam"}
 
 
 def bench_methods(args: argparse.Namespace) -> str:
@@ -162,16 +160,17 @@ def bench_relu_net(args: argparse.Namespace) -> str:
 
     from bench.bench_speed import relu_resnet18
 
-    model, peer = relu_resnet18()
+    model, _ = relu_resnet18()
     net = model.module
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         target = int(net(x).argmax())
     rows = []
+    # captum on the same frozen channels-last module (ours runs its folded, prepacked copy of it)
     pairs = {
-        "guided_backprop": lambda: ca.GuidedBackprop(peer).attribute(x, target=target).abs().amax(1),
-        "deconvnet": lambda: ca.Deconvolution(peer).attribute(x, target=target).abs().amax(1),
-        "guided_gradcam": lambda: ca.GuidedGradCam(peer, peer.layer4).attribute(x, target=target).abs().amax(1),
+        "guided_backprop": lambda: ca.GuidedBackprop(net).attribute(x.clone(), target=target).abs().amax(1),
+        "deconvnet": lambda: ca.Deconvolution(net).attribute(x.clone(), target=target).abs().amax(1),
+        "guided_gradcam": lambda: ca.GuidedGradCam(net, net.layer4).attribute(x.clone(), target=target).abs().amax(1),
     }
     for method, fn in pairs.items():
         mine = ours(model, x, target, method)
@@ -244,9 +243,15 @@ def main() -> None:
     parser.add_argument("--http", action="store_true", help="also time the HTTP round trip")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--readme", action="store_true", help="rewrite the attribution block of docs/benchmarks.md")
+    parser.add_argument("--quick", action="store_true", help="one repeat, no Score-CAM/Ablation-CAM: checks the script")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
+        args.only = args.only or set(OURS) - SLOW
     torch.set_num_threads(args.threads)
-    out = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 @224, chelsea", "",
+    out = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 @224, chelsea, median of "
+           f"{args.repeats} interleaved repeats after a warm-up (slow peers: fewer); "
+           f"`python bench/bench_attribution.py{' --quick' if args.quick else ''}`", "",
            bench_methods(args)]
     out += ["", bench_relu_net(args)]
     if args.http:

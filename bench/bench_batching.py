@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
 import os
 import socket
 import statistics
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.readme import write_block  # noqa: E402
 
 URL = "/v1/models/efficientnet-lite0/explain/gradcam"
+log = logging.getLogger("bench")
 
 
 def _jpeg() -> bytes:
@@ -57,17 +59,29 @@ def _serve(port: int, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], env=full)
 
 
-def _wait_up(base: str, jpeg: bytes, timeout: float = 180) -> None:
+def _wait_up(base: str, jpeg: bytes, timeout: float = 1800) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
         try:
             if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                for _ in range(5):  # warm: first-call allocations, lazy imports
-                    _one(httpx.Client(base_url=base, timeout=60), jpeg)
-                # predict's compiled forward builds in the background (core/compiled.py): measure it once ready
-                while time.time() - t0 < timeout and httpx.get(
-                        base + URL.rsplit("/explain", 1)[0], timeout=5).json().get("compiled") == "compiling":
-                    time.sleep(1)
+                model_url = base + URL.rsplit("/explain", 1)[0]
+                # The first request loads the model (when not preloaded) and starts its compile in the
+                # background (core/compiled.py); measure once it is ready. A request that runs while the
+                # compile thread traces the model with torch.fx can fail (fx patches nn.Module.__call__
+                # process-wide): such answers are retried here, never counted.
+                with httpx.Client(base_url=base, timeout=60) as c:
+                    while time.time() - t0 < timeout:
+                        try:
+                            _one(c, jpeg)
+                        except RuntimeError as exc:
+                            log.warning("%s: a warm-up request failed while the model compiled: %s", base, exc)
+                        if httpx.get(model_url, timeout=5).json().get("compiled") != "compiling":
+                            break
+                        time.sleep(1)
+                    else:
+                        raise RuntimeError(f"{base}: the compile did not finish within {timeout:.0f} s")
+                    for _ in range(5):  # warm: first-call allocations, lazy imports
+                        _one(c, jpeg)
                 return
         except httpx.TransportError:
             pass
@@ -168,6 +182,10 @@ def main() -> None:
         if calls:
             out += ["", f"batching on: {got['cnnviz_inline_batch_requests_sum'] / calls:.2f} requests per engine call "
                         f"on average over {calls:.0f} calls (warm-up included)"]
+        from bench.bench_speed import rss_mb
+
+        out += ["", "resident memory of each API process after its runs: " + ", ".join(
+            f"{m} {rss_mb(s.pid):.0f} MB" for m, s in zip(modes, servers, strict=True))]
         out.append("")
         for c in counts[1:]:
             out.append(f"{c} clients vs 1 (each mode's own): " + ", ".join(

@@ -23,6 +23,7 @@ import torchvision.transforms.v2.functional as TF
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import table  # noqa: E402
+from bench.readme import write_block  # noqa: E402
 from cnnviz.inspection import extract_features, nearest, neighbour_lists, pixel_features  # noqa: E402
 from cnnviz.models import Catalog  # noqa: E402
 
@@ -72,7 +73,11 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=100, help="images timed at batch size 1 (it is slow)")
     ap.add_argument("--layer", default=None)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="100 images: checks the script, not the figures")
+    ap.add_argument("--readme", action="store_true", help="rewrite the collections block of docs/benchmarks.md")
     args = ap.parse_args()
+    if args.quick:
+        args.n, args.single, args.queries = 100, 20, 50
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     model = Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0")
@@ -125,8 +130,11 @@ def main() -> None:
                  f"{n_e2e / dt:.1f} queries/s"])
 
     header = ["what", "work", "time", "rate"]
-    sys.stdout.write(f"\nEfficientNet-Lite0 on {torch.get_num_threads()} CPU threads, {args.n} images at 224 px\n\n")
-    sys.stdout.write(table(rows, header) + "\n")
+    text = (f"EfficientNet-Lite0 on {torch.get_num_threads()} CPU threads, {args.n} augmented images at 224 px; "
+            f"`python bench/bench_inspection.py{' --quick' if args.quick else ''}`\n\n" + table(rows, header))
+    sys.stdout.write("\n" + text + "\n")
+    if args.readme:
+        write_block("collections", text)
 
 
 if __name__ == "__main__":

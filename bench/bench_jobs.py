@@ -21,6 +21,10 @@ from datetime import datetime
 
 import httpx
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ROWS: list[list[str]] = []
+
 log = logging.getLogger("bench_jobs")
 TINY = {"type": "deepdream", "params": {"octaves": 1, "steps": 1, "size": 32, "jitter": 0, "preview_every": 0}}
 
@@ -31,6 +35,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def report(name: str, ms: list[float]) -> None:
+    ROWS.append([name, str(len(ms)), f"{pct(ms, 0.5):.1f} ms", f"{pct(ms, 0.99):.1f} ms"])
     sys.stdout.write(f"{name:<34} n={len(ms):<5} p50={pct(ms, 0.5):8.2f} ms  p99={pct(ms, 0.99):8.2f} ms  "
                      f"mean={statistics.fmean(ms):8.2f} ms\n")
 
@@ -96,7 +101,11 @@ def main() -> int:
     ap.add_argument("--pollers", type=int, default=20)
     ap.add_argument("--polls", type=int, default=50)
     ap.add_argument("--interval", type=float, default=0.25, help="seconds between one poller's polls")
+    ap.add_argument("--quick", action="store_true", help="fewer jobs and polls: checks the script, not the figures")
+    ap.add_argument("--readme", action="store_true", help="rewrite the jobs block of docs/benchmarks.md")
     args = ap.parse_args()
+    if args.quick:
+        args.jobs, args.polls = 10, 15
     logging.basicConfig(level=logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     procs: list[subprocess.Popen[bytes]] = []
@@ -126,6 +135,21 @@ def main() -> int:
                    poll_latency(base, headers, job_id, args.pollers, args.polls, args.interval))
             report(f"status poll ({args.pollers} pollers, closed loop)",
                    poll_latency(base, headers, job_id, args.pollers, args.polls))
+        memory = ""
+        if procs:
+            from bench.bench_speed import rss_mb
+
+            memory = (f"; resident memory after the run: API {rss_mb(procs[0].pid):.0f} MB, "
+                      f"worker {rss_mb(procs[1].pid):.0f} MB (models loaded on first use)")
+        from bench.harness import table
+        from bench.readme import write_block
+
+        text = (f"embedded Redis, the API under uvicorn, one worker, {os.cpu_count()} CPUs; "
+                f"`python bench/bench_jobs.py{' --quick' if args.quick else ''}`{memory}\n\n"
+                + table(ROWS, ["measure", "samples", "p50", "p99"]))
+        sys.stdout.write(text + "\n")
+        if args.readme:
+            write_block("jobs", text)
     finally:
         for p in procs:
             p.terminate()

@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import correlation, interleaved, table  # noqa: E402
+from bench.readme import write_block  # noqa: E402
 from cnnviz.attribution import ClassTargets, Explanation, get_method  # noqa: E402
 from cnnviz.models import Catalog, LoadedModel  # noqa: E402
 from cnnviz.precision import offered  # noqa: E402
@@ -56,13 +57,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--methods", default="gradcam", help=f"comma-separated, of: {', '.join(CASES)}")
+    parser.add_argument("--quick", action="store_true", help="5 repeats: checks the script, not the figures")
+    parser.add_argument("--readme", action="store_true", help="rewrite the precision block of docs/precision.md")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats = 5
     torch.set_num_threads(args.threads)
     import skimage.data
 
     model = Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0")
     if "bf16" not in offered(model.device):
-        sys.exit(f"bf16 is not offered on this machine's {model.device.type} (offered: {offered(model.device)})")
+        text = f"bf16 is not offered on this machine's {model.device.type} (offered: {offered(model.device)})"
+        if args.readme:
+            write_block("precision", text)
+        sys.exit(text)
     img = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1).float() / 255
     x = model.preprocessing.batch([img], device=model.device)
     with torch.no_grad():
@@ -81,6 +89,8 @@ def main() -> None:
     out = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 @224, chelsea, "
            f"top-1, median of {args.repeats} interleaved runs", "", table(rows, header)]
     sys.stdout.write("\n".join(out) + "\n")
+    if args.readme:
+        write_block("precision", "\n".join(out))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from datetime import datetime
 
 import httpx
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script or with -m
+
 TINY = {"type": "deepdream", "params": {"octaves": 1, "steps": 1, "size": 32, "jitter": 0, "preview_every": 0}}
 TERMINAL = ("succeeded", "failed", "canceled")
 
@@ -93,12 +95,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--jobs", type=int, default=100)
     ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--quick", action="store_true", help="30 jobs: checks the script, not the figures")
+    ap.add_argument("--readme", action="store_true", help="rewrite the queue block of docs/deployment.md")
     args = ap.parse_args()
+    if args.quick:
+        args.jobs = 30
+    rows = []
     for n in (int(x) for x in args.workers.split(",")):
         server, wall, bad = measure(n, args.jobs)
         sys.stdout.write(f"workers={n}  jobs={args.jobs}  {server:6.1f} jobs/s (server: first start -> last end)  "
                          f"{wall:6.1f} jobs/s (wall, submission included)  not succeeded={bad}\n")
         sys.stdout.flush()
+        rows.append([str(n), f"{server:.1f} jobs/s", f"{wall:.1f} jobs/s", str(bad)])
+    if args.readme:
+        from bench.harness import table
+        from bench.readme import write_block
+
+        write_block("queue", f"{os.cpu_count()} CPUs, {args.jobs} jobs per row; "
+                             f"`python -m bench.bench_queue{' --quick' if args.quick else ''}`\n\n"
+                    + table(rows, ["workers", "server side (first start to last end)",
+                                   "wall (submission included)", "not succeeded"]))
     return 0
 
 

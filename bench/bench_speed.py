@@ -1,26 +1,35 @@
-"""The speed targets in one run: every ratio the service is held to, measured side by side.
+"""The speed targets: every ratio the service is held to, each row read from several fresh processes.
 
-Same model (EfficientNet-Lite0 at 224 px), image (``chelsea``) and target for every row; every
-group of callables runs warmed and round-robin (bench/harness.py), so machine noise hits each side
-alike, and each row is reported as a ratio to its peer measured in the same run. The HTTP rows,
-whose peers run in two processes, alternate warm blocks (``in_blocks``): timed call by call in
-turn, each side paid for the caches and sleeping threads the other left (captum's 13 ms became
-18 ms, the server's answer 19 ms became 25 ms), which flattered the ratio.
+Every run of a group is a fresh Python process (and, for the HTTP groups, fresh API processes); the
+runs go group after group, round after round, so the groups interleave in time and machine noise
+hits them alike. Inside a process every callable is warmed, then timed round-robin with its peers
+(bench/harness.py). A row is the median over the runs with the min-max beside it, and a target is
+met only when it was met in every run (bench/stats.py, which also says what the row kinds mean).
 
-- occlusion (32 px windows, stride 16, mean fill) vs captum ``Occlusion`` at 1 and 4 per eval;
-- a Grad-CAM answer over HTTP (224 px JPEG in, overlay PNG out, ``Accept: image/png``) vs captum
-  ``LayerGradCam``'s compute in-process;
-- predict over HTTP vs one in-process forward pass;
-- guided backprop and deconvnet vs captum on a ReLU ResNet-18 (where captum applies its rule);
-- 8 concurrent Grad-CAM clients vs one client in a loop, and one client with batching on vs off;
-- integrated gradients at the defaults: completeness error, steps, and time vs captum at equal steps;
-- the forward pass alone beside Grad-CAM (forward + partial backward), both warmed;
-- Grad-CAM's overhead over a forward on ResNet-18 beside torch-cam's published 3.71 ms (RTX 2070),
-  on ``--device`` (CUDA when there is one).
+Same model (EfficientNet-Lite0 at 224 px), image (``chelsea``, a 224 px JPEG) and target (top-1)
+everywhere but the rectifier rows, which need ``nn.ReLU`` modules for captum to apply its rule
+(a seeded ResNet-18). Groups:
 
-The API runs as real ``uvicorn`` processes (no Redis), the clients are this process's threads.
+- ``http``: three API processes under uvicorn (no Redis): the default (compiled forwards, elastic
+  lanes, batching), compilation off, and batching off. Predict over HTTP against the same compiled
+  forward in-process (and, compilation off, against the eager forward), as overhead in ms; a
+  Grad-CAM answer (a) against the same engine call in-process, (b) the engine against captum's
+  ``LayerGradCam`` on the same frozen, channels-last module, eager and compiled, (c) the user's view
+  (the HTTP answer against captum in-process); 8 concurrent clients against one; one client with
+  batching on and off. Each API process's resident memory after the run stands beside its rows.
+- ``rectifier``: guided backprop and deconvnet against captum on the same frozen, channels-last
+  ResNet-18 (its served module) and on the same folded copy cnnviz runs.
+- ``ig``: integrated gradients against captum at the same number of path points and the same batch
+  size, over captum's ``internal_batch_size`` sweep; and the adaptive default (completeness error,
+  steps) against captum's best at the default fixed steps.
+- ``occlusion`` (32 px windows, stride 16, mean fill): captum's best over ``perturbations_per_eval``
+  1, 4, 8, 12, 16 against our batched full forwards (like for like) and the incremental engine
+  (advantage); ``occlusion-cold``: the first call of a fresh process, ours and captum's best.
+- ``cuda`` (only where ``torch.cuda.is_available()``): the rows above that run in-process, on the
+  GPU, and Grad-CAM's overhead over one forward on ResNet-18 beside torch-cam's published 3.71 ms
+  (RTX 2070).
 
-    .venv/bin/python bench/bench_speed.py [--repeats 9] [--seconds 6] [--readme]
+    .venv/bin/python bench/bench_speed.py [--runs 5] [--quick] [--only http,ig] [--readme]
 
 ``--readme`` rewrites the ``speed-targets`` block of docs/benchmarks.md with the table printed.
 """
@@ -30,43 +39,44 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import json
 import logging
 import os
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_batching import _load, serve_modes  # noqa: E402
-from bench.bench_occlusion import callables as occlusion_callables  # noqa: E402
-from bench.harness import correlation, in_blocks, interleaved, table  # noqa: E402
+from bench.harness import correlation, in_blocks, interleaved  # noqa: E402
 from bench.readme import write_block  # noqa: E402
+from bench.stats import HEADER, Run, Spec, joined, mb_spread, row_cells  # noqa: E402
 from cnnviz.attribution import ClassTargets, get_method  # noqa: E402
 from cnnviz.models import Catalog, LoadedModel  # noqa: E402
 
 log = logging.getLogger("bench")
 
 MODEL_URL = "/v1/models/efficientnet-lite0"
+PPE = (1, 4, 8, 12, 16)  # captum Occlusion's perturbations_per_eval swept
+IG_BATCHES = (4, 16, 32)  # captum IntegratedGradients' internal_batch_size swept (32 = all points at once)
+IG_STEPS = 32
+RESULT = "RESULT "
 
 
-@dataclass
-class Row:
-    what: str
-    ours: str
-    peer: str
-    ratio: float
-    target: str
-    met: bool
-    note: str = ""
+def rss_mb(pid: int) -> float:
+    """Resident set size of a process, MB (VmRSS from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
-def _chelsea_jpeg(side: int = 224) -> bytes:
+def chelsea_jpeg(side: int = 224) -> bytes:
     import skimage.data
     from PIL import Image
 
@@ -83,12 +93,18 @@ def _input(model: LoadedModel, jpeg: bytes) -> torch.Tensor:
     return model.preprocessing.batch([img.float() / 255], device=model.device)
 
 
-def _ms(s: float) -> str:
-    return f"{s * 1000:.1f} ms"
+def lite0(jpeg: bytes, device: str = "cpu") -> tuple[LoadedModel, torch.Tensor, int]:
+    model = Catalog.open(models_file=None, device=device, default=None).get("efficientnet-lite0")
+    x = _input(model, jpeg)
+    with torch.no_grad():
+        target = int(model.module(x).argmax())
+    return model, x, target
 
 
 def relu_resnet18(device: torch.device | None = None) -> tuple[LoadedModel, torch.nn.Module]:
-    """Ours (frozen, channels_last) and captum's (trainable, as its users pass it) copies of one seeded ResNet-18."""
+    """Ours (frozen, channels_last, as the catalog serves a model) and a trainable contiguous copy of one
+    seeded ResNet-18; the bench's captum rows run on ours, the trainable copy is for callers who want
+    captum as its users usually pass a model."""
     import torchvision
 
     from cnnviz.models import ModelSpec, Preprocessing, default_target_layer, layer_table
@@ -110,214 +126,477 @@ def relu_resnet18(device: torch.device | None = None) -> tuple[LoadedModel, torc
     return model, peer
 
 
-def _ours(model: LoadedModel, x: torch.Tensor, target: int, method: str, **params) -> Callable[[], torch.Tensor]:
+def ours(model: LoadedModel, x: torch.Tensor, target: int, method: str, **params) -> Callable[[], torch.Tensor]:
     m = get_method(method)
     return lambda: m.attribute(model, x, ClassTargets(indices=((target,),)), None, **params).maps[0][0]
 
 
-def occlusion_rows(model: LoadedModel, x: torch.Tensor, target: int, repeats: int) -> list[Row]:
-    fns = occlusion_callables(model, x, target, 32, 16)
-    fns.pop("ours full forwards")
-    t = interleaved(fns, repeats=max(3, repeats // 3))
-    mine = t["ours incremental"]
-    corr = correlation(fns["ours incremental"](), fns["captum (1 per eval)"]())
-    rows = []
-    for peer in ("captum (1 per eval)", "captum (4 per eval)"):
-        r = t[peer] / mine
-        rows.append(Row(f"occlusion 32/16 vs {peer}", _ms(mine), _ms(t[peer]), r, ">= 3x", r >= 3.0,
-                        f"map corr {corr:.4f}"))
-    return rows
+def _ms(times: dict[str, float]) -> dict[str, float]:
+    return {k: v * 1000 for k, v in times.items()}
 
 
-def http_rows(base: str, jpeg: bytes, model: LoadedModel, x: torch.Tensor, target: int, repeats: int) -> list[Row]:
+def _compiled(model: LoadedModel, threads: int):
+    """The API's compiled forwards (core/compiled.py) for ``model``, built in this process and waited for."""
+    import core.compiled
+    from core.compiled import CompiledForwards
+
+    core.compiled.BATCHES = (1, 4)  # what the rows below run: one image and four (the server compiles two too)
+    cf = CompiledForwards(True, threads)
+    cf.ensure(model)
+    state = cf.wait(model, timeout=3600)
+    torch.set_num_threads(threads)  # the compile thread resets the process default
+    if state != "ready":
+        raise RuntimeError(f"compiled forward is {state}: {cf.state(model)[1]}")
+    return cf
+
+
+# ---------------------------------------------------------------------------------------------- groups
+
+
+def group_http(args: argparse.Namespace) -> Run:
+    """Predict, Grad-CAM (a)(b)(c), concurrency and lone latency against fresh API processes."""
     import captum.attr as ca
     import httpx
 
-    net = copy.deepcopy(model.module).requires_grad_(True)
-    layer = net.get_submodule(model.default_layer)
-    files = [("image", ("chelsea.jpg", jpeg, "image/jpeg"))]
-    with httpx.Client(base_url=base, timeout=60) as c:
-        def predict() -> None:
-            c.post(MODEL_URL + "/predict", files=files).raise_for_status()
+    from bench.bench_batching import _load, _port, _serve, _wait_up
+    from cnnviz.attribution.fast.layer_forward import using_layer_forward
+    from core.predicting import eager_forward
 
-        def gradcam_png() -> None:
-            r = c.post(MODEL_URL + "/explain/gradcam", files=files, headers={"Accept": "image/png"})
-            r.raise_for_status()
-            assert r.headers["content-type"] == "image/png"
+    jpeg = chelsea_jpeg()
+    servers: list[subprocess.Popen] = []
+    out: Run = {}
+    try:
+        # Lite0 only (the other catalog models would load and sit idle): bench_memory.py has the default start-up.
+        lite = {"CNNVIZ_PRELOAD_MODELS": "false"}
+        modes = {"on": lite, "eager": {**lite, "CNNVIZ_COMPILE_PREDICT": "false"},
+                 # batching off beside the compile-off server: the one difference is batching
+                 "off": {**lite, "CNNVIZ_COMPILE_PREDICT": "false", "CNNVIZ_BATCH_MAX_IMAGES": "1"}}
+        bases = {}
+        for name, env in modes.items():  # started first: their compiles overlap this process's
+            port = _port()
+            servers.append(_serve(port, env))
+            bases[name] = f"http://127.0.0.1:{port}"
+        model, x, target = lite0(jpeg)
+        cf = _compiled(model, args.threads)
+        for base in bases.values():
+            _wait_up(base, jpeg, timeout=3600)
+        pids = dict(zip(modes, (s.pid for s in servers), strict=True))
+        files = [("image", ("chelsea.jpg", jpeg, "image/jpeg"))]
+        layer = model.module.get_submodule(model.default_layer)
+        x4 = x.repeat(4, 1, 1, 1)
+        gradcam = get_method("gradcam")
+        targets = ClassTargets(indices=((target,),))
+        with httpx.Client(base_url=bases["on"], timeout=60) as c, \
+                httpx.Client(base_url=bases["eager"], timeout=60) as e:
+            def predict() -> None:
+                c.post(MODEL_URL + "/predict", files=files).raise_for_status()
 
-        def forward() -> None:
-            with torch.inference_mode():
-                model.module(x)
+            def predict_eager() -> None:
+                e.post(MODEL_URL + "/predict", files=files).raise_for_status()
 
-        def captum_gradcam() -> None:
-            ca.LayerGradCam(net, layer).attribute(x, target=target, relu_attributions=True)
+            def gradcam_png() -> None:
+                r = c.post(MODEL_URL + "/explain/gradcam", files=files, headers={"Accept": "image/png"})
+                r.raise_for_status()
+                assert r.headers["content-type"] == "image/png"
 
-        fns = {"predict": predict, "forward": forward, "gradcam": gradcam_png, "captum": captum_gradcam,
-               "ours gradcam": _ours(model, x, target, "gradcam")}
-        t = in_blocks(fns, rounds=max(4, repeats), block=5, warmup=5)
-    p, g = t["predict"] / t["forward"], t["gradcam"] / t["captum"]
-    return [
-        Row("predict over HTTP vs one in-process forward", _ms(t["predict"]), _ms(t["forward"]), p, "<= 1.2x",
-            p <= 1.2, "224 px JPEG in, top-5 JSON out"),
-        Row("Grad-CAM over HTTP vs captum LayerGradCam in-process", _ms(t["gradcam"]), _ms(t["captum"]), g,
-            "<= 1.3x", g <= 1.3, "224 px JPEG in, overlay PNG out"),
-        Row("forward only vs Grad-CAM engine call (both warmed)", _ms(t["forward"]), _ms(t["ours gradcam"]),
-            t["forward"] / t["ours gradcam"], "< 1x", t["forward"] < t["ours gradcam"],
-            "the forward must be the cheaper"),
-    ]
+            def forward_compiled() -> None:
+                _, kind = cf.forward(model, x)
+                assert kind == "compiled"
+
+            def forward_eager() -> None:
+                eager_forward(model, x)
+
+            def forward4_compiled() -> None:
+                cf.forward(model, x4)
+
+            def forward4_eager() -> None:
+                eager_forward(model, x4)
+
+            def engine_compiled() -> None:
+                with using_layer_forward(cf.layer_forward):
+                    gradcam.attribute(model, x, targets, None)
+
+            def engine_eager() -> None:
+                gradcam.attribute(model, x, targets, None)
+
+            def captum_gradcam() -> None:
+                # The same frozen, channels-last module the engine hooks: captum makes the input require grad.
+                ca.LayerGradCam(model.module, layer).attribute(x, target=target, relu_attributions=True)
+
+            fns = {"http_predict": predict, "http_predict_eager": predict_eager, "http_gradcam": gradcam_png,
+                   "forward_compiled": forward_compiled, "forward_eager": forward_eager,
+                   "forward4_compiled": forward4_compiled, "forward4_eager": forward4_eager,
+                   "engine_compiled": engine_compiled, "engine_eager": engine_eager, "captum_gradcam": captum_gradcam}
+            out.update(_ms(in_blocks(fns, rounds=args.rounds, block=5, warmup=5)))
+        with using_layer_forward(cf.layer_forward):
+            ours_map = gradcam.attribute(model, x, targets, None).maps[0][0]
+        peer_map = ca.LayerGradCam(model.module, layer).attribute(x, target=target, relu_attributions=True)
+        out["gradcam_corr"] = correlation(ours_map, peer_map)
+        rate: dict[tuple[str, int], float] = {}
+        lat: dict[tuple[str, int], list[float]] = {}
+        for _ in range(2):
+            for mode, clients in (("on", 1), ("on", 8), ("eager", 1), ("off", 1)):
+                n, latencies, wall = _load(bases[mode], jpeg, clients, args.seconds)
+                rate[(mode, clients)] = rate.get((mode, clients), 0.0) + n / wall / 2
+                lat.setdefault((mode, clients), []).extend(latencies)
+        out["rate_1"], out["rate_8"] = rate[("on", 1)], rate[("on", 8)]
+        out["p50_1_on"] = statistics.median(lat[("on", 1)]) * 1000
+        out["p50_1_eager"] = statistics.median(lat[("eager", 1)]) * 1000
+        out["p50_1_off"] = statistics.median(lat[("off", 1)]) * 1000
+        out["p50_8"] = statistics.median(lat[("on", 8)]) * 1000
+        out["p99_8"] = sorted(lat[("on", 8)])[round(0.99 * (len(lat[("on", 8)]) - 1))] * 1000
+        for mode, pid in pids.items():
+            out[f"rss_api_{mode}"] = rss_mb(pid)
+        out["rss_bench"] = rss_mb(os.getpid())
+    finally:
+        for s in servers:
+            s.terminate()
+        for s in servers:
+            s.wait(10)
+    return out
 
 
-def rectifier_rows(repeats: int) -> list[Row]:
+def group_rectifier(args: argparse.Namespace) -> Run:
+    """Guided backprop and deconvnet: captum on the served frozen channels-last module and on our folded copy."""
     import captum.attr as ca
 
-    model, peer = relu_resnet18()
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    from cnnviz.attribution.fast.folded import folded_module
+
+    device = torch.device(args.device)
+    model, _ = relu_resnet18(device)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
-        target = int(peer(x).argmax())
-    pairs = {"guided_backprop": ca.GuidedBackprop(peer), "deconvnet": ca.Deconvolution(peer)}
+        target = int(model.module(x).argmax())
+    folded = folded_module(model)
+    out: Run = {"folded": float(folded is not model.module)}
+    classes = {"guided_backprop": ca.GuidedBackprop, "deconvnet": ca.Deconvolution}
     fns: dict[str, Callable[[], object]] = {}
-    for method, attr in pairs.items():
-        fns[f"ours {method}"] = _ours(model, x, target, method, reduce="abs-max")
-        fns[f"captum {method}"] = (lambda a=attr: a.attribute(x, target=target).abs().amax(1))
-    t = interleaved(fns, repeats=repeats * 2, warmup=3)
-    rows = []
-    for method in pairs:
-        r = t[f"captum {method}"] / t[f"ours {method}"]
-        corr = correlation(fns[f"ours {method}"](), fns[f"captum {method}"]())
-        rows.append(Row(f"{method} vs captum, ReLU ResNet-18", _ms(t[f"ours {method}"]), _ms(t[f"captum {method}"]),
-                        r, ">= 1.2x", r >= 1.2, f"map corr {corr:.4f}"))
-    return rows
+    for method, cls in classes.items():
+        fns[f"ours_{method}"] = ours(model, x, target, method, reduce="abs-max")
+        served, on_folded = cls(model.module), cls(folded)
+        fns[f"captum_{method}"] = lambda a=served: a.attribute(x.clone(), target=target).abs().amax(1)
+        fns[f"captum_folded_{method}"] = lambda a=on_folded: a.attribute(x.clone(), target=target).abs().amax(1)
+    out.update(_ms(interleaved(fns, repeats=args.repeats, warmup=2)))
+    for method in classes:
+        out[f"corr_{method}"] = correlation(fns[f"ours_{method}"](), fns[f"captum_{method}"]())
+    out["rss_bench"] = rss_mb(os.getpid())
+    return out
 
 
-def concurrency_rows(bases: dict[str, str], jpeg: bytes, seconds: float, rounds: int) -> list[Row]:
-    acc: dict[tuple[str, int], list[float]] = {}
-    lat: dict[tuple[str, int], list[float]] = {}
-    for _ in range(rounds):
-        for clients, mode in ((1, "on"), (8, "on"), (1, "off")):
-            n, latencies, wall = _load(bases[mode], jpeg, clients, seconds)
-            a = acc.setdefault((mode, clients), [0.0, 0.0])
-            a[0] += n
-            a[1] += wall
-            lat.setdefault((mode, clients), []).extend(latencies)
-    rate = {k: v[0] / v[1] for k, v in acc.items()}
-    med = {k: statistics.median(v) for k, v in lat.items()}
-    p99 = {k: sorted(v)[min(len(v) - 1, round(0.99 * (len(v) - 1)))] for k, v in lat.items()}
-    r8 = rate[("on", 8)] / rate[("on", 1)]
-    lone = med[("on", 1)] / med[("off", 1)]
-    return [
-        Row("8 concurrent Grad-CAM clients vs one client, throughput", f"{rate[('on', 8)]:.1f} req/s",
-            f"{rate[('on', 1)]:.1f} req/s", r8, ">= 1.5x", r8 >= 1.5,
-            f"p50 {med[('on', 8)] * 1000:.0f} ms, p99 {p99[('on', 8)] * 1000:.0f} ms at 8"),
-        Row("one client, batching on vs off, median latency", _ms(med[("on", 1)]), _ms(med[("off", 1)]), lone,
-            "<= 1.1x", lone <= 1.1, "a lone request never waits to batch"),
-    ]
-
-
-def ig_rows(model: LoadedModel, x: torch.Tensor, target: int, repeats: int) -> list[Row]:
+def group_ig(args: argparse.Namespace) -> Run:
+    """Integrated gradients at equal points and equal batch size, over captum's batch sweep; the adaptive default."""
     import captum.attr as ca
 
+    model, x, target = lite0(chelsea_jpeg(), args.device)
     ig = get_method("integrated_gradients")
     targets = ClassTargets(indices=((target,),))
-    e = ig.attribute(model, x, targets, None)
-    done = e.extras["completeness"][0][0]
-    steps, err = int(done["steps"]), float(done["relative_error"])
-    net = copy.deepcopy(model.module).requires_grad_(True)
     black = model.preprocessing.normalize(torch.zeros_like(x))
-    fns = {"ours": lambda: ig.attribute(model, x, targets, None).maps[0][0],
-           "captum": lambda: ca.IntegratedGradients(net).attribute(x, baselines=black, target=target, n_steps=steps,
-                                                                  internal_batch_size=4)}
-    t = interleaved(fns, repeats=max(3, repeats // 3))
-    r = t["captum"] / t["ours"]
-    return [
-        Row("integrated gradients at the defaults: completeness error", f"{err:.2%}", "", err, "<= 2%",
-            err <= 0.02, f"adaptive, {steps} steps, reported in the answer"),
-        Row(f"integrated gradients vs captum at equal steps ({steps})", _ms(t["ours"]), _ms(t["captum"]), r,
-            ">= 1x", r >= 1.0, "captum internal_batch_size 4, as ours on a CPU"),
-    ]
+    fns: dict[str, Callable[[], object]] = {
+        "ours_adaptive": lambda: ig.attribute(model, x, targets, None).maps[0][0]}
+    for b in args.ig_batches:
+        fns[f"ours_b{b}"] = ours(model, x, target, "integrated_gradients", steps=IG_STEPS, baseline="black",
+                                 adaptive=False, batch_size=b, integration="gauss-legendre")
+        # captum's IntegratedGradients on the same frozen module: it makes the scaled inputs require grad
+        fns[f"captum_b{b}"] = (lambda b=b: ca.IntegratedGradients(model.module).attribute(
+            x, baselines=black, target=target, n_steps=IG_STEPS, internal_batch_size=b))
+    # Warm each side's kernels at its batch size with one forward + backward (a whole 32-point call
+    # would double the group's time and warm nothing more), ours with one whole call (the folded copy).
+    fns["ours_adaptive"]()
+    for b in args.ig_batches:
+        _warm(model.module, x, b, grad=True)
+        fns[f"ours_b{b}"]()
+    out: Run = _ms(interleaved(fns, repeats=args.slow_repeats, warmup=0))
+    done = ig.attribute(model, x, targets, None).extras["completeness"][0][0]
+    out["ig_adaptive_steps"], out["ig_adaptive_err"] = float(done["steps"]), float(done["relative_error"])
+    best = min(args.ig_batches, key=lambda b: out[f"captum_b{b}"])
+    out["captum_best"], out["captum_best_b"], out["ours_at_captum_best"] = (
+        out[f"captum_b{best}"], float(best), out[f"ours_b{best}"])
+    out["ours_best"] = min(out[f"ours_b{b}"] for b in args.ig_batches)
+    out["rss_bench"] = rss_mb(os.getpid())
+    return out
 
 
-def overhead_rows(device: torch.device, repeats: int) -> list[Row]:
-    """Grad-CAM's cost over a plain forward on ResNet-18, beside torch-cam's published 3.71 ms (RTX 2070).
+def _warm(module: torch.nn.Module, x: torch.Tensor, batch: int, grad: bool = False) -> None:
+    """One forward (and backward) of ``batch`` copies of ``x``: the kernels a sweep at that batch size runs."""
+    xb = x.repeat(batch, 1, 1, 1)
+    if grad:
+        xb.requires_grad_(True)
+        module(xb).sum().backward()
+    else:
+        with torch.no_grad():
+            module(xb)
 
-    torch-cam's README reports the overhead of its CAM extractors over the forward pass on a
-    ResNet-18 with an RTX 2070; the weights do not change the time, so a seeded ResNet-18 runs here.
-    On a CPU the figure is context only (no target).
-    """
+
+def _occlusion_fns(model: LoadedModel, x: torch.Tensor, target: int, ppes: tuple[int, ...],
+                   ) -> dict[str, Callable[[], torch.Tensor]]:
+    import captum.attr as ca
+
+    method = get_method("occlusion")
+    targets = ClassTargets(indices=((target,),))
+
+    def run(**kw) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            e = method.attribute(model, x, targets, None, window=32, stride=16, fill="mean", **kw)
+            assert e.extras["engine"] == ("full" if kw.get("engine") == "full" else "incremental")
+            return e.maps[0][0]
+        return call
+
+    occ = {"sliding_window_shapes": (3, 32, 32), "strides": (3, 16, 16), "baselines": torch.zeros_like(x),
+           "target": target}
+    fns = {"ours_incremental": run(), "ours_full": run(engine="full")}
+    for p in ppes:  # the same frozen channels-last module the engine runs
+        fns[f"captum_ppe{p}"] = (lambda p=p: ca.Occlusion(model.module).attribute(
+            x, perturbations_per_eval=p, **occ)[0].sum(0))
+    return fns
+
+
+def group_occlusion(args: argparse.Namespace) -> Run:
+    model, x, target = lite0(chelsea_jpeg(), args.device)
+    fns = _occlusion_fns(model, x, target, args.ppe)
+    # Warm: ours incremental with a whole call (it traces and plans once), every batched side with one
+    # forward at its batch size (the oneDNN primitives a sweep's calls reuse), not a whole slow sweep.
+    fns["ours_incremental"]()
+    for b in {4, *args.ppe}:
+        _warm(model.module, x, b)
+    out: Run = _ms(interleaved(fns, repeats=args.slow_repeats, warmup=0))
+    best = min(args.ppe, key=lambda p: out[f"captum_ppe{p}"])
+    out["captum_best"], out["captum_best_ppe"] = out[f"captum_ppe{best}"], float(best)
+    out["corr"] = correlation(fns["ours_incremental"](), fns[f"captum_ppe{best}"]())
+    out["rss_bench"] = rss_mb(os.getpid())
+    return out
+
+
+def group_occlusion_cold(args: argparse.Namespace) -> Run:
+    """The first call of a fresh process (model loaded, one forward for the target already run)."""
+    model, x, target = lite0(chelsea_jpeg(), args.device)
+    key = args.cold
+    fns = _occlusion_fns(model, x, target, (int(key[len("captum_ppe"):]),) if key.startswith("captum") else ())
+    t0 = time.perf_counter()
+    fns[key]()
+    return {f"cold_{'captum' if key.startswith('captum') else 'ours'}": (time.perf_counter() - t0) * 1000}
+
+
+def group_cuda_overhead(args: argparse.Namespace) -> Run:
+    """Grad-CAM's cost over a plain forward on ResNet-18 on CUDA, beside torch-cam's published 3.71 ms
+    (RTX 2070); the weights do not change the time, so a seeded ResNet-18 runs."""
+    device = torch.device("cuda")
     model, _ = relu_resnet18(device)
     x = torch.randn(1, 3, 224, 224, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def forward() -> None:
         with torch.inference_mode():
             model.module(x)
-        sync()
+        torch.cuda.synchronize()
 
-    gradcam = _ours(model, x, 0, "gradcam")
+    cam = ours(model, x, 0, "gradcam")
 
-    def cam() -> None:
-        gradcam()
-        sync()
+    def gradcam() -> None:
+        cam()
+        torch.cuda.synchronize()
 
-    t = interleaved({"forward": forward, "gradcam": cam}, repeats=repeats * 3, warmup=5)
-    over = (t["gradcam"] - t["forward"]) * 1000
-    gpu = device.type == "cuda"
-    return [Row(f"Grad-CAM overhead over a forward, ResNet-18, {device.type}", f"{over:.2f} ms",
-                "3.71 ms (torch-cam, RTX 2070)", over / 3.71, "<= 1x on a GPU" if gpu else "context",
-                over <= 3.71 if gpu else True,
-                f"forward {t['forward'] * 1000:.2f} ms, Grad-CAM {t['gradcam'] * 1000:.2f} ms"
-                + (f", {torch.cuda.get_device_name(device)}" if gpu else ""))]
+    t = _ms(interleaved({"forward": forward, "gradcam": gradcam}, repeats=args.repeats * 3, warmup=5))
+    return {"cuda_forward": t["forward"], "cuda_gradcam": t["gradcam"], "cuda_overhead": t["gradcam"] - t["forward"]}
+
+
+GROUPS: dict[str, Callable[[argparse.Namespace], Run]] = {
+    "http": group_http, "rectifier": group_rectifier, "ig": group_ig, "occlusion": group_occlusion,
+    "occlusion-cold": group_occlusion_cold, "cuda-overhead": group_cuda_overhead}
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+def _ratio(a: str, b: str) -> Callable[[Run], float]:
+    return lambda r: r[a] / r[b]
+
+
+def _key(k: str) -> Callable[[Run], float]:
+    return lambda r: r[k]
+
+
+def _note_median(fmt: str, *keys: str) -> Callable[[list[Run]], str]:
+    return lambda runs: fmt.format(*(statistics.median(r[k] for r in runs) for k in keys))
+
+
+API_ON = mb_spread("rss_api_on", "API (Lite0, default)")
+API_EAGER = mb_spread("rss_api_eager", "API (Lite0, compile off)")
+API_OFF = mb_spread("rss_api_off", "API (Lite0, compile and batching off)")
+BENCH = mb_spread("rss_bench", "bench process")
+
+SPECS: list[Spec] = [
+    Spec("predict over HTTP minus the same compiled forward in-process", "overhead",
+         _key("http_predict"), _key("forward_compiled"), lambda r: r["http_predict"] - r["forward_compiled"], "ms",
+         note="224 px JPEG in, top-5 JSON out; HTTP, decoding, preprocessing and the answer",
+         memory=API_ON, needs=("http_predict",)),
+    Spec("predict over HTTP minus the eager forward in-process, compilation off", "overhead",
+         _key("http_predict_eager"), _key("forward_eager"),
+         lambda r: r["http_predict_eager"] - r["forward_eager"], "ms",
+         note="CNNVIZ_COMPILE_PREDICT=false on the server", memory=API_EAGER, needs=("http_predict_eager",)),
+    Spec("forward, one image: compiled vs eager, in-process", "advantage", _key("forward_compiled"),
+         _key("forward_eager"), _ratio("forward_eager", "forward_compiled"), "x",
+         note="Inductor, frozen (batch norms folded); the compiled graphs cost memory: see the memory column",
+         memory=joined(API_ON, API_EAGER), needs=("forward_compiled",)),
+    Spec("forward, four images, per image: compiled vs eager, in-process", "advantage",
+         lambda r: r["forward4_compiled"] / 4, lambda r: r["forward4_eager"] / 4,
+         _ratio("forward4_eager", "forward4_compiled"), "x", needs=("forward4_compiled",)),
+    Spec("Grad-CAM engine call: compiled road vs hooked eager module, in-process", "advantage",
+         _key("engine_compiled"), _key("engine_eager"), _ratio("engine_eager", "engine_compiled"), "x",
+         note="maps equal (tests/model/test_bench_exactness.py)", needs=("engine_compiled",)),
+    Spec("(a) Grad-CAM over HTTP minus the same engine call in-process (compiled road)", "overhead",
+         _key("http_gradcam"), _key("engine_compiled"), lambda r: r["http_gradcam"] - r["engine_compiled"], "ms",
+         note="224 px JPEG in, overlay PNG out: HTTP, decoding, rendering and the PNG",
+         memory=API_ON, needs=("http_gradcam",)),
+    Spec("(b) Grad-CAM engine call (eager) vs captum LayerGradCam, same frozen channels-last module",
+         "like-for-like", _key("engine_eager"), _key("captum_gradcam"), _ratio("captum_gradcam", "engine_eager"),
+         "x", target=(">=", 1.0),
+         note=lambda runs: f"map corr {statistics.median(r['gradcam_corr'] for r in runs):.4f}",
+         memory=BENCH, needs=("engine_eager",)),
+    Spec("(b) Grad-CAM engine call (compiled road) vs captum LayerGradCam, same module", "advantage",
+         _key("engine_compiled"), _key("captum_gradcam"), _ratio("captum_gradcam", "engine_compiled"), "x",
+         note="compiled up to the layer, eager tail: the gradient is the eager one", memory=BENCH,
+         needs=("engine_compiled",)),
+    Spec("(c) user's view: Grad-CAM answer over HTTP vs captum LayerGradCam in-process", "user's view",
+         _key("http_gradcam"), _key("captum_gradcam"), _ratio("http_gradcam", "captum_gradcam"), "x",
+         target=("<=", 1.3), note="the server also decodes, renders and writes the PNG; captum returns a tensor",
+         memory=API_ON, needs=("http_gradcam",)),
+    Spec("forward only vs Grad-CAM engine call (compiled, both warmed)", "context", _key("forward_compiled"),
+         _key("engine_compiled"), _ratio("forward_compiled", "engine_compiled"), "x", target=("<", 1.0),
+         note="the forward must be the cheaper", needs=("forward_compiled",)),
+    Spec("8 concurrent Grad-CAM clients vs one client, throughput", "context", _key("rate_8"), _key("rate_1"),
+         _ratio("rate_8", "rate_1"), "x", target=(">=", 1.5),
+         cells="req/s", note=_note_median("p50 {0:.0f} ms, p99 {1:.0f} ms at 8 (medians over runs)", "p50_8", "p99_8"),
+         memory=API_ON, needs=("rate_8",)),
+    Spec("one client, batching on vs off, median latency (both compile off)", "like-for-like",
+         _key("p50_1_eager"), _key("p50_1_off"), _ratio("p50_1_eager", "p50_1_off"), "x", target=("<=", 1.1),
+         note="a lone request never waits to batch", memory=joined(API_EAGER, API_OFF), needs=("p50_1_eager",)),
+    Spec("guided backprop vs captum GuidedBackprop on the same folded copy, ReLU ResNet-18", "like-for-like",
+         _key("ours_guided_backprop"), _key("captum_folded_guided_backprop"),
+         _ratio("captum_folded_guided_backprop", "ours_guided_backprop"), "x", target=(">=", 1.0),
+         note="both frozen, channels-last, batch norms folded", memory=BENCH, needs=("ours_guided_backprop",)),
+    Spec("guided backprop vs captum GuidedBackprop on the served module (unfolded)", "advantage",
+         _key("ours_guided_backprop"), _key("captum_guided_backprop"),
+         _ratio("captum_guided_backprop", "ours_guided_backprop"), "x", target=(">=", 1.2),
+         note=lambda runs: "folding and prepacked convolutions; map corr "
+         f"{statistics.median(r['corr_guided_backprop'] for r in runs):.4f}", memory=BENCH,
+         needs=("ours_guided_backprop",)),
+    Spec("deconvnet vs captum Deconvolution on the same folded copy, ReLU ResNet-18", "like-for-like",
+         _key("ours_deconvnet"), _key("captum_folded_deconvnet"),
+         _ratio("captum_folded_deconvnet", "ours_deconvnet"), "x", target=(">=", 1.0),
+         note="both frozen, channels-last, batch norms folded", memory=BENCH, needs=("ours_deconvnet",)),
+    Spec("deconvnet vs captum Deconvolution on the served module (unfolded)", "advantage",
+         _key("ours_deconvnet"), _key("captum_deconvnet"), _ratio("captum_deconvnet", "ours_deconvnet"), "x",
+         target=(">=", 1.2), note=lambda runs: "folding and prepacked convolutions; map corr "
+         f"{statistics.median(r['corr_deconvnet'] for r in runs):.4f}", memory=BENCH, needs=("ours_deconvnet",)),
+    Spec(f"integrated gradients vs captum, {IG_STEPS} points, same batch size (captum's best)", "like-for-like",
+         _key("ours_at_captum_best"), _key("captum_best"), _ratio("captum_best", "ours_at_captum_best"), "x",
+         target=(">=", 1.0), note=lambda runs: "captum's internal_batch_size swept over "
+         f"{', '.join(map(str, IG_BATCHES))}; best {statistics.median(r['captum_best_b'] for r in runs):.0f} "
+         "(median over runs); ours at the same batch size, Gauss-Legendre points", memory=BENCH,
+         needs=("captum_best_b",)),
+    Spec("integrated gradients at the defaults: completeness error", "context", None, None,
+         _key("ig_adaptive_err"), "%", target=("<=", 0.02),
+         note=_note_median("adaptive Gauss-Kronrod, {0:.0f} points (median), reported in the answer",
+                           "ig_adaptive_steps"), needs=("ig_adaptive_err",)),
+    Spec(f"integrated gradients, adaptive default vs captum's best at {IG_STEPS} points", "advantage",
+         _key("ours_adaptive"), _key("captum_best"), _ratio("captum_best", "ours_adaptive"), "x",
+         note="fewer forwards for a 2 % completeness error", memory=BENCH, needs=("ours_adaptive",)),
+    Spec("occlusion 32/16, batched full forwards vs captum Occlusion at its best", "like-for-like",
+         _key("ours_full"), _key("captum_best"), _ratio("captum_best", "ours_full"), "x",
+         note=lambda runs: "captum's perturbations_per_eval swept over " + ", ".join(map(str, PPE))
+         + f"; best {statistics.median(r['captum_best_ppe'] for r in runs):.0f} (median over runs); ours 4 per batch",
+         memory=BENCH, needs=("ours_full",)),
+    Spec("occlusion 32/16, incremental engine vs captum Occlusion at its best", "advantage",
+         _key("ours_incremental"), _key("captum_best"), _ratio("captum_best", "ours_incremental"), "x",
+         target=(">=", 3.0), note=lambda runs: "exact (tests/model/test_bench_exactness.py); map corr "
+         f"{statistics.median(r['corr'] for r in runs):.4f}", memory=BENCH, needs=("ours_incremental",)),
+    Spec("occlusion 32/16 cold: first call of a fresh process, incremental vs captum at its best", "advantage",
+         _key("cold_ours"), _key("cold_captum"), _ratio("cold_captum", "cold_ours"), "x",
+         note="includes tracing and planning the incremental engine", needs=("cold_ours", "cold_captum")),
+    Spec("CUDA: Grad-CAM overhead over a forward, ResNet-18", "context", _key("cuda_gradcam"), _key("cuda_forward"),
+         _key("cuda_overhead"), "ms", target=("<=", 3.71),
+         note="beside torch-cam's published 3.71 ms (RTX 2070)", needs=("cuda_overhead",)),
+]
+
+
+def child(args: argparse.Namespace) -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", module="captum")  # "did not already require gradients": it sets it itself
+    torch.set_num_threads(args.threads)
+    result = GROUPS[args.child](args)
+    sys.stdout.write(RESULT + json.dumps(result) + "\n")
+
+
+def _spawn(group: str, args: argparse.Namespace, extra: list[str] | None = None) -> Run:
+    cmd = [sys.executable, __file__, "--child", group, "--threads", str(args.threads), "--device", args.device,
+           "--repeats", str(args.repeats), "--slow-repeats", str(args.slow_repeats), "--rounds", str(args.rounds),
+           "--seconds", str(args.seconds), "--ppe", ",".join(map(str, args.ppe)),
+           "--ig-batches", ",".join(map(str, args.ig_batches)), *(extra or [])]
+    t0 = time.time()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+    log.info("  %s %s: %.0f s", group, " ".join(extra or []), time.time() - t0)
+    return json.loads(lines[-1][len(RESULT):])
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--seconds", type=float, default=6.0, help="per concurrency cell and round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5, help="fresh processes per group")
+    ap.add_argument("--quick", action="store_true", help="1 run and fewer repeats: checks the script, not the figures")
+    ap.add_argument("--repeats", type=int, default=9, help="round-robin repeats of a fast group, per process")
+    ap.add_argument("--slow-repeats", type=int, default=1,
+                    help="timed round-robin repeats of a slow group (IG, occlusion), per process, after a warm-up")
+    ap.add_argument("--rounds", type=int, default=4, help="warm blocks per side in the HTTP group")
+    ap.add_argument("--seconds", type=float, default=3.0, help="per concurrency cell and round (two rounds)")
     ap.add_argument("--threads", type=int, default=min(4, len(os.sched_getaffinity(0))))
-    ap.add_argument("--only", default="occlusion,http,rectifier,concurrency,ig,overhead")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="for the overhead row (the rest runs on the CPU, as the CI machine does)")
+    ap.add_argument("--only", default="http,rectifier,ig,occlusion")
+    ap.add_argument("--device", default="cpu", help="cpu; the cuda rows run by themselves where CUDA is available")
+    ap.add_argument("--ppe", type=lambda s: tuple(int(v) for v in s.split(",")), default=PPE)
+    ap.add_argument("--ig-batches", type=lambda s: tuple(int(v) for v in s.split(",")), default=IG_BATCHES)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--cold", help=argparse.SUPPRESS)
     ap.add_argument("--readme", action="store_true", help="rewrite the speed-targets block of docs/benchmarks.md")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    only = set(args.only.split(","))
-    jpeg = _chelsea_jpeg()
-    model = Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0")
-    x = _input(model, jpeg)
-    with torch.no_grad():
-        target = int(model.module(x).argmax())
-    rows: list[Row] = []
-    servers: list[subprocess.Popen] = []
-    bases: dict[str, str] = {}
-    try:
-        if only & {"http", "concurrency"}:
-            modes = {"on": {}, "off": {"CNNVIZ_BATCH_MAX_IMAGES": "1"}} if "concurrency" in only else {"on": {}}
-            bases = serve_modes(modes, jpeg, servers)
-        if "http" in only:
-            rows += http_rows(bases["on"], jpeg, model, x, target, args.repeats)
-        if "occlusion" in only:
-            rows += occlusion_rows(model, x, target, args.repeats)
-        if "rectifier" in only:
-            rows += rectifier_rows(args.repeats)
-        if "ig" in only:
-            rows += ig_rows(model, x, target, args.repeats)
-        if "concurrency" in only:
-            rows += concurrency_rows(bases, jpeg, args.seconds, args.rounds)
-        if "overhead" in only:
-            rows += overhead_rows(torch.device(args.device), args.repeats)
-    finally:
-        for s in servers:
-            s.terminate()
-        for s in servers:
-            s.wait(10)
-    head = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(os.sched_getaffinity(0))} cores, "
-            f"EfficientNet-Lite0 @224, `chelsea`; `python bench/bench_speed.py`")
-    body = table([[r.what, r.ours, r.peer, f"{r.ratio:.2%}" if r.target.endswith("%") else f"{r.ratio:.2f}x",
-                   r.target, "yes" if r.met else "**no**", r.note] for r in rows],
-                 ["what", "ours", "peer", "ratio", "target", "met", "note"])
-    text = head + "\n\n" + body
+    if args.child:
+        child(args)
+        return
+    if args.quick:
+        args.runs, args.repeats, args.slow_repeats, args.rounds, args.seconds = 1, 3, 1, 2, 2.0
+    only = [g for g in args.only.split(",") if g]
+    t_start = time.time()
+    runs: list[Run] = []
+    cuda_runs: list[Run] = []
+    for i in range(args.runs):
+        log.info("run %d of %d", i + 1, args.runs)
+        run: Run = {}
+        for group in only:
+            run.update(_spawn(group, args))
+            if group == "occlusion":
+                best = f"captum_ppe{int(run['captum_best_ppe'])}"
+                for key in ((best, "ours_incremental") if i % 2 else ("ours_incremental", best)):
+                    run.update(_spawn("occlusion-cold", args, ["--cold", key]))
+        runs.append(run)
+        if torch.cuda.is_available():
+            cuda = argparse.Namespace(**{**vars(args), "device": "cuda"})
+            cuda_run: Run = {}
+            for group in ("cuda-overhead", *(g for g in only if g in ("rectifier", "ig", "occlusion"))):
+                cuda_run.update(_spawn(group, cuda))
+            cuda_runs.append(cuda_run)
+    rows = [c for c in (row_cells(s, runs) for s in SPECS) if c]
+    from bench.harness import table
+
+    head = (f"torch {torch.__version__}, {args.threads} threads, {len(os.sched_getaffinity(0))} cores, "
+            f"EfficientNet-Lite0 @224 (rectifier rows: seeded ReLU ResNet-18), `chelsea`; "
+            f"{args.runs} fresh processes per group, interleaved; `python bench/bench_speed.py"
+            f"{' --quick' if args.quick else ''}` ({(time.time() - t_start) / 60:.0f} min). "
+            + ("CUDA rows from " + torch.cuda.get_device_name(0) + "." if cuda_runs else
+               "No GPU was available: no GPU figure exists yet (the CUDA rows run where one is)."))
+    text = head + "\n\n" + table(rows, HEADER)
+    if cuda_runs:
+        cuda_rows = [c for c in (row_cells(s, cuda_runs) for s in SPECS) if c]
+        text += f"\n\nOn CUDA ({torch.cuda.get_device_name(0)}), the in-process groups:\n\n" + table(cuda_rows, HEADER)
     sys.stdout.write(text + "\n")
     if args.readme:
         write_block("speed-targets", text)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import table  # noqa: E402
+from bench.readme import write_block  # noqa: E402
 from cnnviz.models import Catalog  # noqa: E402
 from cnnviz.synthesis.loop import Callbacks  # noqa: E402
 from cnnviz.synthesis.style import style_layer_preset, style_transfer  # noqa: E402
@@ -149,7 +150,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="iterations per variant (the first is not timed)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per size")
     ap.add_argument("--child", nargs=2, metavar=("VARIANT", "SIZE"))
+    ap.add_argument("--quick", action="store_true", help="224 px, 3 steps, 1 round: checks the script, not the figures")
+    ap.add_argument("--readme", action="store_true", help="rewrite the style block of docs/benchmarks.md")
     args = ap.parse_args()
+    if args.quick and not args.child:
+        args.sizes, args.steps, args.rounds = "224", 3, 1
     if args.child:
         sys.stdout.write(json.dumps(child(args.child[0], int(args.child[1]), args.steps)) + "\n")
         return
@@ -176,8 +181,13 @@ def main() -> None:
                          f"{r['s_per_iter'] / o['s_per_iter']:.2f}x" if v is o else "",
                          f"{r[mem_key] / max(o[mem_key], 1e-9):.2f}x" if v is o else ""])
     mem_name = "peak MiB (CUDA)" if rows and "cuda" in rows[0][2] else "peak RSS growth MiB"
-    sys.stdout.write(table(rows, ["px", "variant", "device", "s / iter", mem_name, "time ref/ours",
-                                  "mem ref/ours"]) + "\n")
+    text = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 backbone, "
+            f"{args.steps} L-BFGS iterations x {args.rounds} interleaved rounds, memory from a fresh process per "
+            f"variant; `python bench/bench_style.py{' --quick' if args.quick else ''}`\n\n"
+            + table(rows, ["px", "variant", "device", "s / iter", mem_name, "time ref/ours", "mem ref/ours"]))
+    sys.stdout.write(text + "\n")
+    if args.readme:
+        write_block("style", text)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import table  # noqa: E402
+from bench.readme import write_block  # noqa: E402
 from cnnviz.models import Catalog  # noqa: E402
 from cnnviz.synthesis.style import style_transfer  # noqa: E402
 from cnnviz.training import FastStyleTrainer, TransformNet, TripletTrainer, stylize, triplet_data  # noqa: E402
@@ -186,11 +187,17 @@ def main() -> None:
     ap.add_argument("--triplet-steps", type=int, default=300)
     ap.add_argument("--layers", default="act_head,_blocks.5")
     ap.add_argument("--http", action="store_true", help="also time POST /v1/styles/{style}/apply over HTTP")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer steps: checks the script only")
+    ap.add_argument("--readme", action="store_true", help="rewrite the training (and, with --http, apply) blocks")
     args = ap.parse_args()
+    if args.quick:
+        args.sizes, args.widths, args.gatys_steps, args.repeats = "256", "16", 5, 2
+        args.train_sizes, args.train_steps, args.triplet_steps = "128", 2, 60
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = Catalog.open(models_file=None, device="cpu", default=None).get("efficientnet-lite0")
-    header = f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 backbone, CPU"
+    header = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, EfficientNet-Lite0 backbone, CPU; "
+              f"`python bench/bench_training.py{' --quick' if args.quick else ''}`")
     out = [header, ""]
     out.append(table(stylize_rows(model, [int(s) for s in args.sizes.split(",")],
                                   [int(w) for w in args.widths.split(",")], args.gatys_steps, args.repeats),
@@ -199,10 +206,15 @@ def main() -> None:
     out += ["", table(training_rows(model, [int(s) for s in args.train_sizes.split(",")], args.train_steps)
                       + speed, ["training", "speed", "throughput"])]
     out += ["", table(trip, ["layer", "px", "frozen held-out acc", "head held-out acc", "gain"])]
-    if args.http:
-        out += ["", table(http_rows([int(s) for s in args.sizes.split(",")], args.repeats),
-                          ["apply (width 16)", "stylize ms", "HTTP round trip ms", "HTTP/stylize"])]
     sys.stdout.write("\n".join(out) + "\n")
+    if args.readme:
+        write_block("training", "\n".join(out))
+    if args.http:
+        apply = [header, "", table(http_rows([int(s) for s in args.sizes.split(",")], args.repeats),
+                                   ["apply (width 16)", "stylize ms", "HTTP round trip ms", "HTTP/stylize"])]
+        sys.stdout.write("\n".join(apply) + "\n")
+        if args.readme:
+            write_block("apply", "\n".join(apply))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ in the background.
 Why: classification is one forward pass, and on the CPU the eager forward is far from the limit.
 ``torch.compile`` with Inductor's ``freezing`` folds batch norm into the convolutions, fuses the
 elementwise tails (ReLU6, residual adds, padding) into the kernels around them and prepacks the
-weights; measured on this 2-core machine, EfficientNet-Lite0 at 224 px, 2 threads: 14 ms eager,
-7.4 ms compiled, logits within 1e-5.
+weights: on EfficientNet-Lite0 at 224 px the compiled forward takes about half the eager one
+(bench/bench_speed.py, the ``speed-targets`` block of docs/benchmarks.md), logits within 1e-5.
 
 The CAM family needs more than logits: the default layer's output, and the gradient of a score
 with respect to it. A frozen graph cannot differentiate, so the graph is cut at that layer with
@@ -13,15 +13,16 @@ torch.fx (:class:`~cnnviz.attribution.fast.tail.TailRunner`). The compiled part 
 the values the tail reads. The tail (pooling and the classifier on the catalog's CNNs) runs
 eagerly from the layer's output as a gradient leaf, so the gradient is the eager one
 (:meth:`CompiledForwards.layer_forward`, offered to the engine through
-:mod:`cnnviz.attribution.fast.layer_forward`). On Lite0 a Grad-CAM engine call goes from 12-15 ms to
-9-10 ms with equal maps. One compile serves both. A model that fx cannot trace compiles whole,
+:mod:`cnnviz.attribution.fast.layer_forward`). The Grad-CAM engine call is faster with
+equal maps (bench/bench_speed.py; tests/model/test_bench_exactness.py). One compile serves both. A
+model that fx cannot trace compiles whole,
 for predict only. Every other method, layer, image size and precision runs the hooked eager module.
 
 How, so that no request ever waits for a compiler:
 
 - a model's compile starts on its first predict or explanation (the default model's at start-up
   when models are preloaded) in a background thread, for one image, then four, then two
-  (:data:`BATCHES`); each took about 18 s with a cold cache on these 2 cores, less with
+  (:data:`BATCHES`); each takes a while with a cold cache on 2 cores, less with
   Inductor's cache warm (``TORCHINDUCTOR_CACHE_DIR``; keep it on a volume to keep restarts warm),
   and while it runs it shares the cores with the lanes, whose requests are slower meanwhile;
 - until the one-image graph is ready, and for every input it was not compiled for, the eager
@@ -42,7 +43,7 @@ copy of the graph and its own compiled batches (one image at both widths first),
 
 A served graph is run-only (``torch._dynamo.run``): it runs what was compiled and never compiles.
 Two one-thread lanes call the same graphs at once, and once in a few thousand calls Dynamo saw a
-guard fail that passed when it checked again, and recompiled inside the request (18 s). Run-only,
+guard fail that passed when it checked again, and recompiled inside the request (seconds). Run-only,
 such a miss runs the frame eagerly, with the same result.
 """
 
@@ -70,9 +71,9 @@ log = logging.getLogger(__name__)
 AGREEMENT_RTOL = 1e-3  # compiled logits within this fraction of the eager logits' largest magnitude
 # Batch sizes compiled, in this order (each serves as soon as it is checked): one image (a lone
 # request), four (full groups under load; larger groups run in fours), two (groups of two and
-# three). Measured on these 2 cores, Lite0 compiled forward per image: 9.1 ms at one, 7.6 at two,
-# 6.6 at four, so a group of three runs as two plus one (24 ms) rather than four padded (26 ms);
-# eight was no cheaper per image than four.
+# three). Measured on 2 cores, the Lite0 compiled forward per image fell from one to two to four
+# images, so a group of three runs as two plus one rather than four padded; eight was no cheaper
+# per image than four.
 BATCHES = (1, 4, 2)
 Compiled = Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
 """One compiled batch size: a normalized batch in, ``(logits, *split.needed)`` out."""

@@ -4,11 +4,12 @@ Why not the server's thread pool: PyTorch's CPU kernels run on OpenMP (libgomp),
 team of worker threads *per thread that starts a parallel region*, for as long as that thread
 lives. libgomp counts every team's threads, and once they outnumber the cores it stops spinning
 between regions and sleeps on a futex after each one (its "throttled" wait, as we read libgomp),
-so every kernel of every forward pays wake-ups. What we rely on is what we measured on this
-2-core machine, EfficientNet-Lite0 at 224 px, 2 torch threads: one forward takes 20-24 ms from a
-single thread, 47-62 ms once a second thread has run torch with its own team (Starlette's pool
-has 40 threads, each of which builds a team when it first computes). A second lane of 2 threads
-slowed the first lane's lone forward from 22 to 36 ms.
+so every kernel of every forward pays wake-ups. What we rely on is what we measured on a 2-core
+machine, EfficientNet-Lite0 at 224 px, 2 torch threads: a forward from a single thread took about
+half as long as the same forward once a second thread had run torch with its own team
+(Starlette's pool has 40 threads, each of which builds a team when it first computes), and a
+second lane of 2 threads slowed the first lane's lone forward too. (Speed figures live in
+docs/benchmarks.md, written by bench/; none is quoted in code.)
 
 So a process keeps ``lanes x threads <= cores``: ``lanes`` dedicated threads (a
 :class:`~concurrent.futures.ThreadPoolExecutor` that never lets them go), each with ``threads``
@@ -33,7 +34,7 @@ A torch call that slips out of the lanes still must not build a team, so once it
 :class:`ComputeLanes` makes one intra-op thread the default of every thread started after it
 (:func:`single_threaded_default`). This was found the hard way: a contiguous copy before PNG
 encoding ran in the request's pool thread, its team of two joined the lane's, and every later
-forward in the process took 37 ms instead of 16.
+forward in the process took more than twice as long.
 """
 
 from __future__ import annotations
@@ -153,8 +154,8 @@ class ElasticExecutor(Executor):
     team is preempted mid-kernel by the request threads' light work and waits for the missing member
     at every barrier. Lanes of one thread split no kernel and wait for nobody, so under load the
     cores do more requests per second. Measured on 2 cores, Lite0 Grad-CAM over HTTP, both compiled:
-    the wide lane alone served 8 clients at 47-51 requests/s and a lone client at a 26-30 ms median;
-    two lanes of one thread 54-58 requests/s, but a lone client at 30-33 ms. This executor takes both.
+    two lanes of one thread served 8 clients faster than the wide lane alone, but a lone client
+    slower. This executor takes both (bench/bench_batching.py: modes ``on`` and ``fixed-lanes``).
 
     The rule is decided when a call is submitted: a call that finds every lane idle and nothing queued
     is lone and runs wide; any other call runs narrow. A wide call waits until no narrow call runs, and
