@@ -376,7 +376,7 @@ def identify(state: State, cid: str, image: Any, model_name: str | None,
     return IdentifyResult.from_json((yield from send(state, call)).json())
 
 
-PLURAL = {"style": "styles", "embedder": "embedders"}
+PLURAL = {"style": "styles", "embedder": "embedders", "verifier": "verifiers"}
 
 
 def list_trained(state: State, kind: str) -> Op[list[TrainedInfo]]:
