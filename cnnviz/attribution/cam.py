@@ -80,6 +80,8 @@ class CamMethod(Method):
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("positive",)  # non-negative, smooth, coarse
 
     sweeps_layers: ClassVar[bool] = True
+    sweep_shares: ClassVar[str] = "one forward pass and one backward pass per target for every layer"
+    """What a layer sweep shares between its layers (the answer's ``details.sweep`` says it)."""
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Params) -> Explanation:
@@ -169,8 +171,11 @@ class CamMethod(Method):
         maps = {n: [[per_layer[n][t][i].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
                 for n in names}
         last = names[-1]
+        extras: dict[str, Any] = {"forward": ran}
+        if sweep:
+            extras["sweep"] = f"{len(names)} layers: {self.sweep_shares}"
         return Explanation(self.name, maps[last], rows, scores, probs, layer=last, warnings=warnings,
-                           extras={"forward": ran}, sweep=maps if sweep else None)
+                           extras=extras, sweep=maps if sweep else None)
 
     def prepare(self, ctx: CamContext) -> None:
         """Work shared by all targets (a sweep of masked or ablated inputs); nothing by default."""
@@ -288,6 +293,7 @@ class EigenCAM(CamMethod):
     name = "eigencam"
     title = "Eigen-CAM"
     needs_gradients = False
+    sweep_shares = "one forward pass for every layer (no backward)"
 
     def combine(self, ctx, acts, grads, idx):
         n, k, h, w = acts.shape
@@ -328,6 +334,7 @@ class CAM(CamMethod):
     name = "cam"
     title = "CAM"
     needs_gradients = False
+    sweep_shares = "one forward pass for every layer (no backward; a layer must feed the GAP + linear head)"
 
     def weights(self, ctx, acts, grads, idx):
         fc = _gap_linear_head(ctx.model, acts, ctx.logits)
@@ -374,6 +381,8 @@ class ScoreCAM(CamMethod):
     name = "scorecam"
     title = "Score-CAM"
     needs_gradients = False
+    sweep_shares = ("one forward pass; each layer's masked inputs are scored on their own (exact, so the cost adds "
+                    "up per layer)")
     Params = SweepParams
 
     def prepare(self, ctx: CamContext) -> None:
@@ -418,6 +427,8 @@ class AblationCAM(CamMethod):
     name = "ablationcam"
     title = "Ablation-CAM"
     needs_gradients = False
+    sweep_shares = ("one forward pass; each layer's channels are ablated on their own (exact, so the cost adds up "
+                    "per layer)")
     Params = AblationParams
 
     def prepare(self, ctx: CamContext) -> None:

@@ -68,6 +68,7 @@ def test_score_cam_sweeps_each_layer_exactly(lite0, chelsea):
     x = lite0.preprocessing.batch([to_tensor(chelsea)], 32, device=lite0.device)
     layers = ["act_stem", "_blocks.0"]
     res = m.attribute(lite0, x, ClassTargets(top_k=1), layers=layers, batch_size=64)
+    assert "scored on their own" in res.extras["sweep"]
     for name in layers:
         lone = m.attribute(lite0, x, ClassTargets(top_k=1), layer=name, batch_size=64)
         torch.testing.assert_close(res.sweep[name][0][0], lone.maps[0][0], rtol=1e-4, atol=1e-6)
@@ -97,6 +98,7 @@ def test_sweep_answer_over_http(client, small_cat):
     assert [e["layer"] for e in exp["layers"]] == ["_blocks.4", "act_head"]
     assert [tuple(e["shape"]) for e in exp["layers"]] == [(8, 8), (2, 2)]  # 64 px input: /8 and /32
     assert exp["map"] == exp["layers"][1]["map"]
+    assert body["details"]["sweep"] == "2 layers: one forward pass and one backward pass per target for every layer"
     fig = Image.open(io.BytesIO(base64.b64decode(exp["figure_png"])))
     assert fig.width >= 2 * 64  # one row of two captioned 64 px tiles under a title
 
