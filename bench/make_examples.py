@@ -4,6 +4,7 @@
     .venv/bin/python bench/make_examples.py fast_style  # only the fast style example (~12 min on 2 cores)
     .venv/bin/python bench/make_examples.py triplet     # only the triplet head's embedding maps
     .venv/bin/python bench/make_examples.py methods     # only the method comparison (API defaults)
+    .venv/bin/python bench/make_examples.py sweep       # only Grad-CAM at each block of Lite0 (a layer sweep)
     .venv/bin/python bench/make_examples.py synthesis [class_viz deepdream inversion texture style adversarial]
                                                         # only the optimization pictures (job defaults)
 """
@@ -73,6 +74,26 @@ def methods_grid(model, img: np.ndarray) -> torch.Tensor:
         captions.append(f"{get_method(name).title or name}{f' ({extra})' if extra else ''}\n{how}")
         log.info("%s: %s p=%.2f, rendering %s", name, e.target.label, e.target.probability or 0, how)
     return labelled_grid(tiles, captions, ncols=4, pad=6, font_px=13)
+
+
+SWEEP_PARAMS: dict[str, object] = {"layers": "blocks", "output": {"figure": True, "format": "png", "heatmap": False}}
+"""The README's layer sweep: Grad-CAM at every block, the figure the API answers (its captioned row)."""
+
+
+def sweep_figure(model) -> bytes:
+    """Grad-CAM at each block of the model on the bundled ``chelsea.jpg`` (``cnnviz samples``), as the API draws it."""
+    import base64
+
+    from core.explaining import run_explanation
+    from core.imaging import decode_image
+    from core.schemas.explain import params_model
+    from stack.samples import _encode, _photo
+
+    photo = decode_image(_encode(_photo("chelsea"), "JPEG"))
+    res = run_explanation(model, "gradcam", [photo], params_model("gradcam").model_validate(SWEEP_PARAMS))
+    e = res.images[0].explanations[0]
+    log.info("sweep: %s p=%.2f over %s", e.target.label, e.target.probability or 0, ", ".join(res.layers or []))
+    return base64.b64decode(e.figure_png or "")
 
 
 def _u8(x: torch.Tensor) -> torch.Tensor:
@@ -214,6 +235,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO)
     OUT.mkdir(parents=True, exist_ok=True)
     only = {"fast_style": fast_style_example, "triplet": triplet_example,
+            "sweep": lambda m: (OUT / "sweep_chelsea.png").write_bytes(sweep_figure(m)),
             "methods": lambda m: (OUT / "methods_chelsea.png").write_bytes(
                 encode_png(methods_grid(m, skimage.data.chelsea()[::2, ::2])))}
     if sys.argv[1:] and sys.argv[1] in only:
@@ -225,6 +247,7 @@ def main() -> None:
     model = Catalog.open(None, "cpu", None).get("efficientnet-lite0")
     chelsea = skimage.data.chelsea()[::2, ::2]
     (OUT / "methods_chelsea.png").write_bytes(encode_png(methods_grid(model, chelsea)))
+    (OUT / "sweep_chelsea.png").write_bytes(sweep_figure(model))
     synthesis_examples(model)
     fast_style_example(model)
     triplet_example(model)

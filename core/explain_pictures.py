@@ -35,6 +35,7 @@ from core.schemas.explain import ExplainParams, ExplainResponse, Region, Renderi
 
 MAX_OUTPUT_SIDE = 2048  # heatmaps/overlays of larger originals are scaled down to this long side
 GRID_TILE_SIDE = 512  # a multi-map PNG draws each overlay at most this long side
+SWEEP_TILE_SIDE = 256  # a layer sweep's row draws each overlay at most this long side
 
 
 def output_hw(out_size: tuple[int, int] | None, h: int, w: int, max_side: int = MAX_OUTPUT_SIDE) -> tuple[int, int]:
@@ -135,6 +136,27 @@ def resize_image(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     x = img.permute(2, 0, 1)[None].float()
     x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8)
+
+
+def sweep_row(overlays: list[torch.Tensor], captions: list[str], title: str) -> torch.Tensor:
+    """A layer sweep's figure: one row of overlays, each captioned with its layer and resolution."""
+    tiles = []
+    for ov in overlays:
+        h, w = int(ov.shape[0]), int(ov.shape[1])
+        s = min(1.0, SWEEP_TILE_SIDE / max(h, w))
+        tiles.append(ov if s == 1.0 else resize_image(ov, (max(1, round(h * s)), max(1, round(w * s)))))
+    return labelled_grid(tiles, captions, ncols=len(tiles), title=title)
+
+
+def stack_rows(rows: list[torch.Tensor], pad: int = 8) -> torch.Tensor:
+    """Pictures ``[h, w, 3]`` one under the other on white, left-aligned (several sweeps' rows in one PNG)."""
+    width = max(int(r.shape[1]) for r in rows)
+    parts = []
+    for k, r in enumerate(rows):
+        canvas = torch.full((int(r.shape[0]) + (pad if k < len(rows) - 1 else 0), width, 3), 255, dtype=torch.uint8)
+        canvas[: r.shape[0], : r.shape[1]] = r
+        parts.append(canvas)
+    return torch.cat(parts)
 
 
 def grid_png(kept: list[tuple[int, TargetExplanation, torch.Tensor]], resp: ExplainResponse, title: str) -> bytes:

@@ -17,12 +17,14 @@ import numpy as np
 import torch
 
 from cnnviz.attribution import ClassTargets, EngineError, Explanation, Method, Targets
+from cnnviz.attribution.cam import CamMethod
 from cnnviz.attribution.fast.folded import folded_module
 from cnnviz.attribution.fast.incremental import supports_incremental
 from cnnviz.attribution.fast.layer_forward import LayerForward, using_layer_forward
 from cnnviz.localization import dense_crf_refine, mask_to_regions, scale_regions, threshold_mask
 from cnnviz.metrics import deletion_insertion, pointing_game
 from cnnviz.models import LoadedModel
+from cnnviz.models.blocks import main_blocks
 from cnnviz.precision import offered
 from cnnviz.render import (
     IMAGE_FORMATS,
@@ -37,16 +39,18 @@ from cnnviz.render import (
 )
 from cnnviz.trust import SanityCheck, sanity_check
 from core.errors import Invalid, from_engine, inline_needs_store
-from core.explain_pictures import output_hw, render_pictures
+from core.explain_pictures import output_hw, render_pictures, sweep_row
 from core.imaging import DecodedImage, image_to_tensor
 from core.lanes import DIRECT
 from core.lookups import check_layers, known_method
 from core.schemas.explain import (
+    MAX_SWEEP_LAYERS,
     Completeness,
     ExplainParams,
     ExplainResponse,
     Faithfulness,
     ImageExplanation,
+    LayerExplanation,
     RawMap,
     Region,
     SanityAnswer,
@@ -66,11 +70,31 @@ def targets_from(model: LoadedModel, params: ExplainParams, n_images: int) -> Ta
     return target_kind(params).engine(model, params, n_images)
 
 
+def sweep_layers(model: LoadedModel, params: ExplainParams) -> list[str] | None:
+    """The layers of a layer sweep (``layers``), ``"blocks"`` resolved (cnnviz.models.blocks); None for one layer.
+
+    An unknown name is a 422 with the closest ones; more than the bound is a 422 naming it.
+    """
+    asked = params.sweep
+    if asked is None:
+        return None
+    names = main_blocks(model) if asked == "blocks" else list(dict.fromkeys(asked))
+    check_layers(model, names)
+    if len(names) > MAX_SWEEP_LAYERS:
+        raise Invalid("too-many-layers", f"A sweep takes at most {MAX_SWEEP_LAYERS} layers; {len(names)} asked",
+                      limit=MAX_SWEEP_LAYERS)
+    return names
+
+
 def estimate_cost(model: LoadedModel, method: str, params: ExplainParams, n_images: int) -> float:
     """Forward-pass equivalents, scaled by pixels when a larger resolution is requested."""
     m = known_method(method)
     n_targets = target_kind(params).per_image(params)
-    cost = m.estimate_cost(model, n_images, n_targets, params.engine_params(m), params.layer)
+    layers = sweep_layers(model, params)
+    if layers is not None and isinstance(m, CamMethod):
+        cost = m.sweep_cost(model, n_images, n_targets, params.engine_params(m), layers)
+    else:
+        cost = m.estimate_cost(model, n_images, n_targets, params.engine_params(m), params.layer)
     if params.resolution:
         cost *= (params.resolution / model.preprocessing.input_size) ** 2
     if params.faithfulness and params.faithfulness.deletion_insertion:
@@ -102,6 +126,7 @@ def check_explain(model: LoadedModel, method: str, raw: dict[str, Any], n_images
         raise Invalid("sanity-needs-classes", "sanity: true checks maps of class targets; this request explains "
                       f"a {target_kind(params).name}")
     check_layers(model, [n for n in (params.layer, params.unit.layer if params.unit else None) if n])
+    sweep_layers(model, params)
     return CheckedExplain(method, params, raw, estimate_cost(model, method, params, n_images))
 
 
@@ -117,7 +142,8 @@ def compute(model: LoadedModel, method: str, x: torch.Tensor, params: ExplainPar
     try:
         with using_layer_forward(layer_forward):
             return m.attribute(model, x, targets if targets is not None else targets_from(model, params, x.shape[0]),
-                               params.layer, params.engine_params(m), precision=params.precision)
+                               params.layer, params.engine_params(m), precision=params.precision,
+                               layers=sweep_layers(model, params))
     except EngineError as exc:
         raise from_engine(exc) from exc
 
@@ -298,6 +324,39 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     tkind = target_kind(params)
     grads = result.extras.get("gradient")
 
+    def render_sweep(i: int, t: int) -> tuple[list[LayerExplanation], torch.Tensor | None]:
+        """Each swept layer's map drawn as its lone request's would be, and the captioned row of overlays
+        (when a figure or the PNG answer wants it)."""
+        assert result.sweep is not None
+        d = images[i]
+        img_u8 = torch.from_numpy(np.array(d.image, dtype=np.uint8))
+        want_row = out.figure or keep is not None
+        lone = params.model_copy(update={"output": out.model_copy(update={"figure": False,
+                                                                          "overlay": out.overlay or want_row})})
+        exps, overlays, captions = [], [], []
+        for name, maps in result.sweep.items():
+            raw = maps[i][t]
+            pics = render_pictures(raw, None, img_u8, lone, kind, None, "", (d.height, d.width))
+            vals = normalize_map(raw, "minmax") if out.raw_normalized else raw
+            rawmap = RawMap(shape=tuple(raw.shape), min=float(raw.min()), max=float(raw.max()),
+                            values=[[round(float(v), 6) for v in row] for row in vals.tolist()] if out.raw else None)
+            safe = name.replace("/", "_")
+            heat_b64, heat_url = encode(pics.heatmap, f"heatmap-{i}-{t}-{safe}.{ext}")
+            ov_b64, ov_url = encode(pics.overlay if out.overlay else None, f"overlay-{i}-{t}-{safe}.{ext}")
+            exps.append(LayerExplanation(layer=name, shape=tuple(raw.shape), map=rawmap, rendering=pics.rendering,
+                                         heatmap_png=heat_b64, overlay_png=ov_b64, heatmap_url=heat_url,
+                                         overlay_url=ov_url))
+            if want_row and pics.overlay is not None:
+                overlays.append(pics.overlay)
+                captions.append(f"{name}\n{raw.shape[0]}x{raw.shape[1]}")
+        if not overlays:
+            return exps, None
+        idx = result.targets[i][t]
+        named = tkind.describe(model, params, idx)
+        prob = result.probabilities[i][t]
+        title = figure_title(m.title or method, named.label, prob, None)
+        return exps, sweep_row(overlays, captions, f"{title} · {model.name} · each map scaled to its own maximum")
+
     def render_all() -> list[ImageExplanation]:
         out_images = []
         for i, d in enumerate(images):
@@ -325,9 +384,15 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                 rawmap = RawMap(shape=tuple(raw.shape), min=float(raw.min()), max=float(raw.max()),
                                 values=[[round(float(v), 6) for v in row] for row in vals.tolist()]
                                 if out.raw else None)
+                layer_exps, row = None, None
+                if result.sweep is not None:
+                    tl = time.perf_counter()
+                    layer_exps, row = render_sweep(i, t)
+                    spent["render"] += time.perf_counter() - tl
                 heat_b64, heat_url = encode(pics.heatmap, f"heatmap-{i}-{t}.{ext}")
                 ov_b64, ov_url = encode(pics.overlay, f"overlay-{i}-{t}.{ext}")
-                fig_b64, fig_url = encode(pics.figure, f"figure-{i}-{t}.{ext}")
+                fig_b64, fig_url = encode(row if row is not None and out.figure else pics.figure,
+                                          f"figure-{i}-{t}.{ext}")
                 sanity = (_sanity_answer(checks[i][t], kind, params, encode, f"sanity-{i}-{t}.{ext}",
                                          output_hw(out.size, d.height, d.width)) if checks else None)
                 exp = TargetExplanation(
@@ -336,8 +401,11 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                     else None,
                     heatmap_png=heat_b64, overlay_png=ov_b64, figure_png=fig_b64,
                     heatmap_url=heat_url, overlay_url=ov_url, figure_url=fig_url,
-                    regions=regions, faithfulness=faith, completeness=_completeness(result, i, t), sanity=sanity)
-                if keep is not None and pics.overlay is not None:
+                    regions=regions, faithfulness=faith, completeness=_completeness(result, i, t), sanity=sanity,
+                    layers=layer_exps)
+                if keep is not None and row is not None:
+                    keep.append((i, exp, row))
+                elif keep is not None and pics.overlay is not None:
                     keep.append((i, exp, pics.overlay))
                 exps.append(exp)
             out_images.append(ImageExplanation(index=i, width=d.width, height=d.height, explanations=exps))
@@ -347,7 +415,8 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     t3 = time.perf_counter()
     ms = {k: v * 1000 for k, v in spent.items()}
     return ExplainResponse(
-        model=model.name, method=method, layer=result.layer, input_size=(size, size), images=out_images,
+        model=model.name, method=method, layer=result.layer, layers=list(result.sweep) if result.sweep else None,
+        input_size=(size, size), images=out_images,
         warnings=result.warnings, precision=result.extras.get("precision", "fp32"), details=_details(result),
         timings=Timings(decode_ms=decode_ms, preprocess_ms=(t1 - t0) * 1000, compute_ms=(t2 - t1) * 1000,
                         localization_ms=ms["localization"], faithfulness_ms=ms["faithfulness"],

@@ -17,6 +17,7 @@ from torch import nn
 
 from cnnviz.errors import closest
 from cnnviz.inspection import (
+    UNKNOWN,
     Gallery,
     embed,
     filter_tiles,
@@ -28,7 +29,7 @@ from cnnviz.inspection import (
 )
 from cnnviz.models import LoadedModel, validate_layer
 from cnnviz.render import apply_colormap, encode_png, make_grid, normalize_map, resize_map
-from cnnviz.training import head_embed
+from cnnviz.training import VerificationHead, head_embed
 from core.errors import Conflict, NotFound
 from core.imaging import decode_rgb
 from core.lookups import check_layers
@@ -47,7 +48,7 @@ from core.schemas.inspect import (
     VerifyResponse,
 )
 from core.store.collections import CollectionStore, gallery_key
-from core.store.trained import TrainedStore, load_embedder
+from core.store.trained import TrainedStore, load_embedder, load_verification_head
 
 # view -> (params model, min images, max images)
 VIEW_INPUTS: dict[str, tuple[type[BaseModel], int, int]] = {
@@ -92,8 +93,14 @@ def verify_view(model: LoadedModel, images: list[torch.Tensor], how: Embedding, 
     e = how.embed(images)
     threshold = params.threshold if params.threshold is not None else how.threshold
     dist, same = verify(e[0], e[1], threshold, metric=params.metric)
-    return VerifyResponse(model=model.name, layer=how.layer, head=how.head, metric=params.metric,
-                          distance=float(dist), threshold=threshold, same=bool(same))
+    probability = None
+    if how.unit is not None:
+        with torch.no_grad():
+            probability = float(how.unit.probability(e[0:1], e[1:2])[0])
+        same = probability >= 0.5
+    return VerifyResponse(model=model.name, layer=how.layer, head=how.head, verifier=how.verifier,
+                          metric=params.metric, distance=float(dist), threshold=threshold, same=bool(same),
+                          probability=probability)
 
 
 def invariance_view(model: LoadedModel, image: torch.Tensor, params: InvarianceParams) -> InvarianceResponse:
@@ -117,11 +124,27 @@ class Embedding:
     threshold: float  # the default "same" threshold: the head's calibrated one, else 0.9
     cache_key: str  # names cached gallery embeddings; a retrained head gets a new one
     embed: Callable[[list[torch.Tensor]], torch.Tensor]
+    verifier: str | None = None  # a trained verification head's name; its unit decides "same"
+    unit: VerificationHead | None = None
 
 
 def resolve_embedding(model: LoadedModel, layer: str | None, size: int | None, head: str | None,
-                      trained: TrainedStore | None, owner: str, pool: str = "avg") -> Embedding:
-    """The embedding a request asks for; unknown layers and heads, or a head of another model, are 4xx."""
+                      trained: TrainedStore | None, owner: str, pool: str = "avg",
+                      verifier: str | None = None) -> Embedding:
+    """The embedding a request asks for; unknown layers, heads and verifiers, or one of another model, are 4xx.
+
+    A verifier's embedding is the plain one of its layer and size, so a gallery's cached embeddings
+    of that layer serve it and the plain distance answers beside it.
+    """
+    if verifier is not None:
+        if trained is None:
+            raise NotFound("verifier-not-found", f"No verifier named {verifier!r}", "This service has no job system.")
+        unit, rec = load_verification_head(trained, owner, verifier, model)
+        config, summary = rec["meta"]["config"], rec.get("summary") or {}
+        name, vsize = config["layer"], int(config["size"])
+        return Embedding(name, vsize, None, float(summary.get("threshold") or DEFAULT_THRESHOLD),
+                         gallery_key(name, vsize), lambda images: embed(model, images, name, "avg", size=vsize),
+                         verifier=verifier, unit=unit)
     if head is None:
         name = validate_layer(model, layer, spatial=False)
         return Embedding(name, size, None, DEFAULT_THRESHOLD,
@@ -173,7 +196,30 @@ def identify_query(model: Any, store: CollectionStore, rec: dict[str, Any], quer
     gallery.enroll(rec["labels"], gallery_e)
     q = how.embed([query])[0]
     threshold = params.threshold if params.threshold is not None else how.threshold
+    if how.unit is not None:
+        return _identify_by_verifier(model, how, gallery, q, threshold, params.k, cached)
     ident = gallery.identify(q, threshold, params.k)
     return IdentifyResponse(model=model.name, layer=how.layer, head=how.head, label=ident.label,
                             distance=ident.distance, threshold=threshold, enrolled=len(gallery), cached=cached,
                             candidates=[Candidate(label=lb, distance=d) for lb, d in ident.candidates])
+
+
+def _identify_by_verifier(model: Any, how: Embedding, gallery: Gallery, q: torch.Tensor, threshold: float, k: int,
+                          cached: bool) -> IdentifyResponse:
+    """1:K by a verification head: each label scored by its best probability over its enrolled embeddings;
+    the best label answers when that probability reaches 0.5, else ``unknown``."""
+    assert how.unit is not None
+    with torch.no_grad():
+        p = how.unit.probability(q.float().reshape(1, -1), gallery.embeddings).float()
+    d = (gallery.embeddings - q.float().reshape(1, -1)).norm(dim=1)
+    best: dict[str, tuple[float, float]] = {}
+    for lb, pi, di in zip(gallery.labels, p.tolist(), d.tolist(), strict=True):
+        if lb not in best or pi > best[lb][0]:
+            best[lb] = (pi, di)
+    ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
+    top_label, (top_p, top_d) = ranked[0]
+    return IdentifyResponse(model=model.name, layer=how.layer, verifier=how.verifier,
+                            label=top_label if top_p >= 0.5 else UNKNOWN, distance=top_d, probability=top_p,
+                            threshold=threshold, enrolled=len(gallery), cached=cached,
+                            candidates=[Candidate(label=lb, distance=di, probability=pi)
+                                        for lb, (pi, di) in ranked])

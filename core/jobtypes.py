@@ -34,6 +34,7 @@ from cnnviz.synthesis.style import style_transfer
 from cnnviz.synthesis.texture import efros_leung, estimate_efros_leung_cost, estimate_gram_cost, gram_texture
 from cnnviz.training.fast_style import estimate_cost as fast_style_cost
 from cnnviz.training.triplet import estimate_cost as triplet_cost
+from cnnviz.training.verifier import estimate_cost as verifier_cost
 from core.errors import Invalid, NotFound
 from core.explaining import CheckedExplain, check_explain
 from core.imaging import DecodedImage
@@ -50,7 +51,7 @@ from core.schemas.synthesis import (
     TextureNNParams,
     TextureParams,
 )
-from core.schemas.training import RESUMABLE, FastStyleParams, TripletHeadParams
+from core.schemas.training import RESUMABLE, FastStyleParams, TripletHeadParams, VerificationHeadParams
 from core.schemas.trust import EvaluateParams
 from core.store.collections import CollectionStore
 from core.store.trained import JOB_KINDS, TrainedStore, TrainingLock, load_embedder
@@ -243,7 +244,7 @@ def _prepare_synthesis(entry: JobType, ctx: SubmitContext, job: Any, images: lis
     return Prepared(_spec(job.type, model, params), cost)
 
 
-PLURAL = {"style": "styles", "embedder": "embedders"}
+PLURAL = {"style": "styles", "embedder": "embedders", "verifier": "verifiers"}
 
 
 def _prepare_training(entry: JobType, ctx: SubmitContext, job: Any, images: list[DecodedImage]) -> Prepared:
@@ -277,12 +278,13 @@ def _prepare_training(entry: JobType, ctx: SubmitContext, job: Any, images: list
                           "delete one first", limit=ctx.max_trained_per_key)
         params = p.model_dump(mode="json")
     col = ctx.owned_collection(params["collection"])
-    if kind == "embedder":
+    if kind in ("embedder", "verifier"):
+        what = "A triplet head" if kind == "embedder" else "A verification head"
         counts = Counter(col.get("labels") or [])
         if not counts:
-            raise Invalid("missing-labels", "A triplet head needs a collection uploaded with labels")
+            raise Invalid("missing-labels", f"{what} needs a collection uploaded with labels")
         if len(counts) < 2:
-            raise Invalid("bad-labels", "A triplet head needs at least two classes")
+            raise Invalid("bad-labels", f"{what} needs at least two classes")
         if params.get("split") == "images" and min(counts.values()) < 2:
             raise Invalid("bad-labels", "split 'images' needs two images of every class",
                           "Use split 'views' (or 'auto') to hold out augmented views instead.",
@@ -327,6 +329,9 @@ register(JobType("fast_style", "training", FastStyleParams, (1, 2),
                  _prepare_training, fast_style_cost, retries=3, resumes=True))
 register(JobType("triplet_head", "training", TripletHeadParams, (0, 0), "no image (the collection is the data)",
                  "long", f"{_W}.training.run", _prepare_training, triplet_cost, retries=3, resumes=True))
+register(JobType("verification_head", "training", VerificationHeadParams, (0, 0),
+                 "no image (the collection is the data)", "long", f"{_W}.training.run", _prepare_training,
+                 verifier_cost, retries=3, resumes=True))
 
 
 # ---- the request envelope, derived -------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 
 from cnnviz.models import LoadedModel
 from cnnviz.render import encode_png
-from core.explain_pictures import grid_png
+from core.explain_pictures import grid_png, stack_rows
 from core.explaining import Engine, compute, light_work, run_explanation
 from core.imaging import DecodedImage
 from core.lanes import DIRECT
@@ -24,7 +24,7 @@ from core.schemas.explain import ExplainParams, TargetExplanation
 PNG_HEADERS: dict[str, str] = {
     "X-Cnnviz-Model": "The model's name",
     "X-Cnnviz-Method": "The method's name",
-    "X-Cnnviz-Layer": "The layer explained (empty for methods without one)",
+    "X-Cnnviz-Layer": "The layer explained (empty for methods without one; a layer sweep's, comma-separated)",
     "X-Cnnviz-Tiles": "`image:class:label` per tile, comma-separated, labels percent-encoded",
     "X-Cnnviz-Precision": "The precision the method's forwards ran at (`fp32`, `bf16`, `fp16`)",
 }
@@ -38,7 +38,8 @@ def png_answer(model: LoadedModel, method: str, images: list[DecodedImage],
     """For ``Accept: image/png``: PNG bytes and the :data:`PNG_HEADERS` (model, method, layer, tiles, precision).
 
     One map: its overlay at the original size. More (several images, ``top_k`` > 1, ``targets``):
-    a captioned grid of every overlay, one row per image, each tile at most 512 px long.
+    a captioned grid of every overlay, one row per image, each tile at most 512 px long. A layer
+    sweep: per image and target, one captioned row of the layers' overlays.
     """
     # Only overlays are drawn: no heatmap, figure or raw values, nothing encoded but the PNG.
     output = params.output.model_copy(update={"overlay": True, "heatmap": False, "raw": False, "figure": False,
@@ -48,9 +49,12 @@ def png_answer(model: LoadedModel, method: str, images: list[DecodedImage],
                            engine=engine, lane=lane)
     title = known_method(method).title or method
     tiles = [f"{i}:{e.target.index}:{_header_text(e.target.label or '')}" for i, e, _ in kept]
-    headers = dict(zip(PNG_HEADERS, (resp.model, method, resp.layer or "", ",".join(tiles), resp.precision),
+    layer = ",".join(resp.layers) if resp.layers else resp.layer or ""
+    headers = dict(zip(PNG_HEADERS, (resp.model, method, layer, ",".join(tiles), resp.precision),
                        strict=True))
     around = DIRECT if light_work(images, params) else lane
+    if resp.layers:  # a layer sweep: each (image, target) kept its captioned row of overlays
+        return around(lambda: encode_png(stack_rows([row for _i, _e, row in kept]))), headers
     if len(kept) == 1:
         return around(lambda: encode_png(kept[0][2].cpu())), headers
     return around(grid_png, kept, resp, title), headers

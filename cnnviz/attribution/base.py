@@ -18,7 +18,7 @@ the client's image and HTTP shaping happen elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
@@ -101,6 +101,9 @@ class Explanation:
     layer: str | None = None
     warnings: list[str] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, list[list[torch.Tensor]]] | None = None
+    """A layer sweep (``layers=``): every layer's maps ``[image][target]``, in the order asked;
+    ``maps`` and ``layer`` are then the last layer's."""
 
 
 def target_scores(logits: torch.Tensor, rows: list[list[int]], t: int) -> torch.Tensor:
@@ -133,6 +136,7 @@ class Method:
     title: ClassVar[str] = ""
     supports_units: ClassVar[bool] = False
     uses_layer: ClassVar[bool] = False
+    sweeps_layers: ClassVar[bool] = False  # explains a list of layers in one call (:meth:`run_layers`)
     needs_gradients: ClassVar[bool] = False  # takes a backward pass: refused on models without one
     map_kinds: ClassVar[tuple[MapKind, ...]] = ()
     """How this method's map may be drawn, its default first (:data:`MapKind`). Every registered
@@ -141,7 +145,8 @@ class Method:
     Params: ClassVar[type[Params]] = NoParams
 
     def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
-                  params: Params | None = None, *, precision: str | None = None, **kwargs: Any) -> Explanation:
+                  params: Params | None = None, *, precision: str | None = None,
+                  layers: Sequence[str] | None = None, **kwargs: Any) -> Explanation:
         """The one verb: checked parameters in, raw maps out.
 
         ``precision`` (fp32 | bf16 | fp16; None: an enclosing call's, else fp32) is the precision of
@@ -155,7 +160,8 @@ class Method:
             require_gradients(model, self.name)
         reason = self.full_precision_reason(model, targets, typed) if precision not in (None, "fp32") else None
         with run_precision(model.device, precision, reason) as run:
-            result = self.run(model, x, targets, layer, typed)
+            result = (self.run(model, x, targets, layer, typed) if layers is None
+                      else self.run_layers(model, x, targets, list(layers), typed))
         if precision is not None:
             result.extras["precision"] = run.ran
             if run.reason is not None:
@@ -191,6 +197,11 @@ class Method:
             params: Any) -> Explanation:
         """What a family does with checked parameters (an instance of :attr:`Params`)."""
         raise NotImplementedError
+
+    def run_layers(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layers: list[str],
+                   params: Any) -> Explanation:
+        """A layer sweep: one explanation per layer of ``layers`` (only where :attr:`sweeps_layers`)."""
+        raise EngineError("sweep-unsupported", f"{self.name} does not take a list of layers")
 
     def estimate_cost(self, model: LoadedModel, n_images: int, n_targets: int,
                       params: Params | Mapping[str, Any] | None = None, layer: str | None = None) -> float:

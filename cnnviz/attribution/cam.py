@@ -79,49 +79,103 @@ class CamMethod(Method):
     needs_gradients: ClassVar[bool] = True
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("positive",)  # non-negative, smooth, coarse
 
+    sweeps_layers: ClassVar[bool] = True
+    sweep_shares: ClassVar[str] = "one forward pass and one backward pass per target for every layer"
+    """What a layer sweep shares between its layers (the answer's ``details.sweep`` says it)."""
+
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Params) -> Explanation:
         if not isinstance(targets, ClassTargets):
             raise EngineError("unsupported-target", f"{self.name} explains class scores, not units")
         layer = validate_layer(model, layer, family="cam")
-        info = model.layer(layer)
         served = served_forward(model, x, layer)
         if served is not None:  # a compiled road to the layer (layer_forward.py), same numbers
             logits, leaf, ran = served
+            leaves = {layer: leaf}
         else:
-            cap = LayerCapture(grad=self.needs_gradients)
-            with capture(model.module, {layer: cap}), torch.set_grad_enabled(self.needs_gradients), \
-                    forward_precision():
-                logits = model.module(x)
-            leaf, ran = cap.output, "eager"
-        if leaf is None or leaf.shape[0] != x.shape[0]:
-            raise EngineError("layer-unusable", f"layer {layer!r} did not produce one output per image in the"
-                              " forward pass (a fixed-batch archive takes one image at a time)", model=model.name)
+            logits, leaves = self._capture(model, x, [layer])
+            ran = "eager"
+        return self._explain(model, x, targets, logits, leaves, params, ran)
+
+    def run_layers(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layers: list[str],
+                   params: Params) -> Explanation:
+        """Every layer of ``layers`` from one forward pass and, per target, one backward pass.
+
+        The earliest layer's output is the gradient leaf, so backprop stops there; the later
+        layers' outputs stay in the graph, and one ``autograd.grad`` per target returns the
+        gradient at all of them. Each layer's map is then the one its lone request gives (the same
+        activations, the same gradient). Gradient-free variants are exact the same way: Eigen-CAM
+        and CAM read the one forward's activations; Score-CAM and Ablation-CAM run their own sweep
+        of masked inputs or ablated channels per layer (their cost adds up layer by layer).
+        """
+        if not isinstance(targets, ClassTargets):
+            raise EngineError("unsupported-target", f"{self.name} explains class scores, not units")
+        names = list(dict.fromkeys(validate_layer(model, n, family="cam") for n in layers))
+        logits, leaves = self._capture(model, x, names)
+        return self._explain(model, x, targets, logits, leaves, params, "eager", sweep=True)
+
+    def _capture(self, model: LoadedModel, x: torch.Tensor,
+                 names: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and each named layer's output from one hooked eager forward pass.
+
+        The first layer to run becomes the gradient leaf (:class:`LayerCapture` with ``grad``); the
+        others are recorded as they are and passed on as a copy, so an in-place operation after
+        them cannot change the recorded values or their place in the graph.
+        """
+        first = min(names, key=lambda n: model.layer(n).order)
+        caps: dict[str, LayerCapture] = {n: LayerCapture(grad=self.needs_gradients) if n == first
+                                         else _GraphCapture() for n in names}
+        with capture(model.module, caps), torch.set_grad_enabled(self.needs_gradients), forward_precision():
+            logits = model.module(x)
+        leaves = {}
+        for n in names:
+            out = caps[n].output
+            if out is None or out.shape[0] != x.shape[0]:
+                raise EngineError("layer-unusable", f"layer {n!r} did not produce one output per image in the"
+                                  " forward pass (a fixed-batch archive takes one image at a time)",
+                                  model=model.name)
+            leaves[n] = out
+        return logits, leaves
+
+    def _explain(self, model: LoadedModel, x: torch.Tensor, targets: ClassTargets, logits: torch.Tensor,
+                 leaves: dict[str, torch.Tensor], params: Params, ran: str, sweep: bool = False) -> Explanation:
+        """Maps of every captured layer from the logits and the layers' outputs (the family's common part)."""
         checkpoint_rows(model, x.shape[0], x)
         rows = targets.resolve(logits)
         n_t = max(len(r) for r in rows)
+        names = list(leaves)
+        infos = {n: model.layer(n) for n in names}
         # float32 from here on: at bf16/fp16 the layer output and logits come out of autocast reduced.
-        ctx = CamContext(model, x, layer, to_grid(leaf.detach(), info).float(), logits.detach(), params, info=info,
-                         output=leaf.detach().float())
+        ctxs = {n: CamContext(model, x, n, to_grid(leaves[n].detach(), infos[n]).float(), logits.detach(), params,
+                              info=infos[n], output=leaves[n].detach().float()) for n in names}
         warnings = []
-        if self.needs_gradients and info.feeds_head is False:
-            warnings.append(f"layer {layer!r} does not reach the logits (its gradient is zero); choose an earlier"
-                            f" layer such as {model.default_layer!r}")
-        with torch.no_grad():
-            self.prepare(ctx)
-        per_t: list[torch.Tensor] = []
+        for n in names:
+            if self.needs_gradients and infos[n].feeds_head is False:
+                warnings.append(f"layer {n!r} does not reach the logits (its gradient is zero); choose an earlier"
+                                f" layer such as {model.default_layer!r}")
+            with torch.no_grad():
+                self.prepare(ctxs[n])
+        per_layer: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         for t in range(n_t):
-            grads = None
+            grads: dict[str, torch.Tensor | None] = dict.fromkeys(names)
             if self.needs_gradients:
-                (g,) = torch.autograd.grad(target_scores(logits, rows, t), leaf, retain_graph=t < n_t - 1)
-                grads = to_grid(g, info).float()
+                got = torch.autograd.grad(target_scores(logits, rows, t), [leaves[n] for n in names],
+                                          retain_graph=t < n_t - 1, allow_unused=True)
+                grads = {n: to_grid(g if g is not None else torch.zeros_like(leaves[n]), infos[n]).float()
+                         for n, g in zip(names, got, strict=True)}
             idx = torch.tensor([r[t] if len(r) > t else r[0] for r in rows], device=x.device)
             with torch.no_grad():
-                per_t.append(self.combine(ctx, ctx.acts, grads, idx))
+                for n in names:
+                    per_layer[n].append(self.combine(ctxs[n], ctxs[n].acts, grads[n], idx))
         scores, probs = class_scores(logits, rows, model.head)
-        maps = [[per_t[t][i].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
-        return Explanation(self.name, maps, rows, scores, probs, layer=layer, warnings=warnings,
-                           extras={"forward": ran})
+        maps = {n: [[per_layer[n][t][i].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
+                for n in names}
+        last = names[-1]
+        extras: dict[str, Any] = {"forward": ran}
+        if sweep:
+            extras["sweep"] = f"{len(names)} layers: {self.sweep_shares}"
+        return Explanation(self.name, maps[last], rows, scores, probs, layer=last, warnings=warnings,
+                           extras=extras, sweep=maps if sweep else None)
 
     def prepare(self, ctx: CamContext) -> None:
         """Work shared by all targets (a sweep of masked or ablated inputs); nothing by default."""
@@ -140,6 +194,30 @@ class CamMethod(Method):
     def cost(self, model: LoadedModel, n_images: int, n_targets: int, params: Any, layer: str | None) -> float:
         # One forward plus, per target, a backward through the head only (cheap): count it as 0.5.
         return n_images * (1 + 0.5 * n_targets * self.needs_gradients)
+
+    def sweep_cost(self, model: LoadedModel, n_images: int, n_targets: int, params: Params | None,
+                   layers: list[str]) -> float:
+        """A sweep's estimate: one forward; per target one backward down to the earliest layer (a
+        backward ~ 2 forwards over the share of the network after it, at least the lone layer's 0.5);
+        plus each layer's own extra work (Score-CAM's masked inputs, Ablation-CAM's ablations)."""
+        typed = self.Params.build(params)
+        ordered = sorted(model.layers, key=lambda li: li.order)
+        first = min(model.layer(n).order for n in layers)
+        share = sum(li.order >= first for li in ordered) / max(1, len(ordered))
+        grad_t = n_images * n_targets * self.needs_gradients
+        # What a lone layer costs beyond its forward and its backward through the head: the layer's own work.
+        own = sum(self.cost(model, n_images, n_targets, typed, n) - n_images - 0.5 * grad_t for n in layers)
+        return float(n_images + grad_t * max(0.5, 2.0 * share) + own)
+
+
+class _GraphCapture(LayerCapture):
+    """Records a layer's output inside the graph (not a leaf) and passes a copy on (see ``_capture``)."""
+
+    def __call__(self, _mod: torch.nn.Module, inp: tuple[Any, ...], out: Any) -> Any:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"layer output is {type(out).__name__}, not a tensor; choose another layer")
+        self.output = out
+        return out.clone()
 
 
 def _channels(model: LoadedModel, layer: str | None) -> int:
@@ -215,6 +293,7 @@ class EigenCAM(CamMethod):
     name = "eigencam"
     title = "Eigen-CAM"
     needs_gradients = False
+    sweep_shares = "one forward pass for every layer (no backward)"
 
     def combine(self, ctx, acts, grads, idx):
         n, k, h, w = acts.shape
@@ -255,6 +334,7 @@ class CAM(CamMethod):
     name = "cam"
     title = "CAM"
     needs_gradients = False
+    sweep_shares = "one forward pass for every layer (no backward; a layer must feed the GAP + linear head)"
 
     def weights(self, ctx, acts, grads, idx):
         fc = _gap_linear_head(ctx.model, acts, ctx.logits)
@@ -301,6 +381,8 @@ class ScoreCAM(CamMethod):
     name = "scorecam"
     title = "Score-CAM"
     needs_gradients = False
+    sweep_shares = ("one forward pass; each layer's masked inputs are scored on their own (exact, so the cost adds "
+                    "up per layer)")
     Params = SweepParams
 
     def prepare(self, ctx: CamContext) -> None:
@@ -345,6 +427,8 @@ class AblationCAM(CamMethod):
     name = "ablationcam"
     title = "Ablation-CAM"
     needs_gradients = False
+    sweep_shares = ("one forward pass; each layer's channels are ablated on their own (exact, so the cost adds up "
+                    "per layer)")
     Params = AblationParams
 
     def prepare(self, ctx: CamContext) -> None:

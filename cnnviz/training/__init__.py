@@ -5,6 +5,7 @@
 - :mod:`.checkpoint`: networks and optimizer state as safetensors bytes with JSON metadata,
 - :mod:`.style_net` and :mod:`.fast_style`: fast style transfer (Johnson et al. 2016),
 - :mod:`.triplet`: a triplet-loss embedding head on a frozen layer (FaceNet),
+- :mod:`.verifier`: a logistic verification unit on two embeddings' difference (abs or chi-square),
 - :mod:`.augment`: the seeded random views both train on.
 """
 
@@ -24,10 +25,11 @@ from .triplet import (
     triplet_data,
     verification_accuracy,
 )
+from .verifier import PAIR_FORMS, PairTrainer, VerificationHead, load_verifier
 
 __all__ = [
-    "MININGS", "CheckpointError", "EmbeddingHead", "FastStyleTrainer", "PerceptualLoss", "TrainCallbacks", "Trainer",
-    "TransformNet", "TripletData", "TripletTrainer", "batch_hard_triplet_loss", "head_embed", "load_head",
-    "load_transform_net", "pack", "read_meta", "semi_hard_triplet_loss", "step_generator", "stylize", "triplet_data",
-    "unpack", "verification_accuracy",
+    "MININGS", "PAIR_FORMS", "CheckpointError", "EmbeddingHead", "FastStyleTrainer", "PairTrainer", "PerceptualLoss",
+    "TrainCallbacks", "Trainer", "TransformNet", "TripletData", "TripletTrainer", "VerificationHead",
+    "batch_hard_triplet_loss", "head_embed", "load_head", "load_transform_net", "load_verifier", "pack", "read_meta",
+    "semi_hard_triplet_loss", "step_generator", "stylize", "triplet_data", "unpack", "verification_accuracy",
 ]

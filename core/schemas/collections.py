@@ -51,19 +51,34 @@ class IdentifyParams(BaseModel):
             raise ValueError("a head brings its own layer; do not give layer with it")
         return self
     k: int = Field(5, ge=1, le=50, description="candidate labels to return")
+    verifier: str | None = Field(None, pattern=NAME_PATTERN, description="a trained verification head (GET "
+                                 "/v1/verifiers): labels ranked by its probability against each enrolled embedding "
+                                 "(the gallery's embeddings of its layer are computed once and cached); unknown when "
+                                 "no probability reaches 0.5")
+
+    @model_validator(mode="after")
+    def _verifier_alone(self) -> IdentifyParams:
+        if self.verifier is not None and (self.head is not None or self.layer is not None
+                                          or self.threshold is not None or self.size is not None):
+            raise ValueError("a verifier brings its own layer, size and decision; give none of head, layer, size "
+                             "or threshold with it")
+        return self
 
 
 class Candidate(BaseModel):
     label: str
     distance: float
+    probability: float | None = Field(None, description="with a verifier: its probability of the same identity")
 
 
 class IdentifyResponse(BaseModel):
     model: str
     layer: str
     head: str | None = None
+    verifier: str | None = None
     label: str
     distance: float
+    probability: float | None = Field(None, description="with a verifier: the best label's probability")
     threshold: float
     candidates: list[Candidate]
     enrolled: int

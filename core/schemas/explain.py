@@ -8,9 +8,9 @@ typo or an absurd value is a 422.
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
 from cnnviz.attribution import METHODS, Method
 from cnnviz.params import NoParams, Params, field_specs
@@ -147,8 +147,40 @@ class ExplainParams(Strict):
 
     def engine_params(self, method: Method) -> Params:
         """The method-specific fields as the engine's typed parameter set (checked again there)."""
-        shared = set(ExplainParams.model_fields)
+        shared = set(CamExplainParams.model_fields)
         return method.Params(**{k: getattr(self, k) for k in type(self).model_fields if k not in shared})
+
+    @property
+    def sweep(self) -> list[str] | Literal["blocks"] | None:
+        """The layers of a layer sweep (CAM family only), as asked; None for one layer."""
+        return None
+
+
+MAX_SWEEP_LAYERS = 16
+SweepLayer = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class CamExplainParams(ExplainParams):
+    """The shared fields plus what the CAM family adds: a sweep over several layers."""
+
+    layers: list[SweepLayer] | Literal["blocks"] | None = Field(
+        None, description="explain several layers in one request (one forward, one backward per target): a "
+        f"list of 1..{MAX_SWEEP_LAYERS} layer names, or \"blocks\" for the model's main stages (the last module "
+        "of each run of equal output shape among its top-level modules and their children, ending at the default "
+        "layer; docs/architecture.md). Each layer's map equals its lone request's; the answer carries them in "
+        "each target's layers, and figure or Accept: image/png gives one captioned row of overlays")
+
+    @model_validator(mode="after")
+    def _one_or_many(self) -> CamExplainParams:
+        if self.layers is not None and self.layer is not None:
+            raise ValueError("give layer or layers, not both")
+        if isinstance(self.layers, list) and not 1 <= len(self.layers) <= MAX_SWEEP_LAYERS:
+            raise ValueError(f"layers holds 1..{MAX_SWEEP_LAYERS} layer names")
+        return self
+
+    @property
+    def sweep(self) -> list[str] | Literal["blocks"] | None:
+        return self.layers
 
 
 def _engine_fields(params: type[Params]) -> dict[str, Any]:
@@ -163,16 +195,25 @@ def _engine_fields(params: type[Params]) -> dict[str, Any]:
     return out
 
 
-def _request_model(params: type[Params]) -> type[ExplainParams]:
+def _request_model(params: type[Params], base: type[ExplainParams]) -> type[ExplainParams]:
     """The request model of every method taking ``params``: the shared fields plus the engine's own."""
-    return create_model(params.__name__, __base__=ExplainParams, __doc__=(params.__doc__ or "").strip() or None,
+    if params is NoParams:
+        return base
+    name = params.__name__ if base is ExplainParams else f"Cam{params.__name__}"
+    return create_model(name, __base__=base, __doc__=(params.__doc__ or "").strip() or None,
                         **_engine_fields(params))
 
 
-_BY_PARAMS = {cls: _request_model(cls) for cls in {m.Params for m in METHODS.values()} if cls is not NoParams}
-# Method name -> its request model; methods without parameters of their own take ExplainParams.
-METHOD_PARAMS: dict[str, type[ExplainParams]] = {name: _BY_PARAMS[m.Params] for name, m in METHODS.items()
-                                                 if m.Params is not NoParams}
+def _base(method: Method) -> type[ExplainParams]:
+    """The shared fields a method takes: the CAM family's (a layer sweep) where it sweeps layers."""
+    return CamExplainParams if method.sweeps_layers else ExplainParams
+
+
+_BY_PARAMS = {key: _request_model(*key) for key in {(m.Params, _base(m)) for m in METHODS.values()}}
+# Method name -> its request model; methods without parameters of their own take ExplainParams
+# (CamExplainParams in the CAM family).
+METHOD_PARAMS: dict[str, type[ExplainParams]] = {name: _BY_PARAMS[m.Params, _base(m)] for name, m in METHODS.items()
+                                                 if _BY_PARAMS[m.Params, _base(m)] is not ExplainParams}
 
 
 def params_model(method: str) -> type[ExplainParams]:
@@ -259,6 +300,19 @@ class SanityAnswer(BaseModel):
     heatmap_url: str | None = None
 
 
+class LayerExplanation(BaseModel):
+    """One layer of a layer sweep: its map and pictures, drawn as a lone request's would be."""
+
+    layer: str
+    shape: tuple[int, int] = Field(..., description="the layer's grid (height, width): the map's resolution")
+    map: RawMap
+    rendering: Rendering | None = None
+    heatmap_png: str | None = Field(None, description="base64, in the target's media_type")
+    overlay_png: str | None = None
+    heatmap_url: str | None = None
+    overlay_url: str | None = None
+
+
 class TargetExplanation(BaseModel):
     target: TargetInfo
     map: RawMap
@@ -275,6 +329,9 @@ class TargetExplanation(BaseModel):
     completeness: Completeness | None = Field(None, description="integrated gradients: how close the map's sum "
                                               "is to score(x) - score(baseline)")
     sanity: SanityAnswer | None = Field(None, description="sanity: true: the top-stage randomization check")
+    layers: list[LayerExplanation] | None = Field(
+        None, description="a layer sweep (layers): every layer's map and pictures, in the order asked; the target's "
+        "own map is then the last layer's, its figure the captioned row of all overlays")
 
 
 class ImageExplanation(BaseModel):
@@ -301,6 +358,7 @@ class ExplainResponse(BaseModel):
     model: str
     method: str
     layer: str | None
+    layers: list[str] | None = Field(None, description="a layer sweep: the layers explained, in order")
     input_size: tuple[int, int]
     images: list[ImageExplanation]
     warnings: list[str]

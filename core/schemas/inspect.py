@@ -80,6 +80,17 @@ class VerifyParams(EmbedParams):
     threshold: float | None = Field(None, ge=0.0, le=2.0, description="same when the distance is under this; "
                                     "default the head's calibrated threshold, else 0.9")
     metric: Literal["euclidean", "cosine"] = "euclidean"
+    verifier: str | None = Field(None, pattern=NAME_PATTERN, description="a trained verification head (GET "
+                                 "/v1/verifiers): the answer's probability is its sigmoid unit on the two embeddings "
+                                 "of its layer, and same is probability >= 0.5")
+
+    @model_validator(mode="after")
+    def _verifier_alone(self) -> VerifyParams:
+        if self.verifier is not None and (self.head is not None or self.layer is not None or self.pool != "avg"
+                                          or self.threshold is not None or self.resolution is not None):
+            raise ValueError("a verifier brings its own layer, size and decision; give none of head, layer, pool, "
+                             "resolution or threshold with it")
+        return self
 
 
 class InvarianceParams(BaseModel):
@@ -106,10 +117,12 @@ class VerifyResponse(BaseModel):
     model: str
     layer: str
     head: str | None = None
+    verifier: str | None = None
     metric: str
     distance: float
     threshold: float
-    same: bool
+    same: bool = Field(..., description="distance under threshold; with a verifier, probability >= 0.5")
+    probability: float | None = Field(None, description="with a verifier: its probability that the two are the same")
 
 
 class InvarianceResponse(BaseModel):

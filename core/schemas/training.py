@@ -106,6 +106,33 @@ class TripletHeadParams(_Training):
         return self
 
 
+class VerificationHeadParams(_Training):
+    """Train a learned verification head on a labelled collection's pairs: a logistic unit on the two
+    embeddings' element-wise difference, ``sigmoid(sum_k w_k |f_i - f_j|_k + b)`` (``form: abs``) or its
+    chi-square variant ``sigmoid(sum_k w_k (f_i - f_j)_k^2 / (f_i + f_j)_k + b)`` (``form: chi2``). ``f`` is
+    the verify endpoint's embedding of ``layer`` at ``size``; the held-out accuracy is listed beside the
+    distance threshold's on the same held-out pairs."""
+
+    steps: int = Field(300, ge=1, le=100_000)
+    layer: str | None = LayerName
+    size: int | None = Field(None, ge=32, le=512, description="network input side, px")
+    form: Literal["abs", "chi2"] = Field("abs", description="abs: |f_i - f_j|; chi2: (f_i - f_j)^2 / (f_i + f_j)")
+    pairs_per_batch: int = Field(64, ge=2, le=4096, description="pairs per step, half same, half different")
+    lr: float = Field(1e-2, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    views: int = Field(4, ge=0, le=64, description="augmented views per image (plus the image itself)")
+    augment: float = Field(1.0, ge=0, le=2, description="strength of the augmentation")
+    holdout: float = Field(0.25, ge=0.05, le=0.9, description="fraction held out for verification accuracy")
+    split: Literal["auto", "images", "views"] = Field("auto", description="hold out images (each class needs "
+                                                      "two) or views; auto picks images when it can")
+
+    @model_validator(mode="after")
+    def _views_to_split(self) -> VerificationHeadParams:
+        if self.split == "views" and self.views < 1 and not self.resume:
+            raise ValueError("split 'views' needs views >= 1: nothing would be left to train on")
+        return self
+
+
 class StyleApplyParams(BaseModel):
     """Test-time controls of a trained style."""
 
@@ -127,7 +154,7 @@ class StyleApplyResponse(BaseModel):
 
 class TrainedInfo(BaseModel):
     name: str
-    kind: Literal["style", "embedder"]
+    kind: Literal["style", "embedder", "verifier"]
     model: str = Field(..., description="the backbone it was trained on")
     version: str
     job: str = Field(..., description="the job that trained it")

@@ -12,7 +12,7 @@ config that rebuilds them in the blob's own metadata.
 ``{p}:owner:{o}:trained:{kind}``               set: the owner's names of this kind (listing)
 =============================================  =====================================================
 
-``kind`` is ``style`` or ``embedder``. Names belong to an API key (its hash): two keys may each
+``kind`` is ``style``, ``embedder`` or ``verifier``. Names belong to an API key (its hash): two keys may each
 have a style called ``mosaic``. A checkpoint outlives a cancelled or failed run, so the run can
 be resumed; it is kept until the name is deleted or its TTL runs out.
 
@@ -42,17 +42,18 @@ from redis import Redis
 from torch import nn
 
 from cnnviz.models import LoadedModel
-from cnnviz.training import load_head, load_transform_net, unpack
+from cnnviz.training import load_head, load_transform_net, load_verifier, unpack
 from cnnviz.training.checkpoint import read_meta
 from core.errors import Conflict, Invalid, NotFound
 
 log = logging.getLogger(__name__)
 
-KINDS = ("style", "embedder")
-JOB_KINDS = {"fast_style": "style", "triplet_head": "embedder"}  # job type -> kind it trains
+KINDS = ("style", "embedder", "verifier")
+JOB_KINDS = {"fast_style": "style", "triplet_head": "embedder", "verification_head": "verifier"}  # job type -> kind
 BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], str], nn.Module]] = {
     "style": lambda tensors, meta, device: load_transform_net(tensors, meta["config"], device),
     "embedder": lambda tensors, meta, device: load_head(tensors, meta["config"]).to(device),
+    "verifier": lambda tensors, meta, device: load_verifier(tensors, meta["config"]).to(device),
 }
 CACHE_SIZE = 16
 _cache: OrderedDict[tuple[str, ...], tuple[str, nn.Module, dict[str, Any]]] = OrderedDict()
@@ -288,4 +289,18 @@ def load_embedder(store: TrainedStore, owner: str, name: str, model: LoadedModel
     if backbone != model.name:
         raise Invalid("head-model-mismatch", f"Embedder {name!r} was trained on {backbone!r}, not {model.name!r}",
                       model=backbone)
+    return net, rec
+
+
+def load_verification_head(store: TrainedStore, owner: str, name: str, model: LoadedModel,
+                           device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A caller's trained verification head for ``model``: 404 when unknown, 422 when trained on another model."""
+    found = store.load("verifier", owner, name, device)
+    if found is None:
+        raise NotFound("verifier-not-found", f"No verifier named {name!r}", "Train one with a verification_head job.")
+    net, rec = found
+    backbone = rec["meta"]["config"].get("backbone")
+    if backbone != model.name:
+        raise Invalid("verifier-model-mismatch", f"Verifier {name!r} was trained on {backbone!r}, not "
+                      f"{model.name!r}", model=backbone)
     return net, rec

@@ -83,7 +83,7 @@ async def identify(request: Request, rec: OwnedCollectionDep, settings: Settings
     loaded = lookup_model(catalog, model or catalog.default)
     with jobs.guard():
         how = await lanes.arun(resolve_embedding, loaded, params.layer, params.size, params.head, trained,
-                               principal.owner)
+                               principal.owner, "avg", params.verifier)
         return await lanes.arun(lambda: identify_query(loaded, collections, rec,
                                                               image_to_tensor(upload.images[0].image), how,
                                                               params, settings.inline_budget))

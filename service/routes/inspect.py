@@ -38,7 +38,8 @@ async def inspect(request: Request, model: ModelDep, settings: SettingsDep, prin
     params = validate_params(params_model, upload.params)
     trained = TrainedStore(jobs.redis, jobs.config.prefix) if jobs is not None else None
     embedding = partial(resolve_embedding, model, getattr(params, "layer", None), getattr(params, "resolution", None),
-                        getattr(params, "head", None), trained, principal.owner, getattr(params, "pool", "avg"))
+                        getattr(params, "head", None), trained, principal.owner, getattr(params, "pool", "avg"),
+                        getattr(params, "verifier", None))
     out = await lanes.arun(
         lambda: inspect_view(view, model, [image_to_tensor(d.image) for d in upload.images], params, embedding))
     png = getattr(out, "grid_png", None) or getattr(out, "plot_png", None)

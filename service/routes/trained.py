@@ -110,6 +110,10 @@ _add_trained_routes("style", ("Your trained styles", "A trained style: backbone,
                               "Delete a style, its weights and checkpoint"))
 _add_trained_routes("embedder", ("Your trained embedding heads", "A trained embedding head: layer, threshold, "
                                  "held-out accuracy against the frozen features", "Delete an embedding head"))
+_add_trained_routes("verifier", ("Your trained verification heads, each with its held-out accuracy beside the "
+                                 "distance threshold's", "A trained verification head: layer, form, held-out "
+                                 "accuracy beside the distance threshold's on the same pairs",
+                                 "Delete a verification head"))
 
 
 @router.post("/v1/styles/{style}/apply", response_model=StyleApplyResponse,

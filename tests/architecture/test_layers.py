@@ -18,7 +18,7 @@ import pytest
 from cnnviz.attribution import METHODS
 from cnnviz.params import NoParams, field_specs
 from core.jobtypes import JOB_REQUEST, JOB_REQUESTS, JOB_TYPES
-from core.schemas.explain import ExplainParams, params_model
+from core.schemas.explain import CamExplainParams, ExplainParams, params_model
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("cnnviz", "core", "service", "workers", "stack")
@@ -90,11 +90,12 @@ def test_method_request_schema_is_the_engine_declaration(name: str) -> None:
     """Every engine parameter appears in the request model with the same default, bounds and type."""
     engine = METHODS[name].Params
     model = params_model(name)
-    shared = set(ExplainParams.model_fields)
+    base = CamExplainParams if METHODS[name].sweeps_layers else ExplainParams  # the CAM family adds layers
+    shared = set(base.model_fields)
     own = {k for k in model.model_fields if k not in shared}
     assert own == {f.name for f in dataclasses.fields(engine)}
     if engine is NoParams:
-        assert model is ExplainParams
+        assert model is base
     props = model.model_json_schema()["properties"]
     for fname, _hint, default, bounds, _desc in field_specs(engine):
         assert model.model_fields[fname].default == default, fname

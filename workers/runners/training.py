@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from cnnviz.training import FastStyleTrainer, TrainCallbacks, Trainer, TripletTrainer, triplet_data
+from cnnviz.training import FastStyleTrainer, PairTrainer, TrainCallbacks, Trainer, TripletTrainer, triplet_data
 from cnnviz.training.augment import shrink_short_side, to_uint8
 from core.imaging import decode_rgb
 from core.jobtypes import PLURAL
@@ -56,9 +56,11 @@ def _trainer(ctx: JobContext, job_type: str, params: dict[str, Any], images: dic
         return FastStyleTrainer(model, decode_rgb(images["style"]), content, preview=preview,
                                 **_pick(params, FastStyleTrainer))
     if not labels:
-        raise TrainingError("missing-labels", "a triplet head needs a collection uploaded with labels")
+        raise TrainingError("missing-labels", f"a {job_type} needs a collection uploaded with labels")
     data = triplet_data(model, content, labels, progress=lambda d, t, _s: ctx.progress(d, t, "features"),
                         cancel=ctx.cancelled, **_pick(params, triplet_data))
+    if job_type == "verification_head":
+        return PairTrainer(data, backbone=model.name, **_pick(params, PairTrainer))
     return TripletTrainer(data, backbone=model.name, **_pick(params, TripletTrainer))
 
 
@@ -66,6 +68,9 @@ def _summary(trainer: Trainer) -> dict[str, Any]:
     last = trainer.evals[-1] if trainer.evals else {}
     out: dict[str, Any] = {"config": trainer.config(), "steps": trainer.step, "seconds": round(trainer.seconds, 3),
                            "metrics": last}
+    if isinstance(trainer, PairTrainer):
+        out.update(form=trainer.net.form, heldout_accuracy=last.get("heldout_accuracy"),
+                   threshold=trainer.threshold, threshold_accuracy=trainer.threshold_accuracy)
     if isinstance(trainer, TripletTrainer):
         out.update(threshold=trainer.threshold, heldout_accuracy=last.get("heldout_accuracy"),
                    frozen_accuracy=trainer.frozen_accuracy, frozen_threshold=trainer.frozen_threshold)
@@ -124,5 +129,5 @@ def run_training(ctx: JobContext) -> None:
 
 
 def run(job_id: str, prefix: str) -> dict[str, Any]:
-    """rq entry point for ``type: fast_style`` and ``type: triplet_head``."""
+    """rq entry point for ``type: fast_style``, ``type: triplet_head`` and ``type: verification_head``."""
     return execute(job_id, prefix, run_training)

@@ -386,7 +386,7 @@ def evaluate_params(collection_id: str, methods: Sequence[str | Mapping[str, Any
     return {"collection": collection_id, "methods": entries, **params}
 
 
-PLURAL = {"style": "styles", "embedder": "embedders"}
+PLURAL = {"style": "styles", "embedder": "embedders", "verifier": "verifiers"}
 
 
 def list_trained(state: State, kind: str) -> Op[list[TrainedInfo]]:

@@ -190,6 +190,15 @@ class AsyncClient:
     async def delete_embedder(self, name: str) -> None:
         await self._drive(ops.delete_trained(self._state, "embedder", name))
 
+    async def verifiers(self) -> list[TrainedInfo]:
+        return await self._drive(ops.list_trained(self._state, "verifier"))
+
+    async def verifier(self, name: str) -> TrainedInfo:
+        return await self._drive(ops.get_trained(self._state, "verifier", name))
+
+    async def delete_verifier(self, name: str) -> None:
+        await self._drive(ops.delete_trained(self._state, "verifier", name))
+
 
 class AsyncJob:
     """The asyncio twin of :class:`cnnviz_client.Job`."""

@@ -173,6 +173,12 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
         value = getattr(a, key)
         if value is not None:
             params[key] = value
+    if a.layers is not None:  # a layer sweep: "blocks", or names separated by commas
+        params["layers"] = "blocks" if a.layers == "blocks" else [n for n in a.layers.split(",") if n]
+        if a.out:  # the file gets the captioned row of every layer's overlay
+            output = params.setdefault("output", {})
+            if isinstance(output, dict):
+                output.setdefault("figure", True)
     if a.out:  # ask for the format the file name asks for (the service's default is JPEG); PNG for others
         output = params.setdefault("output", {})
         if isinstance(output, dict):
@@ -187,7 +193,8 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
         _dump(raw)
         return 0
     via = f" (job {res.job_id})" if res.job_id else ""
-    _write(f"{res.method} on {res.model}, layer {res.layer}{via}")
+    where = f"layers {', '.join(res.layers)}" if res.layers else f"layer {res.layer}"
+    _write(f"{res.method} on {res.model}, {where}{via}")
     for im in res.images:
         _write(f"image {im.index} ({im.width}x{im.height}):")
         for e in im.explanations:
@@ -195,6 +202,8 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
             prob = f"p={t.probability:.4f} " if t.probability is not None else ""
             _write(f"  {t.label or t.kind} ({t.index})  {prob}score={t.score:.4g}  "
                    f"map {e.map.shape[0]}x{e.map.shape[1]} [{e.map.min:.4g}, {e.map.max:.4g}]")
+            for lm in e.layers or []:
+                _write(f"    {lm.layer:<12} map {lm.shape[0]}x{lm.shape[1]} [{lm.map.min:.4g}, {lm.map.max:.4g}]")
     for w in res.warnings:
         _write(f"warning: {w}")
     for path in saved:
@@ -203,14 +212,17 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
 
 
 def _save_explanations(res: ExplainResult, out: Path) -> list[str]:
-    """The first overlay to ``out``; any further ones beside it as ``stem-IMAGE-TARGET.png``."""
+    """The first overlay to ``out``; any further ones beside it as ``stem-IMAGE-TARGET.png``.
+
+    A layer sweep saves each target's figure instead: the captioned row of every layer's overlay."""
     saved = []
     for im in res.images:
         for t, e in enumerate(im.explanations):
-            if e.overlay is None:
+            which = "figure" if e.layers and e.figure is not None else "overlay"
+            if (e.figure if which == "figure" else e.overlay) is None:
                 continue
             path = out if not saved else _numbered(out, im.index, t)
-            saved.append(e.save(path))
+            saved.append(e.save(path, which))
     if not saved:
         raise CnnvizError("the answer has no overlay to save (output.overlay was false?)")
     return saved
@@ -411,7 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = sp.add_mutually_exclusive_group()
     group.add_argument("--target", type=int, default=None, help="class index to explain")
     group.add_argument("--top-k", type=int, default=None, help="explain the k best classes")
-    sp.add_argument("--layer", default=None, help="target layer (default: the model's)")
+    layer = sp.add_mutually_exclusive_group()
+    layer.add_argument("--layer", default=None, help="target layer (default: the model's)")
+    layer.add_argument("--layers", default=None, metavar="NAMES",
+                       help="CAM family: a layer sweep, 'blocks' (the model's stages) or names separated by commas; "
+                            "--out then saves the captioned row of every layer's overlay")
     sp.add_argument("--out", default=None, help="save the overlay PNG here (more targets: beside it, numbered)")
     sp.add_argument("--async", dest="respond_async", action="store_true",
                     help="ask the service to run it as a job (Prefer: respond-async), then follow it")

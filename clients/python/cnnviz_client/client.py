@@ -147,6 +147,10 @@ class Client:
                 params: Mapping[str, Any] | None = None, **kwargs: Any) -> ExplainResult:
         """Explanation maps per image and target (``target``/``top_k``/``layer``/``output``/...).
 
+        CAM-family methods take ``layers`` (a list of layer names, or ``"blocks"``): every layer's map
+        from one request, in each explanation's ``layers``; with ``output={"figure": True}`` the figure is
+        the captioned row of their overlays.
+
         When the service hands the request off to a job (its cost is over the inline budget, or
         ``respond_async=True`` sent ``Prefer: respond-async``) this follows the job and returns its
         result, so the caller gets the same :class:`ExplainResult` either way (``job_id`` set).
@@ -216,7 +220,8 @@ class Client:
 
     def identify(self, collection_id: str, image: ImageInput, model: str | None = None, *,
                  params: Mapping[str, Any] | None = None, **kwargs: Any) -> IdentifyResult:
-        """1:K identification of an image against a labelled collection (``head``, ``threshold``, ``k``)."""
+        """1:K identification of an image against a labelled collection (``head``, ``threshold``, ``k``, or
+        ``verifier``: a trained verification head's probability)."""
         return self._drive(ops.identify(self._state, collection_id, image, model, ops.merge_params(params, kwargs)))
 
     # ---- trained networks ----------------------------------------------------------------------------
@@ -245,6 +250,17 @@ class Client:
 
     def delete_embedder(self, name: str) -> None:
         self._drive(ops.delete_trained(self._state, "embedder", name))
+
+    def verifiers(self) -> list[TrainedInfo]:
+        """Verification heads trained by your ``verification_head`` jobs, each with its held-out accuracy beside
+        the distance threshold's (use them as ``verifier=`` in verify and identify)."""
+        return self._drive(ops.list_trained(self._state, "verifier"))
+
+    def verifier(self, name: str) -> TrainedInfo:
+        return self._drive(ops.get_trained(self._state, "verifier", name))
+
+    def delete_verifier(self, name: str) -> None:
+        self._drive(ops.delete_trained(self._state, "verifier", name))
 
 
 class Job:

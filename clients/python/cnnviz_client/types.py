@@ -231,6 +231,30 @@ class RawMap:
 
 
 @dataclass
+class LayerMap:
+    """One layer of a layer sweep (``layers=``): its map and pictures (bytes in the target's ``media_type``)."""
+
+    layer: str
+    shape: tuple[int, int]
+    map: RawMap
+    heatmap: bytes | None = field(default=None, repr=False)
+    overlay: bytes | None = field(default=None, repr=False)
+    rendering: dict[str, Any] | None = None
+    heatmap_url: str | None = None
+    overlay_url: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LayerMap:
+        m = data.get("map") or {}
+        return cls(layer=data["layer"], shape=tuple(data.get("shape") or (0, 0)),
+                   map=RawMap(shape=tuple(m.get("shape") or (0, 0)), min=m.get("min", 0.0), max=m.get("max", 0.0),
+                              values=m.get("values")),
+                   heatmap=_b64(data.get("heatmap_png")), overlay=_b64(data.get("overlay_png")),
+                   rendering=data.get("rendering"), heatmap_url=data.get("heatmap_url"),
+                   overlay_url=data.get("overlay_url"))
+
+
+@dataclass
 class Explanation:
     """One image and target: the map, heatmap/overlay/figure bytes (in ``media_type``: JPEG unless
     ``output.format`` said otherwise), boxes and faithfulness when asked; ``*_url`` with ``output.inline: false``."""
@@ -247,6 +271,7 @@ class Explanation:
     overlay_url: str | None = None
     heatmap_url: str | None = None
     figure_url: str | None = None
+    layers: list[LayerMap] | None = None  # a layer sweep: every layer's map; ``figure`` is then their row
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Explanation:
@@ -258,7 +283,8 @@ class Explanation:
                    regions=data.get("regions"), faithfulness=data.get("faithfulness"),
                    figure=_b64(data.get("figure_png")), media_type=data.get("media_type"),
                    rendering=data.get("rendering"), overlay_url=data.get("overlay_url"),
-                   heatmap_url=data.get("heatmap_url"), figure_url=data.get("figure_url"))
+                   heatmap_url=data.get("heatmap_url"), figure_url=data.get("figure_url"),
+                   layers=[LayerMap.from_json(x) for x in data["layers"]] if data.get("layers") else None)
 
     def save(self, path: str | os.PathLike[str], which: str = "overlay") -> str:
         """Write the overlay (or ``which="heatmap"`` / ``"figure"``) in the format the file name asks for
@@ -300,6 +326,7 @@ class ExplainResult:
     timings: dict[str, float] = field(default_factory=dict)
     job_id: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    layers: list[str] | None = None  # a layer sweep: the layers explained, in order
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], job_id: str | None = None) -> ExplainResult:
@@ -374,6 +401,8 @@ class IdentifyResult:
     enrolled: int = 0
     cached: bool = False
     head: str | None = None
+    verifier: str | None = None
+    probability: float | None = None  # with a verifier: the best label's probability
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> IdentifyResult:
@@ -382,7 +411,7 @@ class IdentifyResult:
 
 @dataclass
 class TrainedInfo:
-    """A style or an embedder trained by a job."""
+    """A style, an embedder or a verifier trained by a job."""
 
     name: str
     kind: str

@@ -6,6 +6,7 @@
 import { ProblemError, followJob, getJSON, isAbort, multipart, request } from './api.js';
 import { schemaForm } from './schema-form.js';
 import { labelOf, layerChoices, on, state } from './state.js';
+import { sweepParams, sweepToggle, sweepView } from './sweep.js';
 import {
   clear, dataUrl, debounce, el, fmt, heatView, imagePicker, lineChart, option, pct, problemBox,
   progressBar, setAlpha, showError, toast,
@@ -13,14 +14,14 @@ import {
 
 // 'auto': the colormap of the method's kind of map (positive: jet, unsigned: hot, signed: seismic).
 const COLORMAPS = ['auto', 'jet', 'turbo', 'viridis', 'inferno', 'magma', 'hot', 'gray', 'coolwarm', 'seismic', 'rdbu', 'bwr'];
-const SHARED = ['target', 'targets', 'top_k', 'unit', 'layer', 'output', 'localization', 'faithfulness'];
+const SHARED = ['target', 'targets', 'top_k', 'unit', 'layer', 'layers', 'output', 'localization', 'faithfulness'];
 const COMPARE_DEFAULT = ['gradcam', 'gradcampp', 'layercam', 'eigencam', 'saliency'];
 const FAMILY = { cam: 'Class activation maps', gradient: 'Gradients', perturbation: 'Perturbation' };
 
 const s = {
   file: null, baseUrl: null, width: 0, height: 0,
   predictions: [], custom: [], target: null,
-  method: 'gradcam', layer: '', alpha: 0.5, colormap: 'auto', normalize: 'auto', asJob: false,
+  method: 'gradcam', layer: '', sweep: false, alpha: 0.5, colormap: 'auto', normalize: 'auto', asJob: false,
   boxes: false, boxMethod: 'otsu', fraction: 0.5, faith: false, faithSteps: 16,
   methodForm: null, abort: null, compareAbort: null, last: null,
 };
@@ -32,6 +33,7 @@ export function mountExplain(root) {
   ui.method = el('select#method', { on: { change: () => { s.method = ui.method.value; methodChanged(); } } });
   ui.layer = el('select#layer', { on: { change: () => { s.layer = ui.layer.value; run(); } } });
   ui.layerNote = el('div.help');
+  ui.sweep = sweepToggle((on) => { s.sweep = on; ui.layer.disabled = on || !currentMethod()?.uses_layer; run(); });
   ui.methodParams = el('div.method-params');
   ui.asJob = el('input#as-job', { type: 'checkbox', on: { change: () => { s.asJob = ui.asJob.checked; run(); } } });
   ui.targets = el('div.targets#targets', el('div.muted', 'Choose an image to see its top classes.'));
@@ -75,6 +77,7 @@ export function mountExplain(root) {
       el('section.card', el('h3', 'Method'),
         el('div.field', el('label', { for: 'method' }, 'Method'), ui.method),
         el('div.field', el('label', { for: 'layer' }, 'Layer'), ui.layer, ui.layerNote),
+        ui.sweep.element,
         ui.methodParams,
         el('div.field.check', { title: 'Sends Prefer: respond-async; the service answers 202 and a job' }, ui.asJob,
           el('label', { for: 'as-job' }, 'Run as a job (stored, with progress)'))),
@@ -139,7 +142,8 @@ function fillLayers() {
   s.layer = keep;
   clear(ui.layer, option('', `default — ${state.detail?.default_layer || ''}`, keep === ''),
     layers.map((l) => option(l.name, l.isDefault ? `${l.text}  (default)` : l.text, l.name === keep)));
-  ui.layer.disabled = !m?.uses_layer;
+  ui.layer.disabled = !m?.uses_layer || (s.sweep && m?.family === 'cam');
+  ui.sweep.enable(m?.family === 'cam' && m?.uses_layer);
   ui.layerNote.textContent = m?.uses_layer ? '' : `${m?.title || 'This method'} does not use a layer.`;
 }
 
@@ -229,6 +233,7 @@ function explainParams(method, { withLayer = true } = {}) {
   if (s.boxes) params.localization = s.boxMethod === 'fraction' ? { method: 'fraction', fraction: s.fraction }
     : { method: 'otsu' };
   if (s.faith) params.faithfulness = { steps: s.faithSteps };
+  if (withLayer && s.sweep && m?.family === 'cam' && m?.uses_layer) sweepParams(params);
   return params;
 }
 
@@ -299,14 +304,14 @@ async function runMain() {
 function renderAnswer(answer, m) {
   const img = answer.images[0];
   const exp = img.explanations[0];
-  const view = heatView({ baseUrl: s.baseUrl, heatUrl: dataUrl(exp.heatmap_png), width: img.width,
+  const view = answer.layers ? sweepView(answer) : heatView({ baseUrl: s.baseUrl, heatUrl: dataUrl(exp.heatmap_png), width: img.width,
     height: img.height, alpha: s.alpha, regions: exp.regions, label: m.title });
   clear(ui.result, view);
   ui.download.disabled = false;
   const t = exp.target;
   const rows = [
     ['Method', m.title],
-    ['Layer', answer.layer || '—'],
+    ['Layer', answer.layers ? answer.layers.join(', ') : answer.layer || '—'],
     ['Target', `${t.index} · ${t.label ?? labelOf(t.index) ?? ''}`],
     ['Probability', pct(t.probability)],
     ['Score (logit)', fmt(t.score)],
