@@ -60,7 +60,7 @@ def main() -> None:
         return
     torch.manual_seed(SEED)
     vol = nd_demo.volume_net()
-    acc = train(vol, nd_demo.volumes(1200, seed=1), nd_demo.volumes(150, seed=2), epochs=5, batch=32)
+    acc = train(vol, nd_demo.volumes(1000, seed=1), nd_demo.volumes(150, seed=2), epochs=5, batch=32)
     save_file({k: v.contiguous() for k, v in vol.state_dict().items()}, str(args.out / "volume_net.safetensors"))
     log.info("volume_net: held-out accuracy %.3f", acc)
 

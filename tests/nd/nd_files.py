@@ -70,7 +70,8 @@ def dicom_zip(volume_dhw: np.ndarray, spacing: tuple[float, float, float], origi
             meta.MediaStorageSOPInstanceUID = generate_uid()
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds = FileDataset(f"s{k}.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-            ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID, series
+            ds.SOPClassUID, ds.SeriesInstanceUID = CTImageStorage, series
+            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
             ds.Modality = "CT"
             ds.Rows, ds.Columns = volume_dhw.shape[1:]
             ds.PixelSpacing = [spacing[1], spacing[2]]
