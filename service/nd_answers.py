@@ -7,16 +7,19 @@ affine (the file 3D Slicer or ITK-SNAP lays over the scan). The torch work runs 
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
 from fastapi import Request, Response
 
 from cnnviz.models import LoadedModel
-from core.errors import NotAcceptable
+from core.errors import Invalid, NotAcceptable
 from core.explaining import check_explain
 from core.lanes import ComputeLanes
 from core.nd_explaining import NIFTI_MEDIA_TYPE, decoded_summary, predict_arrays, run_nd_explanation
+from core.nd_inspecting import ND_VIEWS, nd_activations, nd_filters
+from core.schemas.inspect import ActivationsParams, FiltersParams
 from core.schemas.models import PredictParams
 from core.settings import Settings
 from core.validation import validate_params
@@ -52,3 +55,37 @@ async def predict_for_arrays(request: Request, model: LoadedModel, settings: Set
                        for i, (d, ps) in enumerate(zip(upload.inputs, preds, strict=True))],
             "timings": {"decode_ms": upload.decode_ms, "compute_ms": (time.perf_counter() - t0) * 1000}}
     return Response(json.dumps(body), media_type="application/json")
+
+
+async def inspect_for_arrays(request: Request, model: LoadedModel, settings: Settings, view: str,
+                             lanes: ComputeLanes) -> Response:
+    """The filters and activations views of a signal or volume model (other views take images)."""
+    if view not in ND_VIEWS:
+        raise Invalid("view-unavailable", f"view {view!r} takes images; model {model.name} takes {model.input_kind}s",
+                      f"views of {model.input_kind} models: {', '.join(ND_VIEWS)}", choices=list(ND_VIEWS))
+    if view == "filters":
+        params = validate_params(FiltersParams, await _params_only(request))
+        body = await lanes.arun(lambda: nd_filters(model, params))
+    else:
+        upload = await read_array_upload(request, settings, model)
+        if len(upload.inputs) != 1:
+            raise Invalid("wrong-image-count", "activations take one input", limit=1)
+        aparams = validate_params(ActivationsParams, upload.params)
+        body = await lanes.arun(lambda: nd_activations(model, upload.inputs, aparams))
+    if "image/png" in request.headers.get("accept", ""):
+        return Response(base64.b64decode(body["plot_png"]), media_type="image/png")
+    return Response(json.dumps(body), media_type="application/json")
+
+
+async def _params_only(request: Request) -> dict:
+    """The params of a request without files (JSON body, or a multipart params field)."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=4)
+        text = form.get("params")
+        return json.loads(text) if isinstance(text, str) and text.strip() else {}
+    raw = (await request.body()).decode("utf-8", "replace").strip()
+    body = json.loads(raw) if raw else {}
+    if not isinstance(body, dict):
+        raise Invalid("invalid-json", "The JSON body must be an object with params")
+    return body.get("params") or {}

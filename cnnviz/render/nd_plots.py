@@ -74,6 +74,12 @@ def signal_plot(signal: np.ndarray, attribution: np.ndarray, *, title: str, chan
     return _png(fig)
 
 
+def _alpha(amap: np.ndarray, top: float) -> np.ndarray:
+    """Per-voxel opacity of a map laid over a scan: 0.65 at the map's extreme, none where it is 0, so the scan
+    stays readable everywhere the map says nothing (a uniform tint would darken it all)."""
+    return np.clip(np.abs(amap) / (top or 1.0), 0, 1) * 0.65
+
+
 def _axis_letters(affine: np.ndarray | None) -> tuple[tuple[str, str], ...]:
     """Patient directions at the low and high end of the D, H, W axes (from the RAS affine), or blanks."""
     if affine is None:
@@ -113,8 +119,8 @@ def volume_slices(volume: np.ndarray, attribution: np.ndarray, *, title: str, sp
     for ax, (name, scan, amap, ex, ey, cross, xl, yl, letters) in zip(axes, views, strict=True):
         ext = (*ex, *ey)
         ax.imshow(scan, cmap="gray", vmin=glo, vmax=ghi, extent=ext, origin="lower", interpolation="nearest")
-        image = ax.imshow(amap, cmap=cmap, vmin=lo, vmax=hi, alpha=0.5, extent=ext, origin="lower",
-                          interpolation="bilinear")
+        image = ax.imshow(amap, cmap=cmap, vmin=lo, vmax=hi, alpha=_alpha(amap, max(abs(lo), abs(hi))), extent=ext,
+                          origin="lower", interpolation="bilinear")
         ax.axhline(cross[1], color="cyan", linewidth=0.6, alpha=0.8)
         ax.axvline(cross[0], color="cyan", linewidth=0.6, alpha=0.8)
         ax.set_title(name, fontsize=10)
@@ -150,12 +156,78 @@ def volume_montage(volume: np.ndarray, attribution: np.ndarray, *, title: str, s
     for ax, k in zip(axes, picks, strict=False):
         ext = (0, w * sw, 0, h * sh)
         ax.imshow(volume[k], cmap="gray", vmin=glo, vmax=ghi, extent=ext, origin="lower", interpolation="nearest")
-        image = ax.imshow(attribution[k], cmap=cmap, vmin=lo, vmax=hi, alpha=0.5, extent=ext, origin="lower",
-                          interpolation="bilinear")
+        image = ax.imshow(attribution[k], cmap=cmap, vmin=lo, vmax=hi, extent=ext, origin="lower",
+                          alpha=_alpha(attribution[k], max(abs(lo), abs(hi))), interpolation="bilinear")
         ax.set_title(f"slice {k}  ({k * sd:.1f} mm)", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"{title}\naxial montage: {len(picks)} of {d} slices", fontsize=11)
     bar = fig.colorbar(image, ax=list(axes), fraction=0.02, pad=0.01)
     bar.set_label(scale_label)
+    return _png(fig)
+
+
+def filters_plot(weight: np.ndarray, *, title: str, max_filters: int = 64) -> bytes:
+    """PNG of a 1-D layer's kernels ``[out, in, k]`` (one row per filter, in-channels averaged, a diverging
+    scale) or a 3-D layer's ``[out, in, k, k, k]`` (each filter's middle slice along D, in-channels averaged)."""
+    w = weight[:max_filters].mean(axis=1)  # [out, k] or [out, kd, kh, kw]
+    top = float(np.abs(w).max()) or 1.0
+    if w.ndim == 2:
+        fig = _figure(8, 1.2 + 0.22 * w.shape[0])
+        ax = fig.subplots()
+        image = ax.imshow(w, cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto", interpolation="nearest")
+        ax.set_xlabel("tap (sample offset)")
+        ax.set_ylabel("filter")
+        ax.set_title(title, fontsize=11)
+        fig.colorbar(image, ax=ax, fraction=0.03).set_label("weight (mean over input channels)")
+        return _png(fig)
+    cols = min(8, w.shape[0])
+    rows = int(math.ceil(w.shape[0] / cols))
+    fig = _figure(1.4 * cols + 1, 1.4 * rows + 0.8)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    image = None
+    for i, ax in enumerate(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= w.shape[0]:
+            ax.axis("off")
+            continue
+        image = ax.imshow(w[i, w.shape[1] // 2], cmap="RdBu_r", vmin=-top, vmax=top, interpolation="nearest")
+        ax.set_title(f"filter {i}", fontsize=8)
+    fig.suptitle(f"{title}\nmiddle slice (along D) of each 3-D kernel", fontsize=10)
+    fig.colorbar(image, ax=list(axes), fraction=0.02).set_label("weight (mean over input channels)")
+    return _png(fig)
+
+
+def activations_plot(acts: np.ndarray, channels: Sequence[int], *, title: str, sampling_rate: float | None = None,
+                     length: int | None = None) -> bytes:
+    """PNG of a 1-D layer's channels ``[C, l]`` (one heat row each, over the input's time) or a 3-D layer's
+    ``[C, d, h, w]`` (each channel's axial slice through its own maximum)."""
+    sel = acts[list(channels)]
+    if sel.ndim == 2:
+        fig = _figure(10, 1.2 + 0.28 * len(channels))
+        ax = fig.subplots()
+        span = (length / sampling_rate if sampling_rate else length) or sel.shape[1]
+        image = ax.imshow(sel, aspect="auto", cmap="viridis", interpolation="nearest", extent=(0, span, len(sel), 0))
+        ax.set_yticks(np.arange(len(channels)) + 0.5, [str(c) for c in channels])
+        ax.set_ylabel("channel")
+        ax.set_xlabel("time (s)" if sampling_rate else "sample")
+        ax.set_title(title, fontsize=11)
+        fig.colorbar(image, ax=ax, fraction=0.03).set_label("activation")
+        return _png(fig)
+    cols = min(4, len(channels))
+    rows = int(math.ceil(len(channels) / cols))
+    fig = _figure(2.4 * cols + 1, 2.4 * rows + 0.8)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= len(channels):
+            ax.axis("off")
+            continue
+        k = int(np.unravel_index(int(np.argmax(sel[i])), sel[i].shape)[0])
+        image = ax.imshow(sel[i, k], cmap="viridis", origin="lower", interpolation="nearest")
+        ax.set_title(f"channel {channels[i]}, slice {k}", fontsize=8)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(f"{title}\neach channel's axial slice through its maximum", fontsize=10)
     return _png(fig)
