@@ -14,7 +14,7 @@ import time
 from fastapi import Request, Response
 
 from cnnviz.models import LoadedModel
-from core.errors import Invalid, NotAcceptable
+from core.errors import Invalid, NotAcceptable, TooLarge
 from core.explaining import check_explain
 from core.lanes import ComputeLanes
 from core.nd_explaining import NIFTI_MEDIA_TYPE, decoded_summary, predict_arrays, run_nd_explanation
@@ -30,6 +30,11 @@ async def explain_arrays(request: Request, model: LoadedModel, settings: Setting
                          lanes: ComputeLanes) -> Response:
     upload = await read_array_upload(request, settings, model)
     checked = check_explain(model, method, upload.params, len(upload.inputs))
+    if checked.cost > settings.inline_budget:  # no job hand-off for signals and volumes yet: refuse, never unbounded
+        raise TooLarge("over-inline-budget", f"This request costs about {checked.cost:.0f} forward passes; signal and"
+                       f" volume explanations answer inline only, up to {settings.inline_budget:.0f}",
+                       "lower masks, samples or steps, or raise the window and stride", cost=round(checked.cost, 1),
+                       budget=settings.inline_budget)
     accept = request.headers.get("accept", "")
     nifti = NIFTI_MEDIA_TYPE in accept
     if nifti and model.input_kind != "volume":
