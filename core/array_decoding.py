@@ -206,9 +206,12 @@ def array_format(data: bytes) -> str | None:
     if text[:1] in (b"[", b"{"):
         return "a JSON document (a signal?)"
     try:
-        line = head.decode("utf-8").splitlines()[0] if head else ""
+        lines = head.decode("utf-8").splitlines() if head else []
     except UnicodeDecodeError:
         return None
-    if line and ("," in line or ";" in line):
+    if lines and ("," in lines[0] or ";" in lines[0]):
         return "a CSV text file (a signal?)"
+    numeric = [ln for ln in lines[1:8] if ln.strip().replace(".", "", 1).lstrip("+-").replace("e", "", 1).isdigit()]
+    if len(lines) > 2 and len(numeric) >= min(3, len(lines) - 1):
+        return "a text file of numbers, one a line (a one-channel signal?)"
     return None
