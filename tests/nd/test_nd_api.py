@@ -72,6 +72,13 @@ def test_signal_explain_maps_on_the_callers_samples(client):
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     pred = post(client, "/v1/models/ecg-demo/predict", "lead.json", json.dumps(s.x[i, 0].tolist()).encode())
     assert pred.status_code == 200 and pred.json()["inputs"][0]["predictions"][0]["label"] == "bump"
+    # The Python client reads these answers as its signal and volume types (cnnviz_client.types).
+    from cnnviz_client import NdExplainResult, NdPredictResult
+
+    res = NdExplainResult.from_json(body)
+    assert res.input_kind == "signal" and res.explanations[0].shape == [512]
+    assert res.explanations[0].pictures["signal_png"] == base64.b64decode(e["signal_png"])
+    assert NdPredictResult.from_json(pred.json()).top[0].label == "bump"
 
 
 def test_volume_nifti_answer_in_the_inputs_affine(client):
