@@ -71,3 +71,28 @@ def gaussian_blur(x: torch.Tensor, sigma: float, border: Border = "reflect") -> 
     y = F.conv2d(y, k.view(1, 1, 1, -1))
     y = F.conv2d(y, k.view(1, 1, -1, 1))
     return y.reshape(x.shape)
+
+
+def gaussian_blur_grid(x: torch.Tensor, sigma: float, border: Border = "reflect") -> torch.Tensor:
+    """Separable Gaussian blur of a batch ``[N,C,*grid]`` along every grid axis: 1, 2 or 3 of them.
+
+    A 2-D grid is :func:`gaussian_blur` itself (the image path, bit for bit); a signal ``[N,C,L]``
+    is blurred along time, a volume ``[N,C,D,H,W]`` along each of its three axes in turn, with the
+    same kernel and the same border rule (a reflected kernel is cut to the shortest axis).
+    """
+    dims = x.dim() - 2
+    if dims == 2:
+        return gaussian_blur(x, sigma, border)
+    sides = [int(s) for s in x.shape[2:]]
+    radius = blur_radius(sigma, min(sides), min(sides), border)
+    if radius == 0:
+        return x
+    exact = x.dtype in (torch.float32, torch.float64)
+    k = gaussian_kernel1d(sigma, radius, x.dtype if exact else torch.float32, x.device).to(x.dtype)
+    y = x
+    for axis in range(2, x.dim()):
+        moved = y.movedim(axis, -1)
+        flat = moved.reshape(-1, 1, moved.shape[-1])
+        flat = F.conv1d(F.pad(flat, (radius, radius), mode=border), k.view(1, 1, -1))
+        y = flat.reshape(moved.shape).movedim(-1, axis)
+    return y

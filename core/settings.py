@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     max_request_pixels: int = Field(64_000_000, ge=64, le=1_000_000_000,
                                     description="decoded pixels per request, all images")
     max_decode_side: int = Field(2048, ge=64, le=8192, description="longest side an upload is decoded at")
+    # Signals and volumes (1-D and 3-D convnets): values per request, counted from the file headers
+    # (a .npy header, a WFDB .hea, a NIfTI or DICOM header) before any value is decoded.
+    max_signal_samples: int = Field(8_000_000, ge=64, le=1_000_000_000,
+                                    description="signal samples per request (channels x samples, all files)")
+    max_volume_voxels: int = Field(64_000_000, ge=64, le=1_000_000_000,
+                                   description="volume voxels per request (channels x D x H x W, all files)")
     max_collection_pixels: int = Field(128_000_000, ge=64, le=1_000_000_000,
                                        description="decoded pixels per collection upload")
     collection_decode_side: int = Field(1024, ge=64, le=8192, description="longest side a collection image is kept at")

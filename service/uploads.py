@@ -19,6 +19,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from core.array_decoding import array_format
 from core.errors import BadInput, DomainError, Invalid, TooLarge, Unsupported
 from core.imaging import ALLOWED_FORMATS, DecodedImage, decode_base64_image, decode_image
 from core.settings import Settings
@@ -39,6 +40,9 @@ MAX_NUMBER_CHARS = 64  # characters of one number literal (Python refuses ints o
 MAX_PARAMS_CHARS = 1024 * 1024  # the params text (a multipart field): 1000 labels of 200 characters fit
 MAX_FILENAME_CHARS = 200  # of an upload's file name repeated in a problem (the name is the client's text)
 _STRUCTURE = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
+
+
+NOT_AN_IMAGE = frozenset({"invalid-image", "unsupported-image-format"})
 
 
 class JSONLimitError(ValueError):
@@ -234,6 +238,12 @@ async def decode_upload(raw: list[bytes | str], names: list[str | None], params:
             except DomainError as exc:
                 if exc.slug == "request-too-many-pixels":  # the whole request's budget: it lists every image
                     raise
+                looks = array_format(item) if isinstance(item, bytes) and exc.slug in NOT_AN_IMAGE else None
+                if looks is not None:  # a signal or volume sent to an image model: say so (core/inputkinds.py)
+                    exc = Unsupported("input-kind-mismatch", "This model takes images",
+                                      f"The upload is {looks}; this model takes images. Signals and volumes go to a"
+                                      " model declared with input = \"signal\" or \"volume\" (GET /v1/models lists"
+                                      " each model's input).", input_kind="image")
                 raise naming_image(exc, i, names[i]) from exc
         return out
 

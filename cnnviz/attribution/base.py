@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, get_args
 
 import torch
 
-from ..blur import gaussian_blur
+from ..blur import gaussian_blur, gaussian_blur_grid
 from ..errors import EngineError, closest
 from ..hooks import LayerCapture, thread_hooks
 from ..models import LoadedModel, validate_layer
@@ -226,7 +226,8 @@ Baseline = Literal["black", "mean", "blurred"]
 
 
 def reference_input(model: LoadedModel, x: torch.Tensor, kind: str, sigma: float = 10.0) -> torch.Tensor:
-    """A reference image in normalized space, ``[N,3,H,W]`` like ``x``.
+    """A reference image in normalized space, ``[N,3,H,W]`` like ``x`` (or a signal's ``[N,C,L]``,
+    a volume's ``[N,C,D,H,W]``: black is value 0, blurred is blurred along every axis).
 
     ``mean``: the dataset mean, i.e. zeros after normalization. ``black``: pixel value 0, built
     with the model's own normalization. ``blurred``/``blur``: a Gaussian-blurred copy of ``x``.
@@ -236,6 +237,8 @@ def reference_input(model: LoadedModel, x: torch.Tensor, kind: str, sigma: float
     if kind in ("black", "zero"):
         return model.preprocessing.normalize(torch.zeros_like(x[:1])).expand_as(x).contiguous()
     if kind in ("blurred", "blur"):
+        if x.dim() != 4:  # a signal [N,C,L] or a volume [N,C,D,H,W]: blurred along each of its axes
+            return gaussian_blur_grid(x, sigma)
         return gaussian_blur(x, sigma)  # reflected borders: no band of repeated pixels at the frame
     raise EngineError("bad-parameter", f"unknown reference {kind!r}", list(get_args(Baseline)))
 
@@ -405,5 +408,8 @@ def checkpoint_rows(model: LoadedModel, rows: int, x: torch.Tensor, per_row: flo
     forward and T backwards: ``1 + 2T``), counted as the cost estimates count: forward passes of
     one image at the model's input size. A sweep calls it once per chunk, outside any inner loop.
     """
+    if x.dim() != 4:  # a signal or volume model: its inputs are always fitted to its one grid
+        checkpoint(rows * per_row)
+        return
     h, w = x.shape[-2:]
     checkpoint(rows * per_row * h * w / model.preprocessing.input_size ** 2)

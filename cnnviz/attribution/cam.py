@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..hooks import LayerCapture, capture
 from ..models import LayerInfo, LoadedModel, validate_layer
 from ..models.layers import from_grid, to_grid
+from ..models.preprocess_nd import INTERP
 from ..params import Params, param
 from ..precision import forward_precision
 from .base import (
@@ -48,6 +49,12 @@ from .fast.layer_forward import served_forward
 from .fast.tail import tail_runner
 
 EPS = 1e-7
+
+
+def grid_dims(t: torch.Tensor) -> tuple[int, ...]:
+    """The grid axes of ``[N,K,*grid]``: ``(2, 3)`` for an image's map, ``(2,)`` for a signal's, ``(2, 3, 4)`` for
+    a volume's. Every variant reduces over these, so one class serves 1-D, 2-D and 3-D feature grids."""
+    return tuple(range(2, t.dim()))
 
 
 @dataclass
@@ -184,6 +191,8 @@ class CamMethod(Method):
                 idx: torch.Tensor) -> torch.Tensor:
         """One map per image ``[N,h,w]``: by default ReLU of the channel sum weighted by :meth:`weights`."""
         w = self.weights(ctx, acts, grads, idx)
+        if acts.dim() != 4:  # a 1-D or 3-D grid; the image path below keeps its own contraction
+            return F.relu(torch.einsum("nk,nk...->n...", w.to(acts.dtype), acts))
         return F.relu(torch.einsum("nk,nkhw->nhw", w.to(acts.dtype), acts))
 
     def weights(self, ctx: CamContext, acts: torch.Tensor, grads: torch.Tensor | None,
@@ -235,7 +244,7 @@ class GradCAM(CamMethod):
     title = "Grad-CAM"
 
     def weights(self, ctx, acts, grads, idx):
-        return grads.mean(dim=(2, 3))
+        return grads.mean(dim=grid_dims(grads))
 
 
 @register
@@ -247,10 +256,11 @@ class GradCAMPlusPlus(CamMethod):
 
     def weights(self, ctx, acts, grads, idx):
         g2, g3 = grads.pow(2), grads.pow(3)
-        sum_a = acts.sum(dim=(2, 3), keepdim=True)
+        dims = grid_dims(acts)
+        sum_a = acts.sum(dim=dims, keepdim=True)
         alpha = g2 / (2 * g2 + sum_a * g3 + EPS)
         alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
-        return (alpha * F.relu(grads)).sum(dim=(2, 3))
+        return (alpha * F.relu(grads)).sum(dim=dims)
 
 
 @register
@@ -261,7 +271,8 @@ class XGradCAM(CamMethod):
     title = "XGrad-CAM"
 
     def weights(self, ctx, acts, grads, idx):
-        return (grads * acts).sum(dim=(2, 3)) / (acts.sum(dim=(2, 3)) + EPS)
+        dims = grid_dims(acts)
+        return (grads * acts).sum(dim=dims) / (acts.sum(dim=dims) + EPS)
 
 
 @register
@@ -296,8 +307,8 @@ class EigenCAM(CamMethod):
     sweep_shares = "one forward pass for every layer (no backward)"
 
     def combine(self, ctx, acts, grads, idx):
-        n, k, h, w = acts.shape
-        flat = acts.reshape(n, k, h * w).transpose(1, 2).double()  # [N, hw, K]
+        n, k = acts.shape[:2]
+        flat = acts.flatten(2).transpose(1, 2).double()  # [N, hw, K] (hw: every grid position)
         flat = flat - flat.mean(dim=1, keepdim=True)
         # The projection on the first right singular vector v is sigma * u, with u the top
         # eigenvector of the small [hw, hw] Gram matrix: no SVD of the [hw, K] matrix needed.
@@ -306,7 +317,7 @@ class EigenCAM(CamMethod):
         # The singular vector's sign is arbitrary: orient it with the total activation.
         sign = torch.sign((proj * acts.sum(1).reshape(n, -1)).sum(1, keepdim=True))
         sign[sign == 0] = 1
-        return F.relu(proj * sign).reshape(n, h, w)
+        return F.relu(proj * sign).reshape(n, *acts.shape[2:])
 
 
 def _gap_linear_head(model: LoadedModel, acts: torch.Tensor, logits: torch.Tensor) -> torch.nn.Linear:
@@ -319,7 +330,7 @@ def _gap_linear_head(model: LoadedModel, acts: torch.Tensor, logits: torch.Tenso
     if linears:
         fc = model.submodule(linears[-1])
         if fc.in_features == acts.shape[1]:
-            pred = fc(acts.mean(dim=(2, 3)))
+            pred = fc(acts.mean(dim=grid_dims(acts)))
             tol = 1e-3 if logits.dtype == torch.float32 else 3e-2
             if pred.shape == logits.shape and torch.allclose(pred, logits.float(), rtol=tol, atol=tol):
                 return fc
@@ -344,9 +355,10 @@ class CAM(CamMethod):
         return float(n_images)
 
 
-def _upsampled_masks(acts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Each channel upsampled to the input size and min-max normalized to [0,1]: ``[N,K,H,W]``."""
-    up = F.interpolate(acts, size=size, mode="bilinear", align_corners=False)
+def _upsampled_masks(acts: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Each channel upsampled to the input size and min-max normalized to [0,1]: ``[N,K,H,W]``
+    (``[N,K,L]`` or ``[N,K,D,H,W]`` on a 1-D or 3-D grid: linear or trilinear, as images bilinear)."""
+    up = F.interpolate(acts, size=size, mode=INTERP[len(size)], align_corners=False)
     flat = up.flatten(2)
     lo, hi = flat.min(-1, keepdim=True).values, flat.max(-1, keepdim=True).values
     return ((flat - lo) / (hi - lo).clamp_min(EPS)).view_as(up)
@@ -390,7 +402,7 @@ class ScoreCAM(CamMethod):
         model, x = ctx.model, ctx.x
         sweeps = []
         for i in range(x.shape[0]):
-            masks = _upsampled_masks(ctx.acts[i:i + 1], tuple(x.shape[-2:]))[0]  # [K,H,W]
+            masks = _upsampled_masks(ctx.acts[i:i + 1], tuple(x.shape[2:]))[0]  # [K,H,W]
             live = masks.flatten(1).amax(1) > 0
             probs = torch.empty(masks.shape[0], model.spec.num_classes, device=x.device)
             live_idx = live.nonzero()[:, 0]
@@ -444,7 +456,8 @@ class AblationCAM(CamMethod):
             rows = []
             for s in range(0, k, batch):
                 e = min(k, s + batch)
-                variants = acts[i:i + 1].expand(e - s, *acts.shape[1:]) * keep[s:e, :, None, None]
+                keep_rows = keep[s:e].reshape(e - s, k, *(1,) * (acts.dim() - 2))
+                variants = acts[i:i + 1].expand(e - s, *acts.shape[1:]) * keep_rows
                 with forward_precision():
                     rows.append(runner.run(values, i, ctx.to_layer(variants, i)).float())
                 checkpoint_rows(ctx.model, e - s, ctx.x, ABLATION_SHARE)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import LoadedModel, validate_layer
+from ..models.preprocess_nd import INTERP
 from ..params import Params, param
 from .base import (
     METHODS,
@@ -147,16 +148,17 @@ def _packed_plain() -> Iterator[list[str]]:
         yield []
 
 
-def reduce_channels(a: torch.Tensor, how: str) -> torch.Tensor:
-    """``[...,3,H,W]`` -> ``[...,H,W]``."""
+def reduce_channels(a: torch.Tensor, how: str, dim: int = -3) -> torch.Tensor:
+    """``[...,3,H,W]`` -> ``[...,H,W]``; ``dim`` is the channel axis from the end (``-2`` for a signal's
+    ``[...,C,L]``, ``-4`` for a volume's ``[...,C,D,H,W]``)."""
     if how == "abs-max":
-        return a.abs().amax(-3)
+        return a.abs().amax(dim)
     if how == "sum":
-        return a.sum(-3)
+        return a.sum(dim)
     if how == "abs-sum":
-        return a.abs().sum(-3)
+        return a.abs().sum(dim)
     if how == "l2":
-        return a.pow(2).sum(-3).sqrt()
+        return a.pow(2).sum(dim).sqrt()
     raise EngineError("bad-parameter", f"unknown reduce {how!r}", list(REDUCTIONS))
 
 
@@ -226,7 +228,7 @@ class GradientMethod(Method):
 
     def finish(self, ctx: GradContext, x: torch.Tensor, signed: torch.Tensor, reduce: str) -> torch.Tensor:
         """Maps ``[N,T,H,W]`` from the signed attribution; a variant may combine further."""
-        return reduce_channels(signed, reduce)
+        return reduce_channels(signed, reduce, 1 - x.dim())
 
     def layer_used(self, objective: Objective, layer: str | None) -> str | None:
         """The layer the answer names: the unit's layer, or the one a variant works on."""
@@ -421,7 +423,7 @@ class IntegratedGradients(GradientMethod):
         for s in range(0, total, batch):
             r = torch.arange(s, min(total, s + batch), device=x.device)
             i, k = r // steps, r % steps
-            xb = base[i] + alphas[k].view(-1, 1, 1, 1) * delta[i]
+            xb = base[i] + alphas[k].view(-1, *(1,) * (x.dim() - 1)) * delta[i]
             out[k, i] = input_gradients(obj, xb, img[i], self.rule)
         return out
 
@@ -436,9 +438,9 @@ class IntegratedGradients(GradientMethod):
         for s in range(0, total, batch):
             r = torch.arange(s, min(total, s + batch), device=x.device)
             i, k = r // steps, r % steps
-            xb = base[i] + alphas[k].view(-1, 1, 1, 1) * delta[i]
+            xb = base[i] + alphas[k].view(-1, *(1,) * (x.dim() - 1)) * delta[i]
             g = input_gradients(obj, xb, img[i], self.rule)
-            acc.index_add_(0, i, g * weights[k].view(-1, 1, 1, 1, 1))
+            acc.index_add_(0, i, g * weights[k].view(-1, *(1,) * x.dim()))
         return acc * delta[:, None]
 
     def _completeness(self, ctx: GradContext, attr: torch.Tensor, diff: torch.Tensor, rel: torch.Tensor,
@@ -507,7 +509,7 @@ class SmoothGrad(GradientMethod):
             obj.resolve(out)
             if out_sink is not None:
                 out_sink.append(out)
-        span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)
+        span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, *(1,) * (x.dim() - 1))
         gen = torch.Generator(device="cpu").manual_seed(seed)
         acc = torch.zeros(n, obj.n_targets, *x.shape[1:], device=x.device, dtype=x.dtype)
         total = n * samples
@@ -557,9 +559,9 @@ class GuidedGradCAM(GradientMethod):
         for i, maps in enumerate(cam.maps):
             for j, m in enumerate(maps):
                 grid[i, j] = m.to(x.device, x.dtype)
-        up = F.interpolate(grid, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        up = F.interpolate(grid, size=x.shape[2:], mode=INTERP[x.dim() - 2], align_corners=False)
         ctx.extras["gradcam_layer"] = layer
-        return reduce_channels(signed * up[:, :, None], reduce)
+        return reduce_channels(signed * up[:, :, None], reduce, 1 - x.dim())
 
     def layer_used(self, objective, layer):
         return validate_layer(objective.model, layer, family="cam")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import LoadedModel
+from ..models.preprocess_nd import INTERP
 from ..params import Params, param
 from .base import (
     EngineError,
@@ -151,6 +152,8 @@ class Occlusion(PerturbationMethod):
         return window, stride
 
     def sweep(self, model, objective, x, out, params, warnings, extras):
+        if x.dim() != 4:
+            return self._sweep_grid(model, objective, x, out, params, extras)
         n, _, h, w = x.shape
         window, stride = self._geometry(params, h, w)
         fill = _fill(model, x, params)
@@ -184,6 +187,48 @@ class Occlusion(PerturbationMethod):
             checkpoint_rows(model, len(r), x)
         return self._spread(drops, len(ys), len(xs), window, stride, h, w)
 
+    def _sweep_grid(self, model: LoadedModel, objective: Objective, x: torch.Tensor, out: torch.Tensor,
+                    params: OcclusionParams, extras: dict[str, Any]) -> torch.Tensor:
+        """Occlusion of a signal ``[N,C,L]`` (1-D windows) or a volume ``[N,C,D,H,W]`` (cubic windows).
+
+        Always full forwards (the incremental engine plans 2-D convolutions only; ``extras.engine``
+        says ``full``): every (input, window) pair is one row of a batched forward, and the drops are
+        spread back with a transposed 1-D or 3-D convolution, the same mean-over-covering-windows rule.
+        """
+        n, grid = x.shape[0], tuple(int(v) for v in x.shape[2:])
+        window, stride = self._geometry(params, min(grid), min(grid))
+        fill = _fill(model, x, params)
+        starts = [window_starts(side, window, stride).to(x.device) for side in grid]
+        counts = [len(st) for st in starts]
+        n_win = math.prod(counts)
+        base = objective.pick(out, torch.arange(n, device=x.device))
+        extras.update(window=window, stride=stride, windows=n_win, engine="full")
+        batch = params.batch_size or default_batch(x)
+        drops = torch.empty(n, n_win, base.shape[1], device=x.device, dtype=torch.float32)
+        axes = [torch.arange(side, device=x.device) for side in grid]
+        total = n * n_win
+        for s in range(0, total, batch):
+            r = torch.arange(s, min(total, s + batch), device=x.device)
+            i, k = r // n_win, r % n_win
+            mask = torch.ones(len(r), *grid, dtype=torch.bool, device=x.device)
+            rest = k
+            for a in reversed(range(len(grid))):  # window index -> its start along each axis, last axis fastest
+                start = starts[a][rest % counts[a]]
+                rest = rest // counts[a]
+                inside = (axes[a][None] >= start[:, None]) & (axes[a][None] < start[:, None] + window)  # [B,side]
+                mask &= inside.view(len(r), *[grid[a] if b == a else 1 for b in range(len(grid))])
+            occluded = torch.where(mask[:, None], fill[i], x[i])
+            drops[i, k] = (base[i] - objective.pick(objective.outputs(occluded), i)).float()
+            checkpoint_rows(model, len(r), x)
+        t = base.shape[1]
+        spread = {1: F.conv_transpose1d, 3: F.conv_transpose3d}[len(grid)]
+        g = drops.permute(0, 2, 1).reshape(n * t, 1, *counts)
+        ones = torch.ones(1, 1, *(window,) * len(grid), device=x.device, dtype=drops.dtype)
+        crop = (...,) + tuple(slice(0, side) for side in grid)
+        total_map = spread(g, ones, stride=stride)[crop]
+        count = spread(torch.ones_like(g[:1]), ones, stride=stride)[crop]
+        return (total_map / count).reshape(n, t, *grid)
+
     @staticmethod
     def _spread(drops: torch.Tensor, ny: int, nx: int, window: int, stride: int, h: int, w: int) -> torch.Tensor:
         """Mean drop of the windows covering each pixel: ``[N,T,H,W]`` from ``[N,K,T]``."""
@@ -195,6 +240,11 @@ class Occlusion(PerturbationMethod):
         return (total / count).reshape(n, t, h, w)
 
     def cost(self, model, n_images, n_targets, params, layer):
+        if model.spec.input != "image":  # full forwards, one per window along each axis of the grid
+            side = min(model.spec.grid)
+            window = min(params.window, side)
+            return float(n_images * (1 + math.prod(math.ceil(max(0, g - window) / params.stride) + 1
+                                                   for g in model.spec.grid)))
         size = model.spec.input_size
         window = min(params.window, size)
         stride = params.stride
@@ -225,6 +275,30 @@ def rise_masks(count: int, cell: int, p: float, h: int, w: int, gen: torch.Gener
     return up[b, 0, rows[:, :, None], cols[:, None, :]].clamp_(0, 1)  # rounding can pass 1 by an ulp
 
 
+def rise_masks_grid(count: int, cell: int, p: float, grid: tuple[int, ...], gen: torch.Generator,
+                    device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """RISE masks ``[count,*grid]`` for a signal (``grid`` = ``(L,)``) or a volume (``(D, H, W)``).
+
+    :func:`rise_masks` along one or three axes: ``cell`` Bernoulli(p) cells per axis, upsampled
+    (linear, trilinear) to ``cell + 1`` cells of ``ceil(side / cell)``, cropped at a random shift
+    within one cell per axis. The 2-D case keeps :func:`rise_masks` (same stream as before).
+    """
+    dims = len(grid)
+    cells = [math.ceil(side / cell) for side in grid]
+    cube = (torch.rand(count, 1, *(cell,) * dims, generator=gen) < p).to(device, dtype)
+    shifts = [torch.randint(0, c, (count,), generator=gen).to(device) for c in cells]
+    up = F.interpolate(cube, size=tuple((cell + 1) * c for c in cells), mode=INTERP[dims], align_corners=False)[:, 0]
+    out = up
+    for a, side in enumerate(grid):  # crop each axis at its own shift: gather along axis a+1
+        idx = shifts[a][:, None] + torch.arange(side, device=device)[None]  # [M,side]
+        shape = [count] + [1] * dims
+        shape[a + 1] = side
+        full = list(out.shape)
+        full[a + 1] = side
+        out = out.gather(a + 1, idx.view(shape).expand(full))
+    return out.clamp_(0, 1)
+
+
 @register
 class RISE(PerturbationMethod):
     """Petsiuk et al. 2018: saliency = sum_i score(x * M_i) * M_i / (N * p) over random masks M_i.
@@ -244,6 +318,8 @@ class RISE(PerturbationMethod):
         return False  # masks are drawn per chunk of batch_size // N, so the stream depends on N
 
     def sweep(self, model, objective, x, out, params, warnings, extras):
+        if x.dim() != 4:
+            return self._sweep_grid(model, objective, x, params, extras)
         n, _, h, w = x.shape
         count, cell, p, seed, kind = params.masks, params.cell, params.p, params.seed, params.score
         batch = params.batch_size or default_batch(x)
@@ -266,6 +342,32 @@ class RISE(PerturbationMethod):
             sal += torch.einsum("mnt,mhw->nthw", picked, m.float())
             checkpoint_rows(model, k * n, x)
         extras.update(masks=count, cell=cell, p=p, score="probability" if probs else kind)
+        return sal / (count * p)
+
+    def _sweep_grid(self, model: LoadedModel, objective: Objective, x: torch.Tensor, params: RiseParams,
+                    extras: dict[str, Any]) -> torch.Tensor:
+        """RISE on a signal or a volume: :func:`rise_masks_grid` masks, the same weighted mean as on images."""
+        n, grid = x.shape[0], tuple(int(v) for v in x.shape[2:])
+        count, p = params.masks, params.p
+        batch = params.batch_size or default_batch(x)
+        fill = _fill(model, x, params)
+        probs = params.score == "probability" and not objective.is_unit
+        gen = torch.Generator(device="cpu").manual_seed(params.seed)
+        per = max(1, batch // n)
+        sal = torch.zeros(n, objective.n_targets, *grid, device=x.device, dtype=torch.float32)
+        img = torch.arange(n, device=x.device).repeat(per)
+        for s in range(0, count, per):
+            m = rise_masks_grid(min(per, count - s), params.cell, p, grid, gen, x.device, x.dtype)
+            k = m.shape[0]
+            mm = m.repeat_interleave(n, 0)[:, None]
+            ii = img[: k * n]
+            scores = objective.outputs(fill[ii] + mm * (x[ii] - fill[ii])).float()
+            if probs:
+                scores = model.probabilities(scores)
+            picked = objective.pick(scores, ii).view(k, n, -1)  # [M,N,T]
+            sal += torch.einsum("mnt,m...->nt...", picked, m.float())
+            checkpoint_rows(model, k * n, x)
+        extras.update(masks=count, cell=params.cell, p=p, score="probability" if probs else params.score)
         return sal / (count * p)
 
     def cost(self, model, n_images, n_targets, params, layer):

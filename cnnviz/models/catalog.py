@@ -19,6 +19,7 @@ from .labels import labels_for
 from .layers import default_target_layer, layer_table, opaque_layer_table
 from .loaded import LoadedModel
 from .preprocess import Preprocessing
+from .preprocess_nd import ArrayPreprocessing
 from .specs import DEFAULT_MODEL, ModelLoadError, ModelSpec, lite_specs, specs_from_file
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ def _not_inplace(module: nn.Module) -> None:
             m.inplace = False
 
 
-def _backward_works(module: nn.Module, size: int, device: torch.device) -> bool:
-    x = torch.randn(1, 3, size, size, device=device, requires_grad=True)
+def _backward_works(module: nn.Module, shape: tuple[int, ...], device: torch.device) -> bool:
+    x = torch.randn(1, *shape, device=device, requires_grad=True)
     try:
         with torch.enable_grad():
             module(x).float().sum().backward()
@@ -69,32 +70,36 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
     device = torch.device(device)
     # channels_last convolutions are markedly faster on CPU (oneDNN) and on tensor-core GPUs,
     # most of all for the batched sweeps of Score-CAM, occlusion and RISE.
-    if archive:
+    if archive or spec.input != "image":  # channels_last is a 4-D layout: 1-D and 3-D weights keep theirs
         module.to(device)
     else:
         module.to(device=device, memory_format=torch.channels_last)
     if opaque:
         gradients, layers = False, []
     elif spec.source == "torchscript":
-        gradients = spec.gradients and _backward_works(module, spec.input_size, device)
+        gradients = spec.gradients and _backward_works(module, spec.input_shape, device)
         layers = opaque_layer_table(module)
     else:
         gradients = spec.gradients
         try:
             try:
-                layers = layer_table(module, spec.input_size, device, gradients=gradients)
+                layers = layer_table(module, spec.input_size, device, gradients=gradients,
+                                     input_shape=spec.input_shape)
             except Exception as exc:  # noqa: BLE001 - a failing backward: describe the layers without it
                 if not gradients:
                     raise
                 log.info("model %s: backward pass unavailable (%s)", spec.name, exc)
                 gradients = False
-                layers = layer_table(module, spec.input_size, device, gradients=False)
+                layers = layer_table(module, spec.input_size, device, gradients=False,
+                                     input_shape=spec.input_shape)
         except Exception as exc:  # noqa: BLE001 - a model that cannot run is a start-up error naming it
+            shape = ",".join(str(v) for v in spec.input_shape)
             raise ModelLoadError(f"model {spec.name!r} ({spec.weights or spec.arch}) does not run on a "
-                                 f"[1,3,{spec.input_size},{spec.input_size}] input (set input_size?): {exc}") from exc
+                                 f"[1,{shape}] input (set {'input_size' if spec.input == 'image' else 'its input keys'}"
+                                 f"?): {exc}") from exc
     with torch.no_grad():
         answers = runtime if runtime is not None else module
-        out = answers(torch.zeros(1, 3, spec.input_size, spec.input_size, device=device))
+        out = answers(torch.zeros(1, *spec.input_shape, device=device))
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ModelLoadError(f"model {spec.name!r} ({spec.weights}) returns {type(out).__name__}"
                              f"{list(out.shape) if isinstance(out, torch.Tensor) else ''}, not [N, classes] logits")
@@ -104,8 +109,10 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
             raise ModelLoadError(f"model {spec.name!r} ({spec.weights}) has {classes} outputs, the models file"
                                  f" says {spec.num_classes} classes")
         spec = dataclasses.replace(spec, num_classes=classes)  # an archive's or a factory's own head
-    prep = Preprocessing(spec.input_size, spec.mean, spec.std, spec.crop_fraction, spec.interpolation,
-                         spec.resize)  # type: ignore[arg-type]
+    prep: Preprocessing | ArrayPreprocessing = (
+        Preprocessing(spec.input_size, spec.mean, spec.std, spec.crop_fraction, spec.interpolation,
+                      spec.resize) if spec.input == "image"  # type: ignore[arg-type]
+        else ArrayPreprocessing(spec.grid, spec.mean, spec.std))
     labels = spec.labels if isinstance(spec.labels, tuple) else labels_for(spec.labels, spec.num_classes)
     try:
         default = default_target_layer(layers, spec.num_classes)

@@ -24,8 +24,10 @@ from torch import nn
 
 from ..errors import EngineError
 
-Grid = str  # "chw" | "nhwc" | "tokens"
-GRIDS = ("chw", "nhwc", "tokens")
+Grid = str  # "chw" | "nhwc" | "tokens" | "cl" | "cdhw"
+GRIDS = ("chw", "nhwc", "tokens", "cl", "cdhw")
+# The grids of 1-D and 3-D convnets: a signal's [C,l] and a volume's [C,d,h,w], channels first.
+ND_GRIDS = {1: "cl", 3: "cdhw"}
 # Modules that pass their input through (or only resample it): never the default target layer.
 PASS_THROUGH = frozenset({
     "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "DropPath", "DropBlock2d",
@@ -58,7 +60,7 @@ class LayerInfo:
     @property
     def grid_hw(self) -> tuple[int, int] | None:
         s = self.output_shape
-        if self.grid is None or s is None:
+        if self.grid is None or s is None or self.grid in ("cl", "cdhw"):
             return None
         if self.grid == "chw":
             return s[1], s[2]
@@ -72,7 +74,7 @@ class LayerInfo:
         s = self.output_shape
         if not s:
             return None
-        return s[0] if self.grid in (None, "chw") else s[-1]
+        return s[0] if self.grid in (None, "chw", "cl", "cdhw") else s[-1]
 
     def usable_by(self, gradients: bool = True) -> list[str]:
         """Method families that can use this layer: the CAM family needs a grid, unit targets a tensor."""
@@ -115,9 +117,21 @@ def detect_grid(shape: tuple[int, ...], size: int, prefix_hint: int | None = Non
     return None, 0
 
 
+def detect_nd_grid(shape: tuple[int, ...], dims: int) -> Grid | None:
+    """The grid of an output of a 1-D (``[C,l]``) or 3-D (``[C,d,h,w]``) convnet, if it is one.
+
+    Channels first as the convolutions leave them; a grid of one position in all (after global
+    pooling) is not a grid, a depth of 1 in a volume is (video nets pool time early).
+    """
+    if len(shape) == dims + 1 and shape[0] >= 1 and math.prod(shape[1:]) > 1:
+        return ND_GRIDS[dims]
+    return None
+
+
 def to_grid(t: torch.Tensor, info: LayerInfo) -> torch.Tensor:
-    """A layer output ``[N,...]`` as ``[N,C,h,w]`` (a view where the layout allows)."""
-    if info.grid in (None, "chw"):
+    """A layer output ``[N,...]`` as ``[N,C,h,w]`` (a view where the layout allows); ``[N,C,l]`` and
+    ``[N,C,d,h,w]`` grids of 1-D and 3-D convnets are already channels first and stay as they are."""
+    if info.grid in (None, "chw", "cl", "cdhw"):
         return t
     if info.grid == "nhwc":
         return t.permute(0, 3, 1, 2)
@@ -131,7 +145,7 @@ def to_grid(t: torch.Tensor, info: LayerInfo) -> torch.Tensor:
 
 def from_grid(g: torch.Tensor, like: torch.Tensor, info: LayerInfo) -> torch.Tensor:
     """``[B,C,h,w]`` back into the layer's own layout; prefix tokens are taken from ``like`` ``[1 or B,...]``."""
-    if info.grid in (None, "chw"):
+    if info.grid in (None, "chw", "cl", "cdhw"):
         return g
     if info.grid == "nhwc":
         return g.permute(0, 2, 3, 1)
@@ -154,13 +168,16 @@ def _input_hw(inp: tuple[Any, ...], size: int, prefix_hint: int | None) -> tuple
 
 
 def layer_table(model: nn.Module, input_size: int, device: torch.device | str = "cpu",
-                gradients: bool = True) -> list[LayerInfo]:
+                gradients: bool = True, input_shape: tuple[int, ...] | None = None) -> list[LayerInfo]:
     """Run one forward (and, with ``gradients``, one backward) and describe each named module.
 
     Records each module's first output shape, in call order, its grid and, from the backward,
     whether that grid reaches the logits. Modules that never run (e.g. an unused auxiliary head)
-    are listed last with no shape.
+    are listed last with no shape. ``input_shape`` (one input without the batch) is a signal's
+    ``[C,L]`` or a volume's ``[C,D,H,W]`` for 1-D and 3-D convnets; default the square image.
     """
+    shape_in = input_shape or (3, input_size, input_size)
+    dims = len(shape_in) - 1
     prefix_hint = getattr(model, "num_prefix_tokens", None)
     prefix_hint = prefix_hint if isinstance(prefix_hint, int) else None
     seen: dict[str, tuple[tuple[int, ...] | None, int, tuple[int, int] | None]] = {}
@@ -181,14 +198,14 @@ def layer_table(model: nn.Module, input_size: int, device: torch.device | str = 
                     out.retain_grad()
             else:
                 shape = None
-            seen[name] = (shape, len(seen), _input_hw(inp, input_size, prefix_hint))
+            seen[name] = (shape, len(seen), _input_hw(inp, input_size, prefix_hint) if dims == 2 else None)
         return hook
 
     for name, mod in model.named_modules():
         if name:
             handles.append(mod.register_forward_hook(make_hook(name)))
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, input_size, input_size, generator=gen).to(device)
+    x = torch.randn(1, *shape_in, generator=gen).to(device)
     try:
         if gradients:
             with torch.enable_grad():
@@ -204,7 +221,10 @@ def layer_table(model: nn.Module, input_size: int, device: torch.device | str = 
     table = []
     names = dict(model.named_modules())
     for name, (shape, order, in_hw) in seen.items():
-        grid, prefix = detect_grid(shape, input_size, prefix_hint) if shape else (None, 0)
+        if dims != 2:
+            grid, prefix = (detect_nd_grid(shape, dims) if shape else None), 0
+        else:
+            grid, prefix = detect_grid(shape, input_size, prefix_hint) if shape else (None, 0)
         feeds = None
         out = outputs.get(name)
         if grid is not None and gradients and out is not None:
@@ -243,7 +263,8 @@ def default_target_layer(table: list[LayerInfo], num_classes: int | None = None)
     ResNet, ``stages.3`` of a ConvNeXt, ``features`` of a VGG.
     """
     ordered = sorted(table, key=lambda li: li.order)
-    convs = [li for li in ordered if li.kind in ("Conv2d", "SameConv2d") and li.grid == "chw"]
+    convs = [li for li in ordered if li.kind in ("Conv1d", "Conv2d", "SameConv2d", "Conv3d")
+             and li.grid in ("chw", "cl", "cdhw")]
     cut = None
     if num_classes and convs and convs[-1].channels == num_classes:
         cut = convs[-1].order

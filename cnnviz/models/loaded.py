@@ -48,6 +48,11 @@ class LoadedModel:
         return self.runtime if self.runtime is not None else self.module
 
     @property
+    def input_kind(self) -> str:
+        """What the network takes: ``image``, ``signal`` (``[C,L]``) or ``volume`` (``[C,D,H,W]``)."""
+        return self.spec.input
+
+    @property
     def head(self) -> str:
         return self.spec.head
 

@@ -28,6 +28,17 @@ per model::
     arch = "factory:mypkg.nets:build"       # a function returning an nn.Module, called with [models.mine.kwargs]
     weights = "mine.safetensors"
 
+A 1-D or 3-D convnet declares its input kind (:mod:`.input_spec`)::
+
+    [models.ecg]
+    arch = "factory:cnnviz.models.nd_demo:signal_net"
+    weights = "signal_net.safetensors"
+    input = "signal"                        # image (default) | signal | volume
+    channels = 1
+    length = 256                            # samples the network takes
+    sampling_rate = 100.0                   # Hz
+    # input = "volume"; size = [32, 32, 32]; spacing = [1.0, 1.0, 1.0]  (mm, D H W)
+
 Optional keys: ``input_size``, ``mean``, ``std``, ``num_classes``, ``labels``, ``head``
 (softmax | sigmoid), ``gradients``, ``resize`` (stretch | center-crop), ``interpolation``
 (bilinear | bicubic | nearest | area), ``crop_fraction``, ``description`` and a ``kwargs`` table
@@ -49,6 +60,7 @@ from typing import Any
 import torch
 
 from .efficientnet_lite import LITE_VARIANTS
+from .input_spec import INPUT_KEYS, input_fields
 from .labels import read_labels
 from .preprocess import INTERPOLATIONS, RESIZE_MODES
 
@@ -87,6 +99,16 @@ class ModelSpec:
     crop_fraction: float = 0.875
     kwargs: tuple[tuple[str, Any], ...] = ()  # builder keyword arguments
     declared: frozenset[str] = frozenset()  # keys the models file set; the rest may come from timm's config
+    input: str = "image"  # image | signal | volume (.input_spec): what the network takes
+    channels: int = 3
+    grid: tuple[int, ...] = ()  # a signal's (length,) or a volume's (D, H, W); an image's is (input_size,)*2
+    sampling_rate: float = 0.0  # signals, Hz (0: not declared)
+    spacing: tuple[float, ...] = ()  # volumes, mm per voxel along D, H, W
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One input without the batch dimension: ``[3,S,S]``, ``[C,L]`` or ``[C,D,H,W]``."""
+        return (self.channels, *(self.grid or (self.input_size, self.input_size)))
 
     @property
     def source(self) -> str:
@@ -129,7 +151,7 @@ def _resolve_weights(ref: str, base: Path) -> Path:
 
 
 _KEYS = {"arch", "weights", "input_size", "mean", "std", "num_classes", "labels", "description", "head",
-         "gradients", "resize", "interpolation", "crop_fraction", "kwargs"}
+         "gradients", "resize", "interpolation", "crop_fraction", "kwargs"} | INPUT_KEYS
 
 
 def _frozen(v: Any) -> Any:
@@ -148,11 +170,12 @@ def _spec_from_entry(name: str, entry: dict[str, Any], path: Path) -> ModelSpec:
         raise ModelLoadError(f"{where} has unknown keys {sorted(unknown)}")
     kw: dict[str, Any] = {k: entry[k] for k in ("input_size", "num_classes", "description", "gradients",
                                                 "crop_fraction") if k in entry}
+    kw.update(input_fields(entry, where, ModelLoadError))
     for k in ("mean", "std"):
         if k in entry:
             kw[k] = tuple(float(v) for v in entry[k])
-            if len(kw[k]) != 3:
-                raise ModelLoadError(f"{where}: {k} needs 3 values")
+            if len(kw[k]) != kw.get("channels", 3):
+                raise ModelLoadError(f"{where}: {k} needs {kw.get('channels', 3)} values (one per channel)")
     for key, allowed in (("head", HEADS), ("resize", RESIZE_MODES), ("interpolation", INTERPOLATIONS)):
         if key in entry:
             if entry[key] not in allowed:

@@ -20,8 +20,9 @@ class LayerOut(BaseModel):
     kind: str
     output_shape: list[int] | None
     spatial: bool
-    grid: Literal["chw", "nhwc", "tokens"] | None = Field(
-        None, description="how the output is a spatial grid: a [C,h,w] map, channels last [h,w,C] (Swin), or "
+    grid: Literal["chw", "nhwc", "tokens", "cl", "cdhw"] | None = Field(
+        None, description="how the output is a spatial grid: a [C,h,w] map, a 1-D convnet's [C,l] (cl) or a "
+        "3-D one's [C,d,h,w] (cdhw), channels last [h,w,C] (Swin), or "
         "patch tokens [P+h*w,C] after P prefix tokens (ViT); the CAM family uses any of them")
     usable_by: list[Literal["cam", "gradient", "perturbation"]] = Field(
         default_factory=list, description="method families that can use this layer: cam (as the target layer), "
@@ -36,11 +37,15 @@ class ModelSummary(BaseModel):
     num_labels: int
     default: bool
     loaded: bool
+    input: Literal["image", "signal", "volume"] = Field("image", description="what the network takes (models file "
+                                                        "`input`): upload images, signals or volumes accordingly")
+    input_shape: list[int] = Field(default_factory=list, description="one input without the batch: [3, S, S], "
+                                   "[C, L] or [C, D, H, W]")
 
 
 class ModelDetail(ModelSummary):
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...] = Field(description="per channel (3 for an image model)")
+    std: tuple[float, ...]
     default_layer: str | None = Field(description="the CAM family's default target layer; null where the model "
                                       "exposes no layer outputs (a TorchScript archive)")
     layers: list[LayerOut]

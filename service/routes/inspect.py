@@ -19,6 +19,7 @@ from core.schemas.inspect import (
 from core.store.trained import TrainedStore
 from core.validation import validate_params
 from service.deps import LanesDep, ModelDep, OptionalJobsDep, PrincipalDep, SettingsDep
+from service.nd_answers import inspect_for_arrays
 from service.openapi_parts import PROBLEM_RESPONSES, upload_body
 from service.uploads import read_upload
 
@@ -34,6 +35,8 @@ router = APIRouter(tags=["inspect"])
 async def inspect(request: Request, model: ModelDep, settings: SettingsDep, principal: PrincipalDep,
                   jobs: OptionalJobsDep, lanes: LanesDep, view: str = Path(..., max_length=32)) -> Response:
     params_model, min_images, max_images = check_view(view)
+    if model.input_kind != "image":  # a signal or volume model: filters and activations of its 1-D / 3-D layers
+        return await inspect_for_arrays(request, model, settings, view, lanes)
     upload = await read_upload(request, settings, min_images=min_images, max_images=max_images)
     params = validate_params(params_model, upload.params)
     trained = TrainedStore(jobs.redis, jobs.config.prefix) if jobs is not None else None

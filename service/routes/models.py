@@ -9,6 +9,7 @@ from cnnviz.models import Catalog
 from core.schemas.models import LayerOut, ModelDetail, ModelList, ModelSummary, PredictParams, PredictResponse
 from core.validation import validate_params
 from service.deps import CatalogDep, CompiledDep, InlineDep, LanesDep, ModelDep, PrincipalDep, SettingsDep
+from service.nd_answers import predict_for_arrays
 from service.openapi_parts import PROBLEM_RESPONSES, upload_body
 from service.serving import PREDICT_DECODE_SIDE, predict_answer
 from service.uploads import read_upload
@@ -19,7 +20,8 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 def _summary(catalog: Catalog, name: str) -> ModelSummary:
     spec = catalog.specs[name]
     return ModelSummary(name=name, arch=spec.arch, description=spec.description, input_size=spec.input_size,
-                        num_labels=spec.num_classes, default=name == catalog.default, loaded=catalog.is_loaded(name))
+                        num_labels=spec.num_classes, default=name == catalog.default, loaded=catalog.is_loaded(name),
+                        input=spec.input, input_shape=list(spec.input_shape))
 
 
 @router.get("", response_model=ModelList, summary="The model catalog")
@@ -47,6 +49,8 @@ def model_detail(model: ModelDep, catalog: CatalogDep, compiled: CompiledDep) ->
              summary="Top-k classes per image")
 async def predict(request: Request, model: ModelDep, settings: SettingsDep, lanes: LanesDep,
                   compiled: CompiledDep, inline: InlineDep, principal: PrincipalDep) -> Response:
+    if model.input_kind != "image":  # a signal or volume model (core/inputkinds.py)
+        return await predict_for_arrays(request, model, settings, lanes)
     # Classification needs the network input only (resolution <= 1024): decode at most that large.
     upload = await read_upload(request, settings, max_side=min(settings.max_decode_side, PREDICT_DECODE_SIDE))
     params = validate_params(PredictParams, upload.params)

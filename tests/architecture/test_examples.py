@@ -151,3 +151,23 @@ def test_target_kind_example(scratch_target_kind: None, lite0: Any, chelsea_jpeg
     answer = run_explanation(lite0, "gradcam", [decode_image(chelsea_jpeg)], params)
     target = answer.images[0].explanations[0].target
     assert (target.kind, target.index, target.label) == ("class", 285, "Egyptian cat")
+
+
+def test_input_kind_example() -> None:
+    """The input-kind example registers, decodes through the registry with its budget, and is taken away."""
+    import numpy as np
+
+    import core.inputkinds as kinds
+    from core.errors import TooLarge
+    from core.settings import Settings
+
+    try:
+        exec(example("input kind"), {**vars(kinds), "np": np})
+        kind = kinds.input_kind("trace")
+        settings = Settings(redis_url=None, max_signal_samples=100)
+        d = kinds.decode_input(kind, b"1\n2.5\n-3\n" * 10, kind.budget(settings), settings, model="m")
+        assert d.values.shape == (1, 30) and float(d.values[0, 1]) == 2.5
+        with pytest.raises(TooLarge):
+            kinds.decode_input(kind, b"1\n" * 200, kind.budget(settings), settings, model="m")
+    finally:
+        kinds.INPUT_KINDS.pop("trace", None)

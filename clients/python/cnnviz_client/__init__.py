@@ -36,6 +36,8 @@ from .types import (
     MethodList,
     ModelDetail,
     ModelSummary,
+    NdExplainResult,
+    NdPredictResult,
     Prediction,
     PredictResult,
     RawMap,
@@ -48,7 +50,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "NO_RETRY", "Artifact", "ArtifactLink", "AsyncClient", "AsyncJob", "Client", "CnnvizError", "Collection",
-    "Event", "ExplainResult", "Explanation", "IdentifyResult", "ImageExplanation", "ImageFormatError",
+    "Event", "ExplainResult", "NdExplainResult", "NdPredictResult",
+    "Explanation", "IdentifyResult", "ImageExplanation", "ImageFormatError",
     "ImagePredictions", "InspectResult", "Job", "JobError", "JobFailedError", "JobProgress", "JobStatus",
     "JobTimeoutError", "Layer",
     "MethodInfo", "MethodList", "ModelDetail", "ModelSummary", "Prediction", "PredictResult", "ProblemError",

@@ -35,6 +35,8 @@ from .types import (
     MethodList,
     ModelDetail,
     ModelSummary,
+    NdExplainResult,
+    NdPredictResult,
     PredictResult,
     StyleResult,
     TrainedInfo,
@@ -236,7 +238,10 @@ def methods(state: State) -> Op[MethodList]:
 def predict(state: State, images: Any, model_name: str | None, params: dict[str, Any]) -> Op[PredictResult]:
     name = yield from resolve_model(state, model_name)
     resp = yield from send(state, upload_call("POST", f"/v1/models/{seg(name)}/predict", images, params))
-    return PredictResult.from_json(resp.json())
+    data = resp.json()
+    if "input_kind" in data:  # a signal or volume model: files in, one entry per file out
+        return NdPredictResult.from_json(data)  # type: ignore[return-value]
+    return PredictResult.from_json(data)
 
 
 def explain(state: State, images: Any, method: str, model_name: str | None, params: dict[str, Any],
@@ -254,7 +259,10 @@ def explain(state: State, images: Any, method: str, model_name: str | None, para
                        accept=(202,))
     resp = yield from send(state, call)
     if resp.status_code != 202:
-        return ExplainResult.from_json(resp.json())
+        data = resp.json()
+        if "input_kind" in data:  # a signal or volume model: maps on each file's own grid
+            return NdExplainResult.from_json(data)  # type: ignore[return-value]
+        return ExplainResult.from_json(data)
     status = JobStatus.from_json(resp.json())
     log.info("explanation %s on %s became job %s; following it", method, name, status.id)
     final = yield from wait_job(state, status.id, job_timeout)

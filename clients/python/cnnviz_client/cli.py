@@ -34,7 +34,7 @@ from ._saving import SERVICE_FORMATS, format_of_name
 from ._trust import trust_table
 from .client import Client
 from .errors import CnnvizError, JobFailedError, JobTimeoutError, ProblemError
-from .types import ExplainResult, JobStatus
+from .types import ExplainResult, JobStatus, NdExplainResult, NdPredictResult
 
 __all__ = ["command_of", "main", "parse_param", "problem_text"]
 
@@ -160,6 +160,13 @@ def cmd_predict(c: Client, a: argparse.Namespace) -> int:
     if a.json:
         _dump(res.raw)
         return 0
+    if isinstance(res, NdPredictResult):  # signals or volumes: one entry per file
+        for name, entry in zip(a.images, res.inputs, strict=False):
+            shape = "x".join(str(v) for v in entry["shape"])
+            _write(f"{name} ({entry['kind']} {shape}, {entry['format']}, {res.model})")
+            for rank, p in enumerate(entry["predictions"], 1):
+                _write(f"  {rank:>2}. {p['probability']:7.4f}  {p['index']:>5}  {p['label']}")
+        return 0
     for name, im in zip(a.images, res.images, strict=False):
         _write(f"{name} ({im.width}x{im.height}, {res.model})")
         for rank, p in enumerate(im.predictions, 1):
@@ -185,6 +192,8 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
             wanted = format_of_name(a.out)
             output.setdefault("format", wanted if wanted in SERVICE_FORMATS else "png")
     res = c.explain([_image(p) for p in a.images], a.method, a.model, respond_async=a.respond_async, params=params)
+    if isinstance(res, NdExplainResult):
+        return _report_nd(res, a)
     saved = _save_explanations(res, Path(a.out)) if a.out else []
     if a.json:
         raw = dict(res.raw)
@@ -208,6 +217,27 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
         _write(f"warning: {w}")
     for path in saved:
         _write(f"overlay: {path}")
+    return 0
+
+
+def _report_nd(res: NdExplainResult, a: argparse.Namespace) -> int:
+    """A signal or volume answer: each map's peak, and its first picture saved to ``--out``."""
+    if a.out:
+        path = res.save(Path(a.out))
+    if a.json:
+        _dump(res.raw)
+        return 0
+    _write(f"{res.method} on {res.model} ({res.input_kind}s), layer {res.layer}")
+    for i, exps in enumerate(res.inputs):
+        for e in exps:
+            t = e.target
+            prob = f"p={t.probability:.4f} " if t.probability is not None else ""
+            _write(f"  input {i}: {t.label or t.kind} ({t.index})  {prob}map on {'x'.join(map(str, e.shape))},"
+                   f" peak at {e.peak}")
+    for w in res.warnings:
+        _write(f"warning: {w}")
+    if a.out:
+        _write(f"picture: {path}")
     return 0
 
 

@@ -353,6 +353,80 @@ class ExplainResult:
         return self.explanations[0].save(path, which)
 
 
+# ---- signals and volumes (models declared input = "signal" | "volume") ------------------------------
+
+
+@dataclass
+class NdExplanation:
+    """One map over a signal or a volume: its values (signals), peak, and pictures as PNG bytes."""
+
+    target: Target
+    shape: list[int]
+    peak: list[int]
+    values: list[float] | None
+    pictures: dict[str, bytes]  # signal_png | slices_png | montage_png -> PNG bytes
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NdExplanation:
+        pics = {k: base64.b64decode(data[k]) for k in ("signal_png", "slices_png", "montage_png") if data.get(k)}
+        m = data.get("map") or {}
+        return cls(target=_build(Target, data["target"]), shape=list(m.get("shape") or []),
+                   peak=list(m.get("peak") or []), values=m.get("values"), pictures=pics, raw=dict(data))
+
+
+@dataclass
+class NdExplainResult:
+    """An explain answer on signals or volumes: one entry per uploaded file, its maps on the file's own grid."""
+
+    model: str
+    method: str
+    layer: str | None
+    input_kind: str
+    inputs: list[list[NdExplanation]]
+    warnings: list[str] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    job_id: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], job_id: str | None = None) -> NdExplainResult:
+        return cls(model=data["model"], method=data["method"], layer=data.get("layer"), input_kind=data["input_kind"],
+                   inputs=[[NdExplanation.from_json(e) for e in i.get("explanations") or []]
+                           for i in data.get("inputs") or []],
+                   warnings=list(data.get("warnings") or []), raw=dict(data), job_id=job_id)
+
+    @property
+    def explanations(self) -> list[NdExplanation]:
+        return [e for i in self.inputs for e in i]
+
+    def save(self, path: str | os.PathLike[str], which: str = "") -> str:
+        """Write the first explanation's picture (``signal_png``, ``slices_png`` or ``montage_png``) as PNG."""
+        pics = self.explanations[0].pictures if self.explanations else {}
+        key = which or next(iter(pics), "")
+        if key not in pics:
+            raise ValueError(f"this answer has no {key or 'picture'} (output.heatmap was false?)")
+        return write_bytes(path, pics[key])
+
+
+@dataclass
+class NdPredictResult:
+    """Top-k classes per uploaded signal or volume."""
+
+    model: str
+    input_kind: str
+    inputs: list[dict[str, Any]]
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NdPredictResult:
+        return cls(model=data["model"], input_kind=data["input_kind"], inputs=list(data.get("inputs") or []),
+                   raw=dict(data))
+
+    @property
+    def top(self) -> list[Prediction]:
+        return [_build(Prediction, p) for p in (self.inputs[0]["predictions"] if self.inputs else [])]
+
+
 # ---- inspect, collections, trained networks ---------------------------------------------------------
 
 

@@ -82,9 +82,8 @@ def _build(model: LoadedModel) -> nn.Module:
         for m in twin.modules():  # a copy taken while an explanation had its hooks installed
             for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks):
                 hooks.clear()
-        size = model.preprocessing.input_size
-        probe = model.preprocessing.normalize(
-            torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(7))).to(model.device)
+        probe = model.preprocessing.normalize(  # [2,3,S,S] for an image model; a signal's or volume's own shape
+            torch.rand(2, *model.spec.input_shape, generator=torch.Generator().manual_seed(7))).to(model.device)
         folded = _fold(twin, probe)
         if not folded:
             return module

@@ -5,6 +5,7 @@ import { getKey, onProblem, setKey } from './api.js';
 import { mountExplain } from './explain.js';
 import { mountInternals } from './internals.js';
 import { mountJobs, openJob } from './jobs.js';
+import { mountNdView } from './ndview.js';
 import { loadCatalog, on, selectModel, state } from './state.js';
 import { mountTrust } from './trust.js';
 import { $, clear, el, option, problemBox, showError } from './ui.js';
@@ -105,6 +106,7 @@ function init() {
   }
   window.addEventListener('hashchange', route);
   mountExplain($('#tab-explain'));
+  mountNdView($('#tab-explain'));
   mountJobs($('#tab-jobs'));
   mountInternals($('#tab-internals'));
   mountTrust($('#tab-trust'));
