@@ -49,6 +49,7 @@ from torch import fx, nn
 
 from ...models.efficientnet_lite import SameConv2d
 from ...progress import checkpoint
+from .fxtrace import trace
 from .windows import window_starts
 
 log = logging.getLogger(__name__)
@@ -323,7 +324,7 @@ def _trace(module: nn.Module) -> fx.GraphModule | None:
         if module in _TRACES:
             return _TRACES[module]
     try:
-        graph = _Tracer().trace(module)
+        graph = trace(_Tracer(), module)
         gm: fx.GraphModule | None = fx.GraphModule(module, graph)
     except Exception as exc:  # noqa: BLE001 - any model fx cannot trace keeps the full-forward path
         log.info("incremental occlusion: cannot trace %s (%s); full forwards", type(module).__name__, exc)

@@ -19,6 +19,7 @@ import torch
 from torch import fx, nn
 
 from ...hooks import LayerCapture, capture
+from .fxtrace import trace
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class TailRunner:
         self.layer = layer
         self.gm: fx.GraphModule | None = None
         try:
-            graph = _Tracer(layer).trace(module)
+            graph = trace(_Tracer(layer), module)
             gm = fx.GraphModule(module, graph)
             nodes = list(gm.graph.nodes)
             hits = [i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == layer]
