@@ -5,10 +5,15 @@ from __future__ import annotations
 import io
 import os
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+# Idle OpenMP threads sleep instead of spinning: the tests run API and worker processes beside
+# the test process on two cores, and spinning threads starve them (set before torch starts OpenMP;
+# the processes the tests start inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 # Two cores: keep torch from oversubscribing when tests start threads of their own.
 torch.set_num_threads(2)
