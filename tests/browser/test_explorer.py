@@ -172,3 +172,39 @@ def test_swagger_ui_and_redoc_render_offline(live: tuple[Browser, str]) -> None:
     assert "cnnviz" in b.driver.title
     shot(b, "redoc", full_page=False)
     assert_clean(b)
+
+
+def test_trust_tab_evaluates_a_labelled_zip(live: tuple[Browser, str], tmp_path: Path) -> None:
+    """The Trust tab uploads a ZIP with its labels file, runs an evaluation and shows the table and the grid."""
+    import json
+    import zipfile
+
+    import skimage.data
+    from PIL import Image
+
+    zpath, lpath = tmp_path / "set.zip", tmp_path / "set.json"
+    with zipfile.ZipFile(zpath, "w") as z:
+        for name, arr in (("cat", skimage.data.chelsea()), ("cup", skimage.data.coffee()),
+                          ("rocket", skimage.data.rocket())):
+            buf = io.BytesIO()
+            Image.fromarray(arr).resize((64, 48)).save(buf, "PNG")
+            z.writestr(f"{name}.png", buf.getvalue())
+    lpath.write_text(json.dumps({"labels": ["cat", "cup", "rocket"], "boxes": [[[10, 5, 50, 45]], [], []]}))
+    b, base = live
+    open_explorer(b, base, "trust")
+    b.wait(lambda: len(b.all(".trust-methods input:checked")) == 3, 30, "the default methods")
+    # Run alone, this browser's first page load asked before the key was set: only those 401s may be logged.
+    assert all("401" in e["message"] for e in b.console_errors())
+    b.css("#trust-zip").send_keys(str(zpath))
+    b.css("#trust-labels").send_keys(str(lpath))
+    b.fill("#trust-steps", 4)
+    b.fill("#trust-size", 64)
+    select(b, "#trust-randomization", "cascading")
+    b.click("#trust-run")
+    b.wait(lambda: b.all(".trust-table tbody tr") and b.image_loaded("img[data-artifact='grid.png']"), 200,
+           "the evaluation's table and grid")
+    rows = [r.text for r in b.all(".trust-table tbody tr")]
+    assert [r.split()[0] for r in rows[:3]] == ["gradcam", "guided_backprop", "saliency"]
+    assert rows[3].startswith("random pixel order") and rows[4].startswith("centre baseline")
+    shot(b, "explorer-trust")
+    assert_clean(b)

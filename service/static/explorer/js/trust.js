@@ -128,7 +128,7 @@ const ci = (s, pct = false) => {
 
 async function showResult(id, signal) {
   const res = await getJSON(`/v1/jobs/${id}/artifacts/result.json`, { signal });
-  const head = ['method', 'deletion AUC ↓', 'insertion AUC ↑', 'pointing', 'energy', 'Spearman |·| randomized',
+  const head = ['method', 'deletion AUC ↓', 'insertion AUC ↑', 'pointing', 'energy', 'Spearman |·| all randomized',
     'SSIM randomized', 'flagged', 's / image'];
   const rows = res.methods.map((m) => {
     const s = m.summary;
@@ -157,6 +157,7 @@ async function showResult(id, signal) {
     }
   }
   clear(ui.result, el('p.muted', `${res.model}, ${res.count} images at ${res.input_size} px, ${res.steps} steps; `
-    + `flagged: Spearman of |map| after randomizing every stage ≥ ${res.flag_threshold}. Mean (95% interval).`),
+    + `flagged: Spearman of |map| to the original, averaged over the cascading randomization, ≥ ${res.flag_threshold}. `
+    + 'Mean (95% interval) over images.'),
   table, ...pics);
 }
