@@ -226,10 +226,10 @@ def _chosen(header: dict[str, Any], outputs: list[Tensor], binary_default: bool)
 
 @router.post("/v2/models/{model}/infer", responses=RESPONSES, summary="V2 infer: a prediction, or with "
              "parameters.method an explanation, as tensors",
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": {"type": "object", "required": ["inputs"]}},
-                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
-                                              "description": f"the binary tensor extension ({HEADER} header)"}}}})
+             openapi_extra={"requestBody": {"required": True, "description": "an inference request; with the "
+                            f"binary tensor extension its JSON header is the first `{HEADER}` bytes and the tensors' "
+                            "bytes follow", "content": {
+                 "application/json": {"schema": {"type": "object", "required": ["inputs"]}}}}})
 async def infer(request: Request, model: ModelDep, settings: SettingsDep, lanes: LanesDep, compiled: CompiledDep,
                 inline: InlineDep, principal: PrincipalDep) -> Response:
     head, tail = split_body(await request.body(), request.headers.get(HEADER))
