@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from cnnviz.attribution import ClassTargets, EngineError, Explanation, Method, Targets
+from cnnviz.attribution import REGION_LOGITS, ClassTargets, EngineError, Explanation, Method, Targets
 from cnnviz.attribution.fast.folded import folded_module
 from cnnviz.attribution.fast.incremental import supports_incremental
 from cnnviz.attribution.fast.layer_forward import LayerForward, using_layer_forward
 from cnnviz.localization import dense_crf_refine, mask_to_regions, scale_regions, threshold_mask
-from cnnviz.metrics import deletion_insertion, pointing_game
+from cnnviz.metrics import deletion_insertion, energy_in_mask, mask_pointing_game, pointing_game
 from cnnviz.models import LoadedModel
 from cnnviz.precision import offered
 from cnnviz.render import (
@@ -39,6 +39,7 @@ from core.explain_pictures import output_hw, render_pictures
 from core.imaging import DecodedImage, image_to_tensor
 from core.lanes import DIRECT
 from core.lookups import check_layers, known_method
+from core.regions import bind_images, image_mask, predicted_mask, region_info
 from core.schemas.explain import (
     Completeness,
     ExplainParams,
@@ -85,15 +86,22 @@ class CheckedExplain:
     cost: float  # forward passes at input size (:func:`estimate_cost`)
 
 
-def check_explain(model: LoadedModel, method: str, raw: dict[str, Any], n_images: int) -> CheckedExplain:
-    """The one check of an explain request: a known method (404), valid parameters and layers (422), its price.
+def check_explain(model: LoadedModel, method: str, raw: dict[str, Any], n_images: int,
+                  sizes: Sequence[tuple[int, int]] | None = None) -> CheckedExplain:
+    """The one check of an explain request: a known method (404), valid parameters, layers and targets (422), its
+    price.
 
     Layers are checked here, not by the engine later: a request over the inline budget becomes a job,
     and a typo found on the worker would reach the client as a failed job without the closest names.
+    The target kind's own check (core/targets.py) sees the images' ``sizes`` (height, width) where
+    given: a polygon outside an image is refused here too.
     """
     known_method(method)
     params = validate_params(params_model(method), raw)
     check_layers(model, [n for n in (params.layer, params.unit.layer if params.unit else None) if n])
+    tkind = target_kind(params)
+    if tkind.check is not None:
+        tkind.check(model, params, sizes)
     return CheckedExplain(method, params, raw, estimate_cost(model, method, params, n_images))
 
 
@@ -184,10 +192,15 @@ def _localize(raw: torch.Tensor, image: torch.Tensor, params: ExplainParams,
 
 
 def _faithfulness(model: LoadedModel, x_pix: torch.Tensor, raw: torch.Tensor, target: int, by_probability: bool,
-                  params: ExplainParams, orig_hw: tuple[int, int]) -> Faithfulness:
+                  params: ExplainParams, orig_hw: tuple[int, int], region: torch.Tensor | None = None) -> Faithfulness:
+    """Deletion/insertion where a probability scores the target; the pointing game in the request's box; for a
+    region target, the pointing game and the energy-based pointing game inside the region (``region`` mask)."""
     fp = params.faithfulness
     assert fp is not None
     out = Faithfulness()
+    if region is not None:
+        out.pointing_hit = mask_pointing_game(raw, region, tolerance=fp.tolerance)
+        out.energy_in_region = energy_in_mask(raw, region)
     if fp.deletion_insertion and by_probability:
         res = deletion_insertion(_probability(model, target), x_pix, raw.to(x_pix.device), steps=fp.steps)
         out.deletion_auc, out.insertion_auc = res.deletion_auc, res.insertion_auc
@@ -250,6 +263,8 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     out = params.output
     if not out.inline and sink is None:
         raise inline_needs_store()
+    if params.region is not None:  # a box or polygon in original pixels becomes masks at the network input
+        params = bind_images(params, [(d.height, d.width) for d in images])
     t0 = time.perf_counter()
     for d in images:
         output_hw(out.size, d.height, d.width)  # refuse an oversized output before computing
@@ -285,6 +300,7 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
 
     tkind = target_kind(params)
     grads = result.extras.get("gradient")
+    seg_logits = result.extras.get(REGION_LOGITS)
 
     def render_all() -> list[ImageExplanation]:
         out_images = []
@@ -298,13 +314,20 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                                   probability=result.probabilities[i][t])
                 ta = time.perf_counter()
                 regions = _localize(raw, tensors[i], params, (d.height, d.width)) if params.localization else None
+                target_region, rinfo = None, None
+                if params.region is not None and seg_logits is not None:
+                    predicted = predicted_mask(seg_logits[i], idx, (d.height, d.width))
+                    mask = image_mask(params.region, (d.height, d.width))
+                    mask = predicted if mask is None else mask
+                    target_region, rinfo = (mask, named.label), region_info(params.region, mask, predicted)
                 tb = time.perf_counter()
-                faith = (_faithfulness(model, x_pix[i], raw, idx, tkind.probability, params, (d.height, d.width))
+                faith = (_faithfulness(model, x_pix[i], raw, idx, tkind.probability, params, (d.height, d.width),
+                                       target_region[0] if target_region else None)
                          if params.faithfulness else None)
                 tc = time.perf_counter()
                 title = figure_title(m.title or method, info.label, info.probability, result.layer)
                 pics = render_pictures(raw, grads[i][t] if grads else None, img_u8, params, kind, regions, title,
-                               (d.height, d.width))
+                                       (d.height, d.width), target_region)
                 td = time.perf_counter()
                 spent["localization"] += tb - ta
                 spent["faithfulness"] += tc - tb
@@ -317,7 +340,7 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                 ov_b64, ov_url = encode(pics.overlay, f"overlay-{i}-{t}.{ext}")
                 fig_b64, fig_url = encode(pics.figure, f"figure-{i}-{t}.{ext}")
                 exp = TargetExplanation(
-                    target=info, map=rawmap, rendering=pics.rendering,
+                    target=info, region=rinfo, map=rawmap, rendering=pics.rendering,
                     media_type=media if any(v is not None for v in (pics.heatmap, pics.overlay, pics.figure))
                     else None,
                     heatmap_png=heat_b64, overlay_png=ov_b64, figure_png=fig_b64,

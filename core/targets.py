@@ -13,13 +13,17 @@ wins; ``class`` is last, as the default when no other kind's fields are given.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from cnnviz.attribution import ClassTargets, Targets, UnitTarget
+from cnnviz.attribution import ClassTargets, RegionTargets, Targets, UnitTarget
 from cnnviz.models import LoadedModel
 from core.errors import Invalid
+from core.regions import check_region, network_masks
 from core.schemas.explain import ExplainParams
+
+Sizes = Sequence[tuple[int, int]] | None
+"""The request's images as (height, width), where known (at submission and in the pipeline)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,9 @@ class TargetKind:
     image gets (the cost estimate). ``describe``: the answer's kind and label of the target the
     engine resolved to ``index``.
     ``probability``: whether the model's class probability scores it, so that deletion and
-    insertion (which follow that probability) apply.
+    insertion (which follow that probability) apply. ``check``: refuses, as a 422, what the model
+    or the images cannot answer (a region on a classifier, a polygon outside an image), at
+    submission, before the request is priced or handed to a job.
     """
 
     name: str
@@ -50,6 +56,7 @@ class TargetKind:
     per_image: Callable[[ExplainParams], int]
     describe: Callable[[LoadedModel, ExplainParams, int], Described]
     probability: bool
+    check: Callable[[LoadedModel, ExplainParams, Sizes], None] | None = None
 
 
 TARGET_KINDS: dict[str, TargetKind] = {}
@@ -94,9 +101,16 @@ def _describe_class(model: LoadedModel, _params: ExplainParams, index: int) -> D
     return Described("class", model.labels[index] if index < len(model.labels) else None)
 
 
+def _check_class(model: LoadedModel, _params: ExplainParams, _sizes: Sizes) -> None:
+    if getattr(model.spec, "task", "classification") == "segmentation":  # (LoadedModel.task with the task key)
+        raise Invalid("task-mismatch", f"model {model.name!r} is a segmenter: its output is a class per pixel, not "
+                      "one row of class scores", "give region: a class and its predicted mask, a box or a polygon "
+                      '(for example {"region": {"target": 1}})', task="segmentation")
+
+
 CLASS = register_target_kind(TargetKind(
     "class", ("target", "targets", "top_k"), selects=lambda _p: True, engine=_class_targets,
-    per_image=_classes_per_image, describe=_describe_class, probability=True))
+    per_image=_classes_per_image, describe=_describe_class, probability=True, check=_check_class))
 
 
 # -- a unit: one channel of a layer (its spatial mean), or one neuron of it ---------------------------------
@@ -116,3 +130,33 @@ def _describe_unit(_model: LoadedModel, params: ExplainParams, index: int) -> De
 UNIT = register_target_kind(TargetKind(
     "unit", ("unit",), selects=lambda p: p.unit is not None, engine=_unit_targets, per_image=lambda _p: 1,
     describe=_describe_unit, probability=False), before="class")
+
+
+# -- a region: a segmenter's class and region (its predicted mask, a box or a polygon) -------------------------
+
+def background_classes(model: LoadedModel) -> tuple[int, ...]:
+    """Classes a region's top_k passes over while others are predicted there: those labelled as background."""
+    return tuple(i for i, lb in enumerate(model.labels) if lb.strip("_ ").lower() in ("background", "bg"))
+
+
+def _region_targets(model: LoadedModel, params: ExplainParams, n_images: int) -> Targets:
+    r = params.region
+    assert r is not None
+    masks = None
+    if r.source != "predicted":
+        sizes = params._image_sizes
+        if sizes is None or len(sizes) != n_images:  # pragma: no cover - the pipeline binds them (core.regions)
+            raise Invalid("bad-targets", "a box or polygon needs the images' sizes")
+        masks = network_masks(r, sizes, params.resolution or model.preprocessing.input_size)
+    return RegionTargets(indices=((r.target,),) if r.target is not None else None, top_k=r.top_k, regions=masks,
+                         skip=background_classes(model))
+
+
+def _describe_region(model: LoadedModel, _params: ExplainParams, index: int) -> Described:
+    return Described("region", model.labels[index] if index < len(model.labels) else None)
+
+
+REGION = register_target_kind(TargetKind(
+    "region", ("region",), selects=lambda p: p.region is not None, engine=_region_targets,
+    per_image=lambda p: 1 if p.region is None or p.region.target is not None else p.region.top_k,
+    describe=_describe_region, probability=False, check=check_region), before="class")

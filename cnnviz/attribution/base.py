@@ -86,7 +86,112 @@ class UnitTarget:
         return a[:, self.y, self.x or 0]
 
 
-Targets = ClassTargets | UnitTarget
+@dataclass(frozen=True, eq=False)
+class RegionTargets:
+    """A segmenter's class and region (Seg-Grad-CAM, Vinogradova et al. 2020): score = the class's logit
+    summed over the region's pixels.
+
+    ``indices``: classes per image (one row for every image, or one per image), or None for each
+    image's ``top_k`` classes: those with the most predicted pixels inside the region (classes of
+    ``skip``, such as a background, only when nothing else is predicted there). ``regions``: boolean
+    ``[N or 1, H, W]`` masks at the network input (a box or polygon, already rasterized), or None
+    for each class's *predicted mask* in the same forward (the pixels whose arg-max is the class).
+    The region is fixed by the unperturbed image: a gradient, a masked copy or an occluded copy is
+    scored on the same pixels.
+    """
+
+    indices: tuple[tuple[int, ...], ...] | None = None
+    top_k: int = 1
+    regions: torch.Tensor | None = None
+    skip: tuple[int, ...] = ()
+
+    def scorer(self, out: torch.Tensor) -> RegionScores:
+        """The region scores of the unperturbed outputs ``out`` ``[N,C,H,W]`` and each image's resolved classes."""
+        return RegionScores(self, out)
+
+
+REGION_LOGITS = "region_logits"
+"""``Explanation.extras`` key of a region target's unperturbed segmenter logits ``[N,C,h,w]`` (CPU): the
+predicted masks the answer outlines are read from them, with no second forward."""
+
+
+def segmentation_logits(out: Any) -> torch.Tensor:
+    """A segmenter's ``[N,C,H,W]`` logits: the tensor itself, or torchvision's ``{"out": ...}``."""
+    if isinstance(out, Mapping):
+        out = out["out"]
+    if not isinstance(out, torch.Tensor) or out.dim() != 4:
+        raise EngineError("unsupported-target", "region targets need a segmenter, whose output is [N, classes, H, W]"
+                          f" logits; this model returns {type(out).__name__}"
+                          f"{list(out.shape) if isinstance(out, torch.Tensor) else ''}")
+    return out
+
+
+class RegionScores:
+    """Region weights fixed from the unperturbed forward; scores ``[B,C]`` of any batch of outputs.
+
+    ``weights`` is ``[N,C,h,w]`` (one predicted mask per class) or ``[N,1,h,w]`` (one region for
+    every class) at the output's resolution: the score of class c for row b (of image ``img[b]``)
+    is ``sum(out[b, c] * weights[img[b], c])``.
+    """
+
+    def __init__(self, targets: RegionTargets, out: torch.Tensor) -> None:
+        out = segmentation_logits(out)
+        n, c, h, w = out.shape
+        labels = out.detach().argmax(1)  # [N,h,w]
+        predicted = torch.nn.functional.one_hot(labels, c).permute(0, 3, 1, 2)  # [N,C,h,w]
+        if targets.regions is None:
+            self.weights = predicted.to(out.dtype)
+            inside = predicted.flatten(2).sum(-1)  # [N,C] predicted pixels of each class in its own mask
+        else:
+            r = targets.regions.to(out.device)
+            if r.shape[0] not in (1, n):
+                raise EngineError("bad-targets", f"got regions for {r.shape[0]} images, expected {n}")
+            if tuple(r.shape[-2:]) != (h, w):
+                r = torch.nn.functional.interpolate(r[:, None].float(), size=(h, w), mode="nearest")[:, 0] > 0.5
+            r = r.expand(n, h, w)
+            if not bool(r.flatten(1).any(1).all()):
+                raise EngineError("empty-region", f"the region covers no pixel of the {h}x{w} output")
+            self.weights = r[:, None].to(out.dtype)
+            inside = (predicted * r[:, None]).flatten(2).sum(-1)  # [N,C] predicted pixels inside the region
+        self.classes = c
+        self.areas = inside
+        self.rows = self._resolve(targets, inside)
+        for i, row in enumerate(self.rows):
+            if targets.regions is None:
+                empty = [t for t in row if int(inside[i, t]) == 0]
+                if empty:
+                    present = [k for k in range(c) if int(inside[i, k]) > 0]
+                    raise EngineError("empty-region", f"class {empty[0]} is predicted nowhere in image {i}, so its"
+                                      " predicted mask is empty; give a box or a polygon, or one of the classes"
+                                      f" predicted there: {present}", present, image=i)
+
+    def _resolve(self, targets: RegionTargets, inside: torch.Tensor) -> list[list[int]]:
+        n, c = inside.shape
+        if targets.indices is not None:
+            if len(targets.indices) not in (1, n):
+                raise EngineError("bad-targets", f"got target lists for {len(targets.indices)} images, expected {n}")
+            rows = [list(targets.indices[0 if len(targets.indices) == 1 else i]) for i in range(n)]
+            for row in rows:
+                for t in row:
+                    if not 0 <= t < c:
+                        raise EngineError("unknown-class", f"class index {t} is outside 0..{c - 1}")
+            return rows
+        rows = []
+        for i in range(n):
+            order = sorted(range(c), key=lambda k: (-int(inside[i, k]), k))
+            present = [k for k in order if int(inside[i, k]) > 0]
+            chosen = [k for k in present if k not in targets.skip] or present[:1] or order[:1]
+            rows.append(chosen[: targets.top_k])
+        return rows
+
+    def __call__(self, out: Any, img: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``[B,C]`` of outputs ``out`` ``[B,C,h,w]`` whose rows belong to images ``img`` (all: None)."""
+        out = segmentation_logits(out)
+        weights = self.weights if img is None else self.weights[img.to(self.weights.device)]
+        return (out * weights.to(out.dtype)).sum((2, 3))
+
+
+Targets = ClassTargets | UnitTarget | RegionTargets
 
 
 @dataclass
@@ -123,6 +228,12 @@ def class_scores(logits: torch.Tensor, rows: list[list[int]], head: str = "softm
     scores = [[float(lg[i, c]) for c in row] for i, row in enumerate(rows)]
     prob = [[float(probs[i, c]) for c in row] for i, row in enumerate(rows)]
     return scores, prob
+
+
+def region_scores(scores: torch.Tensor, rows: list[list[int]]) -> tuple[list[list[float]], list[list[float | None]]]:
+    """Each target's region score (the logit summed over the region); a sum over pixels has no probability."""
+    s = scores.detach().float()
+    return [[float(s[i, c]) for c in row] for i, row in enumerate(rows)], [[None] * len(row) for row in rows]
 
 
 class Method:
@@ -247,6 +358,7 @@ class Objective:
     targets: Targets
     rows: list[list[int]] | None = None
     fold: bool = False  # gradient methods: class scores from the copy with batch norms folded (.folded)
+    region: RegionScores | None = None  # region targets: the region weights, fixed at resolve
     _index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -256,6 +368,10 @@ class Objective:
     @property
     def is_unit(self) -> bool:
         return isinstance(self.targets, UnitTarget)
+
+    @property
+    def is_region(self) -> bool:
+        return isinstance(self.targets, RegionTargets)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -269,7 +385,8 @@ class Objective:
         """One forward pass, under the engine call's precision (:func:`cnnviz.precision.forward_precision`)."""
         if not isinstance(self.targets, UnitTarget):
             with forward_precision():
-                return self.module(x)
+                out = self.module(x)
+            return segmentation_logits(out) if self.is_region else out
         unit = self.targets
         cap = LayerCapture()
 
@@ -291,6 +408,9 @@ class Objective:
         """Targets per image from the outputs of the original images (top-k needs no new forward)."""
         if isinstance(self.targets, UnitTarget):
             self.rows = [[self.targets.channel] for _ in range(out.shape[0])]
+        elif isinstance(self.targets, RegionTargets):
+            self.region = self.targets.scorer(out)
+            self.rows = self.region.rows
         else:
             self.rows = self.targets.resolve(out)
         self._index.clear()
@@ -317,6 +437,8 @@ class Objective:
         return self._index[device]
 
     def pick(self, out: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+        if self.region is not None:  # a segmenter's [B,C,h,w] map: each class summed over its region first
+            out = self.region(out, img)
         idx, live = self.index(out.device)
         return out.gather(1, idx[img]) * live[img].to(out.dtype)
 
@@ -325,6 +447,8 @@ class Objective:
         assert self.rows is not None
         if self.is_unit:
             return [[float(v)] for v in out[:, 0].detach().float()], [[None] for _ in self.rows]
+        if self.region is not None:
+            return region_scores(self.region(out).detach(), self.rows)
         return class_scores(out, self.rows, self.model.head)
 
 

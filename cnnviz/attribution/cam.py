@@ -32,16 +32,20 @@ from ..models.layers import from_grid, to_grid
 from ..params import Params, param
 from ..precision import forward_precision
 from .base import (
+    REGION_LOGITS,
     ClassTargets,
     EngineError,
     Explanation,
     MapKind,
     Method,
+    RegionTargets,
     Targets,
     checkpoint_rows,
     class_scores,
     default_batch,
+    region_scores,
     register,
+    segmentation_logits,
     target_scores,
 )
 from .fast.layer_forward import served_forward
@@ -78,14 +82,21 @@ class CamMethod(Method):
     uses_layer: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("positive",)  # non-negative, smooth, coarse
+    # A region's score (Seg-Grad-CAM) is a sum of a segmenter's logits; variants that read the class
+    # head itself (CAM) or score masked copies by class probability (Score-CAM, Ablation-CAM) say False.
+    region_targets: ClassVar[bool] = True
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Params) -> Explanation:
-        if not isinstance(targets, ClassTargets):
+        region = isinstance(targets, RegionTargets)
+        if region and not self.region_targets:
+            raise EngineError("unsupported-target", f"{self.name} explains class scores of a classifier, not regions"
+                              " of a segmenter; use gradcam, gradcampp, xgradcam, hirescam, layercam or eigencam")
+        if not isinstance(targets, ClassTargets | RegionTargets):
             raise EngineError("unsupported-target", f"{self.name} explains class scores, not units")
         layer = validate_layer(model, layer, family="cam")
         info = model.layer(layer)
-        served = served_forward(model, x, layer)
+        served = None if region else served_forward(model, x, layer)
         if served is not None:  # a compiled road to the layer (layer_forward.py), same numbers
             logits, leaf, ran = served
         else:
@@ -98,7 +109,14 @@ class CamMethod(Method):
             raise EngineError("layer-unusable", f"layer {layer!r} did not produce one output per image in the"
                               " forward pass (a fixed-batch archive takes one image at a time)", model=model.name)
         checkpoint_rows(model, x.shape[0], x)
-        rows = targets.resolve(logits)
+        scorer = None
+        extras: dict[str, Any] = {"forward": ran}
+        if isinstance(targets, RegionTargets):  # Seg-Grad-CAM: each class's logit summed over its region
+            scorer = targets.scorer(logits)
+            extras[REGION_LOGITS] = segmentation_logits(logits).detach().float().cpu()
+            logits, rows = scorer(logits), scorer.rows
+        else:
+            rows = targets.resolve(logits)
         n_t = max(len(r) for r in rows)
         # float32 from here on: at bf16/fp16 the layer output and logits come out of autocast reduced.
         ctx = CamContext(model, x, layer, to_grid(leaf.detach(), info).float(), logits.detach(), params, info=info,
@@ -118,10 +136,9 @@ class CamMethod(Method):
             idx = torch.tensor([r[t] if len(r) > t else r[0] for r in rows], device=x.device)
             with torch.no_grad():
                 per_t.append(self.combine(ctx, ctx.acts, grads, idx))
-        scores, probs = class_scores(logits, rows, model.head)
+        scores, probs = region_scores(logits, rows) if scorer is not None else class_scores(logits, rows, model.head)
         maps = [[per_t[t][i].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
-        return Explanation(self.name, maps, rows, scores, probs, layer=layer, warnings=warnings,
-                           extras={"forward": ran})
+        return Explanation(self.name, maps, rows, scores, probs, layer=layer, warnings=warnings, extras=extras)
 
     def prepare(self, ctx: CamContext) -> None:
         """Work shared by all targets (a sweep of masked or ablated inputs); nothing by default."""
@@ -255,6 +272,7 @@ class CAM(CamMethod):
     name = "cam"
     title = "CAM"
     needs_gradients = False
+    region_targets = False
 
     def weights(self, ctx, acts, grads, idx):
         fc = _gap_linear_head(ctx.model, acts, ctx.logits)
@@ -301,6 +319,7 @@ class ScoreCAM(CamMethod):
     name = "scorecam"
     title = "Score-CAM"
     needs_gradients = False
+    region_targets = False
     Params = SweepParams
 
     def prepare(self, ctx: CamContext) -> None:
@@ -345,6 +364,7 @@ class AblationCAM(CamMethod):
     name = "ablationcam"
     title = "Ablation-CAM"
     needs_gradients = False
+    region_targets = False
     Params = AblationParams
 
     def prepare(self, ctx: CamContext) -> None:

@@ -40,6 +40,7 @@ from ..models import LoadedModel, validate_layer
 from ..params import Params, param
 from .base import (
     METHODS,
+    REGION_LOGITS,
     Baseline,
     ClassTargets,
     EngineError,
@@ -210,6 +211,8 @@ class GradientMethod(Method):
         assert rows is not None
         scores, probs = objective.scores(out)
         result = [[maps[i, t].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
+        if objective.is_region:
+            ctx.extras[REGION_LOGITS] = out.detach().float().cpu()
         if self.keeps_gradient:
             ctx.extras["gradient"] = [[signed[i, t].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
         return Explanation(self.name, result, rows, scores, probs, layer=ctx.layer,
@@ -542,7 +545,7 @@ class GuidedGradCAM(GradientMethod):
 
     def run(self, model, x, targets, layer, params):
         if not isinstance(targets, ClassTargets):
-            raise EngineError("unsupported-target", "guided_gradcam explains class scores, not units")
+            raise EngineError("unsupported-target", "guided_gradcam explains class scores, not units or regions")
         return super().run(model, x, targets, layer, params)
 
     def finish(self, ctx, x, signed, reduce):

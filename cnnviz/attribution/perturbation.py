@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from ..models import LoadedModel
 from ..params import Params, param
 from .base import (
+    REGION_LOGITS,
     EngineError,
     Explanation,
     Method,
     Objective,
+    RegionTargets,
     Targets,
     UnitTarget,
     checkpoint_rows,
@@ -94,6 +96,8 @@ class PerturbationMethod(Method):
             maps = self.sweep(model, objective, x, out, params, warnings, extras)
         scores, probs = objective.scores(out)
         result = [[maps[i, t].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
+        if objective.is_region:
+            extras[REGION_LOGITS] = out.detach().float().cpu()
         unit_layer = targets.layer if isinstance(targets, UnitTarget) else None
         return Explanation(self.name, result, rows, scores, probs, layer=unit_layer, warnings=warnings,
                            extras=extras)
@@ -131,7 +135,8 @@ class Occlusion(PerturbationMethod):
     Params = OcclusionParams
 
     def full_precision_reason(self, model: LoadedModel, targets: Targets, params: OcclusionParams) -> str | None:
-        if params.engine == "auto" and not isinstance(targets, UnitTarget) and supports_incremental(model.module):
+        if params.engine == "auto" and not isinstance(targets, UnitTarget | RegionTargets) \
+                and supports_incremental(model.module):
             return ("the incremental engine (engine auto) computes in fp32, exactly; engine full runs its "
                     "forwards at a reduced precision")
         return None
@@ -153,7 +158,7 @@ class Occlusion(PerturbationMethod):
         img_all = torch.arange(n, device=x.device)
         base = objective.pick(out, img_all)  # [N,T]
         extras.update(window=window, stride=stride, windows=n_win)
-        if params.engine == "auto" and not objective.is_unit:
+        if params.engine == "auto" and not objective.is_unit and not objective.is_region:
             # Unit targets stop the forward at a layer; the patch engine only follows whole-network outputs.
             drops = occlusion_drops(model.module, x, fill, window, stride, objective.pick, base,
                                     params.batch_size or default_chunk(x),
@@ -242,7 +247,7 @@ class RISE(PerturbationMethod):
         count, cell, p, seed, kind = params.masks, params.cell, params.p, params.seed, params.score
         batch = params.batch_size or default_batch(x)
         fill = _fill(model, x, params)
-        probs = kind == "probability" and not objective.is_unit
+        probs = kind == "probability" and not objective.is_unit and not objective.is_region
         gen = torch.Generator(device="cpu").manual_seed(seed)
         per = max(1, batch // n)  # masks per chunk; each mask is applied to every image
         sal = torch.zeros(n, objective.n_targets, h, w, device=x.device, dtype=torch.float32)

@@ -6,5 +6,7 @@ from cnnviz.metrics.faithfulness import (
     deletion_insertion,
     pointing_game,
 )
+from cnnviz.metrics.regions import energy_in_mask, mask_pointing_game
 
-__all__ = ["FaithfulnessResult", "default_insertion_baseline", "deletion_insertion", "pointing_game"]
+__all__ = ["FaithfulnessResult", "default_insertion_baseline", "deletion_insertion", "energy_in_mask",
+           "mask_pointing_game", "pointing_game"]

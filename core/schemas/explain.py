@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, model_validator
 
 from cnnviz.attribution import METHODS, Method
 from cnnviz.params import NoParams, Params, field_specs
 from cnnviz.precision import PRECISIONS
 from cnnviz.render import COLORMAPS, DEFAULT_CLIP_PERCENTILE, MAP_KINDS
-from core.schemas.bounds import Box
+from core.schemas.bounds import BOX_MAX, Box, num
 
 Colormap = Literal[COLORMAPS]  # type: ignore[valid-type]
 PrecisionName = Literal[PRECISIONS]  # type: ignore[valid-type]
@@ -87,6 +87,35 @@ class UnitTargetParams(Strict):
     x: int | None = Field(None, ge=0, le=10_000)
 
 
+Point = tuple[num(0, BOX_MAX), num(0, BOX_MAX)]  # type: ignore[valid-type]
+
+
+class RegionTargetParams(Strict):
+    """A segmenter's class and region (Seg-Grad-CAM, Vinogradova et al. 2020): the class's logit summed over the
+    region is explained. The region is the class's predicted mask (neither box nor polygon), a box, or a polygon,
+    in the original image's pixels (the same region in every image of the request)."""
+
+    target: int | None = Field(None, ge=0, le=100_000, description="class index; default: each image's top_k "
+                               "classes with the most predicted pixels in the region (the background only when "
+                               "nothing else is predicted there)")
+    top_k: int = Field(1, ge=1, le=10, description="without target: how many classes per image, one forward")
+    box: Box | None = Field(None, description="(x0, y0, x1, y1) in original pixels, x0 < x1, y0 < y1 (x1, y1 "
+                            "exclusive), inside the image")
+    polygon: list[Point] | None = Field(None, min_length=3, max_length=256,  # type: ignore[valid-type]
+                                        description="3..256 (x, y) vertices in original pixels, inside the image; "
+                                        "a pixel belongs to it when its centre is inside (even-odd rule)")
+
+    @model_validator(mode="after")
+    def _one_region(self) -> RegionTargetParams:
+        if self.box is not None and self.polygon is not None:
+            raise ValueError("give a box or a polygon, not both (neither: the class's predicted mask)")
+        return self
+
+    @property
+    def source(self) -> Literal["predicted", "box", "polygon"]:
+        return "box" if self.box is not None else "polygon" if self.polygon is not None else "predicted"
+
+
 class LocalizationParams(Strict):
     """Map -> mask -> contours -> boxes, optionally refined with a dense CRF on image colour."""
 
@@ -116,6 +145,8 @@ class ExplainParams(Strict):
                                             description="class indices per image, in image order")
     top_k: int = Field(1, ge=1, le=10, description="explain each image's k best classes")
     unit: UnitTargetParams | None = None
+    region: RegionTargetParams | None = Field(None, description="a segmenter's class and region (class index, "
+                                              "box or polygon): the class's logit summed over the region")
     layer: str | None = Field(None, max_length=200, description="target layer; default: last spatial layer")
     resolution: int | None = Field(None, ge=32, le=1024, description="network input side in px")
     resize: Literal["stretch", "center-crop"] | None = Field(None, description="default: the model's own "
@@ -131,10 +162,14 @@ class ExplainParams(Strict):
         "family except deconvnet, occlusion on the incremental engine) run fp32 and say so in warnings; the "
         "answer's precision says what ran")
 
+    # The decoded images' (height, width), set by core.regions.bind_images where the images are known: a box
+    # or polygon in original pixels becomes a mask at the network input only with them. Never part of a request.
+    _image_sizes: list[tuple[int, int]] | None = PrivateAttr(None)
+
     @model_validator(mode="after")
     def _targets(self) -> ExplainParams:
-        if sum(v is not None for v in (self.target, self.targets, self.unit)) > 1:
-            raise ValueError("give at most one of target, targets and unit")
+        if sum(v is not None for v in (self.target, self.targets, self.unit, self.region)) > 1:
+            raise ValueError("give at most one of target, targets, unit and region")
         if self.targets is not None:
             for row in self.targets:
                 if not 1 <= len(row) <= 10 or any(not 0 <= t <= 100_000 for t in row):
@@ -187,7 +222,7 @@ class ExplainJobParams(Strict):
 
 
 class TargetInfo(BaseModel):
-    kind: Literal["class", "channel", "neuron"] = "class"
+    kind: Literal["class", "channel", "neuron", "region"] = "class"
     index: int
     label: str | None = None
     score: float
@@ -214,7 +249,10 @@ class Faithfulness(BaseModel):
     insertion_auc: float | None = None
     deletion_curve: list[float] | None = None
     insertion_curve: list[float] | None = None
-    pointing_hit: bool | None = None
+    pointing_hit: bool | None = Field(None, description="whether the map's maximum lies in faithfulness.box (grown "
+                                      "by tolerance) or, for a region target, in the region (grown by tolerance)")
+    energy_in_region: float | None = Field(None, description="region targets: the share of the map's positive mass "
+                                           "inside the region (energy-based pointing game, Wang et al. 2020)")
 
 
 class Rendering(BaseModel):
@@ -242,8 +280,20 @@ class Completeness(BaseModel):
     adaptive: bool = Field(..., description="whether adaptive quadrature chose the points")
 
 
+class RegionInfo(BaseModel):
+    """The region a region target explained, in the original image's pixels (its outline is drawn on the overlay)."""
+
+    source: Literal["predicted", "box", "polygon"] = Field(..., description="the class's predicted mask, or the "
+                                                           "request's box or polygon")
+    box: tuple[int, int, int, int] | None = Field(..., description="bounding box (x0, y0, x1, y1), x1/y1 exclusive")
+    area: int = Field(..., description="pixels of the region")
+    fraction: float = Field(..., description="area over the image's pixels")
+    predicted_fraction: float = Field(..., description="share of the region's pixels predicted as the class")
+
+
 class TargetExplanation(BaseModel):
     target: TargetInfo
+    region: RegionInfo | None = None
     map: RawMap
     rendering: Rendering | None = None
     media_type: str | None = Field(None, description="of heatmap, overlay and figure (output.format)")

@@ -65,6 +65,7 @@ class PredictParams(BaseModel):
     resolution: int | None = Field(None, ge=32, le=1024)
     resize: Literal["stretch", "center-crop"] | None = Field(None, description="default: the model's own "
                                                              "(stretch unless its models-file entry says otherwise)")
+    masks: bool = Field(False, description="a segmenter: also one mask PNG per predicted class")
 
 
 class Prediction(BaseModel):
@@ -74,11 +75,36 @@ class Prediction(BaseModel):
     logit: float
 
 
+class ClassArea(BaseModel):
+    """How much of the image a segmenter gives one class."""
+
+    index: int
+    label: str
+    pixels: int = Field(..., description="pixels of the original image predicted as the class")
+    fraction: float = Field(..., description="pixels over the image's pixels")
+
+
+class ClassMask(BaseModel):
+    index: int
+    label: str
+    mask_png: str = Field(..., description="base64 1-bit PNG at the original size: white where the class is predicted")
+
+
+class Segmentation(BaseModel):
+    """A segmenter's answer for one image, at the original image's size."""
+
+    label_map_png: str = Field(..., description="base64 PNG of each pixel's class: a palette PNG whose pixel values "
+                               "are the class indices (PASCAL VOC's colours), 16-bit grey above 256 classes")
+    classes: list[ClassArea] = Field(..., description="every predicted class, largest area first")
+    masks: list[ClassMask] | None = Field(None, description="with masks: true, one mask per predicted class")
+
+
 class ImagePredictions(BaseModel):
     index: int
     width: int
     height: int
     predictions: list[Prediction]
+    segmentation: Segmentation | None = Field(None, description="a segmenter's label map and class areas")
 
 
 class PredictResponse(BaseModel):

@@ -42,7 +42,8 @@ def observe_batch(requests: int, images: int) -> None:
 async def explain(request: Request, model: ModelDep, settings: SettingsDep, principal: PrincipalDep,
                   jobs: OptionalJobsDep, inline: InlineDep, method: MethodDep) -> Response:
     upload = await read_upload(request, settings)
-    checked = check_explain(model, method, upload.params, len(upload.images))
+    checked = check_explain(model, method, upload.params, len(upload.images),
+                            [(d.height, d.width) for d in upload.images])
     if jobs is not None and hands_off(checked, settings, request.headers.get("prefer", "")):
         return await hand_off_explain(jobs, principal, model, checked, upload.images, settings,
                                       request.headers.get("idempotency-key"))

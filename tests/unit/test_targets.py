@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from cnnviz.attribution import ClassTargets, UnitTarget
+from cnnviz.attribution import ClassTargets, RegionTargets, UnitTarget
 from core.errors import Invalid
-from core.schemas.explain import ExplainParams, UnitTargetParams
+from core.regions import bind_images
+from core.schemas.explain import ExplainParams, RegionTargetParams, UnitTargetParams
 from core.targets import TARGET_KINDS, target_kind
 
-TARGET_FIELDS = {"target", "targets", "top_k", "unit"}
+TARGET_FIELDS = {"target", "targets", "top_k", "unit", "region"}
 
 
 def test_every_target_field_belongs_to_one_kind() -> None:
@@ -52,3 +54,25 @@ def test_answers_name_targets_by_kind() -> None:
     assert target_kind(cls).describe(Model(), cls, 1).label == "dog"  # type: ignore[arg-type]
     assert target_kind(cls).describe(Model(), cls, 9).label is None  # type: ignore[arg-type]
     assert target_kind(cls).probability and not target_kind(unit).probability
+
+
+def test_region_kind_counts_classes_and_rasterizes_its_box_at_the_network_input() -> None:
+    class Prep:
+        input_size = 8
+
+    class Model:
+        labels = ("__background__", "circle", "square")
+        preprocessing = Prep()
+
+    top = ExplainParams(region=RegionTargetParams(top_k=2))
+    assert target_kind(top).name == "region" and target_kind(top).per_image(top) == 2
+    t = target_kind(top).engine(Model(), top, 1)  # type: ignore[arg-type]
+    assert isinstance(t, RegionTargets) and t.regions is None and t.top_k == 2 and t.skip == (0,)
+    boxed = bind_images(ExplainParams(region=RegionTargetParams(target=1, box=(10, 0, 20, 10))), [(20, 40)])
+    t = target_kind(boxed).engine(Model(), boxed, 1)  # type: ignore[arg-type]
+    assert t.indices == ((1,),) and target_kind(boxed).per_image(boxed) == 1
+    want = torch.zeros(1, 8, 8, dtype=torch.bool)
+    want[0, 0:4, 2:4] = True  # x 10..20 of 40 -> 2..4 of 8, y 0..10 of 20 -> 0..4 of 8
+    assert torch.equal(t.regions, want)
+    assert target_kind(boxed).describe(Model(), boxed, 1).__dict__ == {"kind": "region", "label": "circle"}  # type: ignore[arg-type]
+    assert not target_kind(boxed).probability
