@@ -2,6 +2,7 @@
 
     cnnviz predict cat.jpg --top-k 3
     cnnviz explain cat.jpg --method gradcam --top-k 2 --out overlay.png
+    cnnviz explain scene.png --model scenes-segmenter --method gradcam --region 2 --box 10,10,40,40
     cnnviz job deepdream cat.jpg --param layer=_blocks.10 --param steps=8 --wait --out dream.png
     ID=$(cnnviz job class_viz --param target=285); cnnviz result $ID --wait 600 --out viz.png
     cnnviz jobs | cnnviz status ID | cnnviz cancel ID | cnnviz models | cnnviz methods
@@ -155,7 +156,16 @@ def cmd_predict(c: Client, a: argparse.Namespace) -> int:
     params = params_from(a.param)
     if a.top_k is not None:
         params["top_k"] = a.top_k
+    if a.masks:
+        params["masks"] = True
     res = c.predict([_image(p) for p in a.images], a.model, params=params)
+    saved = []
+    if a.label_map:
+        out = Path(a.label_map)
+        for im in res.images:
+            if im.segmentation is not None:
+                path = out if not saved else out.with_name(f"{out.stem}-{im.index}{out.suffix}")
+                saved.append(im.segmentation.save(path))
     if a.json:
         _dump(res.raw)
         return 0
@@ -163,11 +173,49 @@ def cmd_predict(c: Client, a: argparse.Namespace) -> int:
         _write(f"{name} ({im.width}x{im.height}, {res.model})")
         for rank, p in enumerate(im.predictions, 1):
             _write(f"  {rank:>2}. {p.probability:7.4f}  {p.index:>5}  {p.label}")
+        if im.segmentation is not None:
+            for ca in im.segmentation.classes:
+                _write(f"  {ca.fraction:7.2%}  {ca.pixels:>8} px  {ca.index:>5}  {ca.label}")
+    for path in saved:
+        _write(f"label map: {path}")
     return 0
+
+
+def _numbers(text: str, count: int | None, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(";", ",").replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise CnnvizError(f"{what} takes numbers separated by commas, got {text!r}") from None
+    if (count is not None and len(values) != count) or (count is None and (len(values) < 6 or len(values) % 2)):
+        raise CnnvizError(f"{what} takes {count or 'an even number (at least 6) of'} numbers, got {text!r}")
+    return values
+
+
+def region_from(a: argparse.Namespace) -> dict[str, Any] | None:
+    """The region target of ``--region [CLASS]``, ``--box`` and ``--polygon`` (None: no region asked)."""
+    if a.region is None and a.box is None and a.polygon is None:
+        return None
+    out: dict[str, Any] = {}
+    if a.region is not None and a.region >= 0:
+        out["target"] = a.region
+    if a.box is not None:
+        out["box"] = [int(round(v)) for v in _numbers(a.box, 4, "--box")]
+    if a.polygon is not None:
+        flat = _numbers(a.polygon, None, "--polygon")
+        out["polygon"] = [[flat[i], flat[i + 1]] for i in range(0, len(flat), 2)]
+    return out
 
 
 def cmd_explain(c: Client, a: argparse.Namespace) -> int:
     params = params_from(a.param)
+    region = region_from(a)
+    if region is not None:  # a segmenter's class and region; --top-k counts its classes
+        if a.target is not None:
+            raise CnnvizError("--target names a classifier's class; give a segmenter's class as --region CLASS")
+        if a.top_k is not None:
+            region["top_k"] = a.top_k
+        params["region"] = region
+        a.top_k = None
     for key in ("target", "top_k", "layer"):
         value = getattr(a, key)
         if value is not None:
@@ -194,6 +242,15 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
             prob = f"p={t.probability:.4f} " if t.probability is not None else ""
             _write(f"  {t.label or t.kind} ({t.index})  {prob}score={t.score:.4g}  "
                    f"map {e.map.shape[0]}x{e.map.shape[1]} [{e.map.min:.4g}, {e.map.max:.4g}]")
+            if e.region:
+                r = e.region
+                _write(f"    region: {r.get('source')} box {tuple(r.get('box') or ())} area {r.get('area')} px "
+                       f"({r.get('fraction', 0):.1%} of the image, {r.get('predicted_fraction', 0):.0%} predicted "
+                       f"{t.label or t.index})")
+            if e.faithfulness and e.faithfulness.get("energy_in_region") is not None:
+                f = e.faithfulness
+                _write(f"    pointing game: {'hit' if f.get('pointing_hit') else 'miss'}, energy in region "
+                       f"{f['energy_in_region']:.1%}")
     for w in res.warnings:
         _write(f"warning: {w}")
     for path in saved:
@@ -344,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("predict", cmd_predict, "top-k classes of images")
     sp.add_argument("images", nargs="+", metavar="IMAGE")
     sp.add_argument("--top-k", type=int, default=None)
+    sp.add_argument("--masks", action="store_true", help="a segmenter: also one mask per predicted class")
+    sp.add_argument("--label-map", default=None, metavar="PNG",
+                    help="a segmenter: save the label map here (more images: beside it, numbered)")
     model_and_params(sp)
 
     sp = add("explain", cmd_explain, "explanation maps of images (Grad-CAM and the rest)")
@@ -352,6 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     group = sp.add_mutually_exclusive_group()
     group.add_argument("--target", type=int, default=None, help="class index to explain")
     group.add_argument("--top-k", type=int, default=None, help="explain the k best classes")
+    sp.add_argument("--region", type=int, nargs="?", const=-1, default=None, metavar="CLASS",
+                    help="a segmenter: explain CLASS in a region (its predicted mask unless --box or --polygon); "
+                    "without CLASS, the --top-k classes with most pixels there")
+    sp.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1", help="the region as a box in image pixels")
+    sp.add_argument("--polygon", default=None, metavar="X,Y,X,Y,...", help="the region as a polygon in image pixels")
     sp.add_argument("--layer", default=None, help="target layer (default: the model's)")
     sp.add_argument("--out", default=None, help="save the overlay PNG here (more targets: beside it, numbered)")
     sp.add_argument("--async", dest="respond_async", action="store_true",

@@ -4,6 +4,7 @@
 // An explanation over the inline budget comes back as 202 + a job, which is followed to its result.
 
 import { ProblemError, followJob, getJSON, isAbort, multipart, request } from './api.js';
+import { firstRegionClass, isSegmenter, labelMapTargets, outlineRegion, regionParams, regionRows } from './regions.js';
 import { schemaForm } from './schema-form.js';
 import { labelOf, layerChoices, on, state } from './state.js';
 import {
@@ -13,13 +14,13 @@ import {
 
 // 'auto': the colormap of the method's kind of map (positive: jet, unsigned: hot, signed: seismic).
 const COLORMAPS = ['auto', 'jet', 'turbo', 'viridis', 'inferno', 'magma', 'hot', 'gray', 'coolwarm', 'seismic', 'rdbu', 'bwr'];
-const SHARED = ['target', 'targets', 'top_k', 'unit', 'layer', 'output', 'localization', 'faithfulness'];
+const SHARED = ['target', 'targets', 'top_k', 'unit', 'region', 'layer', 'output', 'localization', 'faithfulness'];
 const COMPARE_DEFAULT = ['gradcam', 'gradcampp', 'layercam', 'eigencam', 'saliency'];
 const FAMILY = { cam: 'Class activation maps', gradient: 'Gradients', perturbation: 'Perturbation' };
 
 const s = {
   file: null, baseUrl: null, width: 0, height: 0,
-  predictions: [], custom: [], target: null,
+  predictions: [], custom: [], target: null, segmentation: null,
   method: 'gradcam', layer: '', alpha: 0.5, colormap: 'auto', normalize: 'auto', asJob: false,
   boxes: false, boxMethod: 'otsu', fraction: 0.5, faith: false, faithSteps: 16,
   methodForm: null, abort: null, compareAbort: null, last: null,
@@ -166,6 +167,7 @@ async function setImage(file) {
   s.predictions = [];
   s.custom = [];
   s.target = null;
+  s.segmentation = null;
   if (!file) {
     clear(ui.targets, el('div.muted', 'Choose an image to see its top classes.'));
     clear(ui.result, el('div.placeholder', 'The explanation appears here.'));
@@ -179,7 +181,9 @@ async function setImage(file) {
     s.width = img.width;
     s.height = img.height;
     s.predictions = img.predictions;
-    s.target = s.predictions[0]?.index ?? null;
+    s.segmentation = isSegmenter(state.detail) ? img.segmentation : null;
+    s.target = s.segmentation ? firstRegionClass(s.segmentation, state.detail?.labels)
+      : s.predictions[0]?.index ?? null;
     renderTargets();
     run();
   } catch (err) {
@@ -189,6 +193,12 @@ async function setImage(file) {
 }
 
 function renderTargets() {
+  if (s.segmentation) {  // a segmenter: its label map, where a click picks the region to explain
+    clear(ui.targets, labelMapTargets({ baseUrl: s.baseUrl, segmentation: s.segmentation, width: s.width,
+      height: s.height, selected: s.target, labelOf,
+      onPick: (cls) => { s.target = cls; renderTargets(); run(); } }));
+    return;
+  }
   const rows = [...s.predictions.map((p) => ({ ...p, custom: false })),
     ...s.custom.filter((c) => !s.predictions.some((p) => p.index === c.index))];
   clear(ui.targets, rows.map((p) => el(`label.target${p.index === s.target ? '.selected' : ''}`,
@@ -224,7 +234,7 @@ function explainParams(method, { withLayer = true } = {}) {
   if (s.colormap !== 'auto') output.colormap = s.colormap;  // else the service picks the kind's own
   if (s.normalize !== 'auto') output.normalize = s.normalize;
   const params = { output };
-  if (s.target !== null) params.target = s.target;
+  if (s.target !== null) Object.assign(params, s.segmentation ? regionParams(s.target) : { target: s.target });
   if (withLayer && m?.uses_layer && s.layer) params.layer = s.layer;
   if (s.boxes) params.localization = s.boxMethod === 'fraction' ? { method: 'fraction', fraction: s.fraction }
     : { method: 'otsu' };
@@ -302,6 +312,7 @@ function renderAnswer(answer, m) {
   const view = heatView({ baseUrl: s.baseUrl, heatUrl: dataUrl(exp.heatmap_png), width: img.width,
     height: img.height, alpha: s.alpha, regions: exp.regions, label: m.title });
   clear(ui.result, view);
+  if (exp.region && s.segmentation) outlineRegion(view, s.segmentation, exp.target.index);
   ui.download.disabled = false;
   const t = exp.target;
   const rows = [
@@ -315,6 +326,7 @@ function renderAnswer(answer, m) {
   ];
   if (answer.job) rows.push(['Job', el('a', { href: `#jobs/${answer.job}`, text: answer.job.slice(0, 12) })]);
   if (exp.regions) rows.push(['Regions', String(exp.regions.length)]);
+  rows.push(...regionRows(exp));
   const parts = [el('dl.kv', rows.map(([k, v]) => [el('dt', k), el('dd', v)]))];
   const f = exp.faithfulness;
   if (f) {
