@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cnnviz.attribution.base import segmentation_logits
 from cnnviz.models import LoadedModel
 from cnnviz.render.regions import label_map_png
 from core.schemas.models import ClassArea, ClassMask, Segmentation
@@ -68,3 +69,22 @@ def segmentation_answer(model: LoadedModel, logits: torch.Tensor, size: tuple[in
         classes=[ClassArea(index=c, label=name(c), pixels=counts[c], fraction=counts[c] / total) for c in present],
         masks=[ClassMask(index=c, label=name(c), mask_png=_b64(_mask_png(labels == c))) for c in present]
         if masks else None)
+
+
+EAGER_CHUNK = 4  # images per forward (a CPU forward gains nothing from larger batches; memory grows with them)
+
+
+def predict_segmentation(model: LoadedModel, images: list[torch.Tensor], size: int,
+                         masks: bool = False) -> list[Segmentation]:
+    """Each ``[3, H, W]`` image (in [0, 1], its own size) segmented: stretched to ``size``, one batched forward
+    per chunk, the answer at the image's own size."""
+    prep = model.preprocessing
+    answers = []
+    for start in range(0, len(images), EAGER_CHUNK):
+        part = images[start:start + EAGER_CHUNK]
+        x = prep.batch(part, size, "stretch", model.device)
+        with torch.inference_mode():
+            logits = segmentation_logits(model.module(x)).float().cpu()
+        answers += [segmentation_answer(model, logits[i], tuple(img.shape[-2:]), masks)  # type: ignore[arg-type]
+                    for i, img in enumerate(part)]
+    return answers

@@ -250,6 +250,10 @@ class Method:
     method declares at least one (:func:`register` checks); the renderer and ``GET /v1/methods``
     read it from here, so there is no second table to keep in step."""
     Params: ClassVar[type[Params]] = NoParams
+    region_targets: ClassVar[bool] = True
+    """Whether it explains a segmenter's region targets (:class:`RegionTargets`): every method that reads
+    class scores through :class:`Objective` or the CAM base does; one that reads a classifier's head or
+    its class probabilities says False, and is not offered for a segmenter."""
 
     def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
                   params: Params | None = None, *, precision: str | None = None, **kwargs: Any) -> Explanation:
@@ -296,6 +300,8 @@ class Method:
             return "needs gradients"
         if self.uses_layer and model.default_layer is None:
             return "needs a layer output; the model exposes none"
+        if getattr(model.spec, "task", "classification") == "segmentation" and not self.region_targets:
+            return "explains a classifier's class scores, not a segmenter's regions"
         return None
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,

@@ -82,9 +82,8 @@ class CamMethod(Method):
     uses_layer: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("positive",)  # non-negative, smooth, coarse
-    # A region's score (Seg-Grad-CAM) is a sum of a segmenter's logits; variants that read the class
-    # head itself (CAM) or score masked copies by class probability (Score-CAM, Ablation-CAM) say False.
-    region_targets: ClassVar[bool] = True
+    # (region_targets: variants that read the class head itself, CAM, or score masked copies by class
+    # probability, Score-CAM and Ablation-CAM, say False.)
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Params) -> Explanation:

@@ -542,6 +542,7 @@ class GuidedGradCAM(GradientMethod):
     rule = "guided"
     uses_layer = True
     supports_units = False
+    region_targets = False
 
     def run(self, model, x, targets, layer, params):
         if not isinstance(targets, ClassTargets):

@@ -264,7 +264,8 @@ class RISE(PerturbationMethod):
             picked = objective.pick(scores, ii).view(k, n, -1)  # [M,N,T]
             sal += torch.einsum("mnt,mhw->nthw", picked, m.float())
             checkpoint_rows(model, k * n, x)
-        extras.update(masks=count, cell=cell, p=p, score="probability" if probs else kind)
+        score = "probability" if probs else "region logit sum" if objective.is_region else kind
+        extras.update(masks=count, cell=cell, p=p, score=score)
         return sal / (count * p)
 
     def cost(self, model, n_images, n_targets, params, layer):

@@ -74,7 +74,7 @@ def train(steps: int = 1200, scenes: int = 1500, size: int = 64, seed: int = 0, 
         opt.step()
         sched.step()
         loss_avg = 0.95 * loss_avg + 0.05 * float(loss.detach()) if step else float(loss.detach())
-        if step % 100 == 0 or step == steps - 1:
+        if step % 25 == 0 or step == steps - 1:
             log.info("step %d/%d loss %.3f (%.0f s)", step, steps, loss_avg, time.perf_counter() - t0)
     net.eval()
     held = scene_batch(HELD_OUT_SEED, 64, size)
