@@ -139,6 +139,9 @@ class Method:
     method declares at least one (:func:`register` checks); the renderer and ``GET /v1/methods``
     read it from here, so there is no second table to keep in step."""
     Params: ClassVar[type[Params]] = NoParams
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification", "multilabel"})
+    """The model tasks (:data:`cnnviz.models.specs.TASKS`) this method explains; a family that reads
+    a detector's boxes or a segmenter's regions through its objective adds theirs."""
 
     def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
                   params: Params | None = None, *, precision: str | None = None, **kwargs: Any) -> Explanation:
@@ -151,6 +154,10 @@ class Method:
         precision that really ran in ``extras["precision"]``; maps are float32 either way.
         """
         typed = self.Params.build(params, **kwargs)
+        if model.task not in self.tasks:
+            raise EngineError("task-unsupported", f"{self.name} does not explain {model.task} models (model"
+                              f" {model.name}); it explains {', '.join(sorted(self.tasks))} models",
+                              model=model.name, task=model.task)
         if self.needs_gradients:
             require_gradients(model, self.name)
         reason = self.full_precision_reason(model, targets, typed) if precision not in (None, "fp32") else None
@@ -181,6 +188,8 @@ class Method:
 
     def unavailable(self, model: LoadedModel) -> str | None:
         """Why this method cannot answer for ``model`` at all (None: it can)."""
+        if model.task not in self.tasks:
+            return f"does not explain {model.task} models"
         if self.needs_gradients and not model.gradients:
             return "needs gradients"
         if self.uses_layer and model.default_layer is None:

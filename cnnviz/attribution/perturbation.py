@@ -131,7 +131,8 @@ class Occlusion(PerturbationMethod):
     Params = OcclusionParams
 
     def full_precision_reason(self, model: LoadedModel, targets: Targets, params: OcclusionParams) -> str | None:
-        if params.engine == "auto" and not isinstance(targets, UnitTarget) and supports_incremental(model.module):
+        if (params.engine == "auto" and not isinstance(targets, UnitTarget) and model.classifier
+                and supports_incremental(model.module)):
             return ("the incremental engine (engine auto) computes in fp32, exactly; engine full runs its "
                     "forwards at a reduced precision")
         return None
@@ -153,7 +154,7 @@ class Occlusion(PerturbationMethod):
         img_all = torch.arange(n, device=x.device)
         base = objective.pick(out, img_all)  # [N,T]
         extras.update(window=window, stride=stride, windows=n_win)
-        if params.engine == "auto" and not objective.is_unit:
+        if params.engine == "auto" and not objective.is_unit and model.classifier:
             # Unit targets stop the forward at a layer; the patch engine only follows whole-network outputs.
             drops = occlusion_drops(model.module, x, fill, window, stride, objective.pick, base,
                                     params.batch_size or default_chunk(x),
@@ -194,7 +195,7 @@ class Occlusion(PerturbationMethod):
         stride = params.stride
         per_axis = math.ceil(max(0, size - window) / stride) + 1
         per_window = 1.0
-        if params.engine == "auto" and supports_incremental(model.module):
+        if params.engine == "auto" and model.classifier and supports_incremental(model.module):
             per_window = INCREMENTAL_COST
         return float(n_images * (1 + per_axis * per_axis * per_window))
 
