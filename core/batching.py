@@ -169,8 +169,8 @@ class ExplainBatcher:
         try:
             m = get_method(method)
             typed = params.engine_params(m)
-            if not m.independent_images(typed) or params.region is not None:
-                return None  # (a region is each request's own: its box, polygon or predicted masks)
+            if not m.independent_images(typed) or not model.classifier:
+                return None  # a detector's or segmenter's targets are per image: it runs alone
             if params.unit is not None:
                 u = params.unit
                 mode: Hashable = UnitTarget(u.layer, u.channel, u.y, u.x)

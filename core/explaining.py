@@ -138,8 +138,9 @@ def warm_model(model: LoadedModel) -> LoadedModel:
     The gradient methods' copy with batch norms folded (cnnviz.attribution.fast.folded: a copy, a probe
     forward and backward, about 0.3 s on Lite0) is built here too.
     """
-    supports_incremental(model.module)
-    folded_module(model)
+    if model.classifier:  # the incremental engine and the folded copy serve class logits only
+        supports_incremental(model.module)
+        folded_module(model)
     return model
 
 

@@ -61,15 +61,16 @@ def check_region(model: LoadedModel, params: ExplainParams, sizes: Sequence[Size
     """422 for a region target that cannot be explained: naming the task, the classes or the image's bounds."""
     region = params.region
     assert region is not None
-    task = getattr(model.spec, "task", "classification")
+    task = model.task
     if task != "segmentation":
-        raise Invalid("task-mismatch", f"region targets explain a segmenter; model {model.name!r} is a {task} model",
-                      "give target, targets or top_k for a classifier (or a box for a detector)", task=task)
+        raise Invalid("task-mismatch", "Region targets explain a segmenter",
+                      f"model {model.name!r} is a {task} model: a region (a class and its mask, a box or a polygon) "
+                      "needs task = \"segmentation\"; give target, targets or top_k for a classifier", task=task)
     n = model.spec.num_classes
     if region.target is not None and region.target >= n:
-        raise Invalid("unknown-class", f"class {region.target} is outside 0..{n - 1} of model {model.name!r}",
-                      f"the classes are {', '.join(f'{i}: {lb}' for i, lb in enumerate(model.labels))}",
-                      task=task, bounds=[0, n - 1])
+        raise Invalid("unknown-class", "The region's class is out of range",
+                      f"class {region.target} is outside 0..{n - 1} of segmenter {model.name!r}; the classes are "
+                      f"{', '.join(f'{i}: {lb}' for i, lb in enumerate(model.labels))}", task=task, bounds=[0, n - 1])
     poly = region_polygon(region)
     if poly is None or not sizes:
         return
@@ -79,14 +80,17 @@ def check_region(model: LoadedModel, params: ExplainParams, sizes: Sequence[Size
         outside = [(x, y) for x, y in poly if not (0 <= x <= w and 0 <= y <= h)]
         if outside:
             x, y = outside[0]
-            raise Invalid("region-out-of-bounds", f"the {what}'s point ({x:g}, {y:g}) is outside image {i}, whose "
-                          f"points lie in x 0..{w}, y 0..{h}", task=task, image=i, bounds=[0, 0, w, h])
+            raise Invalid("region-out-of-bounds", f"The {what} is outside the image",
+                          f"the {what}'s point ({x:g}, {y:g}) is outside image {i}, whose points lie in x 0..{w}, "
+                          f"y 0..{h}", task=task, image=i, bounds=[0, 0, w, h])
         if not bool(polygon_mask(poly, h, w).any()):
-            raise Invalid("empty-region", f"the {what} covers no pixel of image {i} (a pixel counts when its centre "
-                          "is inside)", task=task, image=i)
+            raise Invalid("empty-region", f"The {what} is empty",
+                          f"the {what} covers no pixel of image {i} (a pixel counts when its centre is inside)",
+                          task=task, image=i)
         if not bool(polygon_mask(scale_points(poly, side / w, side / h), side, side).any()):
-            raise Invalid("empty-region", f"the {what} covers no pixel of the network input ({side}x{side}) for "
-                          f"image {i} ({w}x{h}); give a larger region or a larger resolution", task=task, image=i)
+            raise Invalid("empty-region", f"The {what} is empty at the network input",
+                          f"the {what} covers no pixel of the network input ({side}x{side}) for image {i} ({w}x{h}); "
+                          "give a larger region or a larger resolution", task=task, image=i)
 
 
 def bind_images(params: ExplainParams, sizes: Sequence[Size]) -> ExplainParams:

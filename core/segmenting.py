@@ -74,10 +74,10 @@ def segmentation_answer(model: LoadedModel, logits: torch.Tensor, size: tuple[in
 EAGER_CHUNK = 4  # images per forward (a CPU forward gains nothing from larger batches; memory grows with them)
 
 
-def predict_segmentation(model: LoadedModel, images: list[torch.Tensor], size: int,
+def predict_segmentation(model: LoadedModel, images: list[torch.Tensor], sizes: list[tuple[int, int]], size: int,
                          masks: bool = False) -> list[Segmentation]:
-    """Each ``[3, H, W]`` image (in [0, 1], its own size) segmented: stretched to ``size``, one batched forward
-    per chunk, the answer at the image's own size."""
+    """Each ``[3, h, w]`` image (in [0, 1], as decoded) segmented: stretched to ``size``, one batched forward per
+    chunk, the answer at its original ``sizes`` (height, width), which a large upload was decoded below."""
     prep = model.preprocessing
     answers = []
     for start in range(0, len(images), EAGER_CHUNK):
@@ -85,6 +85,5 @@ def predict_segmentation(model: LoadedModel, images: list[torch.Tensor], size: i
         x = prep.batch(part, size, "stretch", model.device)
         with torch.inference_mode():
             logits = segmentation_logits(model.module(x)).float().cpu()
-        answers += [segmentation_answer(model, logits[i], tuple(img.shape[-2:]), masks)  # type: ignore[arg-type]
-                    for i, img in enumerate(part)]
+        answers += [segmentation_answer(model, logits[i], sizes[start + i], masks) for i in range(len(part))]
     return answers

@@ -102,10 +102,11 @@ def _describe_class(model: LoadedModel, _params: ExplainParams, index: int) -> D
 
 
 def _check_class(model: LoadedModel, _params: ExplainParams, _sizes: Sizes) -> None:
-    if getattr(model.spec, "task", "classification") == "segmentation":  # (LoadedModel.task with the task key)
-        raise Invalid("task-mismatch", f"model {model.name!r} is a segmenter: its output is a class per pixel, not "
-                      "one row of class scores", "give region: a class and its predicted mask, a box or a polygon "
-                      '(for example {"region": {"target": 1}})', task="segmentation")
+    if model.task == "segmentation":
+        raise Invalid("task-mismatch", "A segmenter explains regions, not class scores",
+                      f"model {model.name!r} is a segmentation model: its output is a class per pixel, not one row "
+                      "of class scores; give region: a class and its predicted mask, a box or a polygon (for "
+                      'example {"region": {"target": 1}})', task="segmentation")
 
 
 CLASS = register_target_kind(TargetKind(

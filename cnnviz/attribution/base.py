@@ -27,7 +27,7 @@ import torch
 from ..blur import gaussian_blur
 from ..errors import EngineError, closest
 from ..hooks import LayerCapture, thread_hooks
-from ..models import LoadedModel, validate_layer
+from ..models import LoadedModel, tasks, validate_layer
 from ..models.layers import to_grid
 from ..params import NoParams, Params
 from ..precision import forward_precision, run_precision
@@ -116,14 +116,11 @@ predicted masks the answer outlines are read from them, with no second forward."
 
 
 def segmentation_logits(out: Any) -> torch.Tensor:
-    """A segmenter's ``[N,C,H,W]`` logits: the tensor itself, or torchvision's ``{"out": ...}``."""
-    if isinstance(out, Mapping):
-        out = out["out"]
-    if not isinstance(out, torch.Tensor) or out.dim() != 4:
-        raise EngineError("unsupported-target", "region targets need a segmenter, whose output is [N, classes, H, W]"
-                          f" logits; this model returns {type(out).__name__}"
-                          f"{list(out.shape) if isinstance(out, torch.Tensor) else ''}")
-    return out
+    """A segmenter's ``[N,C,H,W]`` logits (:func:`cnnviz.models.tasks.segmentation_logits`), or an engine error."""
+    try:
+        return tasks.segmentation_logits(out)
+    except ValueError as exc:
+        raise EngineError("unsupported-target", f"region targets need a segmenter: {exc}") from exc
 
 
 class RegionScores:
@@ -236,6 +233,12 @@ def region_scores(scores: torch.Tensor, rows: list[list[int]]) -> tuple[list[lis
     return [[float(s[i, c]) for c in row] for i, row in enumerate(rows)], [[None] * len(row) for row in rows]
 
 
+CLASSIFIER_TASKS = frozenset({"classification", "multilabel"})
+SEGMENTER_TASKS = CLASSIFIER_TASKS | {"segmentation"}
+"""The tasks of a family that reads class scores through :class:`Objective` (or the CAM base): a segmenter's
+region scores (:class:`RegionTargets`) are read the same way."""
+
+
 class Method:
     """Base of all methods: a name, a family, its typed parameters, a cost estimate, and ``attribute``."""
 
@@ -250,10 +253,9 @@ class Method:
     method declares at least one (:func:`register` checks); the renderer and ``GET /v1/methods``
     read it from here, so there is no second table to keep in step."""
     Params: ClassVar[type[Params]] = NoParams
-    region_targets: ClassVar[bool] = True
-    """Whether it explains a segmenter's region targets (:class:`RegionTargets`): every method that reads
-    class scores through :class:`Objective` or the CAM base does; one that reads a classifier's head or
-    its class probabilities says False, and is not offered for a segmenter."""
+    tasks: ClassVar[frozenset[str]] = CLASSIFIER_TASKS
+    """The model tasks (:data:`cnnviz.models.specs.TASKS`) this method explains; a family that reads
+    a detector's boxes or a segmenter's regions through its objective adds theirs."""
 
     def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
                   params: Params | None = None, *, precision: str | None = None, **kwargs: Any) -> Explanation:
@@ -266,6 +268,10 @@ class Method:
         precision that really ran in ``extras["precision"]``; maps are float32 either way.
         """
         typed = self.Params.build(params, **kwargs)
+        if model.task not in self.tasks:
+            raise EngineError("task-unsupported", f"{self.name} does not explain {model.task} models (model"
+                              f" {model.name}); it explains {', '.join(sorted(self.tasks))} models",
+                              model=model.name, task=model.task)
         if self.needs_gradients:
             require_gradients(model, self.name)
         reason = self.full_precision_reason(model, targets, typed) if precision not in (None, "fp32") else None
@@ -296,12 +302,12 @@ class Method:
 
     def unavailable(self, model: LoadedModel) -> str | None:
         """Why this method cannot answer for ``model`` at all (None: it can)."""
+        if model.task not in self.tasks:
+            return f"does not explain {model.task} models"
         if self.needs_gradients and not model.gradients:
             return "needs gradients"
         if self.uses_layer and model.default_layer is None:
             return "needs a layer output; the model exposes none"
-        if getattr(model.spec, "task", "classification") == "segmentation" and not self.region_targets:
-            return "explains a classifier's class scores, not a segmenter's regions"
         return None
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,

@@ -32,7 +32,9 @@ from ..models.layers import from_grid, to_grid
 from ..params import Params, param
 from ..precision import forward_precision
 from .base import (
+    CLASSIFIER_TASKS,
     REGION_LOGITS,
+    SEGMENTER_TASKS,
     ClassTargets,
     EngineError,
     Explanation,
@@ -82,15 +84,14 @@ class CamMethod(Method):
     uses_layer: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("positive",)  # non-negative, smooth, coarse
-    # (region_targets: variants that read the class head itself, CAM, or score masked copies by class
-    # probability, Score-CAM and Ablation-CAM, say False.)
+    # A segmenter's region score (Seg-Grad-CAM) is a sum of its logits, read like a class score; the
+    # variants that read the classifier head itself (CAM) or score masked copies by class probability
+    # (Score-CAM, Ablation-CAM) keep to classifiers.
+    tasks: ClassVar[frozenset[str]] = SEGMENTER_TASKS
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Params) -> Explanation:
         region = isinstance(targets, RegionTargets)
-        if region and not self.region_targets:
-            raise EngineError("unsupported-target", f"{self.name} explains class scores of a classifier, not regions"
-                              " of a segmenter; use gradcam, gradcampp, xgradcam, hirescam, layercam or eigencam")
         if not isinstance(targets, ClassTargets | RegionTargets):
             raise EngineError("unsupported-target", f"{self.name} explains class scores, not units")
         layer = validate_layer(model, layer, family="cam")
@@ -271,7 +272,7 @@ class CAM(CamMethod):
     name = "cam"
     title = "CAM"
     needs_gradients = False
-    region_targets = False
+    tasks = CLASSIFIER_TASKS
 
     def weights(self, ctx, acts, grads, idx):
         fc = _gap_linear_head(ctx.model, acts, ctx.logits)
@@ -318,7 +319,7 @@ class ScoreCAM(CamMethod):
     name = "scorecam"
     title = "Score-CAM"
     needs_gradients = False
-    region_targets = False
+    tasks = CLASSIFIER_TASKS
     Params = SweepParams
 
     def prepare(self, ctx: CamContext) -> None:
@@ -363,7 +364,7 @@ class AblationCAM(CamMethod):
     name = "ablationcam"
     title = "Ablation-CAM"
     needs_gradients = False
-    region_targets = False
+    tasks = CLASSIFIER_TASKS
     Params = AblationParams
 
     def prepare(self, ctx: CamContext) -> None:

@@ -39,8 +39,10 @@ import torch.nn.functional as F
 from ..models import LoadedModel, validate_layer
 from ..params import Params, param
 from .base import (
+    CLASSIFIER_TASKS,
     METHODS,
     REGION_LOGITS,
+    SEGMENTER_TASKS,
     Baseline,
     ClassTargets,
     EngineError,
@@ -183,6 +185,7 @@ class GradientMethod(Method):
     family: ClassVar[str] = "gradient"
     supports_units: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
+    tasks: ClassVar[frozenset[str]] = SEGMENTER_TASKS
     # abs-max by default: a magnitude whose sign means little; a signed ``reduce`` = "sum" draws it signed
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("unsigned", "signed")
     default_reduce: ClassVar[str] = "abs-max"
@@ -542,7 +545,7 @@ class GuidedGradCAM(GradientMethod):
     rule = "guided"
     uses_layer = True
     supports_units = False
-    region_targets = False
+    tasks = CLASSIFIER_TASKS  # its Grad-CAM half is computed for class targets
 
     def run(self, model, x, targets, layer, params):
         if not isinstance(targets, ClassTargets):

@@ -28,11 +28,11 @@ from ..models import LoadedModel
 from ..params import Params, param
 from .base import (
     REGION_LOGITS,
+    SEGMENTER_TASKS,
     EngineError,
     Explanation,
     Method,
     Objective,
-    RegionTargets,
     Targets,
     UnitTarget,
     checkpoint_rows,
@@ -83,6 +83,7 @@ class PerturbationMethod(Method):
 
     family: ClassVar[str] = "perturbation"
     supports_units: ClassVar[bool] = True
+    tasks: ClassVar[frozenset[str]] = SEGMENTER_TASKS
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Any) -> Explanation:
@@ -135,8 +136,8 @@ class Occlusion(PerturbationMethod):
     Params = OcclusionParams
 
     def full_precision_reason(self, model: LoadedModel, targets: Targets, params: OcclusionParams) -> str | None:
-        if params.engine == "auto" and not isinstance(targets, UnitTarget | RegionTargets) \
-                and supports_incremental(model.module):
+        if (params.engine == "auto" and not isinstance(targets, UnitTarget) and model.classifier
+                and supports_incremental(model.module)):
             return ("the incremental engine (engine auto) computes in fp32, exactly; engine full runs its "
                     "forwards at a reduced precision")
         return None
@@ -158,7 +159,7 @@ class Occlusion(PerturbationMethod):
         img_all = torch.arange(n, device=x.device)
         base = objective.pick(out, img_all)  # [N,T]
         extras.update(window=window, stride=stride, windows=n_win)
-        if params.engine == "auto" and not objective.is_unit and not objective.is_region:
+        if params.engine == "auto" and not objective.is_unit and model.classifier:
             # Unit targets stop the forward at a layer; the patch engine only follows whole-network outputs.
             drops = occlusion_drops(model.module, x, fill, window, stride, objective.pick, base,
                                     params.batch_size or default_chunk(x),
@@ -199,7 +200,7 @@ class Occlusion(PerturbationMethod):
         stride = params.stride
         per_axis = math.ceil(max(0, size - window) / stride) + 1
         per_window = 1.0
-        if params.engine == "auto" and supports_incremental(model.module):
+        if params.engine == "auto" and model.classifier and supports_incremental(model.module):
             per_window = INCREMENTAL_COST
         return float(n_images * (1 + per_axis * per_axis * per_window))
 

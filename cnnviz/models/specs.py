@@ -24,7 +24,27 @@ per model::
     arch = "factory:mypkg.nets:build"       # a function returning an nn.Module, called with [models.mine.kwargs]
     weights = "mine.safetensors"
 
-Optional keys: ``input_size``, ``mean``, ``std``, ``num_classes``, ``labels``, ``head``
+    [models.shapes]
+    task = "detection"                      # classification (default) | multilabel | detection | segmentation
+    arch = "fasterrcnn_mobilenet_v3_large_320_fpn"   # torchvision detectors and segmenters load the same way
+    weights = "shapes.safetensors"
+    labels = ["__background__", "circle", "square", "triangle"]
+
+    [models.yolo]
+    task = "detection"
+    arch = "factory:mypkg.yolo:build"
+    outputs = { boxes = "0", scores = "1", labels = "2" }   # where the detections are in the output
+
+``task`` says what the network's output is (:mod:`.tasks` reads each): ``classification``
+logits ``[N, classes]`` (softmax); ``multilabel`` the same read with a per-class sigmoid (``head =
+"sigmoid"`` is the older spelling of it, still accepted, and the two are kept consistent);
+``detection`` one ``{boxes, labels, scores}`` per image (torchvision's convention; ``outputs``
+maps another layout onto it); ``segmentation`` ``[N, classes, H, W]`` logits, or a dict with them
+under ``"out"`` (torchvision's segmenters). A detection or segmentation entry defaults to the
+identity normalization (``mean = [0,0,0]``, ``std = [1,1,1]``) for torchvision detectors, which
+normalize inside, and keeps ImageNet's for segmenters.
+
+Optional keys: ``task``, ``outputs``, ``input_size``, ``mean``, ``std``, ``num_classes``, ``labels``, ``head``
 (softmax | sigmoid), ``gradients``, ``resize`` (stretch | center-crop), ``interpolation``
 (bilinear | bicubic | nearest | area), ``crop_fraction``, ``description`` and a ``kwargs`` table
 for the builder. A timm model's own pretrained config supplies the preprocessing keys not given.
@@ -61,6 +81,11 @@ class ModelLoadError(RuntimeError):
 
 
 HEADS = ("softmax", "sigmoid")
+TASKS = ("classification", "multilabel", "detection", "segmentation")
+"""What a network's output is; each is read by :mod:`cnnviz.models.tasks`."""
+OUTPUT_FIELDS = ("boxes", "labels", "scores", "class_scores", "objectness")
+"""What ``outputs`` may map for a detector: the first three are required, the last two optional
+(``class_scores`` ``[K, classes]`` and ``objectness`` ``[K]`` make D-RISE's similarity complete)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +108,8 @@ class ModelSpec:
     crop_fraction: float = 0.875
     kwargs: tuple[tuple[str, Any], ...] = ()  # builder keyword arguments
     declared: frozenset[str] = frozenset()  # keys the models file set; the rest may come from timm's config
+    task: str = "classification"  # one of TASKS
+    outputs: tuple[tuple[str, str], ...] = ()  # detection: field -> path into the output ("0", "dets.boxes")
 
     @property
     def source(self) -> str:
@@ -125,7 +152,42 @@ def _resolve_weights(ref: str, base: Path) -> Path:
 
 
 _KEYS = {"arch", "weights", "input_size", "mean", "std", "num_classes", "labels", "description", "head",
-         "gradients", "resize", "interpolation", "crop_fraction", "kwargs"}
+         "gradients", "resize", "interpolation", "crop_fraction", "kwargs", "task", "outputs"}
+
+
+def _task_keys(where: str, entry: dict[str, Any], kw: dict[str, Any]) -> None:
+    """``task`` and ``head`` agree (multilabel is a sigmoid head); ``outputs`` only for a detector."""
+    task = entry.get("task")
+    if task is None:
+        task = "multilabel" if entry.get("head") == "sigmoid" else "classification"
+    elif task not in TASKS:
+        raise ModelLoadError(f"{where}: task must be one of {list(TASKS)}, got {task!r}")
+    head = entry.get("head")
+    if head == "sigmoid" and task != "multilabel":
+        raise ModelLoadError(f"{where}: head = 'sigmoid' is a multilabel classifier; task is {task!r}")
+    if task == "multilabel":
+        kw["head"] = "sigmoid"
+    kw["task"] = task
+    if task in ("detection", "segmentation") and "resize" in entry and entry["resize"] != "stretch":
+        raise ModelLoadError(f"{where}: a {task} model fits images by stretching (its boxes and masks map back "
+                             "to the original image), not by center-crop")
+    if task == "detection" and not str(entry.get("arch", "")).startswith(("factory:", "export")):
+        kw.setdefault("mean", (0.0, 0.0, 0.0))  # torchvision's detectors normalize inside
+        kw.setdefault("std", (1.0, 1.0, 1.0))
+    outputs = entry.get("outputs")
+    if outputs is None:
+        return
+    if task != "detection":
+        raise ModelLoadError(f"{where}: outputs maps a detector's output; this model's task is {task!r}")
+    if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()):
+        raise ModelLoadError(f"{where}: outputs must be a table of paths, e.g. {{ boxes = \"0\", scores = \"1\","
+                             " labels = \"2\" }")
+    unknown = set(outputs) - set(OUTPUT_FIELDS)
+    missing = {"boxes", "labels", "scores"} - set(outputs)
+    if unknown or missing:
+        raise ModelLoadError(f"{where}: outputs takes {list(OUTPUT_FIELDS)} (boxes, labels and scores required);"
+                             f" unknown {sorted(unknown)}, missing {sorted(missing)}")
+    kw["outputs"] = tuple(sorted((str(k), str(v)) for k, v in outputs.items()))
 
 
 def _frozen(v: Any) -> Any:
@@ -160,6 +222,7 @@ def _spec_from_entry(name: str, entry: dict[str, Any], path: Path) -> ModelSpec:
         if not isinstance(entry["kwargs"], dict):
             raise ModelLoadError(f"{where}: kwargs must be a table")
         kw["kwargs"] = tuple(sorted((str(k), _frozen(v)) for k, v in entry["kwargs"].items()))
+    _task_keys(where, entry, kw)
     labels = entry.get("labels")
     if isinstance(labels, list):
         if not all(isinstance(v, str) for v in labels):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from tiny import wrap
@@ -10,8 +12,8 @@ from cnnviz.attribution import RegionTargets, get_method
 from cnnviz.errors import EngineError
 from cnnviz.localization.polygons import box_polygon, mask_outline, polygon_mask
 from cnnviz.metrics import energy_in_mask, mask_pointing_game
-from cnnviz.models.scene_segmenter import SceneSegmenter
 from cnnviz.render.regions import draw_region, label_map_png
+from cnnviz.synthetic.segmenter import SceneSegmenter
 from core.segmenting import label_map
 
 SIZE = 24
@@ -26,7 +28,9 @@ def _segmenter(seed: int = 0):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
         net.classifier.bias.data = torch.tensor([0.0, 0.1, -0.1, 0.05])
-    return wrap(net, name="seg", size=SIZE, num_classes=4, default_layer="stage2")
+    model = wrap(net, name="seg", size=SIZE, num_classes=4, default_layer="backbone.stage2")
+    model.spec = dataclasses.replace(model.spec, task="segmentation")
+    return model
 
 
 def _images(n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -76,9 +80,10 @@ def test_top_k_ranks_classes_by_predicted_area_from_one_forward() -> None:
 
 def test_gradcam_of_a_region_equals_grad_cam_of_the_summed_logit() -> None:
     model, x = _segmenter(), _images()
-    res = get_method("gradcam").attribute(model, x, RegionTargets(indices=((2,),), regions=_box()), layer="stage2")
+    res = get_method("gradcam").attribute(model, x, RegionTargets(indices=((2,),), regions=_box()),
+                                          layer="backbone.stage2")
     acts = {}
-    handle = model.module.stage2.register_forward_hook(lambda _m, _i, o: acts.setdefault("a", o))
+    handle = model.module.backbone.stage2.register_forward_hook(lambda _m, _i, o: acts.setdefault("a", o))
     try:
         with torch.enable_grad():
             xg = x.clone().requires_grad_(True)

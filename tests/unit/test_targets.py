@@ -76,3 +76,23 @@ def test_region_kind_counts_classes_and_rasterizes_its_box_at_the_network_input(
     assert torch.equal(t.regions, want)
     assert target_kind(boxed).describe(Model(), boxed, 1).__dict__ == {"kind": "region", "label": "circle"}  # type: ignore[arg-type]
     assert not target_kind(boxed).probability
+
+
+@pytest.mark.parametrize(("task", "params", "slug"), [
+    ("classification", {"region": {"target": 1}}, "task-mismatch"),
+    ("detection", {"region": {"target": 1, "box": [0, 0, 8, 8]}}, "task-mismatch"),
+    ("segmentation", {"target": 1}, "task-mismatch"),
+    ("segmentation", {"top_k": 2}, "task-mismatch"),
+])
+def test_targets_of_another_task_are_422_naming_the_task(task: str, params: dict, slug: str) -> None:
+    import dataclasses
+
+    from tiny import tiny_model
+
+    from core.explaining import check_explain
+
+    model = tiny_model()
+    model.spec = dataclasses.replace(model.spec, task=task)
+    with pytest.raises(Invalid) as exc:
+        check_explain(model, "gradcam", params, 1, [(32, 32)])
+    assert exc.value.slug == slug and exc.value.extra["task"] == task and f"a {task} model" in str(exc.value)
