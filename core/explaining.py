@@ -39,7 +39,7 @@ from core.explain_pictures import output_hw, render_pictures
 from core.imaging import DecodedImage, image_to_tensor
 from core.lanes import DIRECT
 from core.lookups import check_layers, known_method
-from core.regions import bind_images, image_mask, predicted_mask, region_info
+from core.regions import bind_images, image_mask, predicted_mask, region_info, target_mask
 from core.schemas.explain import (
     Completeness,
     ExplainParams,
@@ -315,15 +315,19 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                                   probability=result.probabilities[i][t])
                 ta = time.perf_counter()
                 regions = _localize(raw, tensors[i], params, (d.height, d.width)) if params.localization else None
-                target_region, rinfo = None, None
+                region_mask, target_region, rinfo = None, None, None
                 if params.region is not None and seg_logits is not None:
                     predicted = predicted_mask(seg_logits[i], idx, (d.height, d.width))
-                    mask = image_mask(params.region, (d.height, d.width))
-                    mask = predicted if mask is None else mask
-                    target_region, rinfo = (mask, named.label), region_info(params.region, mask, predicted)
+                    region_mask = image_mask(params.region, (d.height, d.width))
+                    region_mask = predicted if region_mask is None else region_mask
+                    rinfo = region_info(params.region, region_mask, predicted)
+                    if out.overlay or out.figure:  # the outline, drawn at the pictures' own size
+                        target_region = (target_mask(params.region, seg_logits[i], idx,
+                                                     output_hw(out.size, d.height, d.width), (d.height, d.width)),
+                                         named.label)
                 tb = time.perf_counter()
                 faith = (_faithfulness(model, x_pix[i], raw, idx, tkind.probability, params, (d.height, d.width),
-                                       target_region[0] if target_region else None)
+                                       region_mask)
                          if params.faithfulness else None)
                 tc = time.perf_counter()
                 title = figure_title(m.title or method, info.label, info.probability, result.layer)

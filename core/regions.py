@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from cnnviz.localization.polygons import box_polygon, polygon_mask, scale_points
 from cnnviz.models import LoadedModel
 from core.errors import Invalid
 from core.schemas.explain import ExplainParams, RegionInfo, RegionTargetParams
+from core.segmenting import label_map
 
 Size = tuple[int, int]  # (height, width)
 
@@ -47,14 +47,26 @@ def image_mask(region: RegionTargetParams, size: Size) -> torch.Tensor | None:
     return None if poly is None else polygon_mask(poly, size[0], size[1])
 
 
+def target_mask(region: RegionTargetParams, logits: torch.Tensor, cls: int, size: Size, orig: Size) -> torch.Tensor:
+    """The region of a target as a mask of ``size`` for an image whose original size is ``orig``: the box or
+    polygon scaled and rasterized there, or the class's predicted mask from logits upsampled there.
+
+    Drawn at the picture's own size, an outline follows a polygon's edges or a mask's border smoothly
+    instead of in steps of the image's (or the network's) pixels.
+    """
+    poly = region_polygon(region)
+    if poly is None:
+        return predicted_mask(logits, cls, size)
+    return polygon_mask(scale_points(poly, size[1] / orig[1], size[0] / orig[0]), size[0], size[1])
+
+
 def predicted_mask(logits: torch.Tensor, cls: int, size: Size) -> torch.Tensor:
     """The pixels of an image of ``size`` predicted as ``cls``: logits ``[C, h, w]`` upsampled, then arg-max.
 
     Upsampling the logits (not the label map) draws the mask's border as smoothly as the network
     saw it, instead of in blocks of the network's pixels.
     """
-    up = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    return up.argmax(0) == cls
+    return label_map(logits, size) == cls
 
 
 def check_region(model: LoadedModel, params: ExplainParams, sizes: Sequence[Size] | None) -> None:

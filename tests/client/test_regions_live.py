@@ -20,7 +20,7 @@ from cnnviz_client import Client, RetryPolicy, region
 from cnnviz_client.cli import main
 from PIL import Image
 
-from tests.jobs.jobkit import KEY_A, TERMINAL, Stack, wait_done, wait_status
+from tests.jobs.jobkit import KEY_A, TERMINAL, Proc, Stack, wait_done, wait_status
 
 pytestmark = pytest.mark.jobs
 
@@ -31,9 +31,11 @@ MODEL = "shapes-segmenter"
 @pytest.fixture(scope="module")
 def seg_stack(redis_url: str) -> Iterator[Stack]:
     s = Stack(redis_url, extra_env={"CNNVIZ_MODELS": str(SCENES / "models.toml"), "CNNVIZ_INLINE_BUDGET": "3"})
-    s.start(workers=1)
-    try:
-        s.wait_workers(1)
+    try:  # (started by hand to stop it whatever happens, and to wait longer on a busy machine)
+        s.api = Proc("api", ["serve", "--host", "127.0.0.1", "--port", str(s.port)], s.env)
+        s.start_worker()
+        s.wait_http(timeout_s=180)
+        s.wait_workers(1, timeout_s=180)
         yield s
     finally:
         s.stop()
