@@ -115,7 +115,7 @@ def test_client_and_cli_take_region_targets(seg_stack: Stack, scene: Path, tmp_p
     rc = main(["explain", str(scene), "--model", MODEL, "--method", "gradcam", "--region", str(shape),
                "--box", "0,0,40,40", "--out", str(out_png)])
     out = capsys.readouterr().out
-    assert rc == 0 and "region: box box (0, 0, 40, 40) area 1600 px" in out, out
+    assert rc == 0 and "region (box): bounding box (0, 0, 40, 40), 1600 px" in out, out
     assert Image.open(out_png).size == (64, 64)
     rc = main(["predict", str(scene), "--model", MODEL, "--label-map", str(tmp_path / "labels.png")])
     out = capsys.readouterr().out

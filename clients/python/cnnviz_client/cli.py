@@ -244,7 +244,7 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
                    f"map {e.map.shape[0]}x{e.map.shape[1]} [{e.map.min:.4g}, {e.map.max:.4g}]")
             if e.region:
                 r = e.region
-                _write(f"    region: {r.get('source')} box {tuple(r.get('box') or ())} area {r.get('area')} px "
+                _write(f"    region ({r.get('source')}): bounding box {tuple(r.get('box') or ())}, {r.get('area')} px "
                        f"({r.get('fraction', 0):.1%} of the image, {r.get('predicted_fraction', 0):.0%} predicted "
                        f"{t.label or t.index})")
             if e.faithfulness and e.faithfulness.get("energy_in_region") is not None:

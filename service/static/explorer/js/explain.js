@@ -4,7 +4,9 @@
 // An explanation over the inline budget comes back as 202 + a job, which is followed to its result.
 
 import { ProblemError, followJob, getJSON, isAbort, multipart, request } from './api.js';
-import { firstRegionClass, isSegmenter, labelMapTargets, outlineRegion, regionParams, regionRows } from './regions.js';
+import {
+  firstRegionClass, isSegmenter, labelMapTargets, offeredMethods, outlineRegion, regionParams, regionRows,
+} from './regions.js';
 import { schemaForm } from './schema-form.js';
 import { labelOf, layerChoices, on, state } from './state.js';
 import {
@@ -99,7 +101,11 @@ export function mountExplain(root) {
         ui.compareChecks, ui.grid)));
   syncToggles();
   on('catalog', () => fillMethods());
-  on('model', () => { fillLayers(); s.predictions = []; s.custom = []; if (s.file) setImage(s.file); });
+  on('model', () => {
+    const seg = isSegmenter(state.detail);  // a segmenter offers only the methods that explain its regions
+    if (seg !== Boolean(s.segmenterMethods) && state.methods.length) { s.segmenterMethods = seg; fillMethods(); }
+    fillLayers(); s.predictions = []; s.custom = []; if (s.file) setImage(s.file);
+  });
   // Bundled sample on first visit, so the tab is never empty.
   root.addEventListener('explorer:show', () => { if (!s.file && !s.loadingSample) loadFirstSample(picker); },
     { once: true });
@@ -121,8 +127,9 @@ function currentMethod() {
 }
 
 function fillMethods() {
-  const fams = {};
-  for (const m of state.methods) (fams[m.family] ||= []).push(m);
+  const fams = Object.fromEntries(Object.keys(FAMILY).map((f) => [f, []]));  // the families in a fixed order
+  for (const m of offeredMethods(state.methods, state.detail)) (fams[m.family] ||= []).push(m);
+  for (const f of Object.keys(fams)) if (!fams[f].length) delete fams[f];
   clear(ui.method, Object.entries(fams).map(([fam, ms]) => el('optgroup', { label: FAMILY[fam] || fam },
     ms.map((m) => option(m.name, m.inline ? m.title : `${m.title} — runs as a job`, m.name === s.method)))));
   clear(ui.compareChecks, Object.entries(fams).map(([fam, ms]) => el('fieldset.compare-family',

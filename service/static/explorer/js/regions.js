@@ -11,6 +11,13 @@ export function isSegmenter(detail) {
   return detail?.task === 'segmentation';
 }
 
+/** The methods to offer for a model: a segmenter's own list (GET /v1/models/{m} names those that explain its
+ * regions); a classifier's are all of them, as before. */
+export function offeredMethods(methods, detail) {
+  if (!isSegmenter(detail) || !detail.methods) return methods;
+  return methods.filter((m) => detail.methods.includes(m.name));
+}
+
 /** PASCAL VOC's colour of class i (0 black, 1 dark red, 2 dark green, ...), as the service draws label maps. */
 export function vocColor(i) {
   let c = i; let r = 0; let g = 0; let b = 0;
