@@ -36,6 +36,19 @@ LABELLED = {"cat": "chelsea", "cup": "coffee", "rocket": "rocket"}
 
 VIEWS = 4
 
+SEGMENTER_SCENE = "segmenter-scene.png"
+"""A held-out synthetic scene of the repository's segmenter (models/shapes), 4x larger: the segmentation
+examples' image, the same scene as ``models/shapes/segmenter-scenes/scene-0.png``."""
+
+
+def _segmenter_scene() -> np.ndarray:
+    from cnnviz.synthetic.scenes import scene_batch
+    from cnnviz.synthetic.train_segmenter import HELD_OUT_SEED, SIZE
+
+    scene = scene_batch(HELD_OUT_SEED, 1, SIZE)[0]
+    arr = (scene.image * 255).round().byte().permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(arr.repeat(4, 0).repeat(4, 1))
+
 
 def _photo(name: str) -> np.ndarray:
     import skimage.data
@@ -81,6 +94,7 @@ def write_samples(folder: Path) -> list[Path]:
                                               (label, v) for label, n in LABELLED.items()
                                               for v in _views(_photo(n), VIEWS))])
     files["labelled.json"] = lambda: (json.dumps({"labels": labels}) + "\n").encode()
+    files[SEGMENTER_SCENE] = lambda: _encode(_segmenter_scene(), "PNG")
     written = []
     for name, make in files.items():
         path = folder / name

@@ -27,6 +27,7 @@ from .segmenter import SceneSegmenter
 log = logging.getLogger(__name__)
 
 HELD_OUT_SEED = 100_000
+SIZE = 64  # the scenes' side, px: the segmenter's input size
 SCENES_DIR = "segmenter-scenes"
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
@@ -49,7 +50,7 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return (x - mean) / std
 
 
-def train(steps: int = 700, scenes: int = 1500, size: int = 64, seed: int = 0, batch: int = 32,
+def train(steps: int = 700, scenes: int = 1500, size: int = SIZE, seed: int = 0, batch: int = 32,
           lr: float = 3e-3, width: int = 16) -> tuple[SceneSegmenter, dict[str, float | int]]:
     """Train from scratch; returns the network (eval mode) and what the run measured."""
     torch.manual_seed(seed)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("models/shapes"))
     ap.add_argument("--steps", type=int, default=700)
     ap.add_argument("--scenes", type=int, default=1500)
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--size", type=int, default=SIZE)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
