@@ -200,6 +200,7 @@ async function setImage(file) {
 }
 
 function renderTargets() {
+  ui.search.closest('.field').hidden = Boolean(s.segmentation);  // a segmenter's classes are its map's
   if (s.segmentation) {  // a segmenter: its label map, where a click picks the region to explain
     clear(ui.targets, labelMapTargets({ baseUrl: s.baseUrl, segmentation: s.segmentation, width: s.width,
       height: s.height, selected: s.target, labelOf,
@@ -367,6 +368,8 @@ async function downloadComposite() {
   g.globalAlpha = s.alpha;
   g.drawImage(heat, 0, 0, c.width, c.height);
   g.globalAlpha = 1;
+  const outline = view.querySelector('canvas.lm-outline');  // a segmenter's explained region
+  if (outline) g.drawImage(outline, 0, 0, c.width, c.height);
   const regions = s.last.answer.images[0].explanations[0].regions || [];
   g.strokeStyle = '#fff';
   g.lineWidth = Math.max(2, c.width / 200);
