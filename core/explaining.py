@@ -34,6 +34,7 @@ from cnnviz.render import (
     normalize_map,
     resize_map,
 )
+from core.box_answers import box_faithfulness, box_info, box_label
 from core.errors import Invalid, from_engine, inline_needs_store
 from core.explain_pictures import output_hw, render_pictures
 from core.imaging import DecodedImage, image_to_tensor
@@ -267,6 +268,9 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     around = DIRECT if light_work(images, params) else lane
     tensors, x_pix, x = around(prepare)
     t1 = time.perf_counter()
+    tkind = target_kind(params)
+    if tkind.sized:  # reference boxes come in each image's own pixels
+        params = params.with_image_sizes([(d.height, d.width) for d in images])
     result = engine(model, method, x, params)
     if model.device.type == "cuda":
         torch.cuda.synchronize(model.device)
@@ -284,8 +288,8 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
         spent["encode"] += time.perf_counter() - t
         return res
 
-    tkind = target_kind(params)
     grads = result.extras.get("gradient")
+    boxes = result.extras.get("boxes")  # box targets: what each resolved to (network-input pixels)
 
     def render_all() -> list[ImageExplanation]:
         out_images = []
@@ -297,15 +301,22 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                 named = tkind.describe(model, params, idx)
                 info = TargetInfo(kind=named.kind, index=idx, label=named.label, score=result.scores[i][t],
                                   probability=result.probabilities[i][t])
+                if boxes:
+                    info = box_info(model, boxes[i][t], (size, size), (d.height, d.width))
                 ta = time.perf_counter()
                 regions = _localize(raw, tensors[i], params, (d.height, d.width)) if params.localization else None
                 tb = time.perf_counter()
-                faith = (_faithfulness(model, x_pix[i], raw, idx, tkind.probability, params, (d.height, d.width))
-                         if params.faithfulness else None)
+                if params.faithfulness is None:
+                    faith = None
+                elif boxes:
+                    faith = box_faithfulness(model, x_pix[i], raw, result.extras["box_targets"], i, t, info,
+                                             params, (d.height, d.width))
+                else:
+                    faith = _faithfulness(model, x_pix[i], raw, idx, tkind.probability, params, (d.height, d.width))
                 tc = time.perf_counter()
                 title = figure_title(m.title or method, info.label, info.probability, result.layer)
                 pics = render_pictures(raw, grads[i][t] if grads else None, img_u8, params, kind, regions, title,
-                               (d.height, d.width))
+                               (d.height, d.width), box=box_label(info) if boxes else None)
                 td = time.perf_counter()
                 spent["localization"] += tb - ta
                 spent["faithfulness"] += tc - tb

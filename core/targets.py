@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cnnviz.attribution import ClassTargets, Targets, UnitTarget
+from cnnviz.attribution import BoxTargets, ClassTargets, Targets, UnitTarget
+from cnnviz.errors import closest
 from cnnviz.models import LoadedModel
 from core.errors import Invalid
 from core.schemas.explain import ExplainParams
@@ -50,6 +51,7 @@ class TargetKind:
     per_image: Callable[[ExplainParams], int]
     describe: Callable[[LoadedModel, ExplainParams, int], Described]
     probability: bool
+    sized: bool = False  # its engine targets need the images' original sizes (reference boxes in their pixels)
 
 
 TARGET_KINDS: dict[str, TargetKind] = {}
@@ -74,7 +76,13 @@ def target_kind(params: ExplainParams) -> TargetKind:
 
 # -- class scores: one class for all images, a list per image, or each image's top k --------------------
 
-def _class_targets(_model: LoadedModel, params: ExplainParams, n_images: int) -> Targets:
+def _class_targets(model: LoadedModel, params: ExplainParams, n_images: int) -> Targets:
+    if model.task == "detection":
+        if params.target is not None or params.targets is not None:
+            raise Invalid("task-mismatch", f"model {model.name} is a detector: it explains boxes, not classes",
+                          'name them with box, e.g. {"box": {"index": [0]}} or {"box": {"top_k": 3}}',
+                          task=model.task)
+        return BoxTargets(top_k=params.top_k)  # a detector's default: its best boxes
     if params.targets is not None:
         if len(params.targets) != n_images:
             raise Invalid("bad-targets", f"targets has {len(params.targets)} rows for {n_images} images")
@@ -116,3 +124,46 @@ def _describe_unit(_model: LoadedModel, params: ExplainParams, index: int) -> De
 UNIT = register_target_kind(TargetKind(
     "unit", ("unit",), selects=lambda p: p.unit is not None, engine=_unit_targets, per_image=lambda _p: 1,
     describe=_describe_unit, probability=False), before="class")
+
+
+# -- a box of a detector: detections by rank, reference boxes with labels, or each image's top k -----------
+
+def _class_index(model: LoadedModel, label: str | int) -> int:
+    if isinstance(label, int):
+        if label >= len(model.labels):
+            raise Invalid("unknown-class", f"class index {label} is outside 0..{len(model.labels) - 1} of model"
+                          f" {model.name}")
+        return label
+    if label not in model.labels:
+        raise Invalid("unknown-class", f"model {model.name} has no class labelled {label!r}",
+                      choices=closest(label, list(model.labels)))
+    return model.labels.index(label)
+
+
+def _box_targets(model: LoadedModel, params: ExplainParams, n_images: int) -> Targets:
+    b = params.box
+    assert b is not None
+    if model.task != "detection":
+        raise Invalid("task-mismatch", f"a box target needs a detector; model {model.name} is a {model.task} model",
+                      "explain it with target, targets, top_k or unit", task=model.task)
+    refs = None
+    if b.reference is not None:
+        size = model.preprocessing.input_size if params.resolution is None else params.resolution
+        sizes = params._image_hw or ((size, size),) * n_images  # no sizes: the boxes are in input pixels
+        refs = tuple(tuple(((r.box[0] * size / w, r.box[1] * size / h, r.box[2] * size / w, r.box[3] * size / h),
+                            _class_index(model, r.label)) for r in b.reference) for h, w in sizes)
+    return BoxTargets(indices=tuple(b.index) if b.index is not None else None, references=refs, top_k=b.top_k,
+                      score_threshold=b.score_threshold, iou_threshold=b.iou_threshold)
+
+
+def _boxes_per_image(params: ExplainParams) -> int:
+    b = params.box
+    assert b is not None
+    return len(b.index) if b.index is not None else len(b.reference) if b.reference is not None else b.top_k
+
+
+BOX = register_target_kind(TargetKind(
+    "box", ("box",), selects=lambda p: p.box is not None, engine=_box_targets, per_image=_boxes_per_image,
+    describe=lambda _m, _p, index: Described("box", None), probability=False, sized=True), before="class")
+"""The box itself, its label and score come from the engine's resolution (``Explanation.extras["boxes"]``):
+only the forward knows which detection a rank names."""

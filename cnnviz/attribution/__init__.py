@@ -20,6 +20,7 @@ from .base import (
     get_method,
     register,
 )
+from .boxes import BoxTargets
 
-__all__ = ["MAP_KINDS", "METHODS", "EngineError", "ClassTargets", "Explanation", "MapKind", "Method", "Targets",
-           "UnitTarget", "get_method", "register"]
+__all__ = ["MAP_KINDS", "METHODS", "BoxTargets", "EngineError", "ClassTargets", "Explanation", "MapKind", "Method",
+           "Targets", "UnitTarget", "get_method", "register"]

@@ -32,11 +32,13 @@ from ..models.layers import from_grid, to_grid
 from ..params import Params, param
 from ..precision import forward_precision
 from .base import (
+    BoxTargets,
     ClassTargets,
     EngineError,
     Explanation,
     MapKind,
     Method,
+    Objective,
     Targets,
     checkpoint_rows,
     class_scores,
@@ -78,14 +80,17 @@ class CamMethod(Method):
     uses_layer: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("positive",)  # non-negative, smooth, coarse
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification", "multilabel", "detection"})
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Params) -> Explanation:
-        if not isinstance(targets, ClassTargets):
+        boxes = isinstance(targets, BoxTargets)
+        if not isinstance(targets, ClassTargets) and not boxes:
             raise EngineError("unsupported-target", f"{self.name} explains class scores, not units")
+        objective = Objective(model, targets) if boxes else None
         layer = validate_layer(model, layer, family="cam")
         info = model.layer(layer)
-        served = served_forward(model, x, layer)
+        served = served_forward(model, x, layer) if model.classifier else None
         if served is not None:  # a compiled road to the layer (layer_forward.py), same numbers
             logits, leaf, ran = served
         else:
@@ -98,7 +103,11 @@ class CamMethod(Method):
             raise EngineError("layer-unusable", f"layer {layer!r} did not produce one output per image in the"
                               " forward pass (a fixed-batch archive takes one image at a time)", model=model.name)
         checkpoint_rows(model, x.shape[0], x)
-        rows = targets.resolve(logits)
+        if objective is not None:  # a detector's output, scored against each box: [N, boxes]
+            logits = objective.head(logits, x.shape[0])
+            rows = objective.resolve(logits)
+        else:
+            rows = targets.resolve(logits)
         n_t = max(len(r) for r in rows)
         # float32 from here on: at bf16/fp16 the layer output and logits come out of autocast reduced.
         ctx = CamContext(model, x, layer, to_grid(leaf.detach(), info).float(), logits.detach(), params, info=info,
@@ -118,7 +127,7 @@ class CamMethod(Method):
             idx = torch.tensor([r[t] if len(r) > t else r[0] for r in rows], device=x.device)
             with torch.no_grad():
                 per_t.append(self.combine(ctx, ctx.acts, grads, idx))
-        scores, probs = class_scores(logits, rows, model.head)
+        scores, probs = objective.scores(logits) if objective is not None else class_scores(logits, rows, model.head)
         maps = [[per_t[t][i].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
         return Explanation(self.name, maps, rows, scores, probs, layer=layer, warnings=warnings,
                            extras={"forward": ran})
@@ -254,6 +263,7 @@ class CAM(CamMethod):
 
     name = "cam"
     title = "CAM"
+    tasks = frozenset({"classification", "multilabel"})  # they read class logits of masked inputs
     needs_gradients = False
 
     def weights(self, ctx, acts, grads, idx):
@@ -300,6 +310,7 @@ class ScoreCAM(CamMethod):
 
     name = "scorecam"
     title = "Score-CAM"
+    tasks = frozenset({"classification", "multilabel"})  # they read class logits of masked inputs
     needs_gradients = False
     Params = SweepParams
 
@@ -344,6 +355,7 @@ class AblationCAM(CamMethod):
 
     name = "ablationcam"
     title = "Ablation-CAM"
+    tasks = frozenset({"classification", "multilabel"})  # they read class logits of masked inputs
     needs_gradients = False
     Params = AblationParams
 

@@ -184,6 +184,7 @@ class GradientMethod(Method):
     needs_gradients: ClassVar[bool] = True
     # abs-max by default: a magnitude whose sign means little; a signed ``reduce`` = "sum" draws it signed
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("unsigned", "signed")
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification", "multilabel", "detection"})
     default_reduce: ClassVar[str] = "abs-max"
     rule: ClassVar[str | None] = None  # rectifier rule for the backward pass
     batchable: ClassVar[bool] = True  # signed() accepts any batch of inputs (SmoothGrad relies on it)
@@ -539,6 +540,7 @@ class GuidedGradCAM(GradientMethod):
     rule = "guided"
     uses_layer = True
     supports_units = False
+    tasks = frozenset({"classification", "multilabel"})  # its Grad-CAM half takes class indices
 
     def run(self, model, x, targets, layer, params):
         if not isinstance(targets, ClassTargets):

@@ -4,7 +4,8 @@ from cnnviz.metrics.faithfulness import (
     FaithfulnessResult,
     default_insertion_baseline,
     deletion_insertion,
+    energy_in_box,
     pointing_game,
 )
 
-__all__ = ["FaithfulnessResult", "default_insertion_baseline", "deletion_insertion", "pointing_game"]
+__all__ = ["FaithfulnessResult", "default_insertion_baseline", "deletion_insertion", "energy_in_box", "pointing_game"]

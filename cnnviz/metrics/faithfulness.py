@@ -180,3 +180,25 @@ def pointing_game(
     px = min(img_w - 1, math.floor((mx + 0.5) * img_w / w))
     py = min(img_h - 1, math.floor((my + 0.5) * img_h / h))
     return (x0 - tolerance <= px < x1 + tolerance) and (y0 - tolerance <= py < y1 + tolerance)
+
+
+def energy_in_box(m: Tensor, box: tuple[int, int, int, int], image_size: tuple[int, int]) -> float:
+    """The energy-based pointing game (Wang et al. 2020, Score-CAM): the share of the map's positive mass
+    inside ``box`` (x0, y0, x1, y1 in image pixels, x1 / y1 exclusive).
+
+    The map [h, w] is resized bilinearly to the image (H, W) = ``image_size`` first, so a coarse map is
+    weighed by the area each cell covers; 0 where the map has no positive mass.
+    """
+    if not isinstance(m, Tensor) or m.ndim != 2 or m.numel() == 0:
+        raise ValueError(f"map must be a non-empty 2-D tensor [h, w], got {getattr(m, 'shape', None)}")
+    img_h, img_w = image_size
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"box must satisfy x0 < x1 and y0 < y1, got {box}")
+    up = torch.nn.functional.interpolate(m.detach().float()[None, None], size=(img_h, img_w), mode="bilinear",
+                                         align_corners=False)[0, 0].clamp(min=0)
+    total = float(up.sum())
+    if total <= 0:
+        return 0.0
+    inside = up[max(0, y0):max(0, min(img_h, y1)), max(0, x0):max(0, min(img_w, x1))]
+    return float(inside.sum()) / total
