@@ -48,7 +48,8 @@ Optional keys: ``task``, ``outputs``, ``layer`` (the CAM family's default layer:
 heads often follow a neck the heuristic does not pick), ``input_size``, ``mean``, ``std``,
 ``num_classes``, ``labels``, ``head`` (softmax | sigmoid), ``gradients``, ``resize`` (stretch |
 center-crop), ``interpolation`` (bilinear | bicubic | nearest | area), ``crop_fraction``,
-``description`` and a ``kwargs`` table for the builder. A timm model's own pretrained config supplies the preprocessing keys not given.
+``description`` and a ``kwargs`` table for the builder. A timm model's own pretrained config
+supplies the preprocessing keys not given.
 
 A bad entry raises :class:`ModelLoadError` naming the file and the model when the file is read;
 nothing is built or downloaded here (:mod:`.builders` builds, :mod:`.weights` loads weight files).
