@@ -79,9 +79,9 @@ def target_kind(params: ExplainParams) -> TargetKind:
 def _class_targets(model: LoadedModel, params: ExplainParams, n_images: int) -> Targets:
     if model.task == "detection":
         if params.target is not None or params.targets is not None:
-            raise Invalid("task-mismatch", f"model {model.name} is a detector: it explains boxes, not classes",
-                          'name them with box, e.g. {"box": {"index": [0]}} or {"box": {"top_k": 3}}',
-                          task=model.task)
+            raise Invalid("task-mismatch", "A detector explains boxes, not classes",
+                          f"model {model.name} is a detection model: name its boxes with box, e.g."
+                          ' {"box": {"index": [0]}} or {"box": {"top_k": 3}}', task=model.task)
         return BoxTargets(top_k=params.top_k)  # a detector's default: its best boxes
     if params.targets is not None:
         if len(params.targets) != n_images:
@@ -131,11 +131,11 @@ UNIT = register_target_kind(TargetKind(
 def _class_index(model: LoadedModel, label: str | int) -> int:
     if isinstance(label, int):
         if label >= len(model.labels):
-            raise Invalid("unknown-class", f"class index {label} is outside 0..{len(model.labels) - 1} of model"
-                          f" {model.name}")
+            raise Invalid("unknown-class", "Unknown class", f"class index {label} is outside"
+                          f" 0..{len(model.labels) - 1} of model {model.name}")
         return label
     if label not in model.labels:
-        raise Invalid("unknown-class", f"model {model.name} has no class labelled {label!r}",
+        raise Invalid("unknown-class", "Unknown class", f"model {model.name} has no class labelled {label!r}",
                       choices=closest(label, list(model.labels)))
     return model.labels.index(label)
 
@@ -144,8 +144,9 @@ def _box_targets(model: LoadedModel, params: ExplainParams, n_images: int) -> Ta
     b = params.box
     assert b is not None
     if model.task != "detection":
-        raise Invalid("task-mismatch", f"a box target needs a detector; model {model.name} is a {model.task} model",
-                      "explain it with target, targets, top_k or unit", task=model.task)
+        raise Invalid("task-mismatch", "A box target needs a detector",
+                      f"a box target needs a detector; model {model.name} is a {model.task} model (explain it with"
+                      " target, targets, top_k or unit)", task=model.task)
     refs = None
     if b.reference is not None:
         size = model.preprocessing.input_size if params.resolution is None else params.resolution
