@@ -67,7 +67,8 @@ def test_predict_answers_boxes_in_original_pixels(client, scene):
     assert sorted(d["label"] for d in dets) == sorted(truth["labels"])
     for box, label in zip(truth["boxes"], truth["labels"], strict=True):
         want = [box[0] * 2, box[1] * 1.5, box[2] * 2, box[3] * 1.5]  # 64 -> 128 wide, 64 -> 96 high
-        best = min((d for d in dets if d["label"] == label), key=lambda d: sum(abs(a - b) for a, b in zip(d["box"], want, strict=True)))
+        same = [d for d in dets if d["label"] == label]
+        best = min(same, key=lambda d, want=want: sum(abs(a - b) for a, b in zip(d["box"], want, strict=True)))
         assert all(abs(a - b) <= 6 for a, b in zip(best["box"], want, strict=True)), (best, want)
     assert [d["index"] for d in dets] == sorted(d["index"] for d in dets)
 
