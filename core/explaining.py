@@ -34,12 +34,13 @@ from cnnviz.render import (
     normalize_map,
     resize_map,
 )
+from core.box_answers import box_faithfulness, box_info, box_label
 from core.errors import Invalid, from_engine, inline_needs_store
 from core.explain_pictures import output_hw, render_pictures
 from core.imaging import DecodedImage, image_to_tensor
 from core.lanes import DIRECT
 from core.lookups import check_layers, known_method
-from core.regions import bind_images, image_mask, predicted_mask, region_info, target_mask
+from core.regions import image_mask, predicted_mask, region_info, target_mask
 from core.schemas.explain import (
     Completeness,
     ExplainParams,
@@ -264,8 +265,9 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     out = params.output
     if not out.inline and sink is None:
         raise inline_needs_store()
-    if params.region is not None:  # a box or polygon in original pixels becomes masks at the network input
-        params = bind_images(params, [(d.height, d.width) for d in images])
+    tkind = target_kind(params)
+    if tkind.sized:  # a region's box or polygon, a reference box: in each image's own pixels
+        params = params.with_image_sizes([(d.height, d.width) for d in images])
     t0 = time.perf_counter()
     for d in images:
         output_hw(out.size, d.height, d.width)  # refuse an oversized output before computing
@@ -299,9 +301,9 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
         spent["encode"] += time.perf_counter() - t
         return res
 
-    tkind = target_kind(params)
     grads = result.extras.get("gradient")
     seg_logits = result.extras.get(REGION_LOGITS)
+    boxes = result.extras.get("boxes")  # box targets: what each resolved to (network-input pixels)
 
     def render_all() -> list[ImageExplanation]:
         out_images = []
@@ -313,6 +315,8 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                 named = tkind.describe(model, params, idx)
                 info = TargetInfo(kind=named.kind, index=idx, label=named.label, score=result.scores[i][t],
                                   probability=result.probabilities[i][t])
+                if boxes:
+                    info = box_info(model, boxes[i][t], (size, size), (d.height, d.width))
                 ta = time.perf_counter()
                 regions = _localize(raw, tensors[i], params, (d.height, d.width)) if params.localization else None
                 region_mask, target_region, rinfo = None, None, None
@@ -326,13 +330,18 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                                                      output_hw(out.size, d.height, d.width), (d.height, d.width)),
                                          named.label)
                 tb = time.perf_counter()
-                faith = (_faithfulness(model, x_pix[i], raw, idx, tkind.probability, params, (d.height, d.width),
-                                       region_mask)
-                         if params.faithfulness else None)
+                if params.faithfulness is None:
+                    faith = None
+                elif boxes:
+                    faith = box_faithfulness(model, x_pix[i], raw, result.extras["box_targets"], i, t, info,
+                                             params, (d.height, d.width))
+                else:
+                    faith = _faithfulness(model, x_pix[i], raw, idx, tkind.probability, params, (d.height, d.width),
+                                          region_mask)
                 tc = time.perf_counter()
                 title = figure_title(m.title or method, info.label, info.probability, result.layer)
                 pics = render_pictures(raw, grads[i][t] if grads else None, img_u8, params, kind, regions, title,
-                                       (d.height, d.width), target_region)
+                                       (d.height, d.width), target_region, box=box_label(info) if boxes else None)
                 td = time.perf_counter()
                 spent["localization"] += tb - ta
                 spent["faithfulness"] += tc - tb

@@ -105,13 +105,6 @@ def check_region(model: LoadedModel, params: ExplainParams, sizes: Sequence[Size
                           "give a larger region or a larger resolution", task=task, image=i)
 
 
-def bind_images(params: ExplainParams, sizes: Sequence[Size]) -> ExplainParams:
-    """``params`` with the images' sizes, which a box or polygon needs to become a mask at the network input."""
-    bound = params.model_copy()
-    bound._image_sizes = [tuple(s) for s in sizes]  # type: ignore[misc]
-    return bound
-
-
 def region_info(region: RegionTargetParams, mask: torch.Tensor, predicted: torch.Tensor) -> RegionInfo:
     """What the answer says of the region (``mask`` ``[H, W]``, ``predicted`` the class's predicted mask)."""
     area = int(mask.sum())

@@ -22,6 +22,7 @@ from .base import (
     get_method,
     register,
 )
+from .boxes import BoxTargets
 
-__all__ = ["MAP_KINDS", "METHODS", "REGION_LOGITS", "ClassTargets", "EngineError", "Explanation", "MapKind",
-           "Method", "RegionTargets", "Targets", "UnitTarget", "get_method", "register"]
+__all__ = ["MAP_KINDS", "METHODS", "REGION_LOGITS", "BoxTargets", "ClassTargets", "EngineError", "Explanation",
+           "MapKind", "Method", "RegionTargets", "Targets", "UnitTarget", "get_method", "register"]

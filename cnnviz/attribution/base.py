@@ -32,6 +32,7 @@ from ..models.layers import to_grid
 from ..params import NoParams, Params
 from ..precision import forward_precision, run_precision
 from ..progress import checkpoint
+from .boxes import BoxScore, BoxTargets, box_scores, resolve_boxes
 from .fast.folded import folded_module
 
 MapKind = Literal["positive", "unsigned", "signed", "gradient_rgb"]
@@ -188,7 +189,7 @@ class RegionScores:
         return (out * weights.to(out.dtype)).sum((2, 3))
 
 
-Targets = ClassTargets | UnitTarget | RegionTargets
+Targets = ClassTargets | UnitTarget | RegionTargets | BoxTargets
 
 
 @dataclass
@@ -253,6 +254,9 @@ class Method:
     method declares at least one (:func:`register` checks); the renderer and ``GET /v1/methods``
     read it from here, so there is no second table to keep in step."""
     Params: ClassVar[type[Params]] = NoParams
+    box_score: ClassVar[BoxScore] = "match"
+    """How a box target is scored (:mod:`.boxes`): the matching detections' scores (gradient and CAM
+    families), or D-RISE's similarity (black-box methods)."""
     tasks: ClassVar[frozenset[str]] = CLASSIFIER_TASKS
     """The model tasks (:data:`cnnviz.models.specs.TASKS`) this method explains; a family that reads
     a detector's boxes or a segmenter's regions through its objective adds theirs."""
@@ -274,9 +278,18 @@ class Method:
                               model=model.name, task=model.task)
         if self.needs_gradients:
             require_gradients(model, self.name)
+        if isinstance(targets, BoxTargets):
+            if model.task != "detection":
+                raise EngineError("task-mismatch", f"a box target needs a detector; model {model.name} is a"
+                                  f" {model.task} model", model=model.name, task=model.task)
+            with run_precision(model.device, None, None):
+                targets = resolve_boxes(model, x, targets)  # one forward of the unperturbed images
         reason = self.full_precision_reason(model, targets, typed) if precision not in (None, "fp32") else None
         with run_precision(model.device, precision, reason) as run:
             result = self.run(model, x, targets, layer, typed)
+        if isinstance(targets, BoxTargets):
+            result.extras["boxes"] = targets.describe()
+            result.extras["box_targets"] = targets  # resolved: deletion/insertion score the same boxes
         if precision is not None:
             result.extras["precision"] = run.ran
             if run.reason is not None:
@@ -371,6 +384,7 @@ class Objective:
     rows: list[list[int]] | None = None
     fold: bool = False  # gradient methods: class scores from the copy with batch norms folded (.folded)
     region: RegionScores | None = None  # region targets: the region weights, fixed at resolve
+    box_score: BoxScore = "match"  # how box targets are scored (.boxes)
     _index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -395,6 +409,8 @@ class Objective:
 
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
         """One forward pass, under the engine call's precision (:func:`cnnviz.precision.forward_precision`)."""
+        if isinstance(self.targets, BoxTargets):
+            return self.head(self.module(x), x.shape[0])
         if not isinstance(self.targets, UnitTarget):
             with forward_precision():
                 out = self.module(x)
@@ -416,9 +432,17 @@ class Objective:
         # A unit of a token layer (ViT) or a channels-last one (Swin) is a channel of its grid.
         return unit.score(to_grid(cap.output, self.model.layer(unit.layer)))[:, None]
 
+    def head(self, output: Any, n: int) -> torch.Tensor:
+        """The ``[n, T]`` scores of a raw network output: for box targets, each row against every box."""
+        if isinstance(self.targets, BoxTargets):
+            return box_scores(self.model, output, n, self.targets, self.box_score)
+        return output
+
     def resolve(self, out: torch.Tensor) -> list[list[int]]:
         """Targets per image from the outputs of the original images (top-k needs no new forward)."""
-        if isinstance(self.targets, UnitTarget):
+        if isinstance(self.targets, BoxTargets):
+            self.rows = self.targets.columns()
+        elif isinstance(self.targets, UnitTarget):
             self.rows = [[self.targets.channel] for _ in range(out.shape[0])]
         elif isinstance(self.targets, RegionTargets):
             self.region = self.targets.scorer(out)
@@ -457,6 +481,9 @@ class Objective:
     def scores(self, out: torch.Tensor) -> tuple[list[list[float]], list[list[float | None]]]:
         """Reported score (logit or unit value) and probability of each image's targets."""
         assert self.rows is not None
+        if isinstance(self.targets, BoxTargets):
+            assert self.targets.resolved is not None  # the detection's own score; no class probability
+            return [[r.score for r in refs] for refs in self.targets.resolved], [[None] * len(r) for r in self.rows]
         if self.is_unit:
             return [[float(v)] for v in out[:, 0].detach().float()], [[None] for _ in self.rows]
         if self.region is not None:

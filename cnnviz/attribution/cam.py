@@ -35,11 +35,13 @@ from .base import (
     CLASSIFIER_TASKS,
     REGION_LOGITS,
     SEGMENTER_TASKS,
+    BoxTargets,
     ClassTargets,
     EngineError,
     Explanation,
     MapKind,
     Method,
+    Objective,
     RegionTargets,
     Targets,
     checkpoint_rows,
@@ -84,19 +86,22 @@ class CamMethod(Method):
     uses_layer: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("positive",)  # non-negative, smooth, coarse
-    # A segmenter's region score (Seg-Grad-CAM) is a sum of its logits, read like a class score; the
-    # variants that read the classifier head itself (CAM) or score masked copies by class probability
-    # (Score-CAM, Ablation-CAM) keep to classifiers.
-    tasks: ClassVar[frozenset[str]] = SEGMENTER_TASKS
+    # A segmenter's region score (Seg-Grad-CAM) is a sum of its logits, read like a class score, and a
+    # detector's box score a sum of matching detections' scores (.boxes); the variants that read the
+    # classifier head itself (CAM) or score masked copies by class probability (Score-CAM,
+    # Ablation-CAM) keep to classifiers.
+    tasks: ClassVar[frozenset[str]] = SEGMENTER_TASKS | {"detection"}
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Params) -> Explanation:
-        region = isinstance(targets, RegionTargets)
-        if not isinstance(targets, ClassTargets | RegionTargets):
+        boxes = isinstance(targets, BoxTargets)
+        if not isinstance(targets, ClassTargets | RegionTargets | BoxTargets):
             raise EngineError("unsupported-target", f"{self.name} explains class scores, not units")
+        objective = Objective(model, targets) if boxes else None
         layer = validate_layer(model, layer, family="cam")
         info = model.layer(layer)
-        served = None if region else served_forward(model, x, layer)
+        # The compiled road assumes one row of class logits: a segmenter's or detector's output goes plain.
+        served = served_forward(model, x, layer) if model.classifier else None
         if served is not None:  # a compiled road to the layer (layer_forward.py), same numbers
             logits, leaf, ran = served
         else:
@@ -115,6 +120,9 @@ class CamMethod(Method):
             scorer = targets.scorer(logits)
             extras[REGION_LOGITS] = segmentation_logits(logits).detach().float().cpu()
             logits, rows = scorer(logits), scorer.rows
+        elif objective is not None:  # a detector's output, scored against each box: [N, boxes]
+            logits = objective.head(logits, x.shape[0])
+            rows = objective.resolve(logits)
         else:
             rows = targets.resolve(logits)
         n_t = max(len(r) for r in rows)
@@ -136,7 +144,12 @@ class CamMethod(Method):
             idx = torch.tensor([r[t] if len(r) > t else r[0] for r in rows], device=x.device)
             with torch.no_grad():
                 per_t.append(self.combine(ctx, ctx.acts, grads, idx))
-        scores, probs = region_scores(logits, rows) if scorer is not None else class_scores(logits, rows, model.head)
+        if scorer is not None:
+            scores, probs = region_scores(logits, rows)
+        elif objective is not None:
+            scores, probs = objective.scores(logits)
+        else:
+            scores, probs = class_scores(logits, rows, model.head)
         maps = [[per_t[t][i].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
         return Explanation(self.name, maps, rows, scores, probs, layer=layer, warnings=warnings, extras=extras)
 
@@ -272,7 +285,7 @@ class CAM(CamMethod):
     name = "cam"
     title = "CAM"
     needs_gradients = False
-    tasks = CLASSIFIER_TASKS
+    tasks = CLASSIFIER_TASKS  # it reads class logits (of masked inputs, or the classifier head)
 
     def weights(self, ctx, acts, grads, idx):
         fc = _gap_linear_head(ctx.model, acts, ctx.logits)
@@ -319,7 +332,7 @@ class ScoreCAM(CamMethod):
     name = "scorecam"
     title = "Score-CAM"
     needs_gradients = False
-    tasks = CLASSIFIER_TASKS
+    tasks = CLASSIFIER_TASKS  # it reads class logits (of masked inputs, or the classifier head)
     Params = SweepParams
 
     def prepare(self, ctx: CamContext) -> None:
@@ -364,7 +377,7 @@ class AblationCAM(CamMethod):
     name = "ablationcam"
     title = "Ablation-CAM"
     needs_gradients = False
-    tasks = CLASSIFIER_TASKS
+    tasks = CLASSIFIER_TASKS  # it reads class logits (of masked inputs, or the classifier head)
     Params = AblationParams
 
     def prepare(self, ctx: CamContext) -> None:

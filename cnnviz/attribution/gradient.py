@@ -185,7 +185,7 @@ class GradientMethod(Method):
     family: ClassVar[str] = "gradient"
     supports_units: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
-    tasks: ClassVar[frozenset[str]] = SEGMENTER_TASKS
+    tasks: ClassVar[frozenset[str]] = SEGMENTER_TASKS | {"detection"}
     # abs-max by default: a magnitude whose sign means little; a signed ``reduce`` = "sum" draws it signed
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("unsigned", "signed")
     default_reduce: ClassVar[str] = "abs-max"

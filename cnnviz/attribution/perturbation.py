@@ -40,6 +40,7 @@ from .base import (
     reference_input,
     register,
 )
+from .boxes import BoxScore, BoxTargets
 from .fast.incremental import default_chunk, occlusion_drops, supports_incremental
 from .fast.windows import window_starts
 
@@ -84,10 +85,11 @@ class PerturbationMethod(Method):
     family: ClassVar[str] = "perturbation"
     supports_units: ClassVar[bool] = True
     tasks: ClassVar[frozenset[str]] = SEGMENTER_TASKS
+    box_score: ClassVar[BoxScore] = "similarity"
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Any) -> Explanation:
-        objective = Objective(model, targets)
+        objective = Objective(model, targets, box_score=self.box_score)
         warnings: list[str] = []
         extras: dict[str, Any] = {}
         with torch.no_grad():
@@ -132,6 +134,7 @@ class Occlusion(PerturbationMethod):
 
     name = "occlusion"
     title = "Occlusion sensitivity"
+    tasks = SEGMENTER_TASKS | {"detection"}
     map_kinds = ("signed", "positive")  # the score's drop can go either way
     Params = OcclusionParams
 
@@ -268,6 +271,65 @@ class RISE(PerturbationMethod):
         score = "probability" if probs else "region logit sum" if objective.is_region else kind
         extras.update(masks=count, cell=cell, p=p, score=score)
         return sal / (count * p)
+
+    def cost(self, model, n_images, n_targets, params, layer):
+        return float(n_images * (1 + params.masks))
+
+
+@dataclass(frozen=True)
+class DriseParams(Params):
+    masks: int = param(1000, ge=1, le=8000, description="random masks, shared by every box of an image")
+    cell: int = param(16, ge=2, le=32, description="grid cells per side before upsampling (the paper: 16)")
+    p: float = param(0.5, ge=0.05, le=0.95, description="probability a cell is kept")
+    seed: int = param(0, ge=0, le=2**31 - 1, description="seed of the masks")
+    batch_size: int | None = param(None, ge=1, le=512, description="masked inputs per forward batch; default 4 "
+                                   "on CPU, 64 on CUDA")
+
+
+@register
+class DRISE(PerturbationMethod):
+    """Petsiuk et al., CVPR 2021: saliency of a box = sum_i s_i * M_i / N over random masks M_i, where s_i is
+    the best D-RISE similarity (IoU x cosine of class-score vectors x objectness) of the detections of
+    ``x * M_i`` to the box (:mod:`.boxes`).
+
+    Params: ``masks`` 1..8000 (1000), ``cell`` 2..32 (16), ``p`` (0.5), ``seed`` (0), ``batch_size``.
+    The masks are RISE's (:func:`rise_masks`, the same stream for a seed); one sweep scores every box of
+    an image at once, a batch of masked copies per forward, and gives the same maps as one mask at a
+    time (tests/unit/test_detection.py).
+    """
+
+    name = "drise"
+    title = "D-RISE"
+    map_kinds = ("positive",)  # a mask-weighted mean of similarities in [0,1]
+    Params = DriseParams
+    tasks = frozenset({"detection"})
+
+    def independent_images(self, params: DriseParams) -> bool:
+        return False  # as RISE: masks are drawn per chunk, so the stream depends on the batch
+
+    def run(self, model, x, targets, layer, params):
+        if not isinstance(targets, BoxTargets):
+            raise EngineError("unsupported-target", "drise explains a detector's boxes: give a box target")
+        return super().run(model, x, targets, layer, params)
+
+    def sweep(self, model, objective, x, out, params, warnings, extras):
+        n, _, h, w = x.shape
+        batch = params.batch_size or default_batch(x)
+        gen = torch.Generator(device="cpu").manual_seed(params.seed)
+        per = max(1, batch // n)  # masks per chunk; each mask is applied to every image
+        sal = torch.zeros(n, objective.n_targets, h, w, device=x.device, dtype=torch.float32)
+        img = torch.arange(n, device=x.device).repeat(per)
+        for s in range(0, params.masks, per):
+            m = rise_masks(min(per, params.masks - s), params.cell, params.p, h, w, gen, x.device, x.dtype)
+            k = m.shape[0]
+            ii = img[: k * n]
+            masked = x[ii] * m.repeat_interleave(n, 0)[:, None]  # rows: mask-major, image-minor
+            sim = objective.outputs(masked).float()  # [k*n, boxes of all images]
+            picked = objective.pick(sim, ii).view(k, n, -1)  # [M,N,T]
+            sal += torch.einsum("mnt,mhw->nthw", picked, m.float())
+            checkpoint_rows(model, k * n, x)
+        extras.update(masks=params.masks, cell=params.cell, p=params.p)
+        return sal / params.masks
 
     def cost(self, model, n_images, n_targets, params, layer):
         return float(n_images * (1 + params.masks))

@@ -106,6 +106,12 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
         default = default_target_layer(task_layers(spec, layers), spec.num_classes)
     except ValueError:
         default = None
+    if spec.layer is not None:
+        named = next((li for li in layers if li.name == spec.layer), None)
+        if named is None or named.grid is None:
+            raise ModelLoadError(f"model {spec.name!r}: layer = {spec.layer!r} is not a layer with a spatial output"
+                                 f" (the default is {default!r})")
+        default = spec.layer
     log.info("loaded model %s (%s) from %s on %s%s", spec.name, spec.arch, spec.weights or "its factory", device,
              "" if gradients else " (no gradients)")
     return LoadedModel(spec, module, prep, labels, layers, default, device, gradients)

@@ -44,10 +44,12 @@ under ``"out"`` (torchvision's segmenters). A detection or segmentation entry de
 identity normalization (``mean = [0,0,0]``, ``std = [1,1,1]``) for torchvision detectors, which
 normalize inside, and keeps ImageNet's for segmenters.
 
-Optional keys: ``task``, ``outputs``, ``input_size``, ``mean``, ``std``, ``num_classes``, ``labels``, ``head``
-(softmax | sigmoid), ``gradients``, ``resize`` (stretch | center-crop), ``interpolation``
-(bilinear | bicubic | nearest | area), ``crop_fraction``, ``description`` and a ``kwargs`` table
-for the builder. A timm model's own pretrained config supplies the preprocessing keys not given.
+Optional keys: ``task``, ``outputs``, ``layer`` (the CAM family's default layer: a detector's
+heads often follow a neck the heuristic does not pick), ``input_size``, ``mean``, ``std``,
+``num_classes``, ``labels``, ``head`` (softmax | sigmoid), ``gradients``, ``resize`` (stretch |
+center-crop), ``interpolation`` (bilinear | bicubic | nearest | area), ``crop_fraction``,
+``description`` and a ``kwargs`` table for the builder. A timm model's own pretrained config
+supplies the preprocessing keys not given.
 
 A bad entry raises :class:`ModelLoadError` naming the file and the model when the file is read;
 nothing is built or downloaded here (:mod:`.builders` builds, :mod:`.weights` loads weight files).
@@ -110,6 +112,7 @@ class ModelSpec:
     declared: frozenset[str] = frozenset()  # keys the models file set; the rest may come from timm's config
     task: str = "classification"  # one of TASKS
     outputs: tuple[tuple[str, str], ...] = ()  # detection: field -> path into the output ("0", "dets.boxes")
+    layer: str | None = None  # the CAM family's default layer, where the table's heuristic is not wanted
 
     @property
     def source(self) -> str:
@@ -152,7 +155,7 @@ def _resolve_weights(ref: str, base: Path) -> Path:
 
 
 _KEYS = {"arch", "weights", "input_size", "mean", "std", "num_classes", "labels", "description", "head",
-         "gradients", "resize", "interpolation", "crop_fraction", "kwargs", "task", "outputs"}
+         "gradients", "resize", "interpolation", "crop_fraction", "kwargs", "task", "outputs", "layer"}
 
 
 def _task_keys(where: str, entry: dict[str, Any], kw: dict[str, Any]) -> None:
@@ -205,7 +208,7 @@ def _spec_from_entry(name: str, entry: dict[str, Any], path: Path) -> ModelSpec:
     if unknown:
         raise ModelLoadError(f"{where} has unknown keys {sorted(unknown)}")
     kw: dict[str, Any] = {k: entry[k] for k in ("input_size", "num_classes", "description", "gradients",
-                                                "crop_fraction") if k in entry}
+                                                "crop_fraction", "layer") if k in entry}
     for k in ("mean", "std"):
         if k in entry:
             kw[k] = tuple(float(v) for v in entry[k])

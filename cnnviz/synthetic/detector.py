@@ -27,7 +27,7 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 class ShapeDetector(nn.Module):
     """Backbone to stride 8, one upsampling to stride 4, then heatmap, size and offset heads."""
 
-    def __init__(self, num_classes: int = 4, width: int = 24, max_detections: int = 16) -> None:
+    def __init__(self, num_classes: int = 4, width: int = 16, max_detections: int = 16) -> None:
         super().__init__()
         w = width
         self.classes = num_classes - 1  # heatmap channels: the background has none
@@ -73,9 +73,10 @@ def decode(heat: torch.Tensor, size: torch.Tensor, offset: torch.Tensor, stride:
     px = (cx + off[:, 0]) * stride
     py = (cy + off[:, 1]) * stride
     boxes = torch.stack([px - wh[:, 0] / 2, py - wh[:, 1] / 2, px + wh[:, 0] / 2, py + wh[:, 1] / 2], -1)
-    return boxes, scores, labels + 1, vectors
+    # class-score vectors over all labels, background first (0: the heatmaps have no background channel)
+    return boxes, scores, labels + 1, F.pad(vectors, (1, 0))
 
 
-def build(num_classes: int = 4, width: int = 24, max_detections: int = 16) -> ShapeDetector:
+def build(num_classes: int = 4, width: int = 16, max_detections: int = 16) -> ShapeDetector:
     """The factory the models file names: ``arch = "factory:cnnviz.synthetic.detector:build"``."""
     return ShapeDetector(num_classes, width, max_detections)

@@ -7,11 +7,17 @@ import torch
 
 from cnnviz.attribution import ClassTargets, RegionTargets, UnitTarget
 from core.errors import Invalid
-from core.regions import bind_images
 from core.schemas.explain import ExplainParams, RegionTargetParams, UnitTargetParams
 from core.targets import TARGET_KINDS, target_kind
 
-TARGET_FIELDS = {"target", "targets", "top_k", "unit", "region"}
+
+class _Classifier:
+    task = "classification"
+
+
+CLASSIFIER = _Classifier()  # what the class kind's engine reads of a model: its task
+
+TARGET_FIELDS = {"target", "targets", "top_k", "unit", "region", "box"}
 
 
 def test_every_target_field_belongs_to_one_kind() -> None:
@@ -33,12 +39,12 @@ def test_kind_selection_count_and_engine_targets(params: ExplainParams, kind: st
     k = target_kind(params)
     assert k.name == kind
     assert k.per_image(params) == per_image
-    assert k.engine(None, params, 2) == engine  # type: ignore[arg-type]
+    assert k.engine(CLASSIFIER, params, 2) == engine  # type: ignore[arg-type]
 
 
 def test_class_rows_must_match_the_images() -> None:
     with pytest.raises(Invalid) as exc:
-        target_kind(ExplainParams(targets=[[1]])).engine(None, ExplainParams(targets=[[1]]), 2)  # type: ignore[arg-type]
+        target_kind(ExplainParams(targets=[[1]])).engine(CLASSIFIER, ExplainParams(targets=[[1]]), 2)  # type: ignore[arg-type]
     assert exc.value.slug == "bad-targets"
 
 
@@ -68,7 +74,7 @@ def test_region_kind_counts_classes_and_rasterizes_its_box_at_the_network_input(
     assert target_kind(top).name == "region" and target_kind(top).per_image(top) == 2
     t = target_kind(top).engine(Model(), top, 1)  # type: ignore[arg-type]
     assert isinstance(t, RegionTargets) and t.regions is None and t.top_k == 2 and t.skip == (0,)
-    boxed = bind_images(ExplainParams(region=RegionTargetParams(target=1, box=(10, 0, 20, 10))), [(20, 40)])
+    boxed = ExplainParams(region=RegionTargetParams(target=1, box=(10, 0, 20, 10))).with_image_sizes([(20, 40)])
     t = target_kind(boxed).engine(Model(), boxed, 1)  # type: ignore[arg-type]
     assert t.indices == ((1,),) and target_kind(boxed).per_image(boxed) == 1
     want = torch.zeros(1, 8, 8, dtype=torch.bool)
@@ -83,6 +89,9 @@ def test_region_kind_counts_classes_and_rasterizes_its_box_at_the_network_input(
     ("detection", {"region": {"target": 1, "box": [0, 0, 8, 8]}}, "task-mismatch"),
     ("segmentation", {"target": 1}, "task-mismatch"),
     ("segmentation", {"top_k": 2}, "task-mismatch"),
+    ("classification", {"box": {"index": [0]}}, "task-mismatch"),
+    ("segmentation", {"box": {"top_k": 2}}, "task-mismatch"),
+    ("detection", {"target": 1}, "task-mismatch"),
 ])
 def test_targets_of_another_task_are_422_naming_the_task(task: str, params: dict, slug: str) -> None:
     import dataclasses
