@@ -155,6 +155,8 @@ def cmd_predict(c: Client, a: argparse.Namespace) -> int:
     params = params_from(a.param)
     if a.top_k is not None:
         params["top_k"] = a.top_k
+    if a.score_threshold is not None:
+        params["score_threshold"] = a.score_threshold
     res = c.predict([_image(p) for p in a.images], a.model, params=params)
     if a.json:
         _dump(res.raw)
@@ -163,6 +165,9 @@ def cmd_predict(c: Client, a: argparse.Namespace) -> int:
         _write(f"{name} ({im.width}x{im.height}, {res.model})")
         for rank, p in enumerate(im.predictions, 1):
             _write(f"  {rank:>2}. {p.probability:7.4f}  {p.index:>5}  {p.label}")
+        for d in im.detections or []:
+            x0, y0, x1, y1 = d.box
+            _write(f"  #{d.index:<3} {d.score:7.4f}  {d.label:<16} ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f})")
     return 0
 
 
@@ -172,6 +177,10 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
         value = getattr(a, key)
         if value is not None:
             params[key] = value
+    if a.box is not None:
+        params["box"] = {"index": a.box}
+    elif a.box_top_k is not None:
+        params["box"] = {"top_k": a.box_top_k}
     if a.out:  # ask for the format the file name asks for (the service's default is JPEG); PNG for others
         output = params.setdefault("output", {})
         if isinstance(output, dict):
@@ -192,7 +201,9 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
         for e in im.explanations:
             t = e.target
             prob = f"p={t.probability:.4f} " if t.probability is not None else ""
-            _write(f"  {t.label or t.kind} ({t.index})  {prob}score={t.score:.4g}  "
+            where = (f" box #{t.detection if t.detection is not None else 'ref'} "
+                     f"({', '.join(f'{v:.1f}' for v in t.box)})" if t.box else "")
+            _write(f"  {t.label or t.kind} ({t.index}){where}  {prob}score={t.score:.4g}  "
                    f"map {e.map.shape[0]}x{e.map.shape[1]} [{e.map.min:.4g}, {e.map.max:.4g}]")
     for w in res.warnings:
         _write(f"warning: {w}")
@@ -341,9 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--param", action="append", type=parse_param, metavar="K=V",
                         help="a parameter; V is JSON when it parses, else a string; a.b=V nests (repeatable)")
 
-    sp = add("predict", cmd_predict, "top-k classes of images")
+    sp = add("predict", cmd_predict, "top-k classes of images (a detector: its boxes)")
     sp.add_argument("images", nargs="+", metavar="IMAGE")
     sp.add_argument("--top-k", type=int, default=None)
+    sp.add_argument("--score-threshold", type=float, default=None, help="a detector's boxes scoring below are left out")
     model_and_params(sp)
 
     sp = add("explain", cmd_explain, "explanation maps of images (Grad-CAM and the rest)")
@@ -352,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = sp.add_mutually_exclusive_group()
     group.add_argument("--target", type=int, default=None, help="class index to explain")
     group.add_argument("--top-k", type=int, default=None, help="explain the k best classes")
+    group.add_argument("--box", type=int, action="append", default=None, metavar="RANK",
+                       help="a detector's box to explain, by its rank in predict's answer (repeatable)")
+    group.add_argument("--box-top-k", type=int, default=None, help="a detector: explain its k best boxes")
     sp.add_argument("--layer", default=None, help="target layer (default: the model's)")
     sp.add_argument("--out", default=None, help="save the overlay PNG here (more targets: beside it, numbered)")
     sp.add_argument("--async", dest="respond_async", action="store_true",
