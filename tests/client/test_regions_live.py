@@ -113,7 +113,7 @@ def test_client_and_cli_take_region_targets(seg_stack: Stack, scene: Path, tmp_p
     capsys.readouterr()
     out_png = tmp_path / "region.png"
     rc = main(["explain", str(scene), "--model", MODEL, "--method", "gradcam", "--region", str(shape),
-               "--box", "0,0,40,40", "--out", str(out_png)])
+               "--region-box", "0,0,40,40", "--out", str(out_png)])
     out = capsys.readouterr().out
     assert rc == 0 and "region (box): bounding box (0, 0, 40, 40), 1600 px" in out, out
     assert Image.open(out_png).size == (64, 64)

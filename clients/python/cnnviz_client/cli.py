@@ -2,7 +2,7 @@
 
     cnnviz predict cat.jpg --top-k 3
     cnnviz explain cat.jpg --method gradcam --top-k 2 --out overlay.png
-    cnnviz explain scene.png --model scenes-segmenter --method gradcam --region 2 --box 10,10,40,40
+    cnnviz explain scene.png --model scenes-segmenter --method gradcam --region 2 --region-box 10,10,40,40
     cnnviz job deepdream cat.jpg --param layer=_blocks.10 --param steps=8 --wait --out dream.png
     ID=$(cnnviz job class_viz --param target=285); cnnviz result $ID --wait 600 --out viz.png
     cnnviz jobs | cnnviz status ID | cnnviz cancel ID | cnnviz models | cnnviz methods
@@ -158,6 +158,8 @@ def cmd_predict(c: Client, a: argparse.Namespace) -> int:
         params["top_k"] = a.top_k
     if a.masks:
         params["masks"] = True
+    if a.score_threshold is not None:
+        params["score_threshold"] = a.score_threshold
     res = c.predict([_image(p) for p in a.images], a.model, params=params)
     saved = []
     if a.label_map:
@@ -176,6 +178,9 @@ def cmd_predict(c: Client, a: argparse.Namespace) -> int:
         if im.segmentation is not None:
             for ca in im.segmentation.classes:
                 _write(f"  {ca.fraction:7.2%}  {ca.pixels:>8} px  {ca.index:>5}  {ca.label}")
+        for d in im.detections or []:
+            x0, y0, x1, y1 = d.box
+            _write(f"  #{d.index:<3} {d.score:7.4f}  {d.label:<16} ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f})")
     for path in saved:
         _write(f"label map: {path}")
     return 0
@@ -192,16 +197,16 @@ def _numbers(text: str, count: int | None, what: str) -> list[float]:
 
 
 def region_from(a: argparse.Namespace) -> dict[str, Any] | None:
-    """The region target of ``--region [CLASS]``, ``--box`` and ``--polygon`` (None: no region asked)."""
-    if a.region is None and a.box is None and a.polygon is None:
+    """The region target of ``--region [CLASS]``, ``--region-box`` and ``--region-polygon`` (None: no region)."""
+    if a.region is None and a.region_box is None and a.region_polygon is None:
         return None
     out: dict[str, Any] = {}
     if a.region is not None and a.region >= 0:
         out["target"] = a.region
-    if a.box is not None:
-        out["box"] = [int(round(v)) for v in _numbers(a.box, 4, "--box")]
-    if a.polygon is not None:
-        flat = _numbers(a.polygon, None, "--polygon")
+    if a.region_box is not None:
+        out["box"] = [int(round(v)) for v in _numbers(a.region_box, 4, "--region-box")]
+    if a.region_polygon is not None:
+        flat = _numbers(a.region_polygon, None, "--region-polygon")
         out["polygon"] = [[flat[i], flat[i + 1]] for i in range(0, len(flat), 2)]
     return out
 
@@ -220,6 +225,10 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
         value = getattr(a, key)
         if value is not None:
             params[key] = value
+    if a.box is not None:
+        params["box"] = {"index": a.box}
+    elif a.box_top_k is not None:
+        params["box"] = {"top_k": a.box_top_k}
     if a.out:  # ask for the format the file name asks for (the service's default is JPEG); PNG for others
         output = params.setdefault("output", {})
         if isinstance(output, dict):
@@ -240,7 +249,9 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
         for e in im.explanations:
             t = e.target
             prob = f"p={t.probability:.4f} " if t.probability is not None else ""
-            _write(f"  {t.label or t.kind} ({t.index})  {prob}score={t.score:.4g}  "
+            where = (f" box #{t.detection if t.detection is not None else 'ref'} "
+                     f"({', '.join(f'{v:.1f}' for v in t.box)})" if t.box else "")
+            _write(f"  {t.label or t.kind} ({t.index}){where}  {prob}score={t.score:.4g}  "
                    f"map {e.map.shape[0]}x{e.map.shape[1]} [{e.map.min:.4g}, {e.map.max:.4g}]")
             if e.region:
                 r = e.region
@@ -398,12 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--param", action="append", type=parse_param, metavar="K=V",
                         help="a parameter; V is JSON when it parses, else a string; a.b=V nests (repeatable)")
 
-    sp = add("predict", cmd_predict, "top-k classes of images")
+    sp = add("predict", cmd_predict, "top-k classes of images (a detector: its boxes)")
     sp.add_argument("images", nargs="+", metavar="IMAGE")
     sp.add_argument("--top-k", type=int, default=None)
     sp.add_argument("--masks", action="store_true", help="a segmenter: also one mask per predicted class")
     sp.add_argument("--label-map", default=None, metavar="PNG",
                     help="a segmenter: save the label map here (more images: beside it, numbered)")
+    sp.add_argument("--score-threshold", type=float, default=None, help="a detector's boxes scoring below are left out")
     model_and_params(sp)
 
     sp = add("explain", cmd_explain, "explanation maps of images (Grad-CAM and the rest)")
@@ -412,11 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
     group = sp.add_mutually_exclusive_group()
     group.add_argument("--target", type=int, default=None, help="class index to explain")
     group.add_argument("--top-k", type=int, default=None, help="explain the k best classes")
+    group.add_argument("--box", type=int, action="append", default=None, metavar="RANK",
+                       help="a detector's box to explain, by its rank in predict's answer (repeatable)")
+    group.add_argument("--box-top-k", type=int, default=None, help="a detector: explain its k best boxes")
+    # A segmenter's region flags all start with --region: --box is a detector's (the API's box target).
     sp.add_argument("--region", type=int, nargs="?", const=-1, default=None, metavar="CLASS",
-                    help="a segmenter: explain CLASS in a region (its predicted mask unless --box or --polygon); "
-                    "without CLASS, the --top-k classes with most pixels there")
-    sp.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1", help="the region as a box in image pixels")
-    sp.add_argument("--polygon", default=None, metavar="X,Y,X,Y,...", help="the region as a polygon in image pixels")
+                    help="a segmenter: explain CLASS in a region (its predicted mask unless --region-box or "
+                    "--region-polygon); without CLASS, the --top-k classes with most pixels there")
+    sp.add_argument("--region-box", default=None, metavar="X0,Y0,X1,Y1",
+                    help="a segmenter: the region as a box in image pixels")
+    sp.add_argument("--region-polygon", default=None, metavar="X,Y,X,Y,...",
+                    help="a segmenter: the region as a polygon in image pixels")
     sp.add_argument("--layer", default=None, help="target layer (default: the model's)")
     sp.add_argument("--out", default=None, help="save the overlay PNG here (more targets: beside it, numbered)")
     sp.add_argument("--async", dest="respond_async", action="store_true",

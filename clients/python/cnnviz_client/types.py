@@ -22,7 +22,7 @@ __all__ = [
     "Artifact", "ArtifactLink", "Collection", "Event", "ExplainResult", "Explanation", "IdentifyResult",
     "ImageExplanation", "ImagePredictions", "InspectResult", "JobError", "JobProgress", "JobStatus", "Layer",
     "MethodInfo", "MethodList", "ModelDetail", "ModelSummary", "Prediction", "PredictResult", "RawMap",
-    "Segmentation", "StyleResult", "Target", "TrainedInfo", "region",
+    "Segmentation", "StyleResult", "Target", "TrainedInfo", "Detection", "region",
 ]
 
 
@@ -228,12 +228,24 @@ class Segmentation:
 
 
 @dataclass
+class Detection:
+    """A detector's box: x0, y0, x1, y1 in the original image's pixels; ``index`` is its rank (a box target's)."""
+
+    index: int
+    box: tuple[float, float, float, float]
+    label: str
+    class_index: int
+    score: float
+
+
+@dataclass
 class ImagePredictions:
     index: int
     width: int
     height: int
     predictions: list[Prediction]
-    segmentation: Segmentation | None = None
+    segmentation: Segmentation | None = None  # a segmenter's answer
+    detections: list[Detection] | None = None  # a detector's answer
 
 
 @dataclass
@@ -249,7 +261,9 @@ class PredictResult:
         images = [ImagePredictions(index=im["index"], width=im["width"], height=im["height"],
                                    predictions=[_build(Prediction, p) for p in im.get("predictions") or []],
                                    segmentation=Segmentation.from_json(im["segmentation"])
-                                   if im.get("segmentation") else None)
+                                   if im.get("segmentation") else None,
+                                   detections=None if im.get("detections") is None else
+                                   [_build(Detection, d, box=tuple(d["box"])) for d in im["detections"]])
                   for im in data.get("images") or []]
         return _build(cls, data, images=images, input_size=tuple(data.get("input_size") or (0, 0)))
 
@@ -269,6 +283,8 @@ class Target:
     kind: str = "class"
     label: str | None = None
     probability: float | None = None
+    box: tuple[float, float, float, float] | None = None  # kind "box": the explained box, original pixels
+    detection: int | None = None  # kind "box": its rank among the detections (None: a reference box)
 
 
 @dataclass
