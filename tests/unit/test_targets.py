@@ -9,7 +9,7 @@ from core.errors import Invalid
 from core.schemas.explain import ExplainParams, UnitTargetParams
 from core.targets import TARGET_KINDS, target_kind
 
-TARGET_FIELDS = {"target", "targets", "top_k", "unit"}
+TARGET_FIELDS = {"target", "targets", "top_k", "unit", "box"}
 
 
 def test_every_target_field_belongs_to_one_kind() -> None:
@@ -52,3 +52,22 @@ def test_answers_name_targets_by_kind() -> None:
     assert target_kind(cls).describe(Model(), cls, 1).label == "dog"  # type: ignore[arg-type]
     assert target_kind(cls).describe(Model(), cls, 9).label is None  # type: ignore[arg-type]
     assert target_kind(cls).probability and not target_kind(unit).probability
+
+
+def test_box_kind_selection_count_and_engine_targets() -> None:
+    from types import SimpleNamespace
+
+    from cnnviz.attribution import BoxTargets
+    from core.schemas.explain import BoxTargetParams
+
+    detector = SimpleNamespace(task="detection", name="shapes", labels=("__background__", "circle", "square"),
+                               preprocessing=SimpleNamespace(input_size=64))
+    params = ExplainParams(box=BoxTargetParams(index=[0, 2]))
+    assert target_kind(params).name == "box" and target_kind(params).per_image(params) == 2
+    assert target_kind(params).engine(detector, params, 1) == BoxTargets(indices=(0, 2))  # type: ignore[arg-type]
+    ref = ExplainParams(box=BoxTargetParams(reference=[{"box": (0, 0, 64, 32), "label": "square"}]))
+    sized = ref.with_image_sizes([(64, 128)])  # a 128 x 64 original: x halves on the 64 px input
+    assert target_kind(ref).engine(detector, sized, 1).references == ((((0.0, 0.0, 32.0, 32.0), 2),),)  # type: ignore[arg-type, union-attr]
+    with pytest.raises(Invalid) as exc:
+        target_kind(params).engine(SimpleNamespace(task="classification", name="lite"), params, 1)  # type: ignore[arg-type]
+    assert exc.value.slug == "task-mismatch"
