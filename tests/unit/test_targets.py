@@ -105,3 +105,22 @@ def test_targets_of_another_task_are_422_naming_the_task(task: str, params: dict
     with pytest.raises(Invalid) as exc:
         check_explain(model, "gradcam", params, 1, [(32, 32)])
     assert exc.value.slug == slug and exc.value.extra["task"] == task and f"a {task} model" in str(exc.value)
+
+
+def test_box_kind_selection_count_and_engine_targets() -> None:
+    from types import SimpleNamespace
+
+    from cnnviz.attribution import BoxTargets
+    from core.schemas.explain import BoxTargetParams
+
+    detector = SimpleNamespace(task="detection", name="shapes", labels=("__background__", "circle", "square"),
+                               preprocessing=SimpleNamespace(input_size=64))
+    params = ExplainParams(box=BoxTargetParams(index=[0, 2]))
+    assert target_kind(params).name == "box" and target_kind(params).per_image(params) == 2
+    assert target_kind(params).engine(detector, params, 1) == BoxTargets(indices=(0, 2))  # type: ignore[arg-type]
+    ref = ExplainParams(box=BoxTargetParams(reference=[{"box": (0, 0, 64, 32), "label": "square"}]))
+    sized = ref.with_image_sizes([(64, 128)])  # a 128 x 64 original: x halves on the 64 px input
+    assert target_kind(ref).engine(detector, sized, 1).references == ((((0.0, 0.0, 32.0, 32.0), 2),),)  # type: ignore[arg-type, union-attr]
+    with pytest.raises(Invalid) as exc:  # refused by the kind's check, at submission
+        target_kind(params).check(SimpleNamespace(task="classification", name="lite"), params, None)  # type: ignore[arg-type, misc]
+    assert exc.value.slug == "task-mismatch"
