@@ -77,7 +77,9 @@ def check_region(model: LoadedModel, params: ExplainParams, sizes: Sequence[Size
     if task != "segmentation":
         raise Invalid("task-mismatch", "Region targets explain a segmenter",
                       f"model {model.name!r} is a {task} model: a region (a class and its mask, a box or a polygon) "
-                      "needs task = \"segmentation\"; give target, targets or top_k for a classifier", task=task)
+                      "needs task = \"segmentation\"; give "
+                      + ("box for a detector" if task == "detection" else "target, targets or top_k for a classifier"),
+                      task=task)
     n = model.spec.num_classes
     if region.target is not None and region.target >= n:
         raise Invalid("unknown-class", "The region's class is out of range",

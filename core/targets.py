@@ -192,8 +192,8 @@ def _check_box(model: LoadedModel, params: ExplainParams, _sizes: Sizes) -> None
     assert b is not None
     if model.task != "detection":
         raise Invalid("task-mismatch", "A box target needs a detector",
-                      f"a box target needs a detector; model {model.name} is a {model.task} model (explain it with"
-                      " target, targets, top_k or unit" + (", or region" if model.task == "segmentation" else "")
+                      f"a box target needs a detector; model {model.name} is a {model.task} model (explain it with "
+                      + ("region or unit" if model.task == "segmentation" else "target, targets, top_k or unit")
                       + ")", task=model.task)
     for r in b.reference or ():
         _class_index(model, r.label)  # an unknown label is a 422 here, not a failed job
