@@ -169,8 +169,8 @@ class ExplainBatcher:
         try:
             m = get_method(method)
             typed = params.engine_params(m)
-            if not m.independent_images(typed) or params.sweep is not None:
-                return None  # a layer sweep runs alone: its answer is per layer, not split by request
+            if not m.independent_images(typed) or params.sweep is not None or not model.classifier:
+                return None  # a layer sweep's answer is per layer; a detector's or segmenter's targets per image
             if params.unit is not None:
                 u = params.unit
                 mode: Hashable = UnitTarget(u.layer, u.channel, u.y, u.x)

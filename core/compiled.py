@@ -136,6 +136,8 @@ class CompiledForwards:
     def _cannot(self, model: LoadedModel) -> str | None:
         if self.off_reason:
             return self.off_reason
+        if not model.classifier:
+            return f"a {model.task} model: the compiled forward serves class logits"
         if model.device.type != "cpu":
             return f"not on {model.device.type}: the eager forward serves there"
         if not isinstance(model.module, torch.nn.Module) or isinstance(model.module, torch.jit.ScriptModule):

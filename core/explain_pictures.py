@@ -28,7 +28,9 @@ from cnnviz.render import (
     resize_map,
     scale_map,
 )
+from cnnviz.render.boxes import draw_labelled_box
 from cnnviz.render.kinds import PositiveMode, format_value
+from cnnviz.render.regions import draw_region
 from cnnviz.render.text import NBSP
 from core.errors import Invalid
 from core.schemas.explain import ExplainParams, ExplainResponse, Region, Rendering, TargetExplanation
@@ -79,8 +81,15 @@ def legacy_scaling(raw: torch.Tensor, mode: NormalizeMode) -> tuple[torch.Tensor
 
 def render_pictures(raw: torch.Tensor, gradient: torch.Tensor | None, image_u8: torch.Tensor, params: ExplainParams,
                     kind: MapKind, regions: list[Region] | None, title: str,
-                    orig_hw: tuple[int, int] | None = None) -> Pictures:
-    """The heatmap, overlay and figure ``params.output`` asks for, at the output size, regions boxed."""
+                    orig_hw: tuple[int, int] | None = None,
+                    target_region: tuple[torch.Tensor, str | None] | None = None,
+                    box: tuple[tuple[float, float, float, float], str] | None = None) -> Pictures:
+    """The heatmap, overlay and figure ``params.output`` asks for, at the output size, regions boxed.
+
+    ``target_region``: a region target's mask at the pictures' size and its class's label, outlined and
+    tagged on the overlay (and so on the figure), so the picture says what was explained.
+    ``box``: an explained detection (box in original pixels, caption), outlined and labelled on the overlay.
+    """
     out = params.output
     h, w = image_u8.shape[:2]
     orig_hw = orig_hw or (h, w)
@@ -118,6 +127,12 @@ def render_pictures(raw: torch.Tensor, gradient: torch.Tensor | None, image_u8: 
         boxes = [(round(r.box[0] * sx), round(r.box[1] * sy), round(r.box[2] * sx), round(r.box[3] * sy))
                  for r in regions]
         ov = draw_boxes(ov, boxes)
+    if ov is not None and target_region is not None:
+        ov = draw_region(ov, target_region[0], target_region[1])
+    if ov is not None and box is not None:
+        (x0, y0, x1, y1), caption = box
+        sx, sy = size[1] / orig_hw[1], size[0] / orig_hw[0]
+        ov = draw_labelled_box(ov, (x0 * sx, y0 * sy, x1 * sx, y1 * sy), caption)
     fig = None
     if out.figure and ov is not None:
         if out.mode == "outline":

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from cnnviz.attribution import ClassTargets, EngineError, Explanation, Method, Targets
+from cnnviz.attribution import REGION_LOGITS, ClassTargets, EngineError, Explanation, Method, Targets
 from cnnviz.attribution.cam import CamMethod
 from cnnviz.attribution.fast.folded import folded_module
 from cnnviz.attribution.fast.incremental import supports_incremental
 from cnnviz.attribution.fast.layer_forward import LayerForward, using_layer_forward
 from cnnviz.localization import dense_crf_refine, mask_to_regions, scale_regions, threshold_mask
-from cnnviz.metrics import deletion_insertion, pointing_game
+from cnnviz.metrics import deletion_insertion, energy_in_mask, mask_pointing_game, pointing_game
 from cnnviz.models import LoadedModel
 from cnnviz.models.blocks import main_blocks
 from cnnviz.precision import offered
@@ -38,11 +38,13 @@ from cnnviz.render import (
     resize_map,
 )
 from cnnviz.trust import SanityCheck, sanity_check
+from core.box_answers import box_faithfulness, box_info, box_label
 from core.errors import Invalid, from_engine, inline_needs_store
 from core.explain_pictures import output_hw, render_pictures, sweep_row
 from core.imaging import DecodedImage, image_to_tensor
 from core.lanes import DIRECT
 from core.lookups import check_layers, known_method
+from core.regions import image_mask, predicted_mask, region_info, target_mask
 from core.schemas.explain import (
     MAX_SWEEP_LAYERS,
     Completeness,
@@ -114,11 +116,15 @@ class CheckedExplain:
     cost: float  # forward passes at input size (:func:`estimate_cost`)
 
 
-def check_explain(model: LoadedModel, method: str, raw: dict[str, Any], n_images: int) -> CheckedExplain:
-    """The one check of an explain request: a known method (404), valid parameters and layers (422), its price.
+def check_explain(model: LoadedModel, method: str, raw: dict[str, Any], n_images: int,
+                  sizes: Sequence[tuple[int, int]] | None = None) -> CheckedExplain:
+    """The one check of an explain request: a known method (404), valid parameters, layers and targets (422), its
+    price.
 
     Layers are checked here, not by the engine later: a request over the inline budget becomes a job,
     and a typo found on the worker would reach the client as a failed job without the closest names.
+    The target kind's own check (core/targets.py) sees the images' ``sizes`` (height, width) where
+    given: a polygon outside an image is refused here too.
     """
     known_method(method)
     params = validate_params(params_model(method), raw)
@@ -127,6 +133,9 @@ def check_explain(model: LoadedModel, method: str, raw: dict[str, Any], n_images
                       f"a {target_kind(params).name}")
     check_layers(model, [n for n in (params.layer, params.unit.layer if params.unit else None) if n])
     sweep_layers(model, params)
+    tkind = target_kind(params)
+    if tkind.check is not None:
+        tkind.check(model, params, sizes)
     return CheckedExplain(method, params, raw, estimate_cost(model, method, params, n_images))
 
 
@@ -164,8 +173,9 @@ def warm_model(model: LoadedModel) -> LoadedModel:
     The gradient methods' copy with batch norms folded (cnnviz.attribution.fast.folded: a copy, a probe
     forward and backward, about 0.3 s on Lite0) is built here too.
     """
-    supports_incremental(model.module)
-    folded_module(model)
+    if model.classifier:  # the incremental engine and the folded copy serve class logits only
+        supports_incremental(model.module)
+        folded_module(model)
     return model
 
 
@@ -218,10 +228,15 @@ def _localize(raw: torch.Tensor, image: torch.Tensor, params: ExplainParams,
 
 
 def _faithfulness(model: LoadedModel, x_pix: torch.Tensor, raw: torch.Tensor, target: int, by_probability: bool,
-                  params: ExplainParams, orig_hw: tuple[int, int]) -> Faithfulness:
+                  params: ExplainParams, orig_hw: tuple[int, int], region: torch.Tensor | None = None) -> Faithfulness:
+    """Deletion/insertion where a probability scores the target; the pointing game in the request's box; for a
+    region target, the pointing game and the energy-based pointing game inside the region (``region`` mask)."""
     fp = params.faithfulness
     assert fp is not None
     out = Faithfulness()
+    if region is not None:
+        out.pointing_hit = mask_pointing_game(raw, region, tolerance=fp.tolerance)
+        out.energy_in_region = energy_in_mask(raw, region)
     if fp.deletion_insertion and by_probability:
         res = deletion_insertion(_probability(model, target), x_pix, raw.to(x_pix.device), steps=fp.steps)
         out.deletion_auc, out.insertion_auc = res.deletion_auc, res.insertion_auc
@@ -285,6 +300,9 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
     out = params.output
     if not out.inline and sink is None:
         raise inline_needs_store()
+    tkind = target_kind(params)
+    if tkind.sized:  # a region's box or polygon, a reference box: in each image's own pixels
+        params = params.with_image_sizes([(d.height, d.width) for d in images])
     t0 = time.perf_counter()
     for d in images:
         output_hw(out.size, d.height, d.width)  # refuse an oversized output before computing
@@ -321,8 +339,9 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
         spent["encode"] += time.perf_counter() - t
         return res
 
-    tkind = target_kind(params)
     grads = result.extras.get("gradient")
+    seg_logits = result.extras.get(REGION_LOGITS)
+    boxes = result.extras.get("boxes")  # box targets: what each resolved to (network-input pixels)
 
     def render_sweep(i: int, t: int) -> tuple[list[LayerExplanation], torch.Tensor | None]:
         """Each swept layer's map drawn as its lone request's would be, and the captioned row of overlays
@@ -367,15 +386,33 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                 named = tkind.describe(model, params, idx)
                 info = TargetInfo(kind=named.kind, index=idx, label=named.label, score=result.scores[i][t],
                                   probability=result.probabilities[i][t])
+                if boxes:
+                    info = box_info(model, boxes[i][t], (size, size), (d.height, d.width))
                 ta = time.perf_counter()
                 regions = _localize(raw, tensors[i], params, (d.height, d.width)) if params.localization else None
+                region_mask, target_region, rinfo = None, None, None
+                if params.region is not None and seg_logits is not None:
+                    predicted = predicted_mask(seg_logits[i], idx, (d.height, d.width))
+                    region_mask = image_mask(params.region, (d.height, d.width))
+                    region_mask = predicted if region_mask is None else region_mask
+                    rinfo = region_info(params.region, region_mask, predicted)
+                    if out.overlay or out.figure:  # the outline, drawn at the pictures' own size
+                        target_region = (target_mask(params.region, seg_logits[i], idx,
+                                                     output_hw(out.size, d.height, d.width), (d.height, d.width)),
+                                         named.label)
                 tb = time.perf_counter()
-                faith = (_faithfulness(model, x_pix[i], raw, idx, tkind.probability, params, (d.height, d.width))
-                         if params.faithfulness else None)
+                if params.faithfulness is None:
+                    faith = None
+                elif boxes:
+                    faith = box_faithfulness(model, x_pix[i], raw, result.extras["box_targets"], i, t, info,
+                                             params, (d.height, d.width))
+                else:
+                    faith = _faithfulness(model, x_pix[i], raw, idx, tkind.probability, params, (d.height, d.width),
+                                          region_mask)
                 tc = time.perf_counter()
                 title = figure_title(m.title or method, info.label, info.probability, result.layer)
                 pics = render_pictures(raw, grads[i][t] if grads else None, img_u8, params, kind, regions, title,
-                               (d.height, d.width))
+                                       (d.height, d.width), target_region, box=box_label(info) if boxes else None)
                 td = time.perf_counter()
                 spent["localization"] += tb - ta
                 spent["faithfulness"] += tc - tb
@@ -396,7 +433,7 @@ def run_explanation(model: LoadedModel, method: str, images: list[DecodedImage],
                 sanity = (_sanity_answer(checks[i][t], kind, params, encode, f"sanity-{i}-{t}.{ext}",
                                          output_hw(out.size, d.height, d.width)) if checks else None)
                 exp = TargetExplanation(
-                    target=info, map=rawmap, rendering=pics.rendering,
+                    target=info, region=rinfo, map=rawmap, rendering=pics.rendering,
                     media_type=media if any(v is not None for v in (pics.heatmap, pics.overlay, pics.figure))
                     else None,
                     heatmap_png=heat_b64, overlay_png=ov_b64, figure_png=fig_b64,

@@ -185,7 +185,8 @@ def _prepare_deepdream(entry: JobType, ctx: SubmitContext, job: Any, images: lis
 
 def _prepare_explain(entry: JobType, ctx: SubmitContext, job: Any, images: list[DecodedImage]) -> Prepared:
     model = ctx.model(job.model)
-    return explain_job(model, check_explain(model, job.params.method, job.params.explain, len(images)))
+    return explain_job(model, check_explain(model, job.params.method, job.params.explain, len(images),
+                                            [(d.height, d.width) for d in images]))
 
 
 def explain_job(model: LoadedModel, request: CheckedExplain) -> Prepared:

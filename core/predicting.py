@@ -49,7 +49,7 @@ def predict_images(model: LoadedModel, images: Iterable[torch.Tensor], params: P
     with torch.inference_mode():
         logits = out.float()
     probs = model.probabilities(logits)  # softmax, or sigmoid(logit) per class for a sigmoid head
-    k = min(params.top_k, probs.shape[1])
+    k = min(params.top_k or 5, probs.shape[1])
     top = probs.topk(k, dim=1)
     return [[Prediction(index=int(j), label=model.labels[int(j)], probability=float(p), logit=float(logits[i, j]))
              for p, j in zip(top.values[i], top.indices[i], strict=True)] for i in range(x.shape[0])], ran

@@ -39,6 +39,18 @@ VIEWS = 4
 BOXES = {"chelsea": (100, 50, 370, 280), "coffee": (170, 15, 420, 305), "rocket": (300, 125, 345, 410)}
 """The object in each labelled photo, (x0, y0, x1, y1) in its pixels (the cat's face, the cup, the rocket),
 annotated by eye; ``labelled.json`` carries it into each view for the evaluate job's pointing games."""
+SEGMENTER_SCENE = "segmenter-scene.png"
+"""A held-out synthetic scene of the repository's segmenter (models/shapes), 4x larger: the segmentation
+examples' image, the same scene as ``models/shapes/segmenter-scenes/scene-0.png``."""
+
+
+def _segmenter_scene() -> np.ndarray:
+    from cnnviz.synthetic.scenes import scene_batch
+    from cnnviz.synthetic.train_segmenter import HELD_OUT_SEED, SIZE
+
+    scene = scene_batch(HELD_OUT_SEED, 1, SIZE)[0]
+    arr = (scene.image * 255).round().byte().permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(arr.repeat(4, 0).repeat(4, 1))
 
 
 def _photo(name: str) -> np.ndarray:
@@ -101,6 +113,7 @@ def write_samples(folder: Path) -> list[Path]:
                                               for v in _views(_photo(n), VIEWS))])
     boxes = [b for n in LABELLED.values() for b in _view_boxes(BOXES[n], *_photo(n).shape[:2], VIEWS)]
     files["labelled.json"] = lambda: (json.dumps({"labels": labels, "boxes": boxes}) + "\n").encode()
+    files[SEGMENTER_SCENE] = lambda: _encode(_segmenter_scene(), "PNG")
     written = []
     for name, make in files.items():
         path = folder / name

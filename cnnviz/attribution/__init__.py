@@ -10,16 +10,19 @@ from . import attention, cam, gradient, perturbation  # noqa: F401
 from .base import (
     MAP_KINDS,
     METHODS,
+    REGION_LOGITS,
     ClassTargets,
     EngineError,
     Explanation,
     MapKind,
     Method,
+    RegionTargets,
     Targets,
     UnitTarget,
     get_method,
     register,
 )
+from .boxes import BoxTargets
 
-__all__ = ["MAP_KINDS", "METHODS", "EngineError", "ClassTargets", "Explanation", "MapKind", "Method", "Targets",
-           "UnitTarget", "get_method", "register"]
+__all__ = ["MAP_KINDS", "METHODS", "REGION_LOGITS", "BoxTargets", "ClassTargets", "EngineError", "Explanation",
+           "MapKind", "Method", "RegionTargets", "Targets", "UnitTarget", "get_method", "register"]

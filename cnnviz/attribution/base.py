@@ -27,11 +27,12 @@ import torch
 from ..blur import gaussian_blur, gaussian_blur_grid
 from ..errors import EngineError, closest
 from ..hooks import LayerCapture, thread_hooks
-from ..models import LoadedModel, validate_layer
+from ..models import LoadedModel, tasks, validate_layer
 from ..models.layers import to_grid
 from ..params import NoParams, Params
 from ..precision import forward_precision, run_precision
 from ..progress import checkpoint
+from .boxes import BoxScore, BoxTargets, box_scores, resolve_boxes
 from .fast.folded import folded_module
 
 MapKind = Literal["positive", "unsigned", "signed", "gradient_rgb"]
@@ -86,7 +87,109 @@ class UnitTarget:
         return a[:, self.y, self.x or 0]
 
 
-Targets = ClassTargets | UnitTarget
+@dataclass(frozen=True, eq=False)
+class RegionTargets:
+    """A segmenter's class and region (Seg-Grad-CAM, Vinogradova et al. 2020): score = the class's logit
+    summed over the region's pixels.
+
+    ``indices``: classes per image (one row for every image, or one per image), or None for each
+    image's ``top_k`` classes: those with the most predicted pixels inside the region (classes of
+    ``skip``, such as a background, only when nothing else is predicted there). ``regions``: boolean
+    ``[N or 1, H, W]`` masks at the network input (a box or polygon, already rasterized), or None
+    for each class's *predicted mask* in the same forward (the pixels whose arg-max is the class).
+    The region is fixed by the unperturbed image: a gradient, a masked copy or an occluded copy is
+    scored on the same pixels.
+    """
+
+    indices: tuple[tuple[int, ...], ...] | None = None
+    top_k: int = 1
+    regions: torch.Tensor | None = None
+    skip: tuple[int, ...] = ()
+
+    def scorer(self, out: torch.Tensor) -> RegionScores:
+        """The region scores of the unperturbed outputs ``out`` ``[N,C,H,W]`` and each image's resolved classes."""
+        return RegionScores(self, out)
+
+
+REGION_LOGITS = "region_logits"
+"""``Explanation.extras`` key of a region target's unperturbed segmenter logits ``[N,C,h,w]`` (CPU): the
+predicted masks the answer outlines are read from them, with no second forward."""
+
+
+def segmentation_logits(out: Any) -> torch.Tensor:
+    """A segmenter's ``[N,C,H,W]`` logits (:func:`cnnviz.models.tasks.segmentation_logits`), or an engine error."""
+    try:
+        return tasks.segmentation_logits(out)
+    except ValueError as exc:
+        raise EngineError("unsupported-target", f"region targets need a segmenter: {exc}") from exc
+
+
+class RegionScores:
+    """Region weights fixed from the unperturbed forward; scores ``[B,C]`` of any batch of outputs.
+
+    ``weights`` is ``[N,C,h,w]`` (one predicted mask per class) or ``[N,1,h,w]`` (one region for
+    every class) at the output's resolution: the score of class c for row b (of image ``img[b]``)
+    is ``sum(out[b, c] * weights[img[b], c])``.
+    """
+
+    def __init__(self, targets: RegionTargets, out: torch.Tensor) -> None:
+        out = segmentation_logits(out)
+        n, c, h, w = out.shape
+        labels = out.detach().argmax(1)  # [N,h,w]
+        predicted = torch.nn.functional.one_hot(labels, c).permute(0, 3, 1, 2)  # [N,C,h,w]
+        if targets.regions is None:
+            self.weights = predicted.to(out.dtype)
+            inside = predicted.flatten(2).sum(-1)  # [N,C] predicted pixels of each class in its own mask
+        else:
+            r = targets.regions.to(out.device)
+            if r.shape[0] not in (1, n):
+                raise EngineError("bad-targets", f"got regions for {r.shape[0]} images, expected {n}")
+            if tuple(r.shape[-2:]) != (h, w):
+                r = torch.nn.functional.interpolate(r[:, None].float(), size=(h, w), mode="nearest")[:, 0] > 0.5
+            r = r.expand(n, h, w)
+            if not bool(r.flatten(1).any(1).all()):
+                raise EngineError("empty-region", f"the region covers no pixel of the {h}x{w} output")
+            self.weights = r[:, None].to(out.dtype)
+            inside = (predicted * r[:, None]).flatten(2).sum(-1)  # [N,C] predicted pixels inside the region
+        self.classes = c
+        self.areas = inside
+        self.rows = self._resolve(targets, inside)
+        for i, row in enumerate(self.rows):
+            if targets.regions is None:
+                empty = [t for t in row if int(inside[i, t]) == 0]
+                if empty:
+                    present = [k for k in range(c) if int(inside[i, k]) > 0]
+                    raise EngineError("empty-region", f"class {empty[0]} is predicted nowhere in image {i}, so its"
+                                      " predicted mask is empty; give a box or a polygon, or one of the classes"
+                                      f" predicted there: {present}", present, image=i)
+
+    def _resolve(self, targets: RegionTargets, inside: torch.Tensor) -> list[list[int]]:
+        n, c = inside.shape
+        if targets.indices is not None:
+            if len(targets.indices) not in (1, n):
+                raise EngineError("bad-targets", f"got target lists for {len(targets.indices)} images, expected {n}")
+            rows = [list(targets.indices[0 if len(targets.indices) == 1 else i]) for i in range(n)]
+            for row in rows:
+                for t in row:
+                    if not 0 <= t < c:
+                        raise EngineError("unknown-class", f"class index {t} is outside 0..{c - 1}")
+            return rows
+        rows = []
+        for i in range(n):
+            order = sorted(range(c), key=lambda k: (-int(inside[i, k]), k))
+            present = [k for k in order if int(inside[i, k]) > 0]
+            chosen = [k for k in present if k not in targets.skip] or present[:1] or order[:1]
+            rows.append(chosen[: targets.top_k])
+        return rows
+
+    def __call__(self, out: Any, img: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores ``[B,C]`` of outputs ``out`` ``[B,C,h,w]`` whose rows belong to images ``img`` (all: None)."""
+        out = segmentation_logits(out)
+        weights = self.weights if img is None else self.weights[img.to(self.weights.device)]
+        return (out * weights.to(out.dtype)).sum((2, 3))
+
+
+Targets = ClassTargets | UnitTarget | RegionTargets | BoxTargets
 
 
 @dataclass
@@ -128,6 +231,18 @@ def class_scores(logits: torch.Tensor, rows: list[list[int]], head: str = "softm
     return scores, prob
 
 
+def region_scores(scores: torch.Tensor, rows: list[list[int]]) -> tuple[list[list[float]], list[list[float | None]]]:
+    """Each target's region score (the logit summed over the region); a sum over pixels has no probability."""
+    s = scores.detach().float()
+    return [[float(s[i, c]) for c in row] for i, row in enumerate(rows)], [[None] * len(row) for row in rows]
+
+
+CLASSIFIER_TASKS = frozenset({"classification", "multilabel"})
+SEGMENTER_TASKS = CLASSIFIER_TASKS | {"segmentation"}
+"""The tasks of a family that reads class scores through :class:`Objective` (or the CAM base): a segmenter's
+region scores (:class:`RegionTargets`) are read the same way."""
+
+
 class Method:
     """Base of all methods: a name, a family, its typed parameters, a cost estimate, and ``attribute``."""
 
@@ -143,6 +258,12 @@ class Method:
     method declares at least one (:func:`register` checks); the renderer and ``GET /v1/methods``
     read it from here, so there is no second table to keep in step."""
     Params: ClassVar[type[Params]] = NoParams
+    box_score: ClassVar[BoxScore] = "match"
+    """How a box target is scored (:mod:`.boxes`): the matching detections' scores (gradient and CAM
+    families), or D-RISE's similarity (black-box methods)."""
+    tasks: ClassVar[frozenset[str]] = CLASSIFIER_TASKS
+    """The model tasks (:data:`cnnviz.models.specs.TASKS`) this method explains; a family that reads
+    a detector's boxes or a segmenter's regions through its objective adds theirs."""
 
     def attribute(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None = None,
                   params: Params | None = None, *, precision: str | None = None,
@@ -156,12 +277,25 @@ class Method:
         precision that really ran in ``extras["precision"]``; maps are float32 either way.
         """
         typed = self.Params.build(params, **kwargs)
+        if model.task not in self.tasks:
+            raise EngineError("task-unsupported", f"{self.name} does not explain {model.task} models (model"
+                              f" {model.name}); it explains {', '.join(sorted(self.tasks))} models",
+                              model=model.name, task=model.task)
         if self.needs_gradients:
             require_gradients(model, self.name)
+        if isinstance(targets, BoxTargets):
+            if model.task != "detection":
+                raise EngineError("task-mismatch", f"a box target needs a detector; model {model.name} is a"
+                                  f" {model.task} model", model=model.name, task=model.task)
+            with run_precision(model.device, None, None):
+                targets = resolve_boxes(model, x, targets)  # one forward of the unperturbed images
         reason = self.full_precision_reason(model, targets, typed) if precision not in (None, "fp32") else None
         with run_precision(model.device, precision, reason) as run:
             result = (self.run(model, x, targets, layer, typed) if layers is None
                       else self.run_layers(model, x, targets, list(layers), typed))
+        if isinstance(targets, BoxTargets):
+            result.extras["boxes"] = targets.describe()
+            result.extras["box_targets"] = targets  # resolved: deletion/insertion score the same boxes
         if precision is not None:
             result.extras["precision"] = run.ran
             if run.reason is not None:
@@ -187,6 +321,8 @@ class Method:
 
     def unavailable(self, model: LoadedModel) -> str | None:
         """Why this method cannot answer for ``model`` at all (None: it can)."""
+        if model.task not in self.tasks:
+            return f"does not explain {model.task} models"
         if self.needs_gradients and not model.gradients:
             return "needs gradients"
         if self.uses_layer and model.default_layer is None:
@@ -262,6 +398,8 @@ class Objective:
     rows: list[list[int]] | None = None
     fold: bool = False  # gradient methods: class scores from the copy with batch norms folded (.folded)
     blackbox: bool = False  # perturbation methods: class scores from the model's runtime (onnxruntime for ONNX)
+    region: RegionScores | None = None  # region targets: the region weights, fixed at resolve
+    box_score: BoxScore = "match"  # how box targets are scored (.boxes)
     _index: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -271,6 +409,10 @@ class Objective:
     @property
     def is_unit(self) -> bool:
         return isinstance(self.targets, UnitTarget)
+
+    @property
+    def is_region(self) -> bool:
+        return isinstance(self.targets, RegionTargets)
 
     @property
     def module(self) -> torch.nn.Module:
@@ -286,9 +428,12 @@ class Objective:
 
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
         """One forward pass, under the engine call's precision (:func:`cnnviz.precision.forward_precision`)."""
+        if isinstance(self.targets, BoxTargets):
+            return self.head(self.module(x), x.shape[0])
         if not isinstance(self.targets, UnitTarget):
             with forward_precision():
-                return self.module(x)
+                out = self.module(x)
+            return segmentation_logits(out) if self.is_region else out
         unit = self.targets
         cap = LayerCapture()
 
@@ -306,10 +451,21 @@ class Objective:
         # A unit of a token layer (ViT) or a channels-last one (Swin) is a channel of its grid.
         return unit.score(to_grid(cap.output, self.model.layer(unit.layer)))[:, None]
 
+    def head(self, output: Any, n: int) -> torch.Tensor:
+        """The ``[n, T]`` scores of a raw network output: for box targets, each row against every box."""
+        if isinstance(self.targets, BoxTargets):
+            return box_scores(self.model, output, n, self.targets, self.box_score)
+        return output
+
     def resolve(self, out: torch.Tensor) -> list[list[int]]:
         """Targets per image from the outputs of the original images (top-k needs no new forward)."""
-        if isinstance(self.targets, UnitTarget):
+        if isinstance(self.targets, BoxTargets):
+            self.rows = self.targets.columns()
+        elif isinstance(self.targets, UnitTarget):
             self.rows = [[self.targets.channel] for _ in range(out.shape[0])]
+        elif isinstance(self.targets, RegionTargets):
+            self.region = self.targets.scorer(out)
+            self.rows = self.region.rows
         else:
             self.rows = self.targets.resolve(out)
         self._index.clear()
@@ -336,14 +492,21 @@ class Objective:
         return self._index[device]
 
     def pick(self, out: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
+        if self.region is not None:  # a segmenter's [B,C,h,w] map: each class summed over its region first
+            out = self.region(out, img)
         idx, live = self.index(out.device)
         return out.gather(1, idx[img]) * live[img].to(out.dtype)
 
     def scores(self, out: torch.Tensor) -> tuple[list[list[float]], list[list[float | None]]]:
         """Reported score (logit or unit value) and probability of each image's targets."""
         assert self.rows is not None
+        if isinstance(self.targets, BoxTargets):
+            assert self.targets.resolved is not None  # the detection's own score; no class probability
+            return [[r.score for r in refs] for refs in self.targets.resolved], [[None] * len(r) for r in self.rows]
         if self.is_unit:
             return [[float(v)] for v in out[:, 0].detach().float()], [[None] for _ in self.rows]
+        if self.region is not None:
+            return region_scores(self.region(out).detach(), self.rows)
         return class_scores(out, self.rows, self.model.head)
 
 

@@ -33,16 +33,24 @@ from ..models.preprocess_nd import INTERP
 from ..params import Params, param
 from ..precision import forward_precision
 from .base import (
+    CLASSIFIER_TASKS,
+    REGION_LOGITS,
+    SEGMENTER_TASKS,
+    BoxTargets,
     ClassTargets,
     EngineError,
     Explanation,
     MapKind,
     Method,
+    Objective,
+    RegionTargets,
     Targets,
     checkpoint_rows,
     class_scores,
     default_batch,
+    region_scores,
     register,
+    segmentation_logits,
     target_scores,
 )
 from .fast.layer_forward import served_forward
@@ -85,6 +93,11 @@ class CamMethod(Method):
     uses_layer: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("positive",)  # non-negative, smooth, coarse
+    # A segmenter's region score (Seg-Grad-CAM) is a sum of its logits, read like a class score, and a
+    # detector's box score a sum of matching detections' scores (.boxes); the variants that read the
+    # classifier head itself (CAM) or score masked copies by class probability (Score-CAM,
+    # Ablation-CAM) keep to classifiers.
+    tasks: ClassVar[frozenset[str]] = SEGMENTER_TASKS | {"detection"}
 
     sweeps_layers: ClassVar[bool] = True
     sweep_shares: ClassVar[str] = "one forward pass and one backward pass per target for every layer"
@@ -92,10 +105,11 @@ class CamMethod(Method):
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Params) -> Explanation:
-        if not isinstance(targets, ClassTargets):
+        if not isinstance(targets, ClassTargets | RegionTargets | BoxTargets):
             raise EngineError("unsupported-target", f"{self.name} explains class scores, not units")
         layer = validate_layer(model, layer, family="cam")
-        served = served_forward(model, x, layer)
+        # The compiled road assumes one row of class logits: a segmenter's or detector's output goes plain.
+        served = served_forward(model, x, layer) if model.classifier else None
         if served is not None:  # a compiled road to the layer (layer_forward.py), same numbers
             logits, leaf, ran = served
             leaves = {layer: leaf}
@@ -144,11 +158,22 @@ class CamMethod(Method):
             leaves[n] = out
         return logits, leaves
 
-    def _explain(self, model: LoadedModel, x: torch.Tensor, targets: ClassTargets, logits: torch.Tensor,
+    def _explain(self, model: LoadedModel, x: torch.Tensor, targets: Targets, logits: torch.Tensor,
                  leaves: dict[str, torch.Tensor], params: Params, ran: str, sweep: bool = False) -> Explanation:
         """Maps of every captured layer from the logits and the layers' outputs (the family's common part)."""
         checkpoint_rows(model, x.shape[0], x)
-        rows = targets.resolve(logits)
+        objective = Objective(model, targets) if isinstance(targets, BoxTargets) else None
+        scorer = None
+        extras: dict[str, Any] = {"forward": ran}
+        if isinstance(targets, RegionTargets):  # Seg-Grad-CAM: each class's logit summed over its region
+            scorer = targets.scorer(logits)
+            extras[REGION_LOGITS] = segmentation_logits(logits).detach().float().cpu()
+            logits, rows = scorer(logits), scorer.rows
+        elif objective is not None:  # a detector's output, scored against each box: [N, boxes]
+            logits = objective.head(logits, x.shape[0])
+            rows = objective.resolve(logits)
+        else:
+            rows = targets.resolve(logits)
         n_t = max(len(r) for r in rows)
         names = list(leaves)
         infos = {n: model.layer(n) for n in names}
@@ -174,11 +199,15 @@ class CamMethod(Method):
             with torch.no_grad():
                 for n in names:
                     per_layer[n].append(self.combine(ctxs[n], ctxs[n].acts, grads[n], idx))
-        scores, probs = class_scores(logits, rows, model.head)
+        if scorer is not None:
+            scores, probs = region_scores(logits, rows)
+        elif objective is not None:
+            scores, probs = objective.scores(logits)
+        else:
+            scores, probs = class_scores(logits, rows, model.head)
         maps = {n: [[per_layer[n][t][i].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
                 for n in names}
         last = names[-1]
-        extras: dict[str, Any] = {"forward": ran}
         if sweep:
             extras["sweep"] = f"{len(names)} layers: {self.sweep_shares}"
         return Explanation(self.name, maps[last], rows, scores, probs, layer=last, warnings=warnings,
@@ -346,6 +375,7 @@ class CAM(CamMethod):
     title = "CAM"
     needs_gradients = False
     sweep_shares = "one forward pass for every layer (no backward; a layer must feed the GAP + linear head)"
+    tasks = CLASSIFIER_TASKS  # it reads class logits (of masked inputs, or the classifier head)
 
     def weights(self, ctx, acts, grads, idx):
         fc = _gap_linear_head(ctx.model, acts, ctx.logits)
@@ -395,6 +425,7 @@ class ScoreCAM(CamMethod):
     needs_gradients = False
     sweep_shares = ("one forward pass; each layer's masked inputs are scored on their own (exact, so the cost adds "
                     "up per layer)")
+    tasks = CLASSIFIER_TASKS  # it reads class logits (of masked inputs, or the classifier head)
     Params = SweepParams
 
     def prepare(self, ctx: CamContext) -> None:
@@ -441,6 +472,7 @@ class AblationCAM(CamMethod):
     needs_gradients = False
     sweep_shares = ("one forward pass; each layer's channels are ablated on their own (exact, so the cost adds up "
                     "per layer)")
+    tasks = CLASSIFIER_TASKS  # it reads class logits (of masked inputs, or the classifier head)
     Params = AblationParams
 
     def prepare(self, ctx: CamContext) -> None:

@@ -40,7 +40,10 @@ from ..models import LoadedModel, validate_layer
 from ..models.preprocess_nd import INTERP
 from ..params import Params, param
 from .base import (
+    CLASSIFIER_TASKS,
     METHODS,
+    REGION_LOGITS,
+    SEGMENTER_TASKS,
     Baseline,
     ClassTargets,
     EngineError,
@@ -184,6 +187,7 @@ class GradientMethod(Method):
     family: ClassVar[str] = "gradient"
     supports_units: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
+    tasks: ClassVar[frozenset[str]] = SEGMENTER_TASKS | {"detection"}
     # abs-max by default: a magnitude whose sign means little; a signed ``reduce`` = "sum" draws it signed
     map_kinds: ClassVar[tuple[MapKind, ...]] = ("unsigned", "signed")
     default_reduce: ClassVar[str] = "abs-max"
@@ -212,6 +216,8 @@ class GradientMethod(Method):
         assert rows is not None
         scores, probs = objective.scores(out)
         result = [[maps[i, t].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
+        if objective.is_region:
+            ctx.extras[REGION_LOGITS] = out.detach().float().cpu()
         if self.keeps_gradient:
             ctx.extras["gradient"] = [[signed[i, t].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
         return Explanation(self.name, result, rows, scores, probs, layer=ctx.layer,
@@ -541,10 +547,11 @@ class GuidedGradCAM(GradientMethod):
     rule = "guided"
     uses_layer = True
     supports_units = False
+    tasks = CLASSIFIER_TASKS  # its Grad-CAM half is computed for class targets
 
     def run(self, model, x, targets, layer, params):
         if not isinstance(targets, ClassTargets):
-            raise EngineError("unsupported-target", "guided_gradcam explains class scores, not units")
+            raise EngineError("unsupported-target", "guided_gradcam explains class scores, not units or regions")
         return super().run(model, x, targets, layer, params)
 
     def finish(self, ctx, x, signed, reduce):

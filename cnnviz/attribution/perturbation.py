@@ -28,6 +28,8 @@ from ..models import LoadedModel
 from ..models.preprocess_nd import INTERP
 from ..params import Params, param
 from .base import (
+    REGION_LOGITS,
+    SEGMENTER_TASKS,
     EngineError,
     Explanation,
     Method,
@@ -39,6 +41,7 @@ from .base import (
     reference_input,
     register,
 )
+from .boxes import BoxScore, BoxTargets
 from .fast.incremental import default_chunk, occlusion_drops, supports_incremental
 from .fast.windows import window_starts
 
@@ -82,10 +85,12 @@ class PerturbationMethod(Method):
 
     family: ClassVar[str] = "perturbation"
     supports_units: ClassVar[bool] = True
+    tasks: ClassVar[frozenset[str]] = SEGMENTER_TASKS
+    box_score: ClassVar[BoxScore] = "similarity"
 
     def run(self, model: LoadedModel, x: torch.Tensor, targets: Targets, layer: str | None,
             params: Any) -> Explanation:
-        objective = Objective(model, targets, blackbox=True)
+        objective = Objective(model, targets, blackbox=True, box_score=self.box_score)
         warnings: list[str] = []
         extras: dict[str, Any] = {}
         with torch.no_grad():
@@ -95,6 +100,8 @@ class PerturbationMethod(Method):
             maps = self.sweep(model, objective, x, out, params, warnings, extras)
         scores, probs = objective.scores(out)
         result = [[maps[i, t].float().cpu() for t in range(len(r))] for i, r in enumerate(rows)]
+        if objective.is_region:
+            extras[REGION_LOGITS] = out.detach().float().cpu()
         unit_layer = targets.layer if isinstance(targets, UnitTarget) else None
         return Explanation(self.name, result, rows, scores, probs, layer=unit_layer, warnings=warnings,
                            extras=extras)
@@ -134,11 +141,12 @@ class Occlusion(PerturbationMethod):
 
     name = "occlusion"
     title = "Occlusion sensitivity"
+    tasks = SEGMENTER_TASKS | {"detection"}
     map_kinds = ("signed", "positive")  # the score's drop can go either way
     Params = OcclusionParams
 
     def full_precision_reason(self, model: LoadedModel, targets: Targets, params: OcclusionParams) -> str | None:
-        if params.engine == "auto" and not isinstance(targets, UnitTarget) and _incremental(model):
+        if params.engine == "auto" and not isinstance(targets, UnitTarget) and model.classifier and _incremental(model):
             return ("the incremental engine (engine auto) computes in fp32, exactly; engine full runs its "
                     "forwards at a reduced precision")
         return None
@@ -162,7 +170,7 @@ class Occlusion(PerturbationMethod):
         img_all = torch.arange(n, device=x.device)
         base = objective.pick(out, img_all)  # [N,T]
         extras.update(window=window, stride=stride, windows=n_win)
-        if params.engine == "auto" and not objective.is_unit and _incremental(model):
+        if params.engine == "auto" and not objective.is_unit and model.classifier and _incremental(model):
             # Unit targets stop the forward at a layer; the patch engine only follows whole-network outputs.
             drops = occlusion_drops(model.module, x, fill, window, stride, objective.pick, base,
                                     params.batch_size or default_chunk(x),
@@ -250,7 +258,7 @@ class Occlusion(PerturbationMethod):
         stride = params.stride
         per_axis = math.ceil(max(0, size - window) / stride) + 1
         per_window = 1.0
-        if params.engine == "auto" and _incremental(model):
+        if params.engine == "auto" and model.classifier and _incremental(model):
             per_window = INCREMENTAL_COST
         return float(n_images * (1 + per_axis * per_axis * per_window))
 
@@ -324,7 +332,7 @@ class RISE(PerturbationMethod):
         count, cell, p, seed, kind = params.masks, params.cell, params.p, params.seed, params.score
         batch = params.batch_size or default_batch(x)
         fill = _fill(model, x, params)
-        probs = kind == "probability" and not objective.is_unit
+        probs = kind == "probability" and not objective.is_unit and not objective.is_region
         gen = torch.Generator(device="cpu").manual_seed(seed)
         per = max(1, batch // n)  # masks per chunk; each mask is applied to every image
         sal = torch.zeros(n, objective.n_targets, h, w, device=x.device, dtype=torch.float32)
@@ -341,7 +349,8 @@ class RISE(PerturbationMethod):
             picked = objective.pick(scores, ii).view(k, n, -1)  # [M,N,T]
             sal += torch.einsum("mnt,mhw->nthw", picked, m.float())
             checkpoint_rows(model, k * n, x)
-        extras.update(masks=count, cell=cell, p=p, score="probability" if probs else kind)
+        score = "probability" if probs else "region logit sum" if objective.is_region else kind
+        extras.update(masks=count, cell=cell, p=p, score=score)
         return sal / (count * p)
 
     def _sweep_grid(self, model: LoadedModel, objective: Objective, x: torch.Tensor, params: RiseParams,
@@ -369,6 +378,72 @@ class RISE(PerturbationMethod):
             checkpoint_rows(model, k * n, x)
         extras.update(masks=count, cell=params.cell, p=p, score="probability" if probs else params.score)
         return sal / (count * p)
+
+    def cost(self, model, n_images, n_targets, params, layer):
+        return float(n_images * (1 + params.masks))
+
+
+@dataclass(frozen=True)
+class DriseParams(Params):
+    masks: int = param(1000, ge=1, le=8000, description="random masks, shared by every box of an image")
+    cell: int = param(16, ge=2, le=32, description="grid cells per side before upsampling (the paper: 16)")
+    p: float = param(0.5, ge=0.05, le=0.95, description="probability a cell is kept")
+    seed: int = param(0, ge=0, le=2**31 - 1, description="seed of the masks")
+    batch_size: int | None = param(None, ge=1, le=512, description="masked inputs per forward batch; default 4 "
+                                   "on CPU, 64 on CUDA")
+
+
+@register
+class DRISE(PerturbationMethod):
+    """Petsiuk et al., CVPR 2021: saliency of a box = sum_i (s_i - mean s) * M_i / N over random masks M_i,
+    where s_i is the best D-RISE similarity (IoU x cosine of class-score vectors x objectness) of the
+    detections of ``x * M_i`` to the box (:mod:`.boxes`). The mean similarity is taken off, as
+    vision-explanation-methods does (``normalize``): most masks leave a detector sure of its box, and
+    without it every pixel carries that common level and the box's own evidence is a faint bump on it.
+
+    Params: ``masks`` 1..8000 (1000), ``cell`` 2..32 (16), ``p`` (0.5), ``seed`` (0), ``batch_size``.
+    The masks are RISE's (:func:`rise_masks`, the same stream for a seed); one sweep scores every box of
+    an image at once, a batch of masked copies per forward, and gives the same maps as one mask at a
+    time (tests/unit/test_detection.py).
+    """
+
+    name = "drise"
+    title = "D-RISE"
+    map_kinds = ("positive", "signed")  # evidence for the box; below the mean where masking a pixel helps
+    Params = DriseParams
+    tasks = frozenset({"detection"})
+
+    def independent_images(self, params: DriseParams) -> bool:
+        return False  # as RISE: masks are drawn per chunk, so the stream depends on the batch
+
+    def run(self, model, x, targets, layer, params):
+        if not isinstance(targets, BoxTargets):
+            raise EngineError("unsupported-target", "drise explains a detector's boxes: give a box target")
+        return super().run(model, x, targets, layer, params)
+
+    def sweep(self, model, objective, x, out, params, warnings, extras):
+        n, _, h, w = x.shape
+        batch = params.batch_size or default_batch(x)
+        gen = torch.Generator(device="cpu").manual_seed(params.seed)
+        per = max(1, batch // n)  # masks per chunk; each mask is applied to every image
+        sal = torch.zeros(n, objective.n_targets, h, w, device=x.device, dtype=torch.float32)
+        mask_sum = torch.zeros(h, w, device=x.device, dtype=torch.float32)
+        sim_sum = torch.zeros(n, objective.n_targets, device=x.device, dtype=torch.float32)
+        img = torch.arange(n, device=x.device).repeat(per)
+        for s in range(0, params.masks, per):
+            m = rise_masks(min(per, params.masks - s), params.cell, params.p, h, w, gen, x.device, x.dtype)
+            k = m.shape[0]
+            ii = img[: k * n]
+            masked = x[ii] * m.repeat_interleave(n, 0)[:, None]  # rows: mask-major, image-minor
+            sim = objective.outputs(masked).float()  # [k*n, boxes of all images]
+            picked = objective.pick(sim, ii).view(k, n, -1)  # [M,N,T]
+            sal += torch.einsum("mnt,mhw->nthw", picked, m.float())
+            mask_sum += m.float().sum(0)
+            sim_sum += picked.sum(0)
+            checkpoint_rows(model, k * n, x)
+        extras.update(masks=params.masks, cell=params.cell, p=params.p)
+        mean = sim_sum / params.masks
+        return (sal - mean[:, :, None, None] * mask_sum) / params.masks
 
     def cost(self, model, n_images, n_targets, params, layer):
         return float(n_images * (1 + params.masks))

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..blur import gaussian_blur
 from ..progress import checkpoint
+from .regions import energy_in_mask
 
 __all__ = ["FaithfulnessResult", "default_insertion_baseline", "deletion_insertion", "pointing_game"]
 
@@ -180,3 +181,22 @@ def pointing_game(
     px = min(img_w - 1, math.floor((mx + 0.5) * img_w / w))
     py = min(img_h - 1, math.floor((my + 0.5) * img_h / h))
     return (x0 - tolerance <= px < x1 + tolerance) and (y0 - tolerance <= py < y1 + tolerance)
+
+
+def energy_in_box(m: Tensor, box: tuple[int, int, int, int], image_size: tuple[int, int]) -> float:
+    """The energy-based pointing game (Wang et al. 2020, Score-CAM): the share of the map's positive mass
+    inside ``box`` (x0, y0, x1, y1 in image pixels, x1 / y1 exclusive).
+
+    The map [h, w] is resized bilinearly to the image (H, W) = ``image_size`` first, so a coarse map is
+    weighed by the area each cell covers; 0 where the map has no positive mass. A box is one shape of
+    region: the mass is counted by :func:`cnnviz.metrics.regions.energy_in_mask`, as for a segmenter's.
+    """
+    if not isinstance(m, Tensor) or m.ndim != 2 or m.numel() == 0:
+        raise ValueError(f"map must be a non-empty 2-D tensor [h, w], got {getattr(m, 'shape', None)}")
+    img_h, img_w = image_size
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"box must satisfy x0 < x1 and y0 < y1, got {box}")
+    mask = torch.zeros(img_h, img_w, dtype=torch.bool)
+    mask[max(0, y0):max(0, min(img_h, y1)), max(0, x0):max(0, min(img_w, x1))] = True
+    return energy_in_mask(m, mask)

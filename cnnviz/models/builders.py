@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import logging
 import warnings
 from collections.abc import Callable
@@ -56,16 +57,42 @@ def build_torchvision(spec: ModelSpec) -> Built:
     if spec.arch in LITE_VARIANTS:
         module = efficientnet_lite(spec.arch, spec.num_classes)
     else:
-        from torchvision.models import get_model, list_models
+        from torchvision.models import get_model, get_model_builder, list_models
 
         if spec.arch not in list_models():
             raise ModelLoadError(f"model {spec.name!r}: unknown torchvision architecture {spec.arch!r}")
         tv_kwargs: dict[str, Any] = {"weights": None, "num_classes": spec.num_classes, **dict(spec.kwargs)}
+        if "weights_backbone" in inspect.signature(get_model_builder(spec.arch)).parameters:
+            # A detector's or segmenter's backbone weights come with the file, never from a download
+            # (whatever its task says: a misdeclared segmenter must fail on its output, offline).
+            tv_kwargs.setdefault("weights_backbone", None)
+        if spec.task in ("detection", "segmentation"):
+            if "num_classes" not in spec.declared:
+                tv_kwargs.pop("num_classes")  # the builder's own (COCO's 91, VOC's 21)
         if spec.arch.startswith(("googlenet", "inception")):
             tv_kwargs.update(aux_logits=False, init_weights=False)
-        module = get_model(spec.arch, **tv_kwargs)
+        try:
+            module = get_model(spec.arch, **tv_kwargs)
+        except TypeError as exc:  # a kwarg the builder does not take
+            raise ModelLoadError(f"model {spec.name!r}: cannot build torchvision {spec.arch!r}: {exc}") from exc
+        if "num_classes" not in spec.declared and spec.task in ("detection", "segmentation"):
+            spec = dataclasses.replace(spec, num_classes=_builder_classes(module, spec.num_classes))
     load_weights(module, spec)
     return module, spec
+
+
+def _builder_classes(module: nn.Module, fallback: int) -> int:
+    """Classes of a torchvision detector or segmenter built with its default head (COCO 91, VOC 21)."""
+    heads = getattr(module, "roi_heads", None)
+    if heads is not None:
+        return int(heads.box_predictor.cls_score.out_features)
+    head = getattr(module, "head", None)
+    cls_head = getattr(head, "classification_head", None)
+    if cls_head is not None:
+        return int(getattr(cls_head, "num_classes", fallback))
+    last = getattr(module, "classifier", None)
+    convs = [m for m in (last.modules() if last is not None else ()) if isinstance(m, nn.Conv2d)]
+    return int(convs[-1].out_channels) if convs else fallback
 
 
 def build_timm(spec: ModelSpec) -> Built:

@@ -21,6 +21,7 @@ from .loaded import LoadedModel
 from .preprocess import Preprocessing
 from .preprocess_nd import ArrayPreprocessing
 from .specs import DEFAULT_MODEL, ModelLoadError, ModelSpec, lite_specs, specs_from_file
+from .tasks import dry_scalar, output_classes, task_layers
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,11 @@ def _not_inplace(module: nn.Module) -> None:
             m.inplace = False
 
 
-def _backward_works(module: nn.Module, shape: tuple[int, ...], device: torch.device) -> bool:
-    x = torch.randn(1, *shape, device=device, requires_grad=True)
+def _backward_works(module: nn.Module, spec: ModelSpec, device: torch.device) -> bool:
+    x = torch.randn(1, *spec.input_shape, device=device, requires_grad=True)
     try:
         with torch.enable_grad():
-            module(x).float().sum().backward()
+            dry_scalar(spec, module(x)).backward()
         return x.grad is not None
     except Exception as exc:  # noqa: BLE001 - whatever stops the backward, the answer is the same
         log.info("backward pass unavailable (%s)", exc)
@@ -77,21 +78,25 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
     if opaque:
         gradients, layers = False, []
     elif spec.source == "torchscript":
-        gradients = spec.gradients and _backward_works(module, spec.input_shape, device)
+        gradients = spec.gradients and _backward_works(module, spec, device)
         layers = opaque_layer_table(module)
     else:
         gradients = spec.gradients
+
+        def scalar(out: object) -> torch.Tensor:
+            return dry_scalar(spec, out)
+
         try:
             try:
                 layers = layer_table(module, spec.input_size, device, gradients=gradients,
-                                     input_shape=spec.input_shape)
+                                     input_shape=spec.input_shape, scalar=scalar)
             except Exception as exc:  # noqa: BLE001 - a failing backward: describe the layers without it
                 if not gradients:
                     raise
                 log.info("model %s: backward pass unavailable (%s)", spec.name, exc)
                 gradients = False
                 layers = layer_table(module, spec.input_size, device, gradients=False,
-                                     input_shape=spec.input_shape)
+                                     input_shape=spec.input_shape, scalar=scalar)
         except Exception as exc:  # noqa: BLE001 - a model that cannot run is a start-up error naming it
             shape = ",".join(str(v) for v in spec.input_shape)
             raise ModelLoadError(f"model {spec.name!r} ({spec.weights or spec.arch}) does not run on a "
@@ -100,10 +105,9 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
     with torch.no_grad():
         answers = runtime if runtime is not None else module
         out = answers(torch.zeros(1, *spec.input_shape, device=device))
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ModelLoadError(f"model {spec.name!r} ({spec.weights}) returns {type(out).__name__}"
-                             f"{list(out.shape) if isinstance(out, torch.Tensor) else ''}, not [N, classes] logits")
-    classes = int(out.shape[1])
+    classes = output_classes(spec, out)  # a detector's labels are indices: its classes come from its labels
+    if classes is None:
+        classes = len(spec.labels) if isinstance(spec.labels, tuple) else spec.num_classes
     if classes != spec.num_classes:
         if "num_classes" in spec.declared or isinstance(spec.labels, tuple):
             raise ModelLoadError(f"model {spec.name!r} ({spec.weights}) has {classes} outputs, the models file"
@@ -115,9 +119,15 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
         else ArrayPreprocessing(spec.grid, spec.mean, spec.std))
     labels = spec.labels if isinstance(spec.labels, tuple) else labels_for(spec.labels, spec.num_classes)
     try:
-        default = default_target_layer(layers, spec.num_classes)
+        default = default_target_layer(task_layers(spec, layers), spec.num_classes)
     except ValueError:
         default = None
+    if spec.layer is not None:
+        named = next((li for li in layers if li.name == spec.layer), None)
+        if named is None or named.grid is None:
+            raise ModelLoadError(f"model {spec.name!r}: layer = {spec.layer!r} is not a layer with a spatial output"
+                                 f" (the default is {default!r})")
+        default = spec.layer
     log.info("loaded model %s (%s) from %s on %s%s", spec.name, spec.arch, spec.weights or "its factory", device,
              "" if gradients else " (no gradients)")
     return LoadedModel(spec, module, prep, labels, layers, default, device, gradients, runtime=runtime)

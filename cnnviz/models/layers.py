@@ -16,6 +16,7 @@ token, the patch tokens after the last attention reach the logits no more, and a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,13 +169,17 @@ def _input_hw(inp: tuple[Any, ...], size: int, prefix_hint: int | None) -> tuple
 
 
 def layer_table(model: nn.Module, input_size: int, device: torch.device | str = "cpu",
-                gradients: bool = True, input_shape: tuple[int, ...] | None = None) -> list[LayerInfo]:
+                gradients: bool = True, input_shape: tuple[int, ...] | None = None,
+                scalar: Callable[[Any], torch.Tensor] | None = None) -> list[LayerInfo]:
     """Run one forward (and, with ``gradients``, one backward) and describe each named module.
 
     Records each module's first output shape, in call order, its grid and, from the backward,
     whether that grid reaches the logits. Modules that never run (e.g. an unused auxiliary head)
-    are listed last with no shape. ``input_shape`` (one input without the batch) is a signal's
-    ``[C,L]`` or a volume's ``[C,D,H,W]`` for 1-D and 3-D convnets; default the square image.
+    are listed last with no shape. ``scalar`` reduces the output to what the backward starts from
+    (a detector's or segmenter's output is no tensor: :func:`cnnviz.models.tasks.dry_scalar`); where
+    it has no graph (a detector that found nothing), no layer's ``feeds_head`` is known.
+    ``input_shape`` (one input without the batch) is a signal's ``[C,L]`` or a volume's
+    ``[C,D,H,W]`` for 1-D and 3-D convnets; default the square image.
     """
     shape_in = input_shape or (3, input_size, input_size)
     dims = len(shape_in) - 1
@@ -210,7 +215,13 @@ def layer_table(model: nn.Module, input_size: int, device: torch.device | str = 
         if gradients:
             with torch.enable_grad():
                 x.requires_grad_(True)
-                model(x).float().sum().backward()
+                out = model(x)
+                s = scalar(out) if scalar is not None else out.float().sum()
+                if s.requires_grad:
+                    s.backward()
+                # A detector that found nothing in the noise has a scalar with no (or an all-zero) graph:
+                # which layers reach its answer is then unknown, not "none".
+                gradients = x.grad is not None and bool(x.grad.abs().sum() > 0)
         else:
             with torch.no_grad():
                 model(x)

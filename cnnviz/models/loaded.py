@@ -56,6 +56,17 @@ class LoadedModel:
     def head(self) -> str:
         return self.spec.head
 
+    @property
+    def task(self) -> str:
+        """classification | multilabel | detection | segmentation (:data:`cnnviz.models.specs.TASKS`)."""
+        return self.spec.task
+
+    @property
+    def classifier(self) -> bool:
+        """Its output is one row of class logits: what predict's top-k, the compiled and folded forwards,
+        the incremental occlusion engine and request batching assume."""
+        return self.spec.task in ("classification", "multilabel")
+
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``[N,C]`` from logits: softmax, or per-class sigmoid for a sigmoid head."""
         logits = logits.float()

@@ -28,6 +28,17 @@ per model::
     arch = "factory:mypkg.nets:build"       # a function returning an nn.Module, called with [models.mine.kwargs]
     weights = "mine.safetensors"
 
+    [models.shapes]
+    task = "detection"                      # classification (default) | multilabel | detection | segmentation
+    arch = "fasterrcnn_mobilenet_v3_large_320_fpn"   # torchvision detectors and segmenters load the same way
+    weights = "shapes.safetensors"
+    labels = ["__background__", "circle", "square", "triangle"]
+
+    [models.yolo]
+    task = "detection"
+    arch = "factory:mypkg.yolo:build"
+    outputs = { boxes = "0", scores = "1", labels = "2" }   # where the detections are in the output
+
 A 1-D or 3-D convnet declares its input kind (:mod:`.input_spec`)::
 
     [models.ecg]
@@ -39,10 +50,21 @@ A 1-D or 3-D convnet declares its input kind (:mod:`.input_spec`)::
     sampling_rate = 100.0                   # Hz
     # input = "volume"; size = [32, 32, 32]; spacing = [1.0, 1.0, 1.0]  (mm, D H W)
 
-Optional keys: ``input_size``, ``mean``, ``std``, ``num_classes``, ``labels``, ``head``
-(softmax | sigmoid), ``gradients``, ``resize`` (stretch | center-crop), ``interpolation``
-(bilinear | bicubic | nearest | area), ``crop_fraction``, ``description`` and a ``kwargs`` table
-for the builder. A timm model's own pretrained config supplies the preprocessing keys not given.
+``task`` says what the network's output is (:mod:`.tasks` reads each): ``classification``
+logits ``[N, classes]`` (softmax); ``multilabel`` the same read with a per-class sigmoid (``head =
+"sigmoid"`` is the older spelling of it, still accepted, and the two are kept consistent);
+``detection`` one ``{boxes, labels, scores}`` per image (torchvision's convention; ``outputs``
+maps another layout onto it); ``segmentation`` ``[N, classes, H, W]`` logits, or a dict with them
+under ``"out"`` (torchvision's segmenters). A detection or segmentation entry defaults to the
+identity normalization (``mean = [0,0,0]``, ``std = [1,1,1]``) for torchvision detectors, which
+normalize inside, and keeps ImageNet's for segmenters.
+
+Optional keys: ``task``, ``outputs``, ``layer`` (the CAM family's default layer: a detector's
+heads often follow a neck the heuristic does not pick), ``input_size``, ``mean``, ``std``,
+``num_classes``, ``labels``, ``head`` (softmax | sigmoid), ``gradients``, ``resize`` (stretch |
+center-crop), ``interpolation`` (bilinear | bicubic | nearest | area), ``crop_fraction``,
+``description`` and a ``kwargs`` table for the builder. A timm model's own pretrained config
+supplies the preprocessing keys not given.
 
 A bad entry raises :class:`ModelLoadError` naming the file and the model when the file is read;
 nothing is built or downloaded here (:mod:`.builders` builds, :mod:`.weights` loads weight files).
@@ -77,6 +99,11 @@ class ModelLoadError(RuntimeError):
 
 
 HEADS = ("softmax", "sigmoid")
+TASKS = ("classification", "multilabel", "detection", "segmentation")
+"""What a network's output is; each is read by :mod:`cnnviz.models.tasks`."""
+OUTPUT_FIELDS = ("boxes", "labels", "scores", "class_scores", "objectness")
+"""What ``outputs`` may map for a detector: the first three are required, the last two optional
+(``class_scores`` ``[K, classes]`` and ``objectness`` ``[K]`` make D-RISE's similarity complete)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +136,9 @@ class ModelSpec:
     def input_shape(self) -> tuple[int, ...]:
         """One input without the batch dimension: ``[3,S,S]``, ``[C,L]`` or ``[C,D,H,W]``."""
         return (self.channels, *(self.grid or (self.input_size, self.input_size)))
+    task: str = "classification"  # one of TASKS
+    outputs: tuple[tuple[str, str], ...] = ()  # detection: field -> path into the output ("0", "dets.boxes")
+    layer: str | None = None  # the CAM family's default layer, where the table's heuristic is not wanted
 
     @property
     def source(self) -> str:
@@ -151,7 +181,42 @@ def _resolve_weights(ref: str, base: Path) -> Path:
 
 
 _KEYS = {"arch", "weights", "input_size", "mean", "std", "num_classes", "labels", "description", "head",
-         "gradients", "resize", "interpolation", "crop_fraction", "kwargs"} | INPUT_KEYS
+         "gradients", "resize", "interpolation", "crop_fraction", "kwargs", "task", "outputs", "layer"} | INPUT_KEYS
+
+
+def _task_keys(where: str, entry: dict[str, Any], kw: dict[str, Any]) -> None:
+    """``task`` and ``head`` agree (multilabel is a sigmoid head); ``outputs`` only for a detector."""
+    task = entry.get("task")
+    if task is None:
+        task = "multilabel" if entry.get("head") == "sigmoid" else "classification"
+    elif task not in TASKS:
+        raise ModelLoadError(f"{where}: task must be one of {list(TASKS)}, got {task!r}")
+    head = entry.get("head")
+    if head == "sigmoid" and task != "multilabel":
+        raise ModelLoadError(f"{where}: head = 'sigmoid' is a multilabel classifier; task is {task!r}")
+    if task == "multilabel":
+        kw["head"] = "sigmoid"
+    kw["task"] = task
+    if task in ("detection", "segmentation") and "resize" in entry and entry["resize"] != "stretch":
+        raise ModelLoadError(f"{where}: a {task} model fits images by stretching (its boxes and masks map back "
+                             "to the original image), not by center-crop")
+    if task == "detection" and not str(entry.get("arch", "")).startswith(("factory:", "export")):
+        kw.setdefault("mean", (0.0, 0.0, 0.0))  # torchvision's detectors normalize inside
+        kw.setdefault("std", (1.0, 1.0, 1.0))
+    outputs = entry.get("outputs")
+    if outputs is None:
+        return
+    if task != "detection":
+        raise ModelLoadError(f"{where}: outputs maps a detector's output; this model's task is {task!r}")
+    if not isinstance(outputs, dict) or not all(isinstance(v, str) for v in outputs.values()):
+        raise ModelLoadError(f"{where}: outputs must be a table of paths, e.g. {{ boxes = \"0\", scores = \"1\","
+                             " labels = \"2\" }")
+    unknown = set(outputs) - set(OUTPUT_FIELDS)
+    missing = {"boxes", "labels", "scores"} - set(outputs)
+    if unknown or missing:
+        raise ModelLoadError(f"{where}: outputs takes {list(OUTPUT_FIELDS)} (boxes, labels and scores required);"
+                             f" unknown {sorted(unknown)}, missing {sorted(missing)}")
+    kw["outputs"] = tuple(sorted((str(k), str(v)) for k, v in outputs.items()))
 
 
 def _frozen(v: Any) -> Any:
@@ -169,7 +234,7 @@ def _spec_from_entry(name: str, entry: dict[str, Any], path: Path) -> ModelSpec:
     if unknown:
         raise ModelLoadError(f"{where} has unknown keys {sorted(unknown)}")
     kw: dict[str, Any] = {k: entry[k] for k in ("input_size", "num_classes", "description", "gradients",
-                                                "crop_fraction") if k in entry}
+                                                "crop_fraction", "layer") if k in entry}
     kw.update(input_fields(entry, where, ModelLoadError))
     for k in ("mean", "std"):
         if k in entry:
@@ -187,6 +252,7 @@ def _spec_from_entry(name: str, entry: dict[str, Any], path: Path) -> ModelSpec:
         if not isinstance(entry["kwargs"], dict):
             raise ModelLoadError(f"{where}: kwargs must be a table")
         kw["kwargs"] = tuple(sorted((str(k), _frozen(v)) for k, v in entry["kwargs"].items()))
+    _task_keys(where, entry, kw)
     labels = entry.get("labels")
     if isinstance(labels, list):
         if not all(isinstance(v, str) for v in labels):

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from cnnviz.attribution import METHODS, Method
 from cnnviz.params import NoParams, Params, field_specs
 from cnnviz.precision import PRECISIONS
 from cnnviz.render import COLORMAPS, DEFAULT_CLIP_PERCENTILE, MAP_KINDS
-from core.schemas.bounds import Box
+from core.schemas.bounds import BOX_MAX, Box, num
 
 Colormap = Literal[COLORMAPS]  # type: ignore[valid-type]
 PrecisionName = Literal[PRECISIONS]  # type: ignore[valid-type]
@@ -87,6 +96,35 @@ class UnitTargetParams(Strict):
     x: int | None = Field(None, ge=0, le=10_000)
 
 
+Point = tuple[num(0, BOX_MAX), num(0, BOX_MAX)]  # type: ignore[valid-type]
+
+
+class RegionTargetParams(Strict):
+    """A segmenter's class and region (Seg-Grad-CAM, Vinogradova et al. 2020): the class's logit summed over the
+    region is explained. The region is the class's predicted mask (neither box nor polygon), a box, or a polygon,
+    in the original image's pixels (the same region in every image of the request)."""
+
+    target: int | None = Field(None, ge=0, le=100_000, description="class index; default: each image's top_k "
+                               "classes with the most predicted pixels in the region (the background only when "
+                               "nothing else is predicted there)")
+    top_k: int = Field(1, ge=1, le=10, description="without target: how many classes per image, one forward")
+    box: Box | None = Field(None, description="(x0, y0, x1, y1) in original pixels, x0 < x1, y0 < y1 (x1, y1 "
+                            "exclusive), inside the image")
+    polygon: list[Point] | None = Field(None, min_length=3, max_length=256,  # type: ignore[valid-type]
+                                        description="3..256 (x, y) vertices in original pixels, inside the image; "
+                                        "a pixel belongs to it when its centre is inside (even-odd rule)")
+
+    @model_validator(mode="after")
+    def _one_region(self) -> RegionTargetParams:
+        if self.box is not None and self.polygon is not None:
+            raise ValueError("give a box or a polygon, not both (neither: the class's predicted mask)")
+        return self
+
+    @property
+    def source(self) -> Literal["predicted", "box", "polygon"]:
+        return "box" if self.box is not None else "polygon" if self.polygon is not None else "predicted"
+
+
 class LocalizationParams(Strict):
     """Map -> mask -> contours -> boxes, optionally refined with a dense CRF on image colour."""
 
@@ -108,6 +146,47 @@ class FaithfulnessParams(Strict):
     tolerance: int = Field(15, ge=0, le=1000)
 
 
+class ReferenceBox(Strict):
+    """A box to explain that need not be a detection: a ground-truth box, or one from an earlier answer."""
+
+    box: Box = Field(description="(x0, y0, x1, y1) in the original image's pixels, x0 < x1, y0 < y1")
+    label: str | int = Field(description="its class: a label of the model, or a class index")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and not 0 <= v <= 100_000:
+            raise ValueError("a class index is 0..100000")
+        if isinstance(v, str) and not 0 < len(v) <= 200:
+            raise ValueError("a label has 1..200 characters")
+        return v
+
+
+class BoxTargetParams(Strict):
+    """A detector's boxes to explain: detections of the same forward by rank, reference boxes, or the top k.
+
+    Gradient and CAM methods score a box by the summed scores of the detections with its label whose
+    IoU with it is at least ``iou_threshold``; black-box methods (drise, occlusion) by D-RISE's
+    similarity (IoU x cosine of class-score vectors x objectness)."""
+
+    index: list[Annotated[int, Field(ge=0, le=999)]] | None = Field(
+        None, min_length=1, max_length=20, description="detections to explain by their rank in predict's answer "
+        "(0 = the best), the same for every image")
+    reference: list[ReferenceBox] | None = Field(None, min_length=1, max_length=20,
+                                                 description="boxes with labels to explain, for every image")
+    top_k: int = Field(1, ge=1, le=20, description="without index or reference: each image's k best detections")
+    score_threshold: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                                   description="top_k counts only detections scoring at least this")
+    iou_threshold: float = Field(0.5, ge=0.05, le=0.95, allow_inf_nan=False,
+                                 description="a detection matches the box at this IoU or more (gradient, CAM)")
+
+    @model_validator(mode="after")
+    def _one(self) -> BoxTargetParams:
+        if self.index is not None and self.reference is not None:
+            raise ValueError("give index or reference, not both")
+        return self
+
+
 class ExplainParams(Strict):
     """Parameters shared by every explanation method."""
 
@@ -116,6 +195,9 @@ class ExplainParams(Strict):
                                             description="class indices per image, in image order")
     top_k: int = Field(1, ge=1, le=10, description="explain each image's k best classes")
     unit: UnitTargetParams | None = None
+    region: RegionTargetParams | None = Field(None, description="a segmenter's class and region (class index, "
+                                              "box or polygon): the class's logit summed over the region")
+    box: BoxTargetParams | None = Field(None, description="a detector's boxes to explain (detection models)")
     layer: str | None = Field(None, max_length=200, description="target layer; default: last spatial layer")
     resolution: int | None = Field(None, ge=32, le=1024, description="network input side in px")
     resize: Literal["stretch", "center-crop"] | None = Field(None, description="default: the model's own "
@@ -135,10 +217,21 @@ class ExplainParams(Strict):
         "family except deconvnet, occlusion on the incremental engine) run fp32 and say so in warnings; the "
         "answer's precision says what ran")
 
+    _image_sizes: tuple[tuple[int, int], ...] | None = PrivateAttr(None)
+    """The decoded images' (height, width), set by the pipeline (:func:`core.explaining.run_explanation`) for a
+    target kind that is ``sized``: a region's box or polygon and a reference box come in original pixels, the
+    engine works in network-input pixels. Never part of a request."""
+
+    def with_image_sizes(self, sizes: list[tuple[int, int]]) -> ExplainParams:
+        """A copy that knows its images' original sizes."""
+        copy = self.model_copy()
+        copy._image_sizes = tuple((int(h), int(w)) for h, w in sizes)
+        return copy
+
     @model_validator(mode="after")
     def _targets(self) -> ExplainParams:
-        if sum(v is not None for v in (self.target, self.targets, self.unit)) > 1:
-            raise ValueError("give at most one of target, targets and unit")
+        if sum(v is not None for v in (self.target, self.targets, self.unit, self.region, self.box)) > 1:
+            raise ValueError("give at most one of target, targets, unit, region and box")
         if self.targets is not None:
             for row in self.targets:
                 if not 1 <= len(row) <= 10 or any(not 0 <= t <= 100_000 for t in row):
@@ -232,11 +325,15 @@ class ExplainJobParams(Strict):
 
 
 class TargetInfo(BaseModel):
-    kind: Literal["class", "channel", "neuron"] = "class"
-    index: int
+    kind: Literal["class", "channel", "neuron", "region", "box"] = "class"
+    index: int = Field(description="the class index, the channel, or (region, box) the target's class index")
     label: str | None = None
-    score: float
+    score: float = Field(description="logit, unit value, (region) the class's logit summed over the region, or (box) "
+                         "the detection's score (1 for a reference box)")
     probability: float | None = None
+    box: tuple[float, float, float, float] | None = Field(None, description="the explained box, x0, y0, x1, y1 in "
+                                                          "the original image's pixels")
+    detection: int | None = Field(None, description="the box's rank among the detections (null: a reference box)")
 
 
 class RawMap(BaseModel):
@@ -259,7 +356,13 @@ class Faithfulness(BaseModel):
     insertion_auc: float | None = None
     deletion_curve: list[float] | None = None
     insertion_curve: list[float] | None = None
-    pointing_hit: bool | None = None
+    pointing_hit: bool | None = Field(None, description="whether the map's maximum lies in faithfulness.box (grown "
+                                      "by tolerance) or else, for a region target, in the region, for a box target "
+                                      "in the explained box (both grown by tolerance)")
+    energy_in_region: float | None = Field(None, description="region targets: the share of the map's positive mass "
+                                           "inside the region (energy-based pointing game, Wang et al. 2020)")
+    energy_in_box: float | None = Field(None, description="box targets: the share of the map's positive mass inside "
+                                        "faithfulness.box or else the explained box (energy-based pointing game)")
 
 
 class Rendering(BaseModel):
@@ -313,8 +416,20 @@ class LayerExplanation(BaseModel):
     overlay_url: str | None = None
 
 
+class RegionInfo(BaseModel):
+    """The region a region target explained, in the original image's pixels (its outline is drawn on the overlay)."""
+
+    source: Literal["predicted", "box", "polygon"] = Field(..., description="the class's predicted mask, or the "
+                                                           "request's box or polygon")
+    box: tuple[int, int, int, int] | None = Field(..., description="bounding box (x0, y0, x1, y1), x1/y1 exclusive")
+    area: int = Field(..., description="pixels of the region")
+    fraction: float = Field(..., description="area over the image's pixels")
+    predicted_fraction: float = Field(..., description="share of the region's pixels predicted as the class")
+
+
 class TargetExplanation(BaseModel):
     target: TargetInfo
+    region: RegionInfo | None = None
     map: RawMap
     rendering: Rendering | None = None
     media_type: str | None = Field(None, description="of heatmap, overlay and figure (output.format)")

@@ -29,8 +29,14 @@ class LayerOut(BaseModel):
         "gradient and perturbation (for unit targets)")
 
 
+Task = Literal["classification", "multilabel", "detection", "segmentation"]
+"""What the model's output is (the models file's ``task``; cnnviz/models/specs.py)."""
+
+
 class ModelSummary(BaseModel):
     name: str
+    task: Task = Field("classification", description="classification (softmax over classes), multilabel "
+                       "(per-class sigmoid), detection (boxes, labels, scores) or segmentation (a class map)")
     arch: str
     description: str
     input_size: int
@@ -82,12 +88,16 @@ class PredictExplain(BaseModel):
 class PredictParams(BaseModel):
     model_config = STRICT
 
-    top_k: int = Field(5, ge=1, le=100)
+    top_k: int | None = Field(None, ge=1, le=100, description="classes per image (default 5), or a detector's "
+                              "highest-scoring boxes per image (default 100)")
+    score_threshold: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False,
+                                   description="a detector's boxes scoring below this are left out")
     resolution: int | None = Field(None, ge=32, le=1024)
     resize: Literal["stretch", "center-crop"] | None = Field(None, description="default: the model's own "
                                                              "(stretch unless its models-file entry says otherwise)")
     explain: PredictExplain | None = Field(None, description="also a map of each of the top_k classes (at most 10) "
                                            "from the same forward: one engine call instead of predict then explain")
+    masks: bool = Field(False, description="a segmenter: also one mask PNG per predicted class")
 
 
 class Prediction(BaseModel):
@@ -105,16 +115,54 @@ class PredictedMap(BaseModel):
     overlay_png: str | None = None
 
 
+class ClassArea(BaseModel):
+    """How much of the image a segmenter gives one class."""
+
+    index: int
+    label: str
+    pixels: int = Field(..., description="pixels of the original image predicted as the class")
+    fraction: float = Field(..., description="pixels over the image's pixels")
+
+
+class ClassMask(BaseModel):
+    index: int
+    label: str
+    mask_png: str = Field(..., description="base64 1-bit PNG at the original size: white where the class is predicted")
+
+
+class Segmentation(BaseModel):
+    """A segmenter's answer for one image, at the original image's size."""
+
+    label_map_png: str = Field(..., description="base64 PNG of each pixel's class: a palette PNG whose pixel values "
+                               "are the class indices (PASCAL VOC's colours), 16-bit grey above 256 classes")
+    classes: list[ClassArea] = Field(..., description="every predicted class, largest area first")
+    masks: list[ClassMask] | None = Field(None, description="with masks: true, one mask per predicted class")
+
+
+class Detection(BaseModel):
+    """One box of a detector, in the original image's pixels."""
+
+    index: int = Field(description="its rank in the detector's output (what a box target's 'box' names)")
+    box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 in the original image's pixels")
+    label: str
+    class_index: int
+    score: float
+
+
 class ImagePredictions(BaseModel):
     index: int
     width: int
     height: int
-    predictions: list[Prediction]
+    predictions: list[Prediction] = Field(default_factory=list, description="a classifier's top-k classes")
     maps: list[PredictedMap] | None = Field(None, description="with explain: one map per prediction, same order")
+    detections: list[Detection] | None = Field(None, description="a detector's boxes, best first")
+    segmentation: Segmentation | None = Field(None, description="a segmenter's label map and class areas")
 
 
 class PredictResponse(BaseModel):
     model: str
+    task: Task = "classification"
+    warnings: list[str] = Field(default_factory=list)
     input_size: tuple[int, int]
     images: list[ImagePredictions]
     forward: ForwardKind = Field("eager", description="the forward pass that ran: the model's "

@@ -49,7 +49,8 @@ async def explain(request: Request, model: ModelDep, settings: SettingsDep, prin
     if model.input_kind != "image":  # a signal or volume model (core/inputkinds.py): its own decoding and pictures
         return await explain_arrays(request, model, settings, method, lanes)
     upload = await read_upload(request, settings)
-    checked = check_explain(model, method, upload.params, len(upload.images))
+    checked = check_explain(model, method, upload.params, len(upload.images),
+                            [(d.height, d.width) for d in upload.images])
     if jobs is not None and hands_off(checked, settings, request.headers.get("prefer", "")):
         return await hand_off_explain(jobs, principal, model, checked, upload.images, settings,
                                       request.headers.get("idempotency-key"))

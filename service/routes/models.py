@@ -2,26 +2,43 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request, Response
 
 from cnnviz.attribution import METHODS
-from cnnviz.models import Catalog
-from core.schemas.models import LayerOut, ModelDetail, ModelList, ModelSummary, PredictParams, PredictResponse
+from cnnviz.models import Catalog, LoadedModel
+from core.detecting import predict_detections
+from core.errors import Invalid
+from core.imaging import image_to_tensor
+from core.lanes import ComputeLanes
+from core.schemas.models import (
+    Detection,
+    ImagePredictions,
+    LayerOut,
+    ModelDetail,
+    ModelList,
+    ModelSummary,
+    PredictParams,
+    PredictResponse,
+    Segmentation,
+)
+from core.segmenting import predict_segmentation
 from core.validation import validate_params
 from service.deps import CatalogDep, CompiledDep, InlineDep, LanesDep, ModelDep, PrincipalDep, SettingsDep
 from service.nd_answers import predict_for_arrays
 from service.openapi_parts import PROBLEM_RESPONSES, upload_body
 from service.serving import PREDICT_DECODE_SIDE, predict_answer
-from service.uploads import read_upload
+from service.uploads import Upload, read_upload
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 def _summary(catalog: Catalog, name: str) -> ModelSummary:
     spec = catalog.specs[name]
-    return ModelSummary(name=name, arch=spec.arch, description=spec.description, input_size=spec.input_size,
-                        num_labels=spec.num_classes, default=name == catalog.default, loaded=catalog.is_loaded(name),
-                        input=spec.input, input_shape=list(spec.input_shape))
+    return ModelSummary(name=name, task=spec.task, arch=spec.arch, description=spec.description,
+                        input_size=spec.input_size, num_labels=spec.num_classes, default=name == catalog.default,
+                        loaded=catalog.is_loaded(name), input=spec.input, input_shape=list(spec.input_shape))
 
 
 @router.get("", response_model=ModelList, summary="The model catalog")
@@ -46,7 +63,7 @@ def model_detail(model: ModelDep, catalog: CatalogDep, compiled: CompiledDep) ->
 
 @router.post("/{model}/predict", response_model=PredictResponse, responses=PROBLEM_RESPONSES,
              openapi_extra=upload_body("#/components/schemas/PredictParams", max_images=16),
-             summary="Top-k classes per image")
+             summary="Top-k classes, a detector's boxes, or a segmenter's label map and class areas per image")
 async def predict(request: Request, model: ModelDep, settings: SettingsDep, lanes: LanesDep,
                   compiled: CompiledDep, inline: InlineDep, principal: PrincipalDep) -> Response:
     if model.input_kind != "image":  # a signal or volume model (core/inputkinds.py)
@@ -54,6 +71,42 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep, lane
     # Classification needs the network input only (resolution <= 1024): decode at most that large.
     upload = await read_upload(request, settings, max_side=min(settings.max_decode_side, PREDICT_DECODE_SIDE))
     params = validate_params(PredictParams, upload.params)
+    if not model.classifier:  # a detector's boxes or a segmenter's label map
+        t0 = time.perf_counter()
+        return await _predict_task(model, upload, params, params.resolution or model.preprocessing.input_size,
+                                   lanes, t0)
     answer = await predict_answer(model, upload, params, settings, lanes, compiled, inline, principal.owner)
     # Built and checked once here; returned as bytes so FastAPI does not validate and encode it again.
     return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
+
+
+async def _predict_task(model: LoadedModel, upload: Upload, params: PredictParams, size: int, lanes: ComputeLanes,
+                        t0: float) -> Response:
+    """Predict for a detector (boxes in the original image's pixels) or a segmenter (its label map and areas)."""
+    if model.task == "segmentation":
+        def segment() -> list[Segmentation]:
+            return predict_segmentation(model, [image_to_tensor(d.image) for d in upload.images],
+                                        [(d.height, d.width) for d in upload.images], size, params.masks)
+
+        segs = await lanes.arun(segment)
+        answer = PredictResponse(
+            model=model.name, task=model.task, input_size=(size, size), forward="eager",
+            images=[ImagePredictions(index=i, width=d.width, height=d.height, segmentation=seg)
+                    for i, (d, seg) in enumerate(zip(upload.images, segs, strict=True))],
+            timings={"decode_ms": upload.decode_ms, "compute_ms": (time.perf_counter() - t0) * 1000})
+        return Response(answer.model_dump_json(), media_type="application/json")
+    if model.task != "detection":
+        raise Invalid("task-unsupported", f"predict does not answer for {model.task} models yet",
+                      f"model {model.name} is a {model.task} model")
+
+    def compute() -> tuple[list[list[Detection]], list[str]]:
+        return predict_detections(model, [image_to_tensor(d.image) for d in upload.images], size, params.resize,
+                                  params.score_threshold, params.top_k)
+
+    dets, warnings = await lanes.arun(compute)
+    answer = PredictResponse(
+        model=model.name, task=model.task, input_size=(size, size), forward="eager", warnings=warnings,
+        images=[ImagePredictions(index=i, width=d.width, height=d.height, detections=found)
+                for i, (d, found) in enumerate(zip(upload.images, dets, strict=True))],
+        timings={"decode_ms": upload.decode_ms, "compute_ms": (time.perf_counter() - t0) * 1000})
+    return Response(answer.model_dump_json(), media_type="application/json")

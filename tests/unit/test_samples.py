@@ -48,7 +48,7 @@ def test_samples_are_readable_and_labels_match(samples: dict[str, Path]) -> None
 def test_cli_writes_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["samples", str(tmp_path / "s")]) == 0
     printed = capsys.readouterr().out.split()
-    assert set(printed) == {str(p) for p in (tmp_path / "s").iterdir()} and len(printed) == 8
+    assert set(printed) == {str(p) for p in (tmp_path / "s").iterdir()} and len(printed) == 9
 
 
 def test_labelled_boxes_follow_each_view(samples: dict[str, Path]) -> None:

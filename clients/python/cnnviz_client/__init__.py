@@ -41,9 +41,11 @@ from .types import (
     Prediction,
     PredictResult,
     RawMap,
+    Segmentation,
     StyleResult,
     Target,
     TrainedInfo,
+    region,
 )
 
 __version__ = "0.1.0"
@@ -55,7 +57,7 @@ __all__ = [
     "ImagePredictions", "InspectResult", "Job", "JobError", "JobFailedError", "JobProgress", "JobStatus",
     "JobTimeoutError", "Layer",
     "MethodInfo", "MethodList", "ModelDetail", "ModelSummary", "Prediction", "PredictResult", "ProblemError",
-    "RawMap", "RetryPolicy", "StyleResult", "Target", "TrainedInfo", "__version__",
+    "RawMap", "RetryPolicy", "Segmentation", "StyleResult", "Target", "TrainedInfo", "__version__", "region",
 ]
 
 # A library logs, it does not configure logging: silent unless the application sets up handlers.

@@ -2,6 +2,7 @@
 
     cnnviz predict cat.jpg --top-k 3
     cnnviz explain cat.jpg --method gradcam --top-k 2 --out overlay.png
+    cnnviz explain scene.png --model scenes-segmenter --method gradcam --region 2 --region-box 10,10,40,40
     cnnviz job deepdream cat.jpg --param layer=_blocks.10 --param steps=8 --wait --out dream.png
     ID=$(cnnviz job class_viz --param target=285); cnnviz result $ID --wait 600 --out viz.png
     cnnviz jobs | cnnviz status ID | cnnviz cancel ID | cnnviz models | cnnviz methods
@@ -156,7 +157,18 @@ def cmd_predict(c: Client, a: argparse.Namespace) -> int:
     params = params_from(a.param)
     if a.top_k is not None:
         params["top_k"] = a.top_k
+    if a.masks:
+        params["masks"] = True
+    if a.score_threshold is not None:
+        params["score_threshold"] = a.score_threshold
     res = c.predict([_image(p) for p in a.images], a.model, params=params)
+    saved = []
+    if a.label_map:
+        out = Path(a.label_map)
+        for im in res.images:
+            if im.segmentation is not None:
+                path = out if not saved else out.with_name(f"{out.stem}-{im.index}{out.suffix}")
+                saved.append(im.segmentation.save(path))
     if a.json:
         _dump(res.raw)
         return 0
@@ -171,11 +183,52 @@ def cmd_predict(c: Client, a: argparse.Namespace) -> int:
         _write(f"{name} ({im.width}x{im.height}, {res.model})")
         for rank, p in enumerate(im.predictions, 1):
             _write(f"  {rank:>2}. {p.probability:7.4f}  {p.index:>5}  {p.label}")
+        if im.segmentation is not None:
+            for ca in im.segmentation.classes:
+                _write(f"  {ca.fraction:7.2%}  {ca.pixels:>8} px  {ca.index:>5}  {ca.label}")
+        for d in im.detections or []:
+            x0, y0, x1, y1 = d.box
+            _write(f"  #{d.index:<3} {d.score:7.4f}  {d.label:<16} ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f})")
+    for path in saved:
+        _write(f"label map: {path}")
     return 0
+
+
+def _numbers(text: str, count: int | None, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(";", ",").replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise CnnvizError(f"{what} takes numbers separated by commas, got {text!r}") from None
+    if (count is not None and len(values) != count) or (count is None and (len(values) < 6 or len(values) % 2)):
+        raise CnnvizError(f"{what} takes {count or 'an even number (at least 6) of'} numbers, got {text!r}")
+    return values
+
+
+def region_from(a: argparse.Namespace) -> dict[str, Any] | None:
+    """The region target of ``--region [CLASS]``, ``--region-box`` and ``--region-polygon`` (None: no region)."""
+    if a.region is None and a.region_box is None and a.region_polygon is None:
+        return None
+    out: dict[str, Any] = {}
+    if a.region is not None and a.region >= 0:
+        out["target"] = a.region
+    if a.region_box is not None:
+        out["box"] = [int(round(v)) for v in _numbers(a.region_box, 4, "--region-box")]
+    if a.region_polygon is not None:
+        flat = _numbers(a.region_polygon, None, "--region-polygon")
+        out["polygon"] = [[flat[i], flat[i + 1]] for i in range(0, len(flat), 2)]
+    return out
 
 
 def cmd_explain(c: Client, a: argparse.Namespace) -> int:
     params = params_from(a.param)
+    region = region_from(a)
+    if region is not None:  # a segmenter's class and region; --top-k counts its classes
+        if a.target is not None:
+            raise CnnvizError("--target names a classifier's class; give a segmenter's class as --region CLASS")
+        if a.top_k is not None:
+            region["top_k"] = a.top_k
+        params["region"] = region
+        a.top_k = None
     for key in ("target", "top_k", "layer"):
         value = getattr(a, key)
         if value is not None:
@@ -186,6 +239,10 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
             output = params.setdefault("output", {})
             if isinstance(output, dict):
                 output.setdefault("figure", True)
+    if a.box is not None:
+        params["box"] = {"index": a.box}
+    elif a.box_top_k is not None:
+        params["box"] = {"top_k": a.box_top_k}
     if a.out:  # ask for the format the file name asks for (the service's default is JPEG); PNG for others
         output = params.setdefault("output", {})
         if isinstance(output, dict):
@@ -209,10 +266,21 @@ def cmd_explain(c: Client, a: argparse.Namespace) -> int:
         for e in im.explanations:
             t = e.target
             prob = f"p={t.probability:.4f} " if t.probability is not None else ""
-            _write(f"  {t.label or t.kind} ({t.index})  {prob}score={t.score:.4g}  "
+            where = (f" box #{t.detection if t.detection is not None else 'ref'} "
+                     f"({', '.join(f'{v:.1f}' for v in t.box)})" if t.box else "")
+            _write(f"  {t.label or t.kind} ({t.index}){where}  {prob}score={t.score:.4g}  "
                    f"map {e.map.shape[0]}x{e.map.shape[1]} [{e.map.min:.4g}, {e.map.max:.4g}]")
             for lm in e.layers or []:
                 _write(f"    {lm.layer:<12} map {lm.shape[0]}x{lm.shape[1]} [{lm.map.min:.4g}, {lm.map.max:.4g}]")
+            if e.region:
+                r = e.region
+                _write(f"    region ({r.get('source')}): bounding box {tuple(r.get('box') or ())}, {r.get('area')} px "
+                       f"({r.get('fraction', 0):.1%} of the image, {r.get('predicted_fraction', 0):.0%} predicted "
+                       f"{t.label or t.index})")
+            if e.faithfulness and e.faithfulness.get("energy_in_region") is not None:
+                f = e.faithfulness
+                _write(f"    pointing game: {'hit' if f.get('pointing_hit') else 'miss'}, energy in region "
+                       f"{f['energy_in_region']:.1%}")
     for w in res.warnings:
         _write(f"warning: {w}")
     for path in saved:
@@ -442,9 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--param", action="append", type=parse_param, metavar="K=V",
                         help="a parameter; V is JSON when it parses, else a string; a.b=V nests (repeatable)")
 
-    sp = add("predict", cmd_predict, "top-k classes of images")
+    sp = add("predict", cmd_predict, "top-k classes of images (a detector: its boxes)")
     sp.add_argument("images", nargs="+", metavar="IMAGE")
     sp.add_argument("--top-k", type=int, default=None)
+    sp.add_argument("--masks", action="store_true", help="a segmenter: also one mask per predicted class")
+    sp.add_argument("--label-map", default=None, metavar="PNG",
+                    help="a segmenter: save the label map here (more images: beside it, numbered)")
+    sp.add_argument("--score-threshold", type=float, default=None, help="a detector's boxes scoring below are left out")
     model_and_params(sp)
 
     sp = add("explain", cmd_explain, "explanation maps of images (Grad-CAM and the rest)")
@@ -453,6 +525,17 @@ def build_parser() -> argparse.ArgumentParser:
     group = sp.add_mutually_exclusive_group()
     group.add_argument("--target", type=int, default=None, help="class index to explain")
     group.add_argument("--top-k", type=int, default=None, help="explain the k best classes")
+    group.add_argument("--box", type=int, action="append", default=None, metavar="RANK",
+                       help="a detector's box to explain, by its rank in predict's answer (repeatable)")
+    group.add_argument("--box-top-k", type=int, default=None, help="a detector: explain its k best boxes")
+    # A segmenter's region flags all start with --region: --box is a detector's (the API's box target).
+    sp.add_argument("--region", type=int, nargs="?", const=-1, default=None, metavar="CLASS",
+                    help="a segmenter: explain CLASS in a region (its predicted mask unless --region-box or "
+                    "--region-polygon); without CLASS, the --top-k classes with most pixels there")
+    sp.add_argument("--region-box", default=None, metavar="X0,Y0,X1,Y1",
+                    help="a segmenter: the region as a box in image pixels")
+    sp.add_argument("--region-polygon", default=None, metavar="X,Y,X,Y,...",
+                    help="a segmenter: the region as a polygon in image pixels")
     layer = sp.add_mutually_exclusive_group()
     layer.add_argument("--layer", default=None, help="target layer (default: the model's)")
     layer.add_argument("--layers", default=None, metavar="NAMES",

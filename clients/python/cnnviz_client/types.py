@@ -22,8 +22,28 @@ __all__ = [
     "Artifact", "ArtifactLink", "Collection", "Event", "ExplainResult", "Explanation", "IdentifyResult",
     "ImageExplanation", "ImagePredictions", "InspectResult", "JobError", "JobProgress", "JobStatus", "Layer",
     "MethodInfo", "MethodList", "ModelDetail", "ModelSummary", "Prediction", "PredictResult", "RawMap",
-    "StyleResult", "Target", "TrainedInfo",
+    "Segmentation", "StyleResult", "Target", "TrainedInfo", "Detection", "region",
 ]
+
+
+def region(target: int | None = None, *, box: tuple[int, int, int, int] | None = None,
+           polygon: list[tuple[float, float]] | None = None, top_k: int | None = None) -> dict[str, Any]:
+    """A segmenter's region target for ``explain(..., region=region(1, box=(10, 10, 40, 40)))``.
+
+    ``target`` is the class index (None: the ``top_k`` classes with the most predicted pixels in the region);
+    the region is the class's predicted mask, or ``box`` (x0, y0, x1, y1) or ``polygon`` [(x, y), ...] in the
+    original image's pixels. The explained score is the class's logit summed over the region (Seg-Grad-CAM).
+    """
+    out: dict[str, Any] = {}
+    if target is not None:
+        out["target"] = int(target)
+    if top_k is not None:
+        out["top_k"] = int(top_k)
+    if box is not None:
+        out["box"] = [int(v) for v in box]
+    if polygon is not None:
+        out["polygon"] = [[float(x), float(y)] for x, y in polygon]
+    return out
 
 T = TypeVar("T")
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
@@ -173,11 +193,59 @@ class Prediction:
 
 
 @dataclass
+class ClassArea:
+    index: int
+    label: str
+    pixels: int
+    fraction: float
+
+
+@dataclass
+class Segmentation:
+    """A segmenter's answer for one image: the label map PNG (pixel values are class indices), each class's area,
+    and one mask PNG per class when ``masks=True`` was asked."""
+
+    label_map: bytes = field(repr=False)
+    classes: list[ClassArea] = field(default_factory=list)
+    masks: dict[int, bytes] | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Segmentation:
+        masks = data.get("masks")
+        return cls(label_map=_b64(data.get("label_map_png")) or b"",
+                   classes=[_build(ClassArea, c) for c in data.get("classes") or []],
+                   masks={m["index"]: _b64(m["mask_png"]) or b"" for m in masks} if masks is not None else None)
+
+    def labels(self) -> Any:
+        """The label map as a numpy array ``[H, W]`` of class indices (needs Pillow and numpy)."""
+        import numpy as np  # optional: pip install 'cnnviz-client[numpy]'
+
+        return np.asarray(_pil(self.label_map))
+
+    def save(self, path: str | os.PathLike[str]) -> str:
+        """Write the label map PNG (a palette PNG: coloured for a person, class indices for a program)."""
+        return write_bytes(path, self.label_map)
+
+
+@dataclass
+class Detection:
+    """A detector's box: x0, y0, x1, y1 in the original image's pixels; ``index`` is its rank (a box target's)."""
+
+    index: int
+    box: tuple[float, float, float, float]
+    label: str
+    class_index: int
+    score: float
+
+
+@dataclass
 class ImagePredictions:
     index: int
     width: int
     height: int
     predictions: list[Prediction]
+    segmentation: Segmentation | None = None  # a segmenter's answer
+    detections: list[Detection] | None = None  # a detector's answer
 
 
 @dataclass
@@ -191,7 +259,11 @@ class PredictResult:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PredictResult:
         images = [ImagePredictions(index=im["index"], width=im["width"], height=im["height"],
-                                   predictions=[_build(Prediction, p) for p in im.get("predictions") or []])
+                                   predictions=[_build(Prediction, p) for p in im.get("predictions") or []],
+                                   segmentation=Segmentation.from_json(im["segmentation"])
+                                   if im.get("segmentation") else None,
+                                   detections=None if im.get("detections") is None else
+                                   [_build(Detection, d, box=tuple(d["box"])) for d in im["detections"]])
                   for im in data.get("images") or []]
         return _build(cls, data, images=images, input_size=tuple(data.get("input_size") or (0, 0)))
 
@@ -211,6 +283,8 @@ class Target:
     kind: str = "class"
     label: str | None = None
     probability: float | None = None
+    box: tuple[float, float, float, float] | None = None  # kind "box": the explained box, original pixels
+    detection: int | None = None  # kind "box": its rank among the detections (None: a reference box)
 
 
 @dataclass
@@ -272,6 +346,7 @@ class Explanation:
     heatmap_url: str | None = None
     figure_url: str | None = None
     layers: list[LayerMap] | None = None  # a layer sweep: every layer's map; ``figure`` is then their row
+    region: dict[str, Any] | None = None  # a region target's region: source, box, area, fraction, predicted_fraction
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Explanation:
@@ -283,7 +358,7 @@ class Explanation:
                    regions=data.get("regions"), faithfulness=data.get("faithfulness"),
                    figure=_b64(data.get("figure_png")), media_type=data.get("media_type"),
                    rendering=data.get("rendering"), overlay_url=data.get("overlay_url"),
-                   heatmap_url=data.get("heatmap_url"), figure_url=data.get("figure_url"),
+                   heatmap_url=data.get("heatmap_url"), figure_url=data.get("figure_url"), region=data.get("region"),
                    layers=[LayerMap.from_json(x) for x in data["layers"]] if data.get("layers") else None)
 
     def save(self, path: str | os.PathLike[str], which: str = "overlay") -> str:

@@ -75,8 +75,8 @@ def _foldable(module: nn.Module) -> bool:
 
 def _build(model: LoadedModel) -> nn.Module:
     module = model.module
-    if not _foldable(module):
-        return module
+    if not model.classifier or not _foldable(module):
+        return module  # the probe compares [N, classes] logits: a detector's output is no such row
     try:
         twin = copy.deepcopy(module)
         for m in twin.modules():  # a copy taken while an explanation had its hooks installed

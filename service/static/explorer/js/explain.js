@@ -4,6 +4,9 @@
 // An explanation over the inline budget comes back as 202 + a job, which is followed to its result.
 
 import { ProblemError, followJob, getJSON, isAbort, multipart, request } from './api.js';
+import {
+  firstRegionClass, isSegmenter, labelMapTargets, offeredMethods, outlineRegion, regionParams, regionRows,
+} from './regions.js';
 import { schemaForm } from './schema-form.js';
 import { labelOf, layerChoices, on, state } from './state.js';
 import { sweepParams, sweepToggle, sweepView } from './sweep.js';
@@ -14,13 +17,13 @@ import {
 
 // 'auto': the colormap of the method's kind of map (positive: jet, unsigned: hot, signed: seismic).
 const COLORMAPS = ['auto', 'jet', 'turbo', 'viridis', 'inferno', 'magma', 'hot', 'gray', 'coolwarm', 'seismic', 'rdbu', 'bwr'];
-const SHARED = ['target', 'targets', 'top_k', 'unit', 'layer', 'layers', 'output', 'localization', 'faithfulness'];
+const SHARED = ['target', 'targets', 'top_k', 'unit', 'region', 'layer', 'layers', 'output', 'localization', 'faithfulness'];
 const COMPARE_DEFAULT = ['gradcam', 'gradcampp', 'layercam', 'eigencam', 'saliency'];
 const FAMILY = { cam: 'Class activation maps', gradient: 'Gradients', perturbation: 'Perturbation' };
 
 const s = {
   file: null, baseUrl: null, width: 0, height: 0,
-  predictions: [], custom: [], target: null,
+  predictions: [], custom: [], target: null, segmentation: null,
   method: 'gradcam', layer: '', sweep: false, alpha: 0.5, colormap: 'auto', normalize: 'auto', asJob: false,
   boxes: false, boxMethod: 'otsu', fraction: 0.5, faith: false, faithSteps: 16,
   methodForm: null, abort: null, compareAbort: null, last: null,
@@ -101,7 +104,11 @@ export function mountExplain(root) {
         ui.compareChecks, ui.grid)));
   syncToggles();
   on('catalog', () => fillMethods());
-  on('model', () => { fillLayers(); s.predictions = []; s.custom = []; if (s.file) setImage(s.file); });
+  on('model', () => {
+    const seg = isSegmenter(state.detail);  // a segmenter offers only the methods that explain its regions
+    if (seg !== Boolean(s.segmenterMethods) && state.methods.length) { s.segmenterMethods = seg; fillMethods(); }
+    fillLayers(); s.predictions = []; s.custom = []; if (s.file) setImage(s.file);
+  });
   // Bundled sample on first visit, so the tab is never empty.
   root.addEventListener('explorer:show', () => { if (!s.file && !s.loadingSample) loadFirstSample(picker); },
     { once: true });
@@ -123,8 +130,9 @@ function currentMethod() {
 }
 
 function fillMethods() {
-  const fams = {};
-  for (const m of state.methods) (fams[m.family] ||= []).push(m);
+  const fams = Object.fromEntries(Object.keys(FAMILY).map((f) => [f, []]));  // the families in a fixed order
+  for (const m of offeredMethods(state.methods, state.detail)) (fams[m.family] ||= []).push(m);
+  for (const f of Object.keys(fams)) if (!fams[f].length) delete fams[f];
   clear(ui.method, Object.entries(fams).map(([fam, ms]) => el('optgroup', { label: FAMILY[fam] || fam },
     ms.map((m) => option(m.name, m.inline ? m.title : `${m.title} — runs as a job`, m.name === s.method)))));
   clear(ui.compareChecks, Object.entries(fams).map(([fam, ms]) => el('fieldset.compare-family',
@@ -170,6 +178,7 @@ async function setImage(file) {
   s.predictions = [];
   s.custom = [];
   s.target = null;
+  s.segmentation = null;
   if (!file) {
     clear(ui.targets, el('div.muted', 'Choose an image to see its top classes.'));
     clear(ui.result, el('div.placeholder', 'The explanation appears here.'));
@@ -183,7 +192,9 @@ async function setImage(file) {
     s.width = img.width;
     s.height = img.height;
     s.predictions = img.predictions;
-    s.target = s.predictions[0]?.index ?? null;
+    s.segmentation = isSegmenter(state.detail) ? img.segmentation : null;
+    s.target = s.segmentation ? firstRegionClass(s.segmentation, state.detail?.labels)
+      : s.predictions[0]?.index ?? null;
     renderTargets();
     run();
   } catch (err) {
@@ -193,6 +204,13 @@ async function setImage(file) {
 }
 
 function renderTargets() {
+  ui.search.closest('.field').hidden = Boolean(s.segmentation);  // a segmenter's classes are its map's
+  if (s.segmentation) {  // a segmenter: its label map, where a click picks the region to explain
+    clear(ui.targets, labelMapTargets({ baseUrl: s.baseUrl, segmentation: s.segmentation, width: s.width,
+      height: s.height, selected: s.target, labelOf,
+      onPick: (cls) => { s.target = cls; renderTargets(); run(); } }));
+    return;
+  }
   const rows = [...s.predictions.map((p) => ({ ...p, custom: false })),
     ...s.custom.filter((c) => !s.predictions.some((p) => p.index === c.index))];
   clear(ui.targets, rows.map((p) => el(`label.target${p.index === s.target ? '.selected' : ''}`,
@@ -228,7 +246,7 @@ function explainParams(method, { withLayer = true } = {}) {
   if (s.colormap !== 'auto') output.colormap = s.colormap;  // else the service picks the kind's own
   if (s.normalize !== 'auto') output.normalize = s.normalize;
   const params = { output };
-  if (s.target !== null) params.target = s.target;
+  if (s.target !== null) Object.assign(params, s.segmentation ? regionParams(s.target) : { target: s.target });
   if (withLayer && m?.uses_layer && s.layer) params.layer = s.layer;
   if (s.boxes) params.localization = s.boxMethod === 'fraction' ? { method: 'fraction', fraction: s.fraction }
     : { method: 'otsu' };
@@ -307,6 +325,7 @@ function renderAnswer(answer, m) {
   const view = answer.layers ? sweepView(answer) : heatView({ baseUrl: s.baseUrl, heatUrl: dataUrl(exp.heatmap_png), width: img.width,
     height: img.height, alpha: s.alpha, regions: exp.regions, label: m.title });
   clear(ui.result, view);
+  if (exp.region && s.segmentation) outlineRegion(view, s.segmentation, exp.target.index);
   ui.download.disabled = false;
   const t = exp.target;
   const rows = [
@@ -320,6 +339,7 @@ function renderAnswer(answer, m) {
   ];
   if (answer.job) rows.push(['Job', el('a', { href: `#jobs/${answer.job}`, text: answer.job.slice(0, 12) })]);
   if (exp.regions) rows.push(['Regions', String(exp.regions.length)]);
+  rows.push(...regionRows(exp));
   const parts = [el('dl.kv', rows.map(([k, v]) => [el('dt', k), el('dd', v)]))];
   const f = exp.faithfulness;
   if (f) {
@@ -353,6 +373,8 @@ async function downloadComposite() {
   g.globalAlpha = s.alpha;
   g.drawImage(heat, 0, 0, c.width, c.height);
   g.globalAlpha = 1;
+  const outline = view.querySelector('canvas.lm-outline');  // a segmenter's explained region
+  if (outline) g.drawImage(outline, 0, 0, c.width, c.height);
   const regions = s.last.answer.images[0].explanations[0].regions || [];
   g.strokeStyle = '#fff';
   g.lineWidth = Math.max(2, c.width / 200);
