@@ -69,7 +69,7 @@ def check_predict_explain(model: LoadedModel, params: PredictParams, n_images: i
         cams = sorted(n for n, meth in METHODS.items() if meth.family == "cam" and meth.unavailable(model) is None)
         raise Invalid("explain-not-cam", f"predict explains with a CAM-family method, not {e.method!r}",
                       "use POST /v1/models/{model}/explain/{method} for the other families", choices=cams)
-    raw: dict[str, Any] = {**e.options, "top_k": params.top_k, "layer": e.layer, "resolution": params.resolution,
+    raw: dict[str, Any] = {**e.options, "top_k": params.top_k or 5, "layer": e.layer, "resolution": params.resolution,
                            "resize": params.resize,
                            "output": {"heatmap": False, "overlay": e.overlay, "raw": True, "format": "png"}}
     return check_explain(model, e.method, {k: v for k, v in raw.items() if v is not None}, n_images)

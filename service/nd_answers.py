@@ -54,7 +54,7 @@ async def predict_for_arrays(request: Request, model: LoadedModel, settings: Set
     upload = await read_array_upload(request, settings, model)
     params = validate_params(PredictParams, upload.params)
     t0 = time.perf_counter()
-    preds = await lanes.arun(lambda: predict_arrays(model, upload.inputs, params.top_k))
+    preds = await lanes.arun(lambda: predict_arrays(model, upload.inputs, params.top_k or 5))
     body = {"model": model.name, "input_kind": model.input_kind, "input_shape": list(model.spec.input_shape),
             "inputs": [{"index": i, **decoded_summary(d), "predictions": [p.model_dump() for p in ps]}
                        for i, (d, ps) in enumerate(zip(upload.inputs, preds, strict=True))],

@@ -281,7 +281,7 @@ def test_gradient_free_models(zoo, name):
         # The way out it names comes from the registry: the gradient-free methods that answer for this model.
         assert err.value.choices == gradient_free_methods(m) and str(err.value).endswith(", ".join(err.value.choices))
     assert set(gradient_free_methods()) == {"cam", "eigencam", "scorecam", "ablationcam", "occlusion", "rise",
-                                            "attention_rollout"}
+                                            "drise", "attention_rollout"}
     if name == "exp_frozen":
         assert gradient_free_methods(m) == ["ablationcam", "cam", "eigencam", "occlusion", "rise", "scorecam"]
     else:
