@@ -27,7 +27,7 @@ class CollectionInfo(BaseModel):
     id: str
     count: int
     labels: list[str] | None
-    boxes: list[list[tuple[int, int, int, int]]] | None = None
+    boxes: list[list[list[int]]] | None = Field(None, description="each image's boxes, [x0, y0, x1, y1] in its pixels")
     bytes: int
     created_at: float
     ttl_s: int

@@ -57,7 +57,7 @@ def test_default_class_visualization_is_recognized_and_not_adversarial(lite0):
     from cnnviz.synthesis.transforms import Jitter, RandomAffine, UpsampleTo
 
     target = 130  # flamingo: pink and long-legged, nothing like the grey start
-    r = cv.class_visualization(lite0, target=target, steps=40, size=64, seed=0)
+    r = cv.class_visualization(lite0, target=target, steps=96, size=64, seed=0)  # 40 left it at 0.44-0.48 on some CPUs
     x = UpsampleTo(lite0.spec.input_size)(r.image.unsqueeze(0), torch.Generator())
     assert _probability(lite0, x, target) > 0.8
     gen = torch.Generator().manual_seed(123)  # other draws than the optimization's
