@@ -276,7 +276,7 @@ async function explainOnce(method, params, { signal, onJob, preferAsync = false 
   return { ...answer, job: job.id };
 }
 
-const run = debounce(() => { runMain().catch(() => {}); }, 120);
+const run = debounce(() => { runMain().catch((err) => console.error('explain view:', err)); }, 120);
 
 async function runMain() {
   if (!s.file || s.target === null || !state.model) return;
