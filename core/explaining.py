@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnviz.attribution import REGION_LOGITS, ClassTargets, EngineError, Explanation, Method, Targets
+from cnnviz.attribution import METHODS, REGION_LOGITS, ClassTargets, EngineError, Explanation, Method, Targets
 from cnnviz.attribution.cam import CamMethod
 from cnnviz.attribution.fast.folded import folded_module
 from cnnviz.attribution.fast.incremental import supports_incremental
@@ -126,7 +126,11 @@ def check_explain(model: LoadedModel, method: str, raw: dict[str, Any], n_images
     The target kind's own check (core/targets.py) sees the images' ``sizes`` (height, width) where
     given: a polygon outside an image is refused here too.
     """
-    known_method(method)
+    m = known_method(method)
+    if model.task not in m.tasks:  # before the price: a method that cannot explain this model is no job either
+        answering = sorted(n for n, other in METHODS.items() if model.task in other.tasks)
+        raise Invalid("task-unsupported", f"{method} does not explain {model.task} models",
+                      f"model {model.name} is a {model.task} model; methods that explain it: {', '.join(answering)}")
     params = validate_params(params_model(method), raw)
     if params.sanity and not target_kind(params).probability:
         raise Invalid("sanity-needs-classes", "sanity: true checks maps of class targets; this request explains "
