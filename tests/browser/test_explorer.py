@@ -193,6 +193,8 @@ def test_trust_tab_evaluates_a_labelled_zip(live: tuple[Browser, str], tmp_path:
     b, base = live
     open_explorer(b, base, "trust")
     b.wait(lambda: len(b.all(".trust-methods input:checked")) == 3, 30, "the default methods")
+    offered = {i.get_attribute("value") for i in b.all(".trust-methods input")}
+    assert "gradcam" in offered and not {"drise", "attention_rollout"} & offered  # only what answers for Lite0
     # Run alone, this browser's first page load asked before the key was set: only those 401s may be logged.
     assert all("401" in e["message"] for e in b.console_errors())
     b.css("#trust-zip").send_keys(str(zpath))

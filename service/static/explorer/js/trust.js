@@ -45,11 +45,16 @@ export function mountTrust(root) {
     el('section.card', el('h2', 'Which map can I trust?'), form),
     el('section.card.detail-card', el('h2', 'Evaluation'), ui.bar.element, ui.status, ui.result)));
   on('catalog', () => fillMethods());
+  on('model', () => fillMethods());
   if (state.methods.length) fillMethods();
 }
 
 function fillMethods() {
-  clear(ui.methods, state.methods.map((m) => el('label.check', el('input', { type: 'checkbox', value: m.name,
+  // Only the methods that answer for the chosen model (GET /v1/models/{m} lists them): no D-RISE for a
+  // classifier, no attention rollout for a convnet.
+  const answers = state.detail?.methods;
+  const offered = answers ? state.methods.filter((m) => answers.includes(m.name)) : state.methods;
+  clear(ui.methods, offered.map((m) => el('label.check', el('input', { type: 'checkbox', value: m.name,
     checked: DEFAULT_METHODS.includes(m.name), dataset: { method: m.name } }), ` ${m.name}`)));
 }
 
