@@ -28,6 +28,9 @@ $(VENV)/.installed-client: clients/python/pyproject.toml $(VENV)/.installed
 
 $(VENV)/.installed-bench: $(VENV)/.installed-test
 	$(BIN)/pip install -q -e '.[lite,test,bench]'
+	# bench/bench_detection.py's D-RISE peer pins matplotlib<3.7, which the signal plots cannot use; its
+	# D-RISE module imports only torch and numpy, so it goes in without its pins.
+	$(BIN)/pip install -q --no-deps 'vision-explanation-methods==0.1.1'
 	touch $@
 
 install: $(VENV)/.installed $(VENV)/.installed-client
