@@ -44,6 +44,7 @@ class Spec:
     note: str | Callable[[list[Run]], str] = ""
     memory: Callable[[list[Run]], str] | None = None
     needs: tuple[str, ...] = ()  # keys a run must hold for the row (a group that did not run)
+    block: str = "speed-targets"  # the docs block the row is written to
 
 
 def _ok(v: float, target: tuple[str, float]) -> bool:
