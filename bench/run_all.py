@@ -50,6 +50,11 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "bench_jobs.py": ([], ["--quick"]),
     "bench_inspection.py": (["--n", "200"], ["--quick"]),
     "bench_queue.py": (["--jobs", "40"], ["--quick"]),
+    "bench_predict_explain.py": ([], ["--procs", "1", "--repeats", "3"]),
+    "bench_sweep.py": ([], ["--processes", "1", "--repeats", "2"]),
+    "bench_detection.py": ([], ["--processes", "1", "--masks", "100"]),
+    "bench_trust.py": ([], ["--processes", "1", "--repeats", "1", "--images", "2", "--size", "48"]),
+    "eval_nd_localization.py": ([], ["--signals", "20", "--volumes", "8"]),
 }
 
 
@@ -77,7 +82,10 @@ def main() -> int:
             cmd.append("--readme")
         log.info("== %s", " ".join(cmd[1:]))
         t0, c0 = time.time(), _cpu_children()
-        rc = subprocess.run(cmd, check=False).returncode
+        # the repository on the path, so a script that imports ``bench.*`` runs by its file name too
+        path = os.pathsep.join(filter(None, (str(BENCH.parent), os.environ.get("PYTHONPATH"))))
+        env = {**os.environ, "PYTHONPATH": path}
+        rc = subprocess.run(cmd, check=False, env=env).returncode
         wall, cpu = time.time() - t0, _cpu_children() - c0
         summary.append(f"{script:<22} rc {rc}  wall {wall / 60:5.1f} min  cpu {cpu / 60:5.1f} min")
         if rc:
