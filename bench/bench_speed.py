@@ -556,6 +556,7 @@ def merge_run(run: Run, part: Run, group: str) -> None:
 
 # The blocks of docs/benchmarks.md and the groups each one needs: a block is written only when all of
 # its groups ran, so `--only ig --readme` rewrites the integrated-gradients rows and nothing else.
+DEFAULT_ONLY = "http,rectifier,ig,occlusion"
 BLOCKS: dict[str, tuple[str, ...]] = {"speed-targets": ("http", "rectifier", "occlusion"), "speed-ig": ("ig",)}
 
 
@@ -571,7 +572,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="warm blocks per side in the HTTP group")
     ap.add_argument("--seconds", type=float, default=3.0, help="per concurrency cell and round (two rounds)")
     ap.add_argument("--threads", type=int, default=min(4, len(os.sched_getaffinity(0))))
-    ap.add_argument("--only", default="http,rectifier,ig,occlusion")
+    ap.add_argument("--only", default=DEFAULT_ONLY)
     ap.add_argument("--device", default="cpu", help="cpu; the cuda rows run by themselves where CUDA is available")
     ap.add_argument("--ppe", type=lambda s: tuple(int(v) for v in s.split(",")), default=PPE)
     ap.add_argument("--ig-batches", type=lambda s: tuple(int(v) for v in s.split(",")), default=IG_BATCHES)
@@ -609,7 +610,7 @@ def main() -> None:
     head = (f"torch {torch.__version__}, {args.threads} threads, {len(os.sched_getaffinity(0))} cores, "
             f"EfficientNet-Lite0 @224 (rectifier rows: seeded ReLU ResNet-18), `chelsea`; "
             f"{args.runs} fresh processes per group, interleaved; `python bench/bench_speed.py"
-            f"{' --quick' if args.quick else ''}` ({(time.time() - t_start) / 60:.0f} min). "
+            f"{' --quick' if args.quick else ''}{'' if args.only == DEFAULT_ONLY else ' --only ' + args.only}` ({(time.time() - t_start) / 60:.0f} min). "
             + ("CUDA rows from " + torch.cuda.get_device_name(0) + "." if cuda_runs else
                "No GPU was available: no GPU figure exists yet (the CUDA rows run where one is)."))
     for block, groups in BLOCKS.items():
