@@ -607,10 +607,12 @@ def main() -> None:
             cuda_runs.append(cuda_run)
     from bench.harness import table
 
+    chosen = "" if args.only == DEFAULT_ONLY else f" --only {args.only}"
+
     head = (f"torch {torch.__version__}, {args.threads} threads, {len(os.sched_getaffinity(0))} cores, "
             f"EfficientNet-Lite0 @224 (rectifier rows: seeded ReLU ResNet-18), `chelsea`; "
             f"{args.runs} fresh processes per group, interleaved; `python bench/bench_speed.py"
-            f"{' --quick' if args.quick else ''}{'' if args.only == DEFAULT_ONLY else ' --only ' + args.only}` ({(time.time() - t_start) / 60:.0f} min). "
+            f"{' --quick' if args.quick else ''}{chosen}` ({(time.time() - t_start) / 60:.0f} min). "
             + ("CUDA rows from " + torch.cuda.get_device_name(0) + "." if cuda_runs else
                "No GPU was available: no GPU figure exists yet (the CUDA rows run where one is)."))
     for block, groups in BLOCKS.items():
