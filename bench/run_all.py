@@ -36,7 +36,7 @@ FAST_METHODS = ("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "eig
 SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "bench_speed.py": ([], ["--quick"]),
     "bench_components.py": (["--repeats", "5"], ["--quick"]),
-    "bench_memory.py": (["--runs", "1", "--variants", "default,compile-off"],
+    "bench_memory.py": (["--runs", "3"],
                         ["--quick", "--variants", "default,compile-off"]),
     "bench_attribution.py": (["--repeats", "3", "--only", ",".join(FAST_METHODS)], ["--quick"]),
     "bench_occlusion.py": (["--geometry", "32x16", "--repeats", "1", "--ppe", "4,16"],
